@@ -1,0 +1,64 @@
+"""onnxruntime: CPU provider here; CUDA (and TensorRT) providers when onnxruntime-gpu and a GPU are present."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from .base import Runner
+
+
+def _ort():
+    import onnxruntime
+    return onnxruntime
+
+
+def choose_providers(device: str) -> list[str]:
+    """CUDA first on a GPU, TensorRT's provider only when its libraries import; CPU always last."""
+    available = _ort().get_available_providers()
+    chosen: list[str] = []
+    if device.startswith("cuda"):
+        if "TensorrtExecutionProvider" in available:
+            try:
+                import tensorrt  # noqa: F401  (the provider fails at session creation without it)
+                chosen.append("TensorrtExecutionProvider")
+            except ImportError:
+                pass
+        if "CUDAExecutionProvider" in available:
+            chosen.append("CUDAExecutionProvider")
+    chosen.append("CPUExecutionProvider")
+    return chosen
+
+
+class OnnxRuntimeRunner(Runner):
+    name = "onnxruntime"
+    accepts = ("checkpoint", "onnx")
+    tolerance = 1e-4
+
+    @classmethod
+    def unavailable_reason(cls) -> str | None:
+        try:
+            _ort()
+        except ImportError:
+            return ("onnxruntime is not installed (Note: `pip install gan-deploy[cpu]` on CPU machines, "
+                    "`pip install gan-deploy[gpu]` on GPU machines; never both)")
+        return None
+
+    def _load(self) -> None:
+        ort = _ort()
+        so = ort.SessionOptions()
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        threads = self.options.get("threads") or int(os.environ.get("GAN_DEPLOY_THREADS", "0"))
+        if threads:
+            so.intra_op_num_threads = threads
+        so.log_severity_level = 3  # warnings about unused initializers etc. are noise for users
+        self.providers = choose_providers(self.device)
+        self.session = ort.InferenceSession(self.artifact.onnx_bytes(), sess_options=so, providers=self.providers)
+        self._inputs = self.spec.input_name
+        self._outputs = [self.spec.output_name]
+
+    def infer_impl(self, z: np.ndarray) -> np.ndarray:
+        return self.session.run(self._outputs, {self._inputs: z})[0]
+
+    def describe(self) -> str:
+        return f"onnxruntime ({', '.join(p.replace('ExecutionProvider', '') for p in getattr(self, 'providers', []))})"

@@ -1,0 +1,38 @@
+"""One error type for everything a user can get wrong.
+
+Every message names what was wrong, the offending value, what was expected, and a hint, so the CLI can
+print it on one line and exit non-zero instead of showing a traceback.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+
+class GanDeployError(Exception):
+    """A user-facing error: `what` (the problem), `value` (the bad value), `expected`, `hint` (the fix)."""
+
+    def __init__(self, what: str, value: Any = None, expected: str | None = None, hint: str | None = None):
+        self.what = what
+        self.value = value
+        self.expected = expected
+        self.hint = hint
+        super().__init__(self.one_line())
+
+    def one_line(self) -> str:
+        parts = [self.what]
+        if self.value is not None:
+            parts[0] += f": {self.value}"
+        if self.expected:
+            parts.append(f"expected {self.expected}")
+        msg = "; ".join(parts)
+        if self.hint:
+            msg += f". Note: {self.hint}"
+        return msg.replace("\n", " ")
+
+
+class BackendUnavailable(GanDeployError):
+    """The backend cannot run here (library or device missing). Carries the install hint."""
+
+
+class StaleArtifact(GanDeployError):
+    """An artifact's recorded parent (sha256, GPU, library version) does not match what it is used with."""
