@@ -70,7 +70,7 @@ def device_option(f: Callable) -> Callable:
 
 # -- commands -------------------------------------------------------------------------------------
 
-@main.command()
+@main.command(short_help="PyTorch -> ONNX (dynamic batch), checked against eager.")
 @click.option("--checkpoint", "-c", type=click.Path(path_type=Path), default=None,
               help="Checkpoint to export. Default: the shipped models/digits_dcgan.")
 @click.option("--out", "-o", type=click.Path(dir_okay=False, path_type=Path), default=None,
@@ -118,6 +118,125 @@ def export(checkpoint, out, opset, tolerance, factory, kwargs_json, weights, lat
     else:
         report = onnx_from_checkpoint(checkpoint, out, opset, tolerance)
     click.echo(report.summary())
+
+
+def _batch_sizes(ctx, param, value: str) -> tuple[int, ...]:
+    try:
+        sizes = tuple(int(v) for v in value.replace(" ", "").split(",") if v)
+    except ValueError:
+        raise click.BadParameter(f"{value!r}: expected comma-separated integers such as 1,16,64,256") from None
+    if not sizes or min(sizes) < 1:
+        raise click.BadParameter(f"{value!r}: expected integers >= 1, such as 1,16,64,256")
+    return sizes
+
+
+@main.command(short_help="Batched latent -> image files, any backend.")
+@artifact_options
+@click.option("-n", "--num", "n", type=click.IntRange(min=1), default=1000, show_default=True, help="Number of images.")
+@click.option("--out", "-o", type=click.Path(file_okay=True, path_type=Path), default=Path("samples"), show_default=True,
+              help="Output folder (new or empty, unless --overwrite).")
+@click.option("--batch-size", "-b", type=click.IntRange(min=1), default=256, show_default=True)
+@click.option("--backend", type=click.Choice(["auto", "eager", "compile", "onnxruntime", "tensorrt"]), default="auto", show_default=True,
+              help="auto = the fastest backend available for this artifact.")
+@device_option
+@click.option("--seed", type=click.IntRange(min=0, max=2**63 - 1), default=0, show_default=True,
+              help="Image i is a pure function of (seed, i).")
+@click.option("--format", "fmt", type=click.Choice(["png", "jpg", "npy"]), default="png", show_default=True)
+@click.option("--grid", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Also write a sample grid PNG of the first 64 images.")
+@click.option("--overwrite", is_flag=True, help="Write into a non-empty folder (files of the same name are replaced).")
+@click.option("--no-manifest", is_flag=True, help="Do not write manifest.csv (index, seed, file).")
+@click.option("--shard", default=None, metavar="K/N", help="Write only shard K of N (whole batches); the N shards together equal one run.")
+@click.option("--writers", type=click.IntRange(min=1), default=None, help="Writer threads (default: 2 per core, at most 8).")
+@click.option("--compare", is_flag=True, help="Afterwards, time the chosen backend against onnxruntime and eager on the same batch.")
+@click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Write the run's report as JSON.")
+def generate(checkpoint, onnx, engine, value_range, n, out, batch_size, backend, device, seed, fmt, grid, overwrite,
+             no_manifest, shard, writers, compare, json_out) -> None:
+    """Generate image files from seed-derived latents, in batches, on any backend.
+
+    Image i depends only on (seed, i): the same files come out whatever the batch size or backend
+    (within the backend's tolerance). Each file is written under a temporary name and renamed, so an
+    interrupted run (Ctrl-C) leaves only complete files and a manifest of them.
+
+    \b
+    Examples:
+      gan-deploy generate -n 1000 --out samples/
+      gan-deploy generate -n 100000 --out big/ --backend onnxruntime -b 512 --grid grid.png
+      gan-deploy generate --onnx their_generator.onnx --value-range 0,1 -n 64 --out theirs/
+      gan-deploy generate -n 1000000 --out part0/ --shard 0/4      # one machine's share
+    """
+    import json
+
+    from .backends import make_runner
+    from .generate import GenerateInterrupted, generate as run_generate, parse_shard
+
+    art = load_artifact_from_options(checkpoint, onnx, engine, value_range)
+    runner = make_runner(backend, art, device)
+    click.echo(f"{art.describe()} -> backend {runner.name}", err=True)
+    try:
+        report = run_generate(runner, n, out, batch_size, seed, fmt, overwrite, grid, not no_manifest, writers,
+                              parse_shard(shard))
+    except GenerateInterrupted as e:
+        r = e.report
+        click.echo(f"\nInterrupted: {r.n_written} complete files in {r.out}"
+                   f"{' (listed in ' + str(r.manifest) + ')' if r.manifest else ''}; no temporary files left.", err=True)
+        sys.exit(EXIT_INTERRUPTED)
+    click.echo(report.summary())
+    if report.grid:
+        click.echo(f"sample grid: {report.grid}")
+    if compare:
+        from .bench import compare_latency
+        report.compare = compare_latency(art, runner.name, batch_size, device, seed)
+        click.echo(f"latency at batch {batch_size} on the same latents:")
+        ref = next((r for r in report.compare if r["backend"] == "eager"), None)
+        for r in report.compare:
+            rel = f"  {ref['mean_ms'] / r['mean_ms']:.2f}x eager" if ref else ""
+            click.echo(f"  {r['backend']:<12} {r['mean_ms']:8.3f} ms/batch  {r['images_per_s']:10,.0f} img/s{rel}  max err {r['max_abs_err']:.1e}")
+    if json_out:
+        from .fileio import atomic_write_text
+        atomic_write_text(json_out, json.dumps(report.to_dict(), indent=2) + "\n")
+
+
+@main.command(short_help="Latency/throughput of the backends side by side.")
+@artifact_options
+@click.option("--backends", default=None, help="Comma-separated backends (default: every one available here).")
+@click.option("--batch-sizes", callback=_batch_sizes, default="1,16,64,256", show_default=True)
+@device_option
+@click.option("--warmup", type=click.IntRange(min=0), default=5, show_default=True, help="Unmeasured calls per backend and batch size.")
+@click.option("--iters", type=click.IntRange(min=3), default=30, show_default=True, help="Measured calls (at least).")
+@click.option("--min-time", type=click.FloatRange(min=0), default=0.5, show_default=True, help="Measure for at least this many seconds.")
+@click.option("--max-time", type=click.FloatRange(min=0.01), default=10.0, show_default=True, help="Stop measuring one case after this many seconds.")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="onnxruntime intra-op threads (default: all cores).")
+@click.option("--variant", "variants", multiple=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="Also measure this ONNX (e.g. from `quantize --int8`) with onnxruntime. Repeatable.")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Write all figures as JSON.")
+@click.option("--plot", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Write a latency/throughput vs batch size plot (PNG).")
+def bench(checkpoint, onnx, engine, value_range, backends, batch_sizes, device, warmup, iters, min_time, max_time, threads,
+          variants, seed, json_out, plot) -> None:
+    """Compare backends on identical latents: latency mean/p50/p90/p99, images/s, speed-up and error vs eager.
+
+    Warm-up calls are not measured; on a GPU the clock is read after synchronizing. The error columns
+    compare each backend's images with the reference's (eager FP32) on the same latents.
+
+    \b
+    Examples:
+      gan-deploy bench
+      gan-deploy bench --batch-sizes 1,64,256 --json bench.json --plot bench.png
+      gan-deploy bench --backends eager,onnxruntime --variant models/digits_dcgan.int8.onnx
+    """
+    from .artifact import load_artifact
+    from .bench import bench as run_bench, write_json, write_plot
+
+    art = load_artifact_from_options(checkpoint, onnx, engine, value_range)
+    names = [b.strip() for b in backends.split(",") if b.strip()] if backends else None
+    extra = [load_artifact(onnx=v) for v in variants]
+    report = run_bench(art, names, batch_sizes, warmup, iters, min_time, max_time, seed, device, extra, threads,
+                       progress=lambda what: click.echo(f"measuring {what} ...", err=True))
+    click.echo(report.table())
+    if json_out:
+        click.echo(f"wrote {write_json(report, json_out)}")
+    if plot:
+        click.echo(f"wrote {write_plot(report, plot)}")
 
 
 def run() -> None:

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import io
 import math
+import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -20,8 +22,26 @@ def to_uint8(x: np.ndarray, value_range: tuple[float, float] = (-1.0, 1.0)) -> n
     return np.ascontiguousarray(y.transpose(0, 2, 3, 1))
 
 
+def _png_chunk(tag: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
+
+
+def encode_png(img: np.ndarray, level: int = 1) -> bytes:
+    """[H, W, C] uint8 (C = 1 or 3) -> PNG bytes. numpy + zlib: 3x faster than PIL for small images,
+    and file writing is the bottleneck of `generate` on fast backends. zlib level 1: files stay small."""
+    h, w, c = img.shape
+    rows = np.empty((h, w * c + 1), dtype=np.uint8)
+    rows[:, 0] = 0  # filter type 0 (None) on every scanline
+    rows[:, 1:] = img.reshape(h, w * c)
+    color_type = 0 if c == 1 else 2  # grayscale or RGB
+    return (b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, color_type, 0, 0, 0))
+            + _png_chunk(b"IDAT", zlib.compress(rows.tobytes(), level)) + _png_chunk(b"IEND", b""))
+
+
 def encode(img: np.ndarray, fmt: str = "png") -> bytes:
     """One [H, W, C] uint8 image -> file bytes."""
+    if fmt == "png":
+        return encode_png(img)
     if fmt == "npy":
         buf = io.BytesIO()
         np.save(buf, img)
@@ -30,10 +50,7 @@ def encode(img: np.ndarray, fmt: str = "png") -> bytes:
 
     pil = Image.fromarray(img[:, :, 0] if img.shape[2] == 1 else img)
     buf = io.BytesIO()
-    if fmt == "png":
-        # compress_level 1: the files are small either way and level 6 costs ~3x the encoding time
-        pil.save(buf, format="PNG", compress_level=1)
-    elif fmt == "jpg":
+    if fmt == "jpg":
         pil.save(buf, format="JPEG", quality=95)
     else:
         raise ValueError(fmt)

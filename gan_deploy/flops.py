@@ -1,0 +1,57 @@
+"""How much arithmetic one image costs, and what this CPU could do at best: to put throughput in context."""
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+
+def generator_flops(module, latent_shape: tuple[int, ...]) -> int:
+    """FLOPs (2 x multiply-accumulates) of one image through conv / transposed conv / linear layers.
+    Batch norm, activations and bias adds are a few per output element and left out (under 1% here)."""
+    import torch
+    import torch.nn as nn
+
+    macs = 0
+
+    def hook(m, inp, out):
+        nonlocal macs
+        x = inp[0]
+        if isinstance(m, nn.ConvTranspose2d):  # every input pixel scatters a Cout x kh x kw kernel
+            macs += x[0].numel() * m.out_channels * m.kernel_size[0] * m.kernel_size[1] // m.groups
+        elif isinstance(m, nn.Conv2d):
+            macs += out[0].numel() * (m.in_channels // m.groups) * m.kernel_size[0] * m.kernel_size[1]
+        elif isinstance(m, nn.Linear):
+            macs += m.in_features * m.out_features
+
+    handles = [m.register_forward_hook(hook) for m in module.modules() if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear))]
+    try:
+        with torch.inference_mode():
+            module.eval()(torch.zeros(1, *latent_shape))
+    finally:
+        for h in handles:
+            h.remove()
+    return 2 * macs
+
+
+def cpu_peak_gflops() -> tuple[float, str]:
+    """Theoretical FP32 peak of the cores this process may use, and how it was derived.
+
+    peak = cores x GHz x FLOPs/cycle/core, with 2 FMA units per core: AVX-512 = 64, AVX2+FMA = 32, SSE = 8.
+    Cloud vCPUs may be hyper-threads sharing FMA units, and turbo clocks differ: treat this as an upper bound.
+    """
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    text = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    flags = set(re.search(r"^flags\s*:(.*)$", text, re.M).group(1).split()) if "flags" in text else set()
+    mhz_vals = [float(v) for v in re.findall(r"^cpu MHz\s*:\s*([\d.]+)", text, re.M)]
+    ghz = (max(mhz_vals) / 1000) if mhz_vals else 2.0
+    model = re.search(r"^model name\s*:\s*(.*)$", text, re.M)
+    if "avx512f" in flags:
+        per_cycle, isa = 64, "AVX-512"
+    elif "avx2" in flags and "fma" in flags:
+        per_cycle, isa = 32, "AVX2+FMA"
+    else:
+        per_cycle, isa = 8, "SSE"
+    peak = cores * ghz * per_cycle
+    how = f"{cores} cores x {ghz:.2f} GHz x {per_cycle} FP32 FLOPs/cycle ({isa}, 2 FMA units){' on ' + model.group(1).strip() if model else ''}"
+    return peak, how
