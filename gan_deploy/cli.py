@@ -113,7 +113,7 @@ def export(checkpoint, out, opset, tolerance, factory, kwargs_json, weights, lat
         if not isinstance(kwargs, dict):
             raise GanDeployError("--kwargs must be a JSON object", kwargs_json, 'an object such as {"nz": 100}', None)
         if out is None:
-            raise GanDeployError("--out is required with --factory", None, "an .onnx file name", None)
+            raise GanDeployError("--out is required with --factory", None, "an .onnx file name", "add e.g. --out my_generator.onnx")
         report = onnx_from_factory(factory, out, kwargs, weights, latent_dim, parse_value_range(value_range), opset, tolerance)
     else:
         report = onnx_from_checkpoint(checkpoint, out, opset, tolerance)

@@ -1,0 +1,98 @@
+import json
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from gan_deploy.artifact import META_CONFIG, META_PARENT_SHA, load_artifact
+from gan_deploy.backends import make_runner
+from gan_deploy.checkpoint import read_checkpoint
+from gan_deploy.errors import GanDeployError
+from gan_deploy.export import onnx_from_checkpoint, onnx_from_factory
+from gan_deploy.latents import latents_range
+
+EXAMPLE = "examples/pytorch_dcgan_tutorial.py:Generator"
+
+
+def test_export_is_self_describing_and_dynamic(tiny_checkpoint, tiny_onnx):
+    model = onnx.load(tiny_onnx)
+    onnx.checker.check_model(model, full_check=True)
+    assert model.opset_import[0].version >= 17
+    meta = {p.key: p.value for p in model.metadata_props}
+    assert meta[META_PARENT_SHA] == read_checkpoint(tiny_checkpoint).sha256
+    assert json.loads(meta[META_CONFIG])["latent_dim"] == 8
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    assert dims[0].dim_param == "batch" and dims[1].dim_value == 8
+    runner = make_runner("onnxruntime", load_artifact(onnx=tiny_onnx))
+    for b in (1, 3, 33):
+        assert runner.infer(latents_range(0, 0, b, 8)).shape == (b, 1, 16, 16)
+
+
+def test_export_refuses_when_onnxruntime_disagrees(tiny_checkpoint, tmp_path):
+    out = tmp_path / "g.onnx"
+    with pytest.raises(GanDeployError, match="disagrees with eager"):
+        onnx_from_checkpoint(tiny_checkpoint, out, tolerance=0.0 - 1.0)
+    assert not out.exists() and not list(tmp_path.iterdir())
+
+
+def test_foreign_generator_from_file_factory_and_state_dict(tmp_path):
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("tut", "examples/pytorch_dcgan_tutorial.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    torch.manual_seed(1)
+    net = mod.Generator(nz=10, ngf=4, nc=3)
+    torch.save(net.state_dict(), tmp_path / "netG.pth")
+    rep = onnx_from_factory(EXAMPLE, tmp_path / "netG.onnx", {"nz": 10, "ngf": 4}, tmp_path / "netG.pth", latent_dim=10)
+    assert rep.spec.latent_rank == 4 and rep.spec.image_shape == (3, 64, 64)
+    art = load_artifact(onnx=tmp_path / "netG.onnx")
+    assert art.spec.latent_shape == (10, 1, 1)
+    z = latents_range(0, 0, 4, 10)
+    got = make_runner("auto", art).infer(z)
+    with torch.inference_mode():
+        ref = net.eval()(torch.from_numpy(z).reshape(4, 10, 1, 1)).numpy()
+    assert np.abs(got - ref).max() < 1e-4
+
+
+@pytest.mark.parametrize("kwargs,weights,message", [
+    ({"nz": 10, "ngf": 8}, True, "weights do not fit"),
+    ({"bogus": 1}, False, "the factory raised"),
+])
+def test_foreign_generator_errors(tmp_path, kwargs, weights, message):
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("tut2", "examples/pytorch_dcgan_tutorial.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    torch.save(mod.Generator(nz=10, ngf=4).state_dict(), tmp_path / "w.pth")
+    with pytest.raises(GanDeployError, match=message):
+        onnx_from_factory(EXAMPLE, tmp_path / "x.onnx", kwargs, tmp_path / "w.pth" if weights else None, latent_dim=10)
+
+
+def test_pickled_whole_model_is_refused(tmp_path):
+    # a whole pickled module (not a state dict): loading it would run arbitrary code, so weights_only refuses it
+    torch.save(torch.nn.Sequential(torch.nn.Linear(2, 2)), tmp_path / "whole.pth")
+    with pytest.raises(GanDeployError, match="could not read weights.*state_dict"):
+        onnx_from_factory(EXAMPLE, tmp_path / "x.onnx", {"nz": 10, "ngf": 4}, tmp_path / "whole.pth")
+
+
+@pytest.mark.parametrize("content,message", [
+    (b"garbage bytes", "corrupt or unreadable ONNX"),
+    (None, "ONNX file not found"),
+])
+def test_bad_onnx_files(tmp_path, content, message):
+    p = tmp_path / "bad.onnx"
+    if content is not None:
+        p.write_bytes(content)
+    with pytest.raises(GanDeployError, match=message):
+        load_artifact(onnx=p)
+
+
+def test_onnx_that_is_not_a_generator(tmp_path):
+    from onnx import TensorProto, helper
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 10])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 10])
+    m = helper.make_model(helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g", [x], [y]))
+    onnx.save(m, tmp_path / "relu.onnx")
+    with pytest.raises(GanDeployError, match=r"not a generator of the expected shape.*\[N, C, H, W\]"):
+        load_artifact(onnx=tmp_path / "relu.onnx")
