@@ -51,6 +51,10 @@ class OnnxRuntimeRunner(Runner):
         threads = self.options.get("threads") or int(os.environ.get("GAN_DEPLOY_THREADS", "0"))
         if threads:
             so.intra_op_num_threads = threads
+        if not self.options.get("spin", False):
+            # ORT's pool threads spin-wait after each run by default; in `generate` that steals the cores
+            # the image-writer threads need. Measured cost at batch 1 is within noise (benchmarks/overhead.py).
+            so.add_session_config_entry("session.intra_op.allow_spinning", "0")
         so.log_severity_level = 3  # warnings about unused initializers etc. are noise for users
         self.providers = choose_providers(self.device)
         self.session = ort.InferenceSession(self.artifact.onnx_bytes(), sess_options=so, providers=self.providers)
