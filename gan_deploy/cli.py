@@ -241,3 +241,6 @@ def bench(checkpoint, onnx, engine, value_range, backends, batch_sizes, device, 
 
 def run() -> None:
     main(prog_name="gan-deploy")
+
+
+from .cli_train import train; main.add_command(train)  # noqa: E402
