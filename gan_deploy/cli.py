@@ -244,3 +244,4 @@ def run() -> None:
 
 
 from .cli_train import train; main.add_command(train)  # noqa: E402
+from .cli_eval import eval_cmd; main.add_command(eval_cmd, name="eval")  # noqa: E402

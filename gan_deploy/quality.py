@@ -27,7 +27,7 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from .errors import GanDeployError
+from .errors import GanDeployError, StaleArtifact
 from .fileio import atomic_path, atomic_write_text, sha256_file
 
 REPO_MODELS = Path(__file__).resolve().parent.parent / "models"
@@ -465,6 +465,179 @@ def split_halves(images: np.ndarray, seed: int = 0) -> tuple[np.ndarray, np.ndar
     perm = np.random.default_rng(seed).permutation(len(images))
     h = len(images) // 2
     return images[np.sort(perm[:h])], images[np.sort(perm[h:])]
+
+
+# -- evaluating a generator (what `gan-deploy eval` runs) ---------------------------------------------------
+
+
+def generator_images(runner: Any, n: int, seed: int = 0, start: int = 0, batch_size: int = 500) -> np.ndarray:
+    """Images start..start+n-1 of `runner`'s generator under `seed` (latents_range), float32 in [-1, 1]."""
+    from .latents import latents_range
+
+    if n < 1 or batch_size < 1:
+        raise GanDeployError("bad image count or batch size", f"n={n} batch_size={batch_size}", ">= 1 each", None)
+    spec = runner.spec
+    out = np.empty((n, *spec.image_shape), dtype=np.float32)
+    for s in range(0, n, batch_size):
+        b = min(batch_size, n - s)
+        out[s:s + b] = runner.infer(latents_range(seed, start + s, b, spec.latent_dim))
+    return rescale(out, spec.value_range, (-1.0, 1.0))
+
+
+def untrained_generator_images(artifact: Any, n: int, seed: int = 0, init_seed: int = 0) -> np.ndarray | None:
+    """The same latents through a freshly initialised generator of the artifact's architecture (the floor every
+    training run starts from), float32 in [-1, 1]; None when the architecture is unknown (a foreign ONNX file
+    whose image size no DCGAN produces)."""
+    import torch
+
+    from .config import GeneratorConfig
+    from .latents import latents_range
+    from .nets import build_generator, init_weights
+
+    spec = artifact.spec
+    cfg = artifact.config
+    if cfg is None:
+        if spec.height != spec.width or spec.height < 8 or spec.height & (spec.height - 1):
+            return None
+        cfg = GeneratorConfig("dcgan", spec.latent_dim, spec.channels, spec.height)
+    # a private RNG: scoring must not move the caller's global torch random state
+    with torch.random.fork_rng(devices=[]), torch.inference_mode(), _one_torch_thread():
+        torch.manual_seed(init_seed)
+        g = build_generator(cfg)
+        g.apply(init_weights)
+        g.eval()
+        out = np.concatenate([g(torch.from_numpy(latents_range(seed, s, min(500, n - s), spec.latent_dim))).numpy()
+                              for s in range(0, n, 500)])
+    return rescale(out, cfg.value_range, (-1.0, 1.0))
+
+
+@dataclass
+class EvalReport:
+    """What `gan-deploy eval` prints: the score, what was compared, and context scores in the same feature space."""
+
+    score: QualityScore
+    generated: str  # what was scored
+    reference: str  # what it was scored against
+    context: dict[str, QualityScore]  # label -> score, e.g. real-vs-real halves, untrained generator
+    seconds: float = 0.0
+    notes: list[str] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"score": self.score.to_dict(), "generated": self.generated, "reference": self.reference,
+                "context": {k: v.to_dict() for k, v in self.context.items()}, "seconds": round(self.seconds, 3),
+                "notes": list(self.notes or [])}
+
+    def summary(self) -> str:
+        lines = [f"scored:  {self.generated}", f"against: {self.reference}", self.score.summary()]
+        if self.context:
+            lines.append("context (same feature space):")
+            width = max(len(k) for k in self.context)
+            lines += [f"  {k:<{width}}  {v.summary()}" for k, v in self.context.items()]
+        lines += list(self.notes or [])
+        lines.append(f"lower FD is better; a difference smaller than about twice the ± spread is noise; "
+                     f"compare FDs only at the same n (docs/quality.md). {self.seconds:.1f} s")
+        return "\n".join(lines)
+
+
+def run_eval(artifact: Any = None, backend: str = "auto", device: str = "auto", precision: str = "fp32",
+             images: str | Path | None = None, reference: str | Path = "digits", against_backend: str | None = None,
+             against_artifact: Any = None, n: int = 2000, seed: int = 0, k: int = 5, bootstrap: int = 10,
+             context: bool = True, batch_size: int = 500, log: Any = None) -> EvalReport:
+    """Score a generator (`artifact` run on `backend`) or a folder of `images` against `reference` data, or
+    against the same latents run on `against_backend` (paired: the quantization gate's comparison; the
+    eager reference runs `against_artifact`, a checkpoint, when the scored artifact is ONNX or an engine).
+
+    Context scores (unless `context=False`): against data, two disjoint halves of the reference against each
+    other and an untrained generator of the same architecture on the same latents; against a backend, the
+    reference backend on fresh latents (indices n..2n-1): the sampling noise floor at this n.
+    """
+    from .backends import make_runner
+    from .timing import Stopwatch
+
+    say = log or (lambda msg: None)
+    if images is None and artifact is None:
+        raise GanDeployError("nothing to score", None, "a generator artifact or a folder of images", None)
+    if against_backend is not None and images is not None:
+        raise GanDeployError("--against-backend needs a generator, not a folder of images", str(images), None,
+                             "score the folder against data with --reference, or pass the generator instead of --images")
+    clf = load_classifier()  # fail on a missing classifier before generating anything
+    notes: list[str] = []
+    with Stopwatch() as sw:
+        runner = None
+        if images is not None:
+            gen = load_images(images)
+            gen_desc = f"{len(gen)} images from {images}"
+        else:
+            runner = _runner(make_runner, backend, artifact, device, precision)
+            say(f"generating {n} images with {artifact.describe()} on {runner.name}")
+            gen = generator_images(runner, n, seed, batch_size=batch_size)
+            gen_desc = f"{artifact.describe()} on {runner.name}{'' if precision == 'fp32' else ' ' + precision}, {n} images (seed {seed})"
+        f_gen = features(gen, classifier=clf)
+        ctx: dict[str, QualityScore] = {}
+        if against_backend is not None:
+            from .backends import runner_class
+
+            ref_art = artifact
+            if artifact.kind not in runner_class(against_backend).accepts:
+                ref_art = against_artifact
+                if ref_art is None:
+                    raise GanDeployError(f"backend '{against_backend}' cannot run the scored {artifact.kind}", str(artifact.path),
+                                         "a checkpoint to run it on", "pass the checkpoint it was exported from with --checkpoint")
+                _check_same_generator(artifact, ref_art)
+            ref_runner = make_runner(against_backend, ref_art, device)
+            say(f"generating the same {n} latents with {ref_art.describe()} on {ref_runner.name}")
+            ref = generator_images(ref_runner, n, seed, batch_size=batch_size)
+            ref_desc = f"{ref_art.describe()} on {ref_runner.name}, the same {n} latents (paired)"
+            f_ref = features(ref, classifier=clf)
+            score = score_features(f_gen, f_ref, k, bootstrap, seed, True, clf.sha256)
+            if context:
+                fresh = generator_images(ref_runner, n, seed, start=n, batch_size=batch_size)
+                ctx[f"{ref_runner.name} on fresh latents (sampling noise floor)"] = score_features(
+                    features(fresh, classifier=clf), f_ref, k, bootstrap, seed, False, clf.sha256)
+        else:
+            ref = reference_images(reference)
+            ref_desc = f"{reference} ({len(ref)} images)"
+            f_ref = features(ref, classifier=clf)
+            score = score_features(f_gen, f_ref, k, bootstrap, seed, False, clf.sha256)
+            if context:
+                h1, h2 = split_halves(np.arange(len(f_ref)), seed)
+                if min(len(h1), len(h2)) >= max(MIN_SAMPLES, k + 1):
+                    ctx[f"real vs real, disjoint halves ({len(h1)} vs {len(h2)})"] = score_features(
+                        f_ref[h1], f_ref[h2], k, bootstrap, seed, False, clf.sha256)
+                if runner is not None:
+                    untrained = untrained_generator_images(artifact, n, seed)
+                    if untrained is not None:
+                        ctx["untrained generator, same latents"] = score_features(
+                            features(untrained, classifier=clf), f_ref, k, bootstrap, seed, False, clf.sha256)
+            if str(reference) not in DATASETS:
+                notes.append("note: the features come from a digits classifier; on other data FD is only a relative, "
+                             "same-data comparison (docs/quality.md)")
+    return EvalReport(score, gen_desc, ref_desc, ctx, sw.seconds, notes)
+
+
+def _runner(make_runner: Any, backend: str, artifact: Any, device: str, precision: str) -> Any:
+    from .backends import pick_backend
+
+    name = pick_backend(backend, artifact)
+    if precision != "fp32":
+        if name not in ("eager", "compile"):
+            raise GanDeployError(f"--precision {precision} applies to the PyTorch backends only", f"backend {name}",
+                                 "--backend eager or compile", "ONNX and engine files carry their own precision")
+        return make_runner(name, artifact, device, precision=precision)
+    return make_runner(name, artifact, device)
+
+
+def _check_same_generator(scored: Any, ref: Any) -> None:
+    """The eager reference must be the generator the scored file was made from: same contract, same parent."""
+    from .artifact import META_PARENT_SHA
+
+    if scored.spec.latent_dim != ref.spec.latent_dim or scored.spec.image_shape != ref.spec.image_shape:
+        raise GanDeployError("the two generators do not match", f"{scored.describe()} vs {ref.describe()}",
+                             "the same latent size and image shape", "pass the checkpoint the file was exported from")
+    parent = scored.metadata.get(META_PARENT_SHA)
+    if parent and ref.sha256 and parent != ref.sha256:
+        raise StaleArtifact("the scored file was exported from a different checkpoint", f"{scored.path} parent {parent[:12]}",
+                            f"{ref.path} (sha256 {ref.sha256[:12]})", "pass its own checkpoint with --checkpoint, or re-export")
 
 
 # -- training the feature classifier ---------------------------------------------------------------------
