@@ -409,21 +409,37 @@ def _check_out(out: Path, parent: Artifact) -> Path:
     return out
 
 
+def reduced_precision_model(parent: Artifact, precision: str, *, target: str = "onnxruntime",
+                            calib_samples: int = DEFAULT_CALIB_SAMPLES, calib_seed: int = CALIB_SEED,
+                            calib_method: str = "minmax", rewrite: bool = True):
+    """The parent's FP32 ONNX (a checkpoint is exported in memory) as an INT8 Q/DQ or FP16 model, in memory,
+    with its metadata. Returns (model, recipe, FP32 ONNX bytes). `quantize` and `build-engine` share it."""
+    from .export import _set_meta
+
+    model, data = _fp32_parent(parent)
+    if precision == "int8":
+        m, recipe = int8_model(model, parent.spec, target, calib_samples, calib_seed, calib_method, rewrite)
+    elif precision == "fp16":
+        m, info = fp16_model(model)
+        recipe = {"fp16_nodes": info.fp16_nodes, "fp32_nodes": info.fp32_nodes, "casts": info.casts, "io": "fp32"}
+    else:
+        raise GanDeployError("unknown reduced precision", repr(precision), "int8 or fp16", None)
+    _set_meta(m, _child_meta(parent, sha256_bytes(data), precision, recipe))
+    m.producer_name = "gan-deploy"
+    return m, recipe, data
+
+
 def int8_onnx_from_onnx(parent: Artifact, out: str | Path | None = None, *, target: str = "onnxruntime",
                         calib_samples: int = DEFAULT_CALIB_SAMPLES, calib_seed: int = CALIB_SEED,
                         calib_method: str = "minmax", rewrite: bool = True, thresholds: GateThresholds | None = None,
                         gate_samples: int = DEFAULT_GATE_SAMPLES, raise_on_reject: bool = True) -> PrecisionReport:
     """Quantize the parent's FP32 ONNX (a checkpoint is exported in memory) to Q/DQ INT8, gate it, write it."""
-    from .export import _set_meta
-
-    model, data = _fp32_parent(parent)
-    out = _check_out(Path(out) if out else default_out(parent, "int8", target), parent)
-    q, recipe = int8_model(model, parent.spec, target, calib_samples, calib_seed, calib_method, rewrite)
-    _set_meta(q, _child_meta(parent, sha256_bytes(data), "int8", recipe))
-    q.producer_name = "gan-deploy"
-    cand = _candidate_artifact(parent, q, out)
     from .backends import make_runner
-    with make_runner("onnxruntime", cand, "cpu") as runner:
+
+    out = _check_out(Path(out) if out else default_out(parent, "int8", target), parent)
+    q, recipe, data = reduced_precision_model(parent, "int8", target=target, calib_samples=calib_samples,
+                                              calib_seed=calib_seed, calib_method=calib_method, rewrite=rewrite)
+    with make_runner("onnxruntime", _candidate_artifact(parent, q, out), "cpu") as runner:
         gate = run_gate(runner, reference_runner(parent), thresholds or thresholds_for("int8"), "int8", gate_samples)
     return _finish(parent, data, q, "int8", recipe, out, gate, raise_on_reject)
 
@@ -438,15 +454,9 @@ def fp16_onnx_from_onnx(parent: Artifact, out: str | Path | None = None, *, thre
     """
     from .export import _set_meta
 
-    model, data = _fp32_parent(parent)
     out = _check_out(Path(out) if out else default_out(parent, "fp16"), parent)
-    h, info = fp16_model(model)
-    recipe: dict[str, Any] = {"fp16_nodes": info.fp16_nodes, "fp32_nodes": info.fp32_nodes, "casts": info.casts,
-                              "io": "fp32"}
-    _set_meta(h, _child_meta(parent, sha256_bytes(data), "fp16", recipe))
-    h.producer_name = "gan-deploy"
-    cand = _candidate_artifact(parent, h, out)
-    candidate, checked_with = _fp16_candidate(cand, evaluator)
+    h, recipe, data = reduced_precision_model(parent, "fp16")
+    candidate, checked_with = _fp16_candidate(_candidate_artifact(parent, h, out), evaluator)
     n = gate_samples if checked_with == "onnxruntime" else min(gate_samples, REFERENCE_EVALUATOR_SAMPLES)
     recipe["checked_with"] = checked_with + ("" if n == gate_samples else f" on {n} latents")
     _set_meta(h, {META_RECIPE: json.dumps(recipe)})

