@@ -245,3 +245,5 @@ def run() -> None:
 
 from .cli_train import train; main.add_command(train)  # noqa: E402
 from .cli_eval import eval_cmd; main.add_command(eval_cmd, name="eval")  # noqa: E402
+from .cli_precision import quantize; main.add_command(quantize)  # noqa: E402
+from .cli_precision import build_engine; main.add_command(build_engine)  # noqa: E402
