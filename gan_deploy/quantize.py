@@ -480,17 +480,17 @@ def _fp16_candidate(cand: Artifact, evaluator: str):
         except Exception as e:  # onnxruntime raises its own NOT_IMPLEMENTED types when a kernel is missing
             if evaluator == "onnxruntime" or "NOT_IMPLEMENTED" not in str(e).upper().replace(" ", "_"):
                 raise
-    return ReferenceEvaluatorRunner(cand), "onnx.reference"
+    return ReferenceEvaluatorRunner(cand.onnx_bytes(), cand.spec), "onnx.reference"
 
 
 class ReferenceEvaluatorRunner:
     """onnx.reference.ReferenceEvaluator behind the runner interface the gate uses (numpy, any dtype, slow)."""
 
-    def __init__(self, artifact: Artifact):
+    def __init__(self, model_bytes: bytes, spec: GeneratorSpec):
         from onnx.reference import ReferenceEvaluator
 
-        self.spec = artifact.spec
-        self._ev = ReferenceEvaluator(artifact.onnx_bytes())
+        self.spec = spec
+        self._ev = ReferenceEvaluator(model_bytes)
 
     def infer(self, z: np.ndarray) -> np.ndarray:
         z = z.reshape(len(z), *self.spec.latent_shape)
