@@ -149,8 +149,12 @@ def _batch_sizes(ctx, param, value: str) -> tuple[int, ...]:
 @click.option("--writers", type=click.IntRange(min=1), default=None, help="Writer threads (default: 2 per core, at most 8).")
 @click.option("--compare", is_flag=True, help="Afterwards, time the chosen backend against onnxruntime and eager on the same batch.")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Write the run's report as JSON.")
+@click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="ray: spread the batches over Ray Data workers ($RAY_ADDRESS for a cluster, else a local Ray); same files.")
+@click.option("--ray-workers", type=click.IntRange(min=1), default=None,
+              help="With --executor ray: number of workers (default: every CPU, or every GPU with --device cuda).")
 def generate(checkpoint, onnx, engine, value_range, n, out, batch_size, backend, device, seed, fmt, grid, overwrite,
-             no_manifest, shard, writers, compare, json_out) -> None:
+             no_manifest, shard, writers, compare, json_out, executor, ray_workers) -> None:
     """Generate image files from seed-derived latents, in batches, on any backend.
 
     Image i depends only on (seed, i): the same files come out whatever the batch size or backend
@@ -163,6 +167,7 @@ def generate(checkpoint, onnx, engine, value_range, n, out, batch_size, backend,
       gan-deploy generate -n 100000 --out big/ --backend onnxruntime -b 512 --grid grid.png
       gan-deploy generate --onnx their_generator.onnx --value-range 0,1 -n 64 --out theirs/
       gan-deploy generate -n 1000000 --out part0/ --shard 0/4      # one machine's share
+      RAY_ADDRESS=auto gan-deploy generate -n 1000000 --out /shared/big/ --executor ray
     """
     import json
 
@@ -170,11 +175,17 @@ def generate(checkpoint, onnx, engine, value_range, n, out, batch_size, backend,
     from .generate import GenerateInterrupted, generate as run_generate, parse_shard
 
     art = load_artifact_from_options(checkpoint, onnx, engine, value_range)
-    runner = make_runner(backend, art, device)
-    click.echo(f"{art.describe()} -> backend {runner.name}", err=True)
     try:
-        report = run_generate(runner, n, out, batch_size, seed, fmt, overwrite, grid, not no_manifest, writers,
-                              parse_shard(shard))
+        if executor == "ray":
+            from .distributed import generate_ray
+            click.echo(f"{art.describe()} -> backend {backend} on Ray workers", err=True)
+            report = generate_ray(art, backend, device, n, out, batch_size, seed, fmt, overwrite, grid, not no_manifest,
+                                  parse_shard(shard), ray_workers)
+        else:
+            runner = make_runner(backend, art, device)
+            click.echo(f"{art.describe()} -> backend {runner.name}", err=True)
+            report = run_generate(runner, n, out, batch_size, seed, fmt, overwrite, grid, not no_manifest, writers,
+                                  parse_shard(shard))
     except GenerateInterrupted as e:
         r = e.report
         click.echo(f"\nInterrupted: {r.n_written} complete files in {r.out}"
@@ -185,7 +196,7 @@ def generate(checkpoint, onnx, engine, value_range, n, out, batch_size, backend,
         click.echo(f"sample grid: {report.grid}")
     if compare:
         from .bench import compare_latency
-        report.compare = compare_latency(art, runner.name, batch_size, device, seed)
+        report.compare = compare_latency(art, report.backend if executor == "ray" else runner.name, batch_size, device, seed)
         click.echo(f"latency at batch {batch_size} on the same latents:")
         ref = next((r for r in report.compare if r["backend"] == "eager"), None)
         for r in report.compare:
@@ -247,3 +258,5 @@ from .cli_train import train; main.add_command(train)  # noqa: E402
 from .cli_eval import eval_cmd; main.add_command(eval_cmd, name="eval")  # noqa: E402
 from .cli_precision import quantize; main.add_command(quantize)  # noqa: E402
 from .cli_precision import build_engine; main.add_command(build_engine)  # noqa: E402
+from .cli_serve import serve; main.add_command(serve)  # noqa: E402
+from .cli_serve import triton_repo; main.add_command(triton_repo)  # noqa: E402

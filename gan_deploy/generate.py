@@ -155,11 +155,8 @@ def write_manifest(out: Path, indices: list[int], n_total: int, seed: int, fmt: 
     return path
 
 
-def generate(runner, n: int, out: str | Path, batch_size: int = 256, seed: int = 0, fmt: str = "png",
-             overwrite: bool = False, grid: str | Path | None = None, manifest: bool = True, writers: int | None = None,
-             shard: tuple[int, int] = (0, 1), progress: bool | None = None,
-             on_batch: Callable[[int], None] | None = None) -> GenerateReport:
-    """Write images [start, stop) of `n` (all of them, or this shard's share) with `runner` into `out`."""
+def check_args(n: int, batch_size: int, seed: int, fmt: str) -> None:
+    """The checks every generate path makes (here and `distributed.generate_ray`)."""
     if n < 1:
         raise GanDeployError("bad image count", n, "-n >= 1", None)
     if batch_size < 1:
@@ -168,6 +165,14 @@ def generate(runner, n: int, out: str | Path, batch_size: int = 256, seed: int =
         raise GanDeployError("bad seed", seed, f"0 <= seed <= {MAX_SEED}", None)
     if fmt not in FORMATS:
         raise GanDeployError("unknown image format", repr(fmt), f"one of {', '.join(FORMATS)}", None)
+
+
+def generate(runner, n: int, out: str | Path, batch_size: int = 256, seed: int = 0, fmt: str = "png",
+             overwrite: bool = False, grid: str | Path | None = None, manifest: bool = True, writers: int | None = None,
+             shard: tuple[int, int] = (0, 1), progress: bool | None = None,
+             on_batch: Callable[[int], None] | None = None) -> GenerateReport:
+    """Write images [start, stop) of `n` (all of them, or this shard's share) with `runner` into `out`."""
+    check_args(n, batch_size, seed, fmt)
     out = Path(out)
     prepare_out_dir(out, overwrite)
     spec = runner.spec
