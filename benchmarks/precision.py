@@ -1,0 +1,121 @@
+"""FP32 vs INT8 (vs FP16) in onnxruntime on this machine's CPU, per batch size, with the gate's figures.
+
+Target (issue 4): INT8 >= 1.5x FP32 at batch 64 while passing the quality gate. Variants, all made by
+gan_deploy.quantize from the same FP32 ONNX and each gated against eager FP32 on 1000 gate latents:
+
+    fp32            the exported model (ConvTranspose)
+    int8            Q/DQ, ConvTranspose rewritten to Conv + DepthToSpace, UINT8 activations (the CPU flavour)
+    int8-norewrite  Q/DQ of the original graph: onnxruntime runs ConvTranspose dequantized (the known slow case)
+    int8-tensorrt   Q/DQ in TensorRT's form (symmetric INT8, FP32 bias); gated and timed here for completeness
+    fp16            FP16 with FP32 I/O (onnxruntime has FP16 kernels on this CPU; no speed is expected from them)
+
+Latency: gan_deploy.timing.measure, variants interleaved in rounds so that load from other processes on
+the machine hits them alike; per variant and batch the median over rounds of each round's p50.
+
+    python benchmarks/precision.py [--checkpoint models/digits_dcgan.safetensors] [--rounds 5] [--json out.json]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+from gan_deploy.artifact import artifact_from_onnx, load_artifact
+from gan_deploy.backends import make_runner
+from gan_deploy.checkpoint import DEFAULT_CHECKPOINT, save_checkpoint
+from gan_deploy.config import GeneratorConfig
+from gan_deploy.latents import latents_range
+from gan_deploy.quantize import fp16_onnx_from_onnx, int8_onnx_from_onnx
+from gan_deploy.timing import measure
+
+
+def parent_artifact(checkpoint: str | None, tmp: Path):
+    if checkpoint or DEFAULT_CHECKPOINT.exists():
+        return load_artifact(checkpoint), "trained" if not checkpoint else checkpoint
+    # the default model is not trained yet: a freshly initialised generator of the same config
+    import torch
+
+    from gan_deploy.nets import build_generator, init_weights
+    torch.manual_seed(0)
+    cfg = GeneratorConfig()
+    g = build_generator(cfg)
+    g.apply(init_weights)
+    path = save_checkpoint(tmp / "untrained_default_config.safetensors", g, cfg).path
+    print("NOTE: models/digits_dcgan.safetensors not found: using a freshly initialised generator of the default config",
+          file=sys.stderr)
+    return load_artifact(path), "untrained (default config, DCGAN init)"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--checkpoint", default=None)
+    ap.add_argument("--batch-sizes", default="1,64,256")
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--variants", default="fp32,int8,int8-norewrite,int8-tensorrt,fp16")
+    ap.add_argument("--gate-samples", type=int, default=1000)
+    ap.add_argument("--json", default=None)
+    a = ap.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="gan-deploy-precision-"))
+    parent, which = parent_artifact(a.checkpoint, tmp)
+    fp32_path = tmp / "fp32.onnx"
+    fp32_path.write_bytes(parent.onnx_bytes())
+    arts, gates = {"fp32": artifact_from_onnx(fp32_path)}, {}
+    wanted = a.variants.split(",")
+    makers = {
+        "int8": lambda: int8_onnx_from_onnx(parent, tmp / "int8.onnx", gate_samples=a.gate_samples, raise_on_reject=False),
+        "int8-norewrite": lambda: int8_onnx_from_onnx(parent, tmp / "int8n.onnx", rewrite=False, gate_samples=a.gate_samples,
+                                                      raise_on_reject=False),
+        "int8-tensorrt": lambda: int8_onnx_from_onnx(parent, tmp / "int8t.onnx", target="tensorrt", gate_samples=a.gate_samples,
+                                                     raise_on_reject=False),
+        "fp16": lambda: fp16_onnx_from_onnx(parent, tmp / "fp16.onnx", gate_samples=a.gate_samples, raise_on_reject=False),
+    }
+    for name in wanted:
+        if name in makers:
+            rep = makers[name]()
+            gates[name] = rep.gate
+            print(f"[{name}] {rep.summary()}\n", file=sys.stderr)
+            if rep.path:
+                arts[name] = artifact_from_onnx(rep.path)
+
+    runners = {n: make_runner("onnxruntime", art, "cpu").activate() for n, art in arts.items()}
+    sizes = [int(b) for b in a.batch_sizes.split(",")]
+    p50: dict[tuple[str, int], list[float]] = {}
+    for b in sizes:
+        z = latents_range(0, 0, b, parent.spec.latent_dim)
+        iters = 200 if b == 1 else max(5, 1280 // b)
+        for _ in range(a.rounds):
+            for n, r in runners.items():
+                p50.setdefault((n, b), []).append(measure(lambda: r.infer(z), b, warmup=3, iters=iters, max_time_s=5).p50_ms)
+
+    rows = []
+    print(f"\nmodel: {which}; onnxruntime CPU, {os.cpu_count()} cores, threads={os.environ.get('GAN_DEPLOY_THREADS', 'all')}; "
+          f"median over {a.rounds} rounds of p50")
+    head = f"{'variant':<15} {'batch':>5} {'p50 ms':>9} {'img/s':>9} {'vs fp32':>8}"
+    print(head + "\n" + "-" * len(head))
+    for b in sizes:
+        base = statistics.median(p50[("fp32", b)])
+        for n in runners:
+            ms = statistics.median(p50[(n, b)])
+            rows.append({"variant": n, "batch": b, "p50_ms": ms, "images_per_s": b / ms * 1e3, "speedup_vs_fp32": base / ms,
+                         "rounds_p50_ms": p50[(n, b)]})
+            print(f"{n:<15} {b:>5} {ms:>9.3f} {b / ms * 1e3:>9.0f} {base / ms:>7.2f}x")
+    print("\ngate vs eager FP32 (same latents):")
+    print(f"{'variant':<15} {'verdict':<9} {'NaN/Inf':>7} {'sat+':>8} {'PSNR worst':>10} {'median':>8} {'FD ratio':>9}")
+    for n, g in gates.items():
+        f = g.figures
+        fdr = "n/a" if f.get("fd_ratio") is None else f"{f['fd_ratio']:.4f}"
+        print(f"{n:<15} {'ACCEPTED' if g.accepted else 'REJECTED':<9} {f['nonfinite']:>7} "
+              f"{f['saturated_rate'] - f['reference_saturated_rate']:>8.4f} {f['psnr_worst_db']:>10.2f} "
+              f"{f['psnr_median_db']:>8.2f} {fdr:>9}")
+    if a.json:
+        Path(a.json).write_text(json.dumps({"model": which, "rows": rows, "gates": {n: g.to_dict() for n, g in gates.items()}},
+                                           indent=2) + "\n")
+        print(f"wrote {a.json}")
+
+
+if __name__ == "__main__":
+    main()
