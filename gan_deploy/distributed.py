@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -142,6 +143,7 @@ def generate_ray(artifact: Artifact, backend: str, device: str, n: int, out: str
     t0 = time.perf_counter()
     try:
         wdevice, resources, n_workers = _resources(device, workers)
+        n_workers = min(n_workers, len(starts))  # an actor per batch at most: each one loads the model
         threads = int(os.environ.get("GAN_DEPLOY_THREADS", "0")) or (1 if wdevice == "cpu" else None)
         ds = ray.data.from_items([{"start": s} for s in starts], override_num_blocks=min(len(starts), 4 * n_workers))
         ds = ds.map_batches(
@@ -199,12 +201,15 @@ def generate_ray(artifact: Artifact, backend: str, device: str, n: int, out: str
 
 
 def _gan_deploy_cause(e: BaseException) -> GanDeployError | None:
-    """The GanDeployError a worker raised (e.g. a stale model file), unwrapped from Ray's error chain."""
+    """The GanDeployError a worker raised (e.g. a stale model file), out of Ray's error: from the exception
+    chain when Ray kept it, else from the remote traceback text (an actor that died in its constructor)."""
     seen = set()
-    while e is not None and id(e) not in seen:
-        seen.add(id(e))
-        if isinstance(e, GanDeployError):
-            return e
-        cause = getattr(e, "cause", None)
-        e = cause if isinstance(cause, BaseException) else e.__cause__
-    return None
+    cur: BaseException | None = e
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        if isinstance(cur, GanDeployError):
+            return cur
+        cause = getattr(cur, "cause", None)
+        cur = cause if isinstance(cause, BaseException) else cur.__cause__
+    m = re.search(r"gan_deploy\.errors\.\w+: (.+)", str(e))
+    return GanDeployError(m.group(1).strip()) if m else None

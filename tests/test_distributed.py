@@ -1,0 +1,93 @@
+"""`generate --executor ray`: Ray Data workers write the same files, byte for byte, as the single-process path.
+
+One local Ray instance with 2 CPUs (so 2 workers) for the whole module."""
+from __future__ import annotations
+
+import filecmp
+
+import pytest
+
+from gan_deploy.artifact import load_artifact
+from gan_deploy.backends import make_runner
+from gan_deploy.errors import GanDeployError
+from gan_deploy.generate import generate
+
+N, BATCH, SEED = 29, 6, 3  # 5 batches: uneven over 2 workers, last batch short
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    ray = pytest.importorskip("ray", reason="Ray is not installed: pip install 'gan-deploy[serve]'")
+    pytest.importorskip("ray.data", reason="Ray Data is not installed: pip install 'gan-deploy[serve]'")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def single(tiny_checkpoint, tmp_path_factory):
+    out = tmp_path_factory.mktemp("single") / "out"
+    generate(make_runner("onnxruntime", load_artifact(tiny_checkpoint), "cpu"), N, out, batch_size=BATCH, seed=SEED,
+             progress=False)
+    return out
+
+
+def _same_folder(a, b) -> None:
+    names = sorted(p.name for p in a.iterdir())
+    assert names == sorted(p.name for p in b.iterdir())
+    match, mismatch, errors = filecmp.cmpfiles(a, b, names, shallow=False)
+    assert not mismatch and not errors and len(match) == len(names)
+
+
+def test_ray_workers_write_the_single_process_files(ray_local, tiny_checkpoint, single, tmp_path):
+    from gan_deploy.distributed import generate_ray
+
+    rep = generate_ray(load_artifact(tiny_checkpoint), "onnxruntime", "cpu", N, tmp_path / "ray", batch_size=BATCH,
+                       seed=SEED, progress=False, workers=2)
+    assert rep.n_written == N and rep.writers == 2 and "2 Ray worker(s)" in rep.backend_detail
+    _same_folder(single, tmp_path / "ray")  # every image and the manifest
+
+
+def test_ray_shards_union_is_the_single_run(ray_local, tiny_checkpoint, single, tmp_path):
+    from gan_deploy.distributed import generate_ray
+
+    art = load_artifact(tiny_checkpoint)
+    seen = set()
+    for k in range(2):
+        rep = generate_ray(art, "onnxruntime", "cpu", N, tmp_path / f"s{k}", batch_size=BATCH, seed=SEED,
+                           shard=(k, 2), progress=False, workers=2)
+        images = {p.name for p in (tmp_path / f"s{k}").glob("*.png")}
+        assert len(images) == rep.n_written and not images & seen
+        seen |= images
+        for name in images:
+            assert (tmp_path / f"s{k}" / name).read_bytes() == (single / name).read_bytes()
+    assert seen == {p.name for p in single.glob("*.png")}
+
+
+def test_cli_executor_ray(ray_local, cli, tiny_checkpoint, single, tmp_path):
+    r = cli("generate", "-c", tiny_checkpoint, "-n", N, "-b", BATCH, "--seed", SEED, "--backend", "onnxruntime",
+            "--device", "cpu", "--executor", "ray", "--ray-workers", 2, "--out", tmp_path / "cli", "--grid", tmp_path / "g.png")
+    assert r.exit_code == 0, r.output
+    assert f"wrote {N} png files" in r.output and (tmp_path / "g.png").exists()
+    _same_folder(single, tmp_path / "cli")
+
+
+def test_worker_with_another_model_file_is_refused(ray_local, tiny_checkpoint, tmp_path):
+    from gan_deploy.distributed import generate_ray
+
+    art = load_artifact(tiny_checkpoint)
+    art.sha256 = "0" * 64  # as if the driver's file differed from the one the workers see at that path
+    with pytest.raises(GanDeployError, match="differs from the driver's"):
+        generate_ray(art, "onnxruntime", "cpu", 4, tmp_path / "x", batch_size=2, progress=False, workers=1)
+
+
+def test_bad_arguments_fail_before_ray_starts(tiny_checkpoint, tmp_path):
+    from gan_deploy.distributed import generate_ray
+
+    art = load_artifact(tiny_checkpoint)
+    with pytest.raises(GanDeployError, match="bad batch size"):
+        generate_ray(art, "onnxruntime", "cpu", 4, tmp_path / "a", batch_size=0)
+    with pytest.raises(GanDeployError, match="unknown backend"):
+        generate_ray(art, "nope", "cpu", 4, tmp_path / "b")
+    with pytest.raises(GanDeployError, match="Ray workers"):
+        generate_ray(art, "onnxruntime", "cpu", 4, tmp_path / "c", workers=0)
