@@ -33,6 +33,7 @@ from __future__ import annotations
 import gzip
 import re
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -211,7 +212,7 @@ def _load_array(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
                 images = obj[key]
                 lkey = next((k for k in LABEL_KEYS if k in keys), None)
                 labels = obj[lkey] if lkey else None
-            except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
+            except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error) as e:
                 raise GanDeployError("unreadable or corrupt array file", f"{path} ({e})",
                                      "a plain numeric array written by np.savez", None) from None
     else:
@@ -304,7 +305,7 @@ def _read_idx(path: Path) -> np.ndarray:
                 raw = f.read()
         else:
             raw = path.read_bytes()
-    except (OSError, EOFError) as e:  # gzip.BadGzipFile is an OSError
+    except (OSError, EOFError, zlib.error) as e:  # gzip.BadGzipFile is an OSError; damaged deflate data is zlib.error
         raise GanDeployError("unreadable or corrupt IDX file", f"{path} ({e})", "an MNIST-format IDX file, gzipped or not",
                              "download it again") from None
     if len(raw) < 4:

@@ -240,7 +240,9 @@ class _Batches:
             perm = np.random.default_rng([self.seed, epoch]).permutation(len(self.data))
             self._order = torch.from_numpy(perm[self.rank::self.world].copy()).to(self.data.device)
             self._epoch = epoch
-        return self.data[self._order[b * self.bs:(b + 1) * self.bs]]
+        x = self.data[self._order[b * self.bs:(b + 1) * self.bs]]
+        return x.contiguous(memory_format=torch.channels_last) if self.data.is_contiguous(
+            memory_format=torch.channels_last) and x.dim() == 4 else x
 
 
 @torch.no_grad()
@@ -620,6 +622,9 @@ def _train(o: TrainOptions, cfg: GeneratorConfig, device: torch.device, ctx: _Di
         torch.manual_seed(o.seed)
         G = build_generator(cfg).apply(init_weights).to(device)
         D = build_discriminator(cfg, o.disc_width, norm=o.loss != "wgan-gp").apply(init_weights).to(device)
+    # NHWC activations: the convolutions run ~1.5-2x faster on CPU (oneDNN) and use tensor cores well on GPU
+    fmt = torch.channels_last if o.arch == "dcgan" and os.environ.get("GAN_DEPLOY_NCHW") != "1" else torch.contiguous_format
+    G, D = G.to(memory_format=fmt), D.to(memory_format=fmt)
     ema = copy.deepcopy(G).requires_grad_(False)
     fused = device.type == "cuda"  # one kernel per parameter group: faster on GPU, unavailable for every CPU dtype
     opt_g = torch.optim.Adam(G.parameters(), lr=o.lr, betas=(o.beta1, o.beta2), fused=fused or None)
@@ -648,7 +653,7 @@ def _train(o: TrainOptions, cfg: GeneratorConfig, device: torch.device, ctx: _Di
 
     amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(o.amp)
     autocast = torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None)
-    data = torch.from_numpy(ds.images).to(device)  # [N, C, H, W], the whole data set
+    data = torch.from_numpy(ds.images).to(device).contiguous(memory_format=fmt)  # [N, C, H, W], the whole data set
     batches = _Batches(data, o.batch_size, o.seed, ctx.rank, ctx.world)
     z_fixed = torch.from_numpy(_fixed_latents(o.seed, cfg.latent_dim)).to(device)  # [64, Z]
     B, Z = o.batch_size, cfg.latent_dim

@@ -1,0 +1,297 @@
+"""gan_deploy.train and `gan-deploy train`: run folder, determinism, resume equivalence, refusals, DDP over gloo.
+
+Every run is tiny (width 8, latent 8, 16x16 images, tens of steps) so the whole file stays well under a minute.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from safetensors.torch import load_file
+
+from gan_deploy import train as train_mod
+from gan_deploy.checkpoint import load_generator, read_checkpoint
+from gan_deploy.cli import main
+from gan_deploy.errors import GanDeployError
+from gan_deploy.fileio import sha256_file
+from gan_deploy.train import TrainOptions, options_for_resume, train
+
+REPO = Path(__file__).resolve().parent.parent
+TINY = dict(width=8, latent_dim=8, image_size=16, batch_size=16, log_every=5, progress=False)
+TINY_CLI = ["--width", "8", "--latent-dim", "8", "--image-size", "16", "--batch-size", "16", "--log-every", "5",
+            "--no-progress"]
+
+
+def tiny(out: Path, **kw) -> TrainOptions:
+    return TrainOptions(out=str(out), **{**TINY, "steps": 10, "sample_every": 5, "checkpoint_every": 5, **kw})
+
+
+def weights(path: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(path))
+
+
+def same_tensors(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def state_of(out: Path, step: int) -> dict[str, torch.Tensor]:
+    return weights(out / "state" / f"step_{step:08d}.safetensors")
+
+
+@pytest.fixture(scope="module")
+def small_npy(tmp_path_factory) -> Path:
+    """40 random 16x16 'images': a data set that loads instantly."""
+    p = tmp_path_factory.mktemp("data") / "blobs.npy"
+    np.save(p, np.random.default_rng(0).integers(0, 256, size=(40, 16, 16), dtype=np.uint8))
+    return p
+
+
+# -- the run folder ---------------------------------------------------------------------------------------
+
+def test_run_folder_contents(tmp_path):
+    r = train(tiny(tmp_path / "run"))
+    out = tmp_path / "run"
+    assert r.steps == 10 and r.start_step == 0 and r.world_size == 1 and r.out == out
+    assert r.checkpoint == out / "generator.safetensors"
+    ck = read_checkpoint(r.checkpoint)
+    assert ck.sha256 == sha256_file(r.checkpoint)
+    assert ck.config.arch == "dcgan" and ck.config.latent_dim == 8 and ck.config.image_size == 16
+    t = ck.meta["train"]
+    assert (t["dataset"], t["steps"], t["seed"], t["loss"], t["batch_size"]) == ("digits", 10, 0, "bce", 16)
+    assert t["extra"]["arch"] == "dcgan" and t["extra"]["dataset_size"] == 1797 and t["extra"]["world_size"] == 1
+    G = load_generator(r.checkpoint)
+    x = G(torch.randn(3, 8))
+    assert x.shape == (3, 1, 16, 16) and x.abs().max() <= 1
+    assert sorted(p.name for p in (out / "samples").iterdir()) == ["step_00000005.png", "step_00000010.png"]
+    assert r.samples == out / "samples" / "step_00000010.png"
+    from PIL import Image
+    assert Image.open(r.samples).size == ((8 * (16 + 2) + 2) * 2,) * 2  # 8x8 grid, 2 px pad, shown 2x
+    recs = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [rec["step"] for rec in recs[:-1]] == [5, 10]
+    assert {"d_loss", "g_loss", "images_per_s", "elapsed"} <= recs[0].keys()
+    assert recs[-1]["event"] == "end" and len(recs[-1]["rank_sha256"]) == 1
+    assert all(np.isfinite(rec["d_loss"]) and np.isfinite(rec["g_loss"]) for rec in recs)
+    # checkpoints every 5 steps, older ones dropped once a newer one is complete
+    assert sorted(p.name for p in (out / "state").iterdir()) == ["step_00000010.json", "step_00000010.safetensors"]
+    assert not list(out.rglob(".gan-deploy-tmp-*"))  # no temporary files left behind
+
+
+def test_saved_generator_is_the_ema_not_the_raw_generator(tmp_path):
+    r = train(tiny(tmp_path / "run"))
+    saved, raw = weights(r.checkpoint), state_of(r.out, 10)
+    name = "net.0.weight"
+    assert torch.equal(saved[name], raw[f"EMA.{name}"])
+    assert not torch.equal(saved[name], raw[f"G.{name}"])
+
+
+def test_same_seed_same_weights_other_seed_other_weights(tmp_path):
+    a = train(tiny(tmp_path / "a", steps=6))
+    b = train(tiny(tmp_path / "b", steps=6))
+    c = train(tiny(tmp_path / "c", steps=6, seed=1))
+    assert sha256_file(a.checkpoint) == sha256_file(b.checkpoint)
+    assert a.rank_sha256 == b.rank_sha256 != c.rank_sha256
+
+
+@pytest.mark.parametrize("loss", ["bce", "hinge", "wgan-gp"])
+def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path, loss):
+    k = 6 if loss != "wgan-gp" else 3
+    full = train(tiny(tmp_path / "full", steps=2 * k, loss=loss, checkpoint_every=0))
+    half = train(tiny(tmp_path / "half", steps=k, loss=loss, checkpoint_every=0))
+    assert half.steps == k
+    rest = train(options_for_resume({"out": str(tmp_path / "half"), "steps": 2 * k}))
+    assert rest.start_step == k and rest.steps == 2 * k
+    assert same_tensors(state_of(full.out, 2 * k), state_of(rest.out, 2 * k))  # G, D, EMA, Adam moments, RNG
+    assert same_tensors(weights(full.checkpoint), weights(rest.checkpoint))
+    recs = [json.loads(s) for s in (rest.out / "metrics.jsonl").read_text().splitlines()]
+    logged = [r["step"] for r in recs if "event" not in r]
+    assert logged == sorted(set(logged)) and logged[-1] == 2 * k  # the log runs on past the resume, no repeats
+    assert [r for r in recs if "event" in r] == recs[-1:]  # one end record: the first run's was dropped
+
+
+def test_wgan_gp_critic_has_no_batch_norm(tmp_path):
+    r = train(tiny(tmp_path / "run", loss="wgan-gp", steps=2))
+    keys = state_of(r.out, 2).keys()
+    assert any(k.startswith("D.") for k in keys) and not any(k.startswith("D.") and "running_mean" in k for k in keys)
+    assert any(k.startswith("G.") and "running_mean" in k for k in keys)
+
+
+def test_ctrl_c_saves_the_finished_step_and_resume_matches(tmp_path, monkeypatch):
+    full = train(tiny(tmp_path / "full", steps=12, checkpoint_every=0))
+    real_d_loss = train_mod._d_loss
+    calls = {"n": 0}
+
+    def d_loss_then_interrupt(*args):  # Ctrl-C arrives in the middle of step 7, between D forward and backward
+        calls["n"] += 1
+        if calls["n"] == 7:
+            os.kill(os.getpid(), signal.SIGINT)
+        return real_d_loss(*args)
+
+    handler_before = signal.getsignal(signal.SIGINT)
+    monkeypatch.setattr(train_mod, "_d_loss", d_loss_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        train(tiny(tmp_path / "cut", steps=12, checkpoint_every=0))
+    monkeypatch.setattr(train_mod, "_d_loss", real_d_loss)
+    # step 7 was finished, then saved; nothing of the final outputs was written
+    assert sorted(p.name for p in (tmp_path / "cut" / "state").iterdir()) == ["step_00000007.json", "step_00000007.safetensors"]
+    assert not (tmp_path / "cut" / "generator.safetensors").exists()
+    assert signal.getsignal(signal.SIGINT) is handler_before  # the deferring handler is gone
+    rest = train(options_for_resume({"out": str(tmp_path / "cut")}))
+    assert rest.start_step == 7 and rest.steps == 12
+    assert same_tensors(state_of(full.out, 12), state_of(rest.out, 12))
+
+
+def test_bf16_autocast_and_mlp_arch_train(tmp_path):
+    r = train(tiny(tmp_path / "bf16", steps=4, amp="bf16", sample_every=0))
+    assert np.isfinite([r.d_loss, r.g_loss]).all()
+    r = train(tiny(tmp_path / "mlp", steps=4, arch="mlp", loss="hinge", sample_every=0))
+    assert read_checkpoint(r.checkpoint).config.arch == "mlp"
+
+
+def test_other_data_sources_train(tmp_path, small_npy):
+    r = train(tiny(tmp_path / "run", data=str(small_npy), steps=3, channels=3))
+    assert read_checkpoint(r.checkpoint).config.channels == 3
+    assert read_checkpoint(r.checkpoint).meta["train"]["dataset"] == "blobs"
+
+
+# -- refusals ----------------------------------------------------------------------------------------------
+
+def _err(opts: TrainOptions) -> str:
+    with pytest.raises(GanDeployError) as e:
+        train(opts)
+    return e.value.one_line()
+
+
+def test_refuses_to_overwrite_a_run(tmp_path):
+    out = tmp_path / "run"
+    first = train(tiny(out, steps=2))
+    (out / "my_notes.txt").write_text("mine")
+    msg = _err(tiny(out, steps=2))
+    assert "already holds a finished run" in msg and str(out) in msg and "--overwrite" in msg and "--resume" in msg
+    assert sha256_file(first.checkpoint) == read_checkpoint(first.checkpoint).sha256  # untouched
+    train(tiny(out, steps=3, overwrite=True))
+    assert read_checkpoint(out / "generator.safetensors").meta["train"]["steps"] == 3
+    assert (out / "my_notes.txt").read_text() == "mine"  # only the run's own files were replaced
+    assert not (out / "state" / "step_00000002.json").exists()
+
+
+def test_refuses_to_overwrite_an_unfinished_run(tmp_path):
+    out = tmp_path / "run"
+    (out / "state").mkdir(parents=True)
+    assert "already holds an unfinished run" in _err(tiny(out))
+
+
+def test_bad_settings(tmp_path, small_npy):
+    out = tmp_path / "x"
+    msg = _err(tiny(out, data=str(small_npy), batch_size=64))
+    assert "batch size larger than the data set" in msg and "64" in msg and "40" in msg
+    msg = _err(tiny(out, arch="gan"))
+    assert "unknown architecture" in msg and "'gan'" in msg and "dcgan" in msg
+    msg = _err(tiny(out, amp="fp16", device="cpu"))
+    assert "--amp fp16 needs a CUDA device" in msg and "bf16" in msg
+    msg = _err(tiny(out, steps=-5))
+    assert "bad steps: -5" in msg and ">= 1" in msg
+    msg = _err(tiny(out, image_size=24))
+    assert "power of two" in msg and "24" in msg and "--arch mlp" in msg
+    assert "unknown loss" in _err(tiny(out, loss="lsgan"))
+    assert "bad learning rate" in _err(tiny(out, lr=0.0))
+    assert "--resume and --overwrite" in _err(tiny(out, resume=True, overwrite=True))
+    assert "nothing to resume" in _err(tiny(out, resume=True))
+    assert "unknown device" in _err(tiny(out, device="tpu"))
+    if not torch.cuda.is_available():
+        assert "CUDA requested but not available" in _err(tiny(out, device="cuda"))
+    assert "data not found" in _err(tiny(out, data=str(tmp_path / "missing")))
+    assert not out.exists()  # nothing written by a refused run
+
+
+def test_resume_refusals(tmp_path):
+    out = tmp_path / "run"
+    train(tiny(out, steps=4))
+    msg = _err(options_for_resume({"out": str(out), "steps": 4}))
+    assert "already trained that far" in msg and "4" in msg
+    with pytest.raises(GanDeployError, match="cannot change --loss when resuming"):
+        options_for_resume({"out": str(out), "steps": 8, "loss": "hinge"})
+    msg = _err(TrainOptions(**{**tiny(out, steps=8).__dict__, "resume": True, "width": 16}))
+    assert "cannot change width" in msg
+
+
+# -- the command line ----------------------------------------------------------------------------------------
+
+def test_cli_train_then_resume(tmp_path):
+    runner = CliRunner()
+    out = tmp_path / "run"
+    res = runner.invoke(main, ["train", "--out", str(out), "--steps", "6", "--sample-every", "3", *TINY_CLI])
+    assert res.exit_code == 0, res.output
+    assert "Trained 6 steps" in res.output and str(out / "generator.safetensors") in res.output
+    res = runner.invoke(main, ["train", "--out", str(out), "--steps", "6", *TINY_CLI])
+    assert res.exit_code == 2 and "Error: run folder already holds a finished run" in res.output
+    assert "Traceback" not in res.output
+    # --resume takes the saved options: only --steps is needed
+    res = runner.invoke(main, ["train", "--out", str(out), "--resume", "--steps", "10"])
+    assert res.exit_code == 0, res.output
+    assert "Trained 10 steps (resumed at 6)" in res.output
+    full = train(tiny(tmp_path / "full", steps=10, sample_every=3))
+    assert same_tensors(weights(full.checkpoint), weights(out / "generator.safetensors"))
+    res = runner.invoke(main, ["train", "--out", str(out), "--resume", "--steps", "12", "--loss", "hinge"])
+    assert res.exit_code == 2 and "cannot change --loss when resuming" in res.output
+
+
+def test_cli_errors_are_one_line(tmp_path, small_npy):
+    runner = CliRunner()
+    cases = [
+        (["--data", str(tmp_path / "nope")], "Error: data not found"),
+        (["--data", str(small_npy), "--batch-size", "100"], "Error: batch size larger than the data set"),
+        (["--amp", "fp16", "--device", "cpu"], "Error: --amp fp16 needs a CUDA device"),
+        (["--image-size", "24"], "Error: dcgan image size must be a power of two: 24"),
+        (["--steps", "-5"], "Invalid value for '--steps'"),
+        (["--arch", "gan"], "Invalid value for '--arch'"),
+    ]
+    for args, text in cases:
+        res = runner.invoke(main, ["train", "--out", str(tmp_path / "o"), *TINY_CLI, *args])
+        assert res.exit_code == 2, (args, res.output)
+        assert text in res.output and "Traceback" not in res.output, (args, res.output)
+
+
+def test_cli_help_has_examples():
+    res = CliRunner().invoke(main, ["train", "--help"])
+    assert res.exit_code == 0
+    assert "gan-deploy train --data ~/mnist/train-images-idx3-ubyte.gz --steps 5000" in res.output
+    assert "torchrun --nproc-per-node 2 -m gan_deploy train" in res.output
+
+
+# -- two processes: DistributedDataParallel over gloo ---------------------------------------------------------
+
+@pytest.mark.skipif(not (torch.distributed.is_available() and torch.distributed.is_gloo_available()),
+                    reason="torch.distributed with gloo is unavailable")
+def test_two_processes_gloo_stay_in_sync(tmp_path, small_npy):
+    out = tmp_path / "ddp"
+    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+           "-m", "gan_deploy", "train", *TINY_CLI, "--data", str(small_npy), "--out", str(out), "--steps", "5",
+           "--sample-every", "0", "--log-every", "1"]
+    p = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert p.stdout.count("Trained 5 steps") == 1  # only rank 0 prints
+    assert "x 2 processes" in p.stdout
+    recs = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in recs] == [1, 2, 3, 4, 5, 5]
+    end = recs[-1]
+    assert end["event"] == "end" and end["world_size"] == 2
+    assert len(end["rank_sha256"]) == 2 and end["rank_sha256"][0] == end["rank_sha256"][1]
+    extra = read_checkpoint(out / "generator.safetensors").meta["train"]["extra"]
+    assert extra["world_size"] == 2 and extra["global_batch_size"] == 32
+    st = json.loads((out / "state" / "step_00000005.json").read_text())
+    assert st["world_size"] == 2 and st["step"] == 5
+    assert {"rng.latent.rank0", "rng.latent.rank1"} <= state_of(out, 5).keys()
+    # the ranks drew different latents (per-rank seeds) yet hold the same weights
+    assert not torch.equal(state_of(out, 5)["rng.latent.rank0"], state_of(out, 5)["rng.latent.rank1"])
+    # a single process cannot resume a 2-process run: the data shards and per-rank latents would differ
+    with pytest.raises(GanDeployError, match="different number of processes"):
+        train(options_for_resume({"out": str(out), "steps": 8}))
