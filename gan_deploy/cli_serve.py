@@ -51,6 +51,12 @@ def serve(checkpoint, onnx, engine, value_range, backend, device, host, port, ma
     from .serve_api import ServeConfig
 
     art = load_artifact_from_options(checkpoint, onnx, engine, value_range)
+    if art.kind == "engine":  # the engine's optimization profile bounds every batch it can run
+        from .engine_meta import read_sidecar
+        top = read_sidecar(art.path)["profile"]["max"]
+        if max_batch_size > top:
+            raise GanDeployError("--max-batch-size exceeds the engine's profile", max_batch_size, f"<= {top}, the engine's max batch",
+                                 "lower --max-batch-size, or rebuild the engine with a larger max batch")
     address = ray_address or os.environ.get("RAY_ADDRESS")
     if not address:  # local: settle backend, device and port here: a one-line error, not a Ray traceback
         from .backends import make_runner

@@ -71,8 +71,9 @@ class GeneratorDeployment:
         # one thread: backend calls stay serialized (runners are not promised to be thread-safe), and the
         # event loop stays free to accept requests and form the next batch while this one runs
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gan-deploy-infer")
-        for n in {1, cfg.max_batch_size}:  # first-call costs (allocations, kernel choice) before "ready"
-            self.runner.infer(latents_range(0, 0, n, self.spec.latent_dim))
+        for n in sorted({1, cfg.max_batch_size}):  # first-call costs (allocations, kernels) before "ready",
+            # on the thread that will run every later call (CUDA state such as graphs is per thread's stream)
+            self._pool.submit(self.runner.infer, latents_range(0, 0, n, self.spec.latent_dim)).result()
         self._infer_pieces.set_max_batch_size(cfg.max_batch_size)
         self._infer_pieces.set_batch_wait_timeout_s(cfg.batch_wait_ms / 1000.0)
         self.metrics = Metrics()
