@@ -38,7 +38,7 @@ BACKEND_CHOICES = ["auto", "eager", "compile", "onnxruntime", "tensorrt"]
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N (generation only; "
                                                                   "features are computed on the CPU).")
 @click.option("-n", "--num", "n", type=int, default=2000, show_default=True,
-              help="Generated images to score (latents 0..n-1 of --seed).")
+              help="Generated images to score (latents 0..n-1 of --seed); with --images every file is scored.")
 @click.option("--seed", type=click.IntRange(min=0, max=2**63 - 1), default=0, show_default=True,
               help="Latent seed; also seeds the bootstrap and the halves split.")
 @click.option("--bootstrap", type=click.IntRange(min=0), default=10, show_default=True,

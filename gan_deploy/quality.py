@@ -122,13 +122,13 @@ def load_classifier(path: str | Path | None = None) -> FeatureClassifier:
     if not p.exists() or not side.exists():
         raise GanDeployError("feature classifier not found", f"{p} (+ {side.name})", "the files shipped in models/",
                              "restore them from git, or retrain: python -m gan_deploy.quality --train-classifier")
-    # keyed by the weights' hash: a retrained file in the same place is picked up, an unchanged one is not re-read
-    return _load_classifier_cached(str(p.resolve()), sha256_file(p))
+    # keyed by both files' hashes: a retrained classifier in the same place is picked up, an unchanged one
+    # is not re-read (hashing 0.6 MB costs about a millisecond)
+    return _load_classifier_cached(str(p.resolve()), sha256_file(p), sha256_file(side))
 
 
 @functools.lru_cache(maxsize=4)
-def _load_classifier_cached(path: str, actual_sha: str) -> FeatureClassifier:
-    import torch
+def _load_classifier_cached(path: str, actual_sha: str, _config_sha: str) -> FeatureClassifier:
     from safetensors.torch import load_file
 
     p = Path(path)
@@ -154,7 +154,6 @@ def _load_classifier_cached(path: str, actual_sha: str) -> FeatureClassifier:
     model.eval()
     for prm in model.parameters():
         prm.requires_grad_(False)
-    del torch
     return FeatureClassifier(p, cfg, model)
 
 
@@ -250,6 +249,8 @@ def _check_images(images: Any, value_range: Sequence[float], name: str) -> np.nd
         raise GanDeployError(f"bad {name} images", got, "a numpy array [N, C, H, W]",
                              "add the channel axis: images[:, None] for [N, H, W] gray images")
     n, c, h, w = images.shape
+    if n == 0:
+        raise GanDeployError(f"no {name} images", f"shape {images.shape}", "at least one image", None)
     if c not in (1, 3):
         raise GanDeployError(f"bad {name} images: channel count", f"shape {images.shape}", "C = 1 (gray) or 3 (RGB) in [N, C, H, W]",
                              "channels-last arrays need images.transpose(0, 3, 1, 2)")
@@ -560,7 +561,21 @@ def run_eval(artifact: Any = None, backend: str = "auto", device: str = "auto", 
     if against_backend is not None and images is not None:
         raise GanDeployError("--against-backend needs a generator, not a folder of images", str(images), None,
                              "score the folder against data with --reference, or pass the generator instead of --images")
-    clf = load_classifier()  # fail on a missing classifier before generating anything
+    if images is None and n < MIN_SAMPLES:
+        raise GanDeployError("too few images to score", f"-n {n}", f"at least {MIN_SAMPLES}",
+                             "use 1000+ (FD is biased upward at small n; compare scores only at the same n)")
+    ref_art = None
+    if against_backend is not None:
+        from .backends import runner_class
+
+        ref_art = artifact
+        if artifact.kind not in runner_class(against_backend).accepts:
+            ref_art = against_artifact
+            if ref_art is None:
+                raise GanDeployError(f"backend '{against_backend}' cannot run the scored {artifact.kind}", str(artifact.path),
+                                     "a checkpoint to run it on", "pass the checkpoint it was exported from with --checkpoint")
+            _check_same_generator(artifact, ref_art)
+    clf = load_classifier()  # all of the above fails before anything is generated
     notes: list[str] = []
     with Stopwatch() as sw:
         runner = None
@@ -575,15 +590,6 @@ def run_eval(artifact: Any = None, backend: str = "auto", device: str = "auto", 
         f_gen = features(gen, classifier=clf)
         ctx: dict[str, QualityScore] = {}
         if against_backend is not None:
-            from .backends import runner_class
-
-            ref_art = artifact
-            if artifact.kind not in runner_class(against_backend).accepts:
-                ref_art = against_artifact
-                if ref_art is None:
-                    raise GanDeployError(f"backend '{against_backend}' cannot run the scored {artifact.kind}", str(artifact.path),
-                                         "a checkpoint to run it on", "pass the checkpoint it was exported from with --checkpoint")
-                _check_same_generator(artifact, ref_art)
             ref_runner = make_runner(against_backend, ref_art, device)
             say(f"generating the same {n} latents with {ref_art.describe()} on {ref_runner.name}")
             ref = generator_images(ref_runner, n, seed, batch_size=batch_size)

@@ -221,6 +221,15 @@ def test_eval_cli_against_backend_is_paired_and_near_zero(cli, tiny_checkpoint, 
     assert _fd(r.output) < 1e-3 and "noise floor" not in r.output
 
 
+def test_eval_cli_refuses_an_onnx_file_from_another_checkpoint(cli, tiny_onnx, tmp_path):
+    from conftest import make_checkpoint
+
+    other = make_checkpoint(tmp_path / "other.safetensors", seed=1)
+    r = cli("eval", "--onnx", tiny_onnx, "-c", other, "-n", 64, "--against-backend", "eager")
+    assert r.exit_code == 2, r.output
+    assert r.output.count("Error:") == 1 and "exported from a different checkpoint" in r.output
+
+
 def test_eval_cli_images_folder(cli, tiny_checkpoint, tmp_path):
     r = cli("generate", "-c", tiny_checkpoint, "-n", 40, "--out", tmp_path / "s", "--grid", tmp_path / "s" / "grid.png")
     assert r.exit_code == 0, r.output
@@ -230,7 +239,7 @@ def test_eval_cli_images_folder(cli, tiny_checkpoint, tmp_path):
 
 
 @pytest.mark.parametrize("args,message", [
-    (["-n", "10"], "too few samples"),
+    (["-n", "10"], "too few images to score: -n 10"),
     (["--reference", "no/such/folder"], "data not found"),
     (["-k", "500", "-n", "64"], "bad k"),
     (["--images", "."], "--images and a generator were both given"),
