@@ -88,13 +88,17 @@ def test_rewrite_leaves_other_transposed_convolutions_alone():
     assert np.array_equal(_sess(rewritten).run(None, {"x": x})[0], _sess(model).run(None, {"x": x})[0])
 
 
-def test_fold_and_rewrite_whole_generator_is_exact(tiny_checkpoint):
+@pytest.mark.parametrize("hoist", [True, False])
+def test_fold_and_rewrite_whole_generator_is_exact(tiny_checkpoint, hoist):
     art = load_artifact(tiny_checkpoint)
     model = onnx.load_model_from_string(art.onnx_bytes())
     folded, n_bn = fold_batchnorms(model)
     assert n_bn == 2 and "BatchNormalization" not in {n.op_type for n in folded.graph.node}
-    rewritten, report = conv_from_conv_transpose(folded)
-    assert len(report.rewritten) == 3 and "ConvTranspose" not in {n.op_type for n in rewritten.graph.node}
+    rewritten, report = conv_from_conv_transpose(folded, hoist_activation=hoist)
+    ops = [n.op_type for n in rewritten.graph.node]
+    assert len(report.rewritten) == 3 and "ConvTranspose" not in ops
+    # ReLU after the 1x1 layer and after the stride-2 layer: once each, or applied per convolution (1 + 4)
+    assert ops.count("Relu") == (5 if hoist else 2)
     z = latents_range(5, 0, 16, art.spec.latent_dim)
     eager = make_runner("eager", art, "cpu").infer(z)
     assert np.abs(_sess(rewritten).run(None, {"z": z})[0] - eager).max() < 1e-5
