@@ -133,7 +133,8 @@ def generate_ray(artifact: Artifact, backend: str, device: str, n: int, out: str
     started = _init_ray(workers)
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False  # our own bar below, as in the single-process path
-    logging.getLogger("ray.data").setLevel(logging.WARNING)
+    # it would warn, once per process, that the progress bars are off: we switched them off on purpose
+    logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
     done: list[int] = []
     infer_s = write_s = 0.0
     detail = backend

@@ -216,8 +216,11 @@ def serve_forever(cfg: ServeConfig, host: str, port: int, ray_address: str | Non
 
     def _term(*_: object) -> None:
         raise KeyboardInterrupt
-    signal.signal(signal.SIGTERM, _term)  # `kill` or a container stop: same clean shutdown as Ctrl-C
+
     url = start(cfg, host, port, ray_address=ray_address, access_log=access_log)
+    # after ray.init, which installs its own SIGTERM handler: `kill` or a container stop gets the same
+    # clean shutdown as Ctrl-C (Serve's proxy and replicas are detached actors: they must be shut down)
+    signal.signal(signal.SIGTERM, _term)
     try:
         if ready is not None:
             ready(url)
