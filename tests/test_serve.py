@@ -144,7 +144,7 @@ def reference(tiny_onnx, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def service(tiny_onnx):
-    """One Ray instance, two apps: "/" (batching: 80 ms wait) and "/tight" (2 queued requests, 1.5 s wait)."""
+    """One Ray instance, two apps: "/" (batching: 80 ms wait) and "/tight" (2 queued requests, 2.5 s wait)."""
     pytest.importorskip("ray.serve", reason="Ray Serve is not installed: pip install 'gan-deploy[serve]'")
     import ray
     from ray import serve as ray_serve
@@ -156,7 +156,7 @@ def service(tiny_onnx):
     common = dict(artifact_kind="onnx", artifact_path=str(art.path), artifact_sha256=art.sha256, backend="onnxruntime",
                   device="cpu", max_images_per_request=MAX_IMAGES, num_cpus=0.5)
     main = ServeConfig(**common, max_batch_size=16, batch_wait_ms=80, max_queued=32)
-    tight = ServeConfig(**common, max_batch_size=64, batch_wait_ms=1500, max_queued=2)
+    tight = ServeConfig(**common, max_batch_size=64, batch_wait_ms=2500, max_queued=2)
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         url = service.start(main, "127.0.0.1", _free_port(), name="main")
@@ -249,7 +249,7 @@ def test_overload_answers_503_then_recovers(service, reference):
     with ThreadPoolExecutor(6) as pool:
         results = list(pool.map(one, range(6)))
     statuses = sorted(s for _, (s, _, _) in results)
-    # two requests fit (max_queued=2) and wait 1.5 s for company; the other four arrive meanwhile
+    # two requests fit (max_queued=2) and wait 2.5 s for company; the other four arrive meanwhile
     assert statuses == [200, 200, 503, 503, 503, 503], statuses
     for i, (status, headers, body) in results:
         if status == 200:
