@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import dataclasses
 import hashlib
 import json
 import math
@@ -45,7 +44,7 @@ import sys
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -55,58 +54,12 @@ import torch.nn.functional as F
 from .config import GeneratorConfig, TrainConfig
 from .errors import GanDeployError
 from .fileio import atomic_path, atomic_write_text, sha256_file
+from .train_options import AMP_MODES, DEFAULT_STEPS, FIXED_ON_RESUME, LOSSES, TrainOptions  # noqa: F401 (re-exported)
 
-LOSSES = ("bce", "hinge", "wgan-gp")
-AMP_MODES = ("none", "bf16", "fp16")
 STATE_FORMAT = "gan-deploy-train-state"
 STATE_VERSION = 1
 SAMPLE_COUNT = 64  # images in a sample grid (8 x 8)
 BN_CALIBRATION = (8, 128)  # batches x batch size of random latents used to recompute the EMA's BN statistics
-DEFAULT_STEPS = 2000
-
-# Options that define the model and its optimisation: a resumed run must keep them.
-FIXED_ON_RESUME = ("data", "arch", "image_size", "channels", "latent_dim", "width", "disc_width", "loss",
-                   "batch_size", "lr", "beta1", "beta2", "n_critic", "gp_weight", "ema_decay", "seed")
-
-
-@dataclass
-class TrainOptions:
-    data: str = "digits"  # built-in name, folder of images, .npy/.npz or MNIST IDX file (see gan_deploy.data)
-    out: str | None = None  # run folder; None -> runs/<dataset>_<arch>
-    arch: str = "dcgan"  # dcgan | mlp
-    image_size: int = 32
-    channels: int = 1
-    latent_dim: int = 64
-    width: int = 64  # generator width (dcgan: channels of the last hidden layer)
-    disc_width: int | None = None  # None -> width
-    loss: str = "bce"
-    steps: int = DEFAULT_STEPS  # generator updates, counted from 0 (a resumed run trains up to this total)
-    batch_size: int = 64  # per process
-    lr: float = 2e-4
-    beta1: float = 0.5
-    beta2: float = 0.999
-    n_critic: int | None = None  # discriminator updates per step; None -> 5 for wgan-gp, else 1
-    gp_weight: float = 10.0  # wgan-gp only
-    ema_decay: float = 0.999
-    seed: int = 0
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-    amp: str = "none"  # none | bf16 | fp16 (CUDA only, with a gradient scaler)
-    compile: bool = False  # torch.compile the networks
-    sample_every: int = 500  # 0 -> only at the end
-    checkpoint_every: int = 500  # 0 -> only at the end
-    log_every: int = 50
-    resume: bool = False
-    overwrite: bool = False
-    progress: bool | None = None  # None -> a progress bar when stderr is a terminal, else a line per sample
-
-    def resolved(self) -> "TrainOptions":
-        o = dataclasses.replace(self)
-        o.disc_width = o.disc_width or o.width
-        o.n_critic = o.n_critic or (5 if o.loss == "wgan-gp" else 1)
-        return o
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
 
 @dataclass
@@ -233,6 +186,8 @@ class _Batches:
         self.data, self.bs, self.seed, self.rank, self.world = data, batch_size, seed, rank, world
         self.per_epoch = (len(data) // world) // batch_size  # batches per rank per epoch (>= 1, checked)
         self._epoch, self._order = -1, None
+        # indexing returns a plain NCHW tensor: give batches the data's (channels_last) layout back
+        self.fmt = torch.channels_last if data.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
 
     def get(self, u: int) -> torch.Tensor:  # -> [B, C, H, W]
         epoch, b = divmod(u, self.per_epoch)
@@ -240,9 +195,7 @@ class _Batches:
             perm = np.random.default_rng([self.seed, epoch]).permutation(len(self.data))
             self._order = torch.from_numpy(perm[self.rank::self.world].copy()).to(self.data.device)
             self._epoch = epoch
-        x = self.data[self._order[b * self.bs:(b + 1) * self.bs]]
-        return x.contiguous(memory_format=torch.channels_last) if self.data.is_contiguous(
-            memory_format=torch.channels_last) and x.dim() == 4 else x
+        return self.data[self._order[b * self.bs:(b + 1) * self.bs]].contiguous(memory_format=self.fmt)
 
 
 @torch.no_grad()
@@ -290,6 +243,7 @@ class _DeferredInterrupt:
         if self.requested:
             raise KeyboardInterrupt
         self.requested = True
+        print("\nStopping after this step to save it (Ctrl-C again to stop at once) ...", file=sys.stderr, flush=True)
 
     def __enter__(self) -> "_DeferredInterrupt":
         if self.enabled:
@@ -310,11 +264,11 @@ def _param_digest(*models: nn.Module) -> bytes:
 
 
 def _gradient_penalty(D: nn.Module, real: torch.Tensor, fake: torch.Tensor, gen: torch.Generator,
-                      scaler: torch.amp.GradScaler, autocast: contextlib.AbstractContextManager) -> torch.Tensor:
+                      scaler: torch.amp.GradScaler, autocast: Callable[[], contextlib.AbstractContextManager]) -> torch.Tensor:
     """mean over the batch of (|dD/dx| at x_hat - 1)^2, x_hat on random points between real and fake."""
     alpha = torch.rand(real.shape[0], 1, 1, 1, generator=gen, device=real.device)  # [B, 1, 1, 1]
     x_hat = (alpha * real + (1 - alpha) * fake).requires_grad_(True)
-    with autocast:
+    with autocast():
         out = D(x_hat).float().sum()
     # under fp16 the gradient is taken of the scaled output (so it does not underflow), then unscaled
     (grad,) = torch.autograd.grad(scaler.scale(out), x_hat, create_graph=True)
@@ -623,10 +577,10 @@ def _train(o: TrainOptions, cfg: GeneratorConfig, device: torch.device, ctx: _Di
         G = build_generator(cfg).apply(init_weights).to(device)
         D = build_discriminator(cfg, o.disc_width, norm=o.loss != "wgan-gp").apply(init_weights).to(device)
     # NHWC activations: the convolutions run ~1.5-2x faster on CPU (oneDNN) and use tensor cores well on GPU
-    fmt = torch.channels_last if o.arch == "dcgan" and os.environ.get("GAN_DEPLOY_NCHW") != "1" else torch.contiguous_format
+    fmt = torch.channels_last if o.arch == "dcgan" else torch.contiguous_format
     G, D = G.to(memory_format=fmt), D.to(memory_format=fmt)
     ema = copy.deepcopy(G).requires_grad_(False)
-    fused = device.type == "cuda"  # one kernel per parameter group: faster on GPU, unavailable for every CPU dtype
+    fused = device.type == "cuda"  # fused Adam: one kernel for all parameters on GPU; the CPU default is fine
     opt_g = torch.optim.Adam(G.parameters(), lr=o.lr, betas=(o.beta1, o.beta2), fused=fused or None)
     opt_d = torch.optim.Adam(D.parameters(), lr=o.lr, betas=(o.beta1, o.beta2), fused=fused or None)
     scalers = {k: torch.amp.GradScaler(device.type, enabled=o.amp == "fp16") for k in ("G", "D")}
@@ -652,7 +606,10 @@ def _train(o: TrainOptions, cfg: GeneratorConfig, device: torch.device, ctx: _Di
             D_run, D_for_g = torch.compile(D_run), torch.compile(D)
 
     amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(o.amp)
-    autocast = torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None)
+
+    def autocast() -> torch.autocast:  # a fresh context each time: an autocast object is not re-entrant
+        return torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None)
+
     data = torch.from_numpy(ds.images).to(device).contiguous(memory_format=fmt)  # [N, C, H, W], the whole data set
     batches = _Batches(data, o.batch_size, o.seed, ctx.rank, ctx.world)
     z_fixed = torch.from_numpy(_fixed_latents(o.seed, cfg.latent_dim)).to(device)  # [64, Z]
@@ -702,13 +659,13 @@ def _train(o: TrainOptions, cfg: GeneratorConfig, device: torch.device, ctx: _Di
             real = batches.get(step * o.n_critic + k)  # [B, C, H, W]
             z = torch.randn(B, Z, generator=gen, device=device)  # [B, Z]
             if o.n_critic == 1:
-                with autocast:
+                with autocast():
                     fake = G_run(z)  # [B, C, H, W], kept with its graph: the G step reuses it (one G forward per step)
                 fake_d = fake.detach()
             else:
-                with torch.no_grad(), autocast:
+                with torch.no_grad(), autocast():
                     fake_d = G(z)
-            with autocast:
+            with autocast():
                 # two D calls, not one on cat([real, fake]): batch norm must see pure real / pure fake batches
                 d_loss = _d_loss(o.loss, D_run(real).float(), D_run(fake_d).float())
             if o.loss == "wgan-gp":
@@ -720,10 +677,10 @@ def _train(o: TrainOptions, cfg: GeneratorConfig, device: torch.device, ctx: _Di
         # ---- generator --------------------------------------------------------------------------------------
         if o.n_critic != 1:
             z = torch.randn(B, Z, generator=gen, device=device)
-            with autocast:
+            with autocast():
                 fake = G_run(z)
         D.requires_grad_(False)  # G's loss needs gradients through D, not for D's weights
-        with autocast:
+        with autocast():
             g_loss = _g_loss(o.loss, D_for_g(fake).float())
         opt_g.zero_grad(set_to_none=True)
         scalers["G"].scale(g_loss).backward()
