@@ -13,6 +13,7 @@ Latency: gan_deploy.timing.measure, variants interleaved in rounds so that load 
 the machine hits them alike; per variant and batch the median over rounds of each round's p50.
 
     python benchmarks/precision.py [--checkpoint models/digits_dcgan.safetensors] [--rounds 5] [--json out.json]
+    python benchmarks/precision.py --damage     # only: what the gate says about deliberately damaged models
 """
 from __future__ import annotations
 
@@ -50,6 +51,39 @@ def parent_artifact(checkpoint: str | None, tmp: Path):
     return load_artifact(path), "untrained (default config, DCGAN init)"
 
 
+def damage_sweep(parent, n: int) -> None:
+    """Change one layer's weights in the FP32 ONNX by known amounts; print the gate's INT8 verdict on each."""
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+
+    from gan_deploy.gate import run_gate, thresholds_for
+
+    base = onnx.load_model_from_string(parent.onnx_bytes())
+    layers = [n_ for n_ in base.graph.node if n_.op_type == "ConvTranspose"]
+    reference = make_runner("eager", parent, "cpu") if parent.kind == "checkpoint" else make_runner("onnxruntime", parent, "cpu")
+    rng = np.random.default_rng(0)
+    cases = [("layer 2 weights x1.05", 1, lambda w: w * 1.05), ("layer 2 weights + 30% noise", 1,
+              lambda w: w + rng.standard_normal(w.shape).astype(np.float32) * 0.3 * w.std()),
+             ("layer 2 weights x1.2", 1, lambda w: w * 1.2), ("last layer x0.8", len(layers) - 1, lambda w: w * 0.8),
+             ("last layer x1.5", len(layers) - 1, lambda w: w * 1.5), ("layer 2 weights x2", 1, lambda w: w * 2)]
+    print(f"{'damage':<28} {'sat+':>7} {'PSNR worst':>10} {'median':>7} {'FD ratio':>9}  verdict")
+    with tempfile.TemporaryDirectory() as d:
+        for name, layer, how in cases:
+            m = onnx.ModelProto()
+            m.CopyFrom(base)
+            init = next(i for i in m.graph.initializer if i.name == layers[layer].input[1])
+            init.CopyFrom(numpy_helper.from_array(how(numpy_helper.to_array(init).copy()).astype(np.float32), init.name))
+            path = Path(d) / "damaged.onnx"
+            onnx.save(m, str(path))
+            rep = run_gate(make_runner("onnxruntime", artifact_from_onnx(path), "cpu"), reference, thresholds_for("int8"),
+                           "int8", n)
+            f = rep.figures
+            print(f"{name:<28} {f['saturated_rate'] - f['reference_saturated_rate']:>7.4f} {f['psnr_worst_db']:>10.2f} "
+                  f"{f['psnr_median_db']:>7.2f} {f['fd_ratio']:>9.4f}  "
+                  + ("accepted" if rep.accepted else "rejected: " + ", ".join(rep.failed)))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--checkpoint", default=None)
@@ -58,9 +92,12 @@ def main() -> None:
     ap.add_argument("--variants", default="fp32,int8,int8-norewrite,int8-tensorrt,fp16")
     ap.add_argument("--gate-samples", type=int, default=1000)
     ap.add_argument("--json", default=None)
+    ap.add_argument("--damage", action="store_true", help="Only run the gate on deliberately damaged models.")
     a = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="gan-deploy-precision-"))
     parent, which = parent_artifact(a.checkpoint, tmp)
+    if a.damage:
+        return damage_sweep(parent, a.gate_samples)
     fp32_path = tmp / "fp32.onnx"
     fp32_path.write_bytes(parent.onnx_bytes())
     arts, gates = {"fp32": artifact_from_onnx(fp32_path)}, {}
