@@ -31,8 +31,8 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from .artifact import (META_CONFIG, META_PARENT_KIND, META_PARENT_SHA, META_PRECISION, META_TOLERANCE, Artifact,
-                       GeneratorSpec, spec_from_onnx_model)
+from .artifact import (META_CONFIG, META_PARENT_KIND, META_PARENT_SHA, META_PRECISION, META_TOLERANCE,
+                       META_VALUE_RANGE, Artifact, GeneratorSpec, spec_from_onnx_model)
 from .errors import GanDeployError
 from .fileio import atomic_write_bytes, sha256_bytes
 from .gate import DEFAULT_GATE_SAMPLES, GateRejected, GateReport, GateThresholds, run_gate, thresholds_for
@@ -368,7 +368,10 @@ def _child_meta(parent: Artifact, parent_sha: str, precision: str, recipe: dict[
     elif parent.kind == "checkpoint":
         meta[META_CHECKPOINT_SHA] = parent.sha256
     meta.update({META_PRECISION: precision, META_PARENT_SHA: parent_sha, META_PARENT_KIND: "onnx",
-                 META_RECIPE: json.dumps(recipe)})
+                 META_RECIPE: json.dumps(recipe),
+                 # recorded even when the parent had none (a foreign ONNX given --value-range): the child must not
+                 # fall back to the default range the gate did not check it in
+                 META_VALUE_RANGE: json.dumps(list(parent.spec.value_range))})
     if "target" in recipe:
         meta[META_INT8_TARGET] = recipe["target"]
     return meta

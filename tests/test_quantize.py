@@ -247,3 +247,21 @@ def test_cli_rejected_model_is_not_written(cli, tiny_checkpoint, tmp_path):
 def test_cli_quantize_needs_one_precision(cli, tiny_checkpoint):
     r = cli("quantize", "--int8", "--fp16", "-c", tiny_checkpoint)
     assert r.exit_code == 2 and "choose exactly one precision: --int8 --fp16" in r.output
+
+
+def test_foreign_onnx_value_range_is_kept(tiny_onnx, tmp_path):
+    """A foreign ONNX (no gan-deploy metadata) quantized with --value-range 0,1 records that range."""
+    model = onnx.load(str(tiny_onnx))
+    del model.metadata_props[:]
+    # make it a sigmoid-range generator: (tanh + 1) / 2, written as a final Mul/Add after the graph's output
+    out = model.graph.output[0].name
+    model.graph.node[-1].output[0] = "t"
+    model.graph.node.extend([helper.make_node("Add", ["t", "one"], ["u"]), helper.make_node("Mul", ["u", "half"], [out])])
+    model.graph.initializer.extend([numpy_helper.from_array(np.ones(1, np.float32), "one"),
+                                    numpy_helper.from_array(np.full(1, 0.5, np.float32), "half")])
+    src = tmp_path / "foreign.onnx"
+    onnx.save(model, str(src))
+    parent = load_artifact(onnx=src, value_range=(0.0, 1.0))
+    report = int8_onnx_from_onnx(parent, tmp_path / "foreign.int8.onnx", calib_samples=64, gate_samples=64)
+    assert report.accepted
+    assert load_artifact(onnx=report.path).spec.value_range == (0.0, 1.0)

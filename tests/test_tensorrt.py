@@ -14,7 +14,7 @@ from gan_deploy.backends.tensorrt import unavailable_reason
 from gan_deploy.engine_meta import (RuntimeInfo, check_engine_file, check_runtime, check_source, make_sidecar,
                                     parse_sidecar, read_sidecar, sidecar_path, spec_from_sidecar)
 from gan_deploy.errors import BackendUnavailable, GanDeployError, StaleArtifact
-from gan_deploy.fileio import sha256_bytes, sha256_file
+from gan_deploy.fileio import sha256_file
 
 H100 = RuntimeInfo("10.13.0.35", "NVIDIA H100 80GB HBM3", "9.0")
 SPEC = GeneratorSpec(8, 1, 16, 16, (-1.0, 1.0), 2, "z", "image")
