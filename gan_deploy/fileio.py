@@ -11,6 +11,16 @@ from typing import Iterator
 TMP_PREFIX = ".gan-deploy-tmp-"
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+# mkstemp creates files 0600; a finished artifact gets the permissions any new file would get
+_FILE_MODE = 0o666 & ~_umask()
+
+
 @contextmanager
 def atomic_path(dest: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside `dest`; rename it onto `dest` only if the block finishes."""
@@ -21,6 +31,7 @@ def atomic_path(dest: str | os.PathLike) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        os.chmod(tmp_path, _FILE_MODE)
         os.replace(tmp_path, dest)
     finally:
         # BaseException too (Ctrl-C): the temporary file must not outlive an interrupted write

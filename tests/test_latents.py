@@ -26,3 +26,15 @@ def test_odd_latent_dim_and_bad_seed():
     assert latents_range(1, 0, 3, 7).shape == (3, 7)
     with pytest.raises(ValueError):
         latents_range(-1, 0, 3, 7)
+
+
+def test_atomic_writes_get_normal_permissions(tmp_path):
+    import os
+    import stat
+
+    from gan_deploy.fileio import atomic_write_text
+    atomic_write_text(tmp_path / "a.json", "{}")
+    mask = os.umask(0)
+    os.umask(mask)
+    assert stat.S_IMODE((tmp_path / "a.json").stat().st_mode) == 0o666 & ~mask
+    assert [p.name for p in tmp_path.iterdir()] == ["a.json"]
