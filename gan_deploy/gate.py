@@ -222,13 +222,13 @@ def check_artifact(candidate, reference: np.ndarray, thresholds: GateThresholds,
                    batch_size: int = 256) -> GateReport:
     """Apply the thresholds to a candidate against FP32 `reference` images of the gate latents.
 
-    `candidate`: the candidate's images of the same latents [N, C, H, W], or a runner (anything with `.infer`)
-    or a callable z -> images, which is then run on `gate_latents(N, Z)`.
+    `candidate`: the candidate's images of the same latents [N, C, H, W], or a runner (anything with `.spec`
+    and `.infer`), which is then run on `gate_latents(N, Z)`.
     """
     if not isinstance(candidate, np.ndarray):
-        infer = candidate.infer if hasattr(candidate, "infer") else candidate
-        z = gate_latents(len(reference), candidate.spec.latent_dim if hasattr(candidate, "spec") else _latent_dim_of(candidate))
-        candidate = batched(infer, z, batch_size)
+        if not (hasattr(candidate, "infer") and hasattr(candidate, "spec")):
+            raise GanDeployError("bad gate candidate", type(candidate).__name__, "images [N, C, H, W] or a runner", None)
+        candidate = batched(candidate.infer, gate_latents(len(reference), candidate.spec.latent_dim), batch_size)
     images = candidate
     t = thresholds
     want_quality = t.max_fd_ratio is not None
@@ -255,27 +255,18 @@ def check_artifact(candidate, reference: np.ndarray, thresholds: GateThresholds,
 
 def run_gate(candidate, reference, thresholds: GateThresholds, precision: str, n: int = DEFAULT_GATE_SAMPLES,
              batch_size: int = 256, value_range: Sequence[float] | None = None) -> GateReport:
-    """Generate the gate's images with two runners (anything with `.spec` and `.infer(z)`) and check them.
-
-    `candidate` may also be a callable z -> images (e.g. the ONNX reference evaluator).
-    """
+    """Generate the gate's images with two runners (anything with `.spec` and `.infer(z)`) and check them."""
     spec = reference.spec
     vr = tuple(value_range or spec.value_range)
     if n < 32 and thresholds.max_fd_ratio is not None:
         raise GanDeployError("too few gate images for the quality score", n, "at least 32", "raise --gate-samples or pass --max-fd-ratio none")
     z = gate_latents(n, spec.latent_dim)
-    infer = candidate.infer if hasattr(candidate, "infer") else candidate
-    images = batched(infer, z, batch_size)
+    images = batched(candidate.infer, z, batch_size)
     ref = batched(reference.infer, z, batch_size)
     noise = None
     if thresholds.max_fd_ratio is not None:  # FP32 images of the next n latents: the FD noise floor
         noise = batched(reference.infer, gate_latents(n, spec.latent_dim, start=n), batch_size)
     return check_artifact(images, ref, thresholds, precision, vr, noise)
-
-
-def _latent_dim_of(fn) -> int:
-    raise GanDeployError("cannot tell the latent size of a bare callable candidate", repr(fn), "a runner with .spec, or images",
-                         "pass the candidate's images, or use run_gate(candidate, reference_runner, ...)")
 
 
 def batched(fn, z: np.ndarray, batch_size: int) -> np.ndarray:
