@@ -20,7 +20,7 @@ could detect at this n. See `THRESHOLDS` for why each default is what it is.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from typing import Any, Sequence
 
 import numpy as np
@@ -104,7 +104,6 @@ class GateReport:
     checks: list[GateCheck]
     thresholds: GateThresholds
     quality: dict[str, Any] | None = None  # QualityScore.to_dict() of candidate vs FP32
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def accepted(self) -> bool:
@@ -132,7 +131,7 @@ class GateReport:
         return {"precision": self.precision, "n_images": self.n_images, "accepted": self.accepted,
                 "failed": self.failed, "figures": _json_safe(self.figures),
                 "checks": [_json_safe(asdict(c)) for c in self.checks], "thresholds": self.thresholds.to_dict(),
-                "quality": self.quality, **self.extra}
+                "quality": self.quality}
 
 
 def _json_safe(d: dict[str, Any]) -> dict[str, Any]:

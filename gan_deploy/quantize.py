@@ -299,7 +299,6 @@ class PrecisionReport:
     recipe: dict[str, Any]
     size_bytes: int
     parent_size_bytes: int
-    model_bytes: bytes = field(default=b"", repr=False)  # the accepted (or rejected) model, for callers that go on
 
     @property
     def accepted(self) -> bool:
@@ -393,7 +392,7 @@ def _finish(parent: Artifact, parent_bytes: bytes, model, precision: str, recipe
         _set_meta(model, {META_GATE: json.dumps(gate.to_dict()["figures"])})
     data = model.SerializeToString()
     report = PrecisionReport(precision, None, parent.describe(), sha256_bytes(parent_bytes), gate, recipe, len(data),
-                             len(parent_bytes), data)
+                             len(parent_bytes))
     if not gate.accepted:
         if raise_on_reject:
             raise GateRejected(gate, f"the {precision} model", "nothing was written; see the thresholds in `gan-deploy quantize --help`")
