@@ -198,7 +198,7 @@ def gate_figures(images: np.ndarray, reference: np.ndarray, value_range: Sequenc
     fig = image_figures(images, reference, value_range)
     fig.update(fd=None, fd_spread=None, quality_precision=None, quality_recall=None, fd_noise=None, fd_ratio=None)
     if quality and fig["nonfinite"] == 0:
-        q = _quality(images, reference, value_range)
+        q = _quality(images, reference, value_range, paired=True)  # same latents: resample pairs together
         fig.update(fd=q["fd"], fd_spread=q["fd_spread"], quality_precision=q["precision"], quality_recall=q["recall"])
         fig["_quality"] = q
         if noise_reference is not None:
@@ -208,12 +208,13 @@ def gate_figures(images: np.ndarray, reference: np.ndarray, value_range: Sequenc
     return fig
 
 
-def _quality(a: np.ndarray, b: np.ndarray, value_range: Sequence[float]) -> dict[str, Any]:
+def _quality(a: np.ndarray, b: np.ndarray, value_range: Sequence[float], paired: bool = False) -> dict[str, Any]:
     from .quality import quality_between
 
     lo, hi = float(value_range[0]), float(value_range[1])
     # reduced precision may overshoot the range by a rounding step; the score's input check allows 10% of the span
-    return quality_between(np.clip(a, lo, hi), np.clip(b, lo, hi), value_range=(lo, hi), k=5, bootstrap=10, seed=0).to_dict()
+    return quality_between(np.clip(a, lo, hi), np.clip(b, lo, hi), value_range=(lo, hi), k=5, bootstrap=10, seed=0,
+                           paired=paired).to_dict()
 
 
 def check_artifact(candidate, reference: np.ndarray, thresholds: GateThresholds, precision: str = "int8",
