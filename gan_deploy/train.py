@@ -25,10 +25,15 @@ optimizer steps, identical on every rank; every epoch one permutation of the dat
 round-robin to the ranks; each rank draws its latents from its own seed; only rank 0 writes files or prints.
 A resumed run must use the same number of processes.
 
-Determinism: on CPU, the same options and seed give bit-identical weights, and a run stopped at any checkpoint
+Determinism: on CPU (same machine, same thread count), the same options and seed give bit-identical weights; a run
+stopped at any checkpoint (or by Ctrl-C, which is deferred to the end of the step)
 and resumed ends bit-identical to an uninterrupted one: the data order is a pure function of (seed, epoch),
 and all other randomness comes from one per-rank torch.Generator whose state is checkpointed. (GPU kernels
 are not bitwise deterministic, so on CUDA the same holds only approximately.)
+
+Speed on a shared CPU: `gan-deploy train` sets OMP_WAIT_POLICY=PASSIVE before torch loads, so idle OpenMP threads
+sleep instead of spinning; with other work on the cores that made steps 2-4x faster here. Calling train() from
+Python, set it in the environment before importing torch.
 """
 from __future__ import annotations
 
@@ -88,13 +93,17 @@ class TrainResult:
             f"Trained {self.steps} steps{resumed} in {int(m)}m{s:04.1f}s on {self.device}{procs}: "
             f"{self.images_per_s:.0f} images/s, final d_loss {self.d_loss:.3f} g_loss {self.g_loss:.3f}",
             f"  data:      {self.dataset}",
-            f"  generator: {self.checkpoint} (+ .json; EMA weights, {self.params_g / 1e6:.2f}M params)",
+            f"  generator: {self.checkpoint} (+ .json; EMA weights, {_count(self.params_g)} parameters)",
         ]
         if self.samples:
             lines.append(f"  samples:   {self.samples}")
         lines += [f"  metrics:   {self.out / 'metrics.jsonl'}",
                   f"Next: gan-deploy export -c {self.checkpoint}"]
         return "\n".join(lines)
+
+
+def _count(n: int) -> str:
+    return f"{n / 1e6:.2f}M" if n >= 100_000 else f"{n / 1e3:.1f}k"
 
 
 # -- distributed plumbing ------------------------------------------------------------------------------
@@ -140,6 +149,8 @@ def _init_distributed(device: torch.device) -> _Dist:
     import torch.distributed as dist
 
     owns = False
+    if device.type == "cuda":
+        torch.cuda.set_device(device)  # NCCL's communicator and every bare .cuda() go to this rank's GPU
     if not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
         if backend == "gloo" and not dist.is_gloo_available():
@@ -638,7 +649,7 @@ def _train(o: TrainOptions, cfg: GeneratorConfig, device: torch.device, ctx: _Di
         if say_lines:
             print(msg, file=sys.stderr, flush=True)
 
-    log_line(f"train: {ds.describe()}; {o.arch} G {count_parameters(G) / 1e6:.2f}M D {count_parameters(D) / 1e6:.2f}M params; "
+    log_line(f"train: {ds.describe()}; {o.arch} G {_count(count_parameters(G))} D {_count(count_parameters(D))} params; "
              f"{o.loss}, batch {B}" + (f" x {ctx.world} processes" if ctx.world > 1 else "") + f", steps {start}->{o.steps}, {device}")
 
     sum_d = torch.zeros((), device=device)
