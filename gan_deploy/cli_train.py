@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from .train_options import DEFAULT_STEPS, LOSSES, TrainOptions
+from .train_options import DEFAULT_STEPS, EVAL_MIN_SAMPLES, LOSSES, TrainOptions
 
 _D = TrainOptions()  # the defaults live in TrainOptions; the options below only show them
 
@@ -51,6 +51,11 @@ _D = TrainOptions()  # the defaults live in TrainOptions; the options below only
               help="Steps between training-state checkpoints (state/) for --resume; 0: only at the end.")
 @click.option("--log-every", type=click.IntRange(min=1), default=_D.log_every, show_default=True,
               help="Steps between metrics.jsonl records.")
+@click.option("--eval-every", type=click.IntRange(min=0), default=_D.eval_every, show_default=True,
+              help="Steps between quality scores of the EMA generator against the training data (FD ± spread, "
+                   "precision, recall; also at step 0 and at the end) in metrics.jsonl and the progress; 0: off.")
+@click.option("--eval-samples", type=click.IntRange(min=EVAL_MIN_SAMPLES), default=_D.eval_samples, show_default=True,
+              help="Generated images per quality score (the same latents every time; compare FDs only at the same n).")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint, with its saved options.")
 @click.option("--overwrite", is_flag=True, help="Replace a finished or unfinished run in --out.")
 @click.option("--progress/--no-progress", default=None,
@@ -66,6 +71,7 @@ def train(ctx: click.Context, **kw: object) -> None:
       gan-deploy train --data ~/mnist/train-images-idx3-ubyte.gz --steps 5000
       gan-deploy train --data faces/ --channels 3 --image-size 64 --loss hinge --out runs/faces
       gan-deploy train --out runs/digits_dcgan --resume --steps 4000     # continue to 4000 steps
+      gan-deploy train --eval-every 150 --out runs/curve    # FD vs steps in runs/curve/metrics.jsonl
       torchrun --nproc-per-node 2 -m gan_deploy train --batch-size 32   # DDP: global batch 2 x 32
 
     \b

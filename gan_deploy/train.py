@@ -16,7 +16,8 @@ Run folder (`out`, default runs/<dataset>_<arch>):
 
     generator.safetensors + generator.json   the EMA generator (checkpoint.save_checkpoint), what export/generate use
     samples/step_XXXXXXXX.png                64 images from the same fixed latents every --sample-every steps
-    metrics.jsonl                            one JSON object per --log-every steps: losses, images/s, elapsed
+    metrics.jsonl                            one JSON object per --log-every steps: losses, images/s, elapsed;
+                                             {"event": "eval", ...} quality scores (--eval-every); {"event": "end", ...}
     state/step_XXXXXXXX.{safetensors,json}   full training state for --resume (tensors / JSON; never pickle)
 
 Multi-process (`torchrun --nproc-per-node N -m gan_deploy train ...`): DistributedDataParallel over gloo (CPU)
@@ -30,6 +31,13 @@ stopped at any checkpoint (or by Ctrl-C, which is deferred to the end of the ste
 and resumed ends bit-identical to an uninterrupted one: the data order is a pure function of (seed, epoch),
 and all other randomness comes from one per-rank torch.Generator whose state is checkpointed. (GPU kernels
 are not bitwise deterministic, so on CUDA the same holds only approximately.)
+
+Quality during training (--eval-every N, rank 0 only): at step 0, every N steps and at the end, the EMA generator
+(with standing BN statistics, as saved) generates --eval-samples images from fixed latents (latents_range(seed, 0, n):
+the same images at every eval) and gan_deploy.quality scores them against the training data (features of at most
+EVAL_REFERENCE_MAX images, computed once per run) with the shipped feature classifier: FD with a small bootstrap
+spread, precision, recall. It draws no training randomness (own latents, own BN-calibration generator, numpy
+bootstrap generator), so a run's weights are bit-identical with evals on or off; images/s excludes eval time.
 
 Speed on a shared CPU: `gan-deploy train` sets OMP_WAIT_POLICY=PASSIVE before torch loads, so idle OpenMP threads
 sleep instead of spinning; with other work on the cores that made steps 2-4x faster here. Calling train() from
@@ -59,12 +67,17 @@ import torch.nn.functional as F
 from .config import GeneratorConfig, TrainConfig
 from .errors import GanDeployError
 from .fileio import atomic_path, atomic_write_text, sha256_file
-from .train_options import AMP_MODES, DEFAULT_STEPS, FIXED_ON_RESUME, LOSSES, TrainOptions  # noqa: F401 (re-exported)
+from .train_options import (AMP_MODES, DEFAULT_STEPS, EVAL_MIN_SAMPLES, FIXED_ON_RESUME, LOSSES,  # noqa: F401 (re-exported)
+                            TrainOptions)
 
 STATE_FORMAT = "gan-deploy-train-state"
 STATE_VERSION = 1
 SAMPLE_COUNT = 64  # images in a sample grid (8 x 8)
 BN_CALIBRATION = (8, 128)  # batches x batch size of random latents used to recompute the EMA's BN statistics
+EVAL_BOOTSTRAP = 5  # resamples behind an in-training FD spread: enough to tell a real change from noise, ~20 ms each
+EVAL_K = 5  # neighbours for precision/recall, as `gan-deploy eval`
+EVAL_REFERENCE_MAX = 10_000  # training images scored against (a seeded subset above this): bounds the one-off cost
+EVAL_BATCH = 500  # generator batch when producing the eval images
 
 
 @dataclass
@@ -84,6 +97,7 @@ class TrainResult:
     params_g: int
     params_d: int
     rank_sha256: list[str] = field(default_factory=list)  # per rank: sha256 of its G and D parameters
+    quality: dict[str, Any] | None = None  # the final eval record (fd, fd_spread, precision, recall, n ...); None if off
 
     def summary(self) -> str:
         m, s = divmod(self.wall_time_s, 60)
@@ -97,6 +111,10 @@ class TrainResult:
         ]
         if self.samples:
             lines.append(f"  samples:   {self.samples}")
+        if self.quality:
+            q = self.quality
+            lines.append(f"  quality:   {_quality_text(q)} at step {q['step']} ({q['n']} generated vs {q['n_reference']} "
+                         f"training images; compare only at the same n; full score: gan-deploy eval -c {self.checkpoint})")
         lines += [f"  metrics:   {self.out / 'metrics.jsonl'}",
                   f"Next: gan-deploy export -c {self.checkpoint}"]
         return "\n".join(lines)
@@ -104,6 +122,11 @@ class TrainResult:
 
 def _count(n: int) -> str:
     return f"{n / 1e6:.2f}M" if n >= 100_000 else f"{n / 1e3:.1f}k"
+
+
+def _quality_text(q: dict[str, Any]) -> str:
+    spread = "" if q.get("fd_spread") is None else f" ± {q['fd_spread']:.3g}"
+    return f"FD {q['fd']:.4g}{spread}, precision {q['precision']:.3f}, recall {q['recall']:.3f}"
 
 
 # -- distributed plumbing ------------------------------------------------------------------------------
@@ -320,6 +343,11 @@ def _validate(o: TrainOptions) -> GeneratorConfig:
         v = getattr(o, name)
         if not isinstance(v, int) or v < 0:
             raise GanDeployError(f"bad {name}", v, "an integer >= 0 (0 = only at the end)", None)
+    if not isinstance(o.eval_every, int) or o.eval_every < 0:
+        raise GanDeployError("bad eval_every", o.eval_every, "an integer >= 0 (0 = no quality scores)", None)
+    if not isinstance(o.eval_samples, int) or o.eval_samples < EVAL_MIN_SAMPLES:
+        raise GanDeployError("bad eval_samples", o.eval_samples, f"an integer >= {EVAL_MIN_SAMPLES}",
+                             "1000 is the default; FD is biased upward at small n")
     if not (o.lr > 0 and math.isfinite(o.lr)):
         raise GanDeployError("bad learning rate", o.lr, "a number > 0", "the usual GAN value is 2e-4")
     if not (0 <= o.beta1 < 1 and 0 <= o.beta2 < 1):
@@ -520,7 +548,10 @@ def _load_state(path: Path, o: TrainOptions, G: nn.Module, D: nn.Module, ema: nn
 # -- metrics and samples ------------------------------------------------------------------------------------
 
 def _trim_metrics(path: Path, step: int) -> None:
-    """On resume, drop log records after the resumed step, so the log matches the weights."""
+    """On resume, drop log records after the resumed step, so the log matches the weights.
+
+    Eval records up to that step stay: they score weights the resumed run continues from (an eval at exactly
+    `step` scored the same EMA weights the resumed run starts with). "end" records go: the run goes on."""
     if not path.exists():
         return
     keep = []
@@ -529,7 +560,7 @@ def _trim_metrics(path: Path, step: int) -> None:
             rec = json.loads(line)
         except json.JSONDecodeError:
             continue  # a line cut short by a crash
-        if isinstance(rec, dict) and rec.get("step", 0) <= step and "event" not in rec:
+        if isinstance(rec, dict) and rec.get("step", 0) <= step and rec.get("event", "eval") == "eval":
             keep.append(line)
     atomic_write_text(path, "".join(s + "\n" for s in keep))
 
@@ -546,6 +577,52 @@ def _save_samples(path: Path, m: nn.Module, z: torch.Tensor, cfg: GeneratorConfi
     with torch.no_grad():
         x = m(z).float().cpu().numpy()  # [64, C, H, W] in [-1, 1]
     return save_grid(path, to_uint8(x, cfg.value_range), nrow=8)
+
+
+class _Evaluator:
+    """The quality score during training: fixed latents, reference features computed once, a small bootstrap.
+
+    Everything random here has its own source (counter-based latents, numpy's bootstrap generator, the BN
+    calibration generator of _standing_stats), so scoring never moves the training RNG streams."""
+
+    def __init__(self, reference: np.ndarray, n: int, seed: int, latent_dim: int, value_range: tuple[float, float],
+                 device: torch.device):
+        from .latents import latents_range
+        from .quality import features, load_classifier
+        from .timing import Stopwatch
+
+        self.clf = load_classifier()
+        self.n_dataset = len(reference)
+        if len(reference) > EVAL_REFERENCE_MAX:
+            # a seeded subset (numpy's own generator, not torch's): bounds the one-off feature cost on big data sets
+            idx = np.random.default_rng([seed, 0x6576616C]).choice(len(reference), EVAL_REFERENCE_MAX, replace=False)
+            reference = reference[np.sort(idx)]
+        with Stopwatch() as sw:
+            self.f_ref = features(reference, classifier=self.clf)  # [R, D] float64, reused by every eval
+        self.reference_seconds = sw.seconds
+        self.z = torch.from_numpy(latents_range(seed, 0, n, latent_dim))  # [n, Z] on the host, moved per batch
+        self.seed, self.value_range, self.device = seed, value_range, device
+
+    @torch.no_grad()
+    def __call__(self, model: nn.Module, step: int) -> dict[str, Any]:
+        """Score `model` (an eval-mode generator, standing BN statistics): an "eval" metrics record."""
+        from .quality import features, rescale, score_features
+        from .timing import Stopwatch
+
+        with Stopwatch() as sw:
+            x = np.concatenate([model(self.z[s:s + EVAL_BATCH].to(self.device)).float().cpu().numpy()
+                                for s in range(0, len(self.z), EVAL_BATCH)])  # [n, C, H, W]
+            x = rescale(x, self.value_range, (-1.0, 1.0))
+            sc = score_features(features(x, classifier=self.clf), self.f_ref, EVAL_K, EVAL_BOOTSTRAP, self.seed, False,
+                                self.clf.sha256)
+        d = sc.to_dict()  # NaN -> None: JSON has no NaN
+        return {"event": "eval", "step": step, "fd": _round(d["fd"]), "fd_spread": _round(d["fd_spread"]),
+                "precision": _round(d["precision"]), "recall": _round(d["recall"]), "n": sc.n_a,
+                "n_reference": sc.n_b, "bootstrap": sc.bootstrap, "seconds": round(sw.seconds, 3)}
+
+
+def _round(v: float | None, digits: int = 4) -> float | None:
+    return None if v is None else round(v, digits)
 
 
 # -- the trainer ---------------------------------------------------------------------------------------------
@@ -581,6 +658,16 @@ def _train(o: TrainOptions, cfg: GeneratorConfig, device: torch.device, ctx: _Di
         raise GanDeployError("batch size larger than the data set", f"--batch-size {o.batch_size}",
                              f"at most {per_rank} ({len(ds)} images" + (f" / {ctx.world} processes)" if ctx.world > 1 else ")"),
                              "lower --batch-size or add data")
+    evaluator: _Evaluator | None = None
+    if o.eval_every:
+        if len(ds) < EVAL_MIN_SAMPLES:
+            raise GanDeployError("data set too small for the quality score", f"{len(ds)} images",
+                                 f"at least {EVAL_MIN_SAMPLES} to fit feature statistics", "add data, or turn it off: --eval-every 0")
+        from .quality import load_classifier
+
+        load_classifier()  # every rank: a missing or damaged classifier stops all of them before anything is written
+        if ctx.main:
+            evaluator = _Evaluator(ds.images, o.eval_samples, o.seed, cfg.latent_dim, cfg.value_range, device)
 
     # The same initial weights on every rank, without disturbing the caller's global RNG
     with torch.random.fork_rng(devices=[]):
@@ -652,6 +739,31 @@ def _train(o: TrainOptions, cfg: GeneratorConfig, device: torch.device, ctx: _Di
     log_line(f"train: {ds.describe()}; {o.arch} G {_count(count_parameters(G))} D {_count(count_parameters(D))} params; "
              f"{o.loss}, batch {B}" + (f" x {ctx.world} processes" if ctx.world > 1 else "") + f", steps {start}->{o.steps}, {device}")
 
+    last_eval: dict[str, Any] | None = None
+    eval_s = 0.0  # seconds spent scoring inside the loop: taken out of images/s, which measures training
+    status = {"train": "", "eval": ""}  # the progress bar's postfix, in two parts updated at different steps
+
+    def show() -> None:
+        if bar is not None:
+            bar.set_postfix_str("  ".join(v for v in status.values() if v), refresh=False)
+
+    def evaluate(model: nn.Module, s: int) -> float:
+        """Score `model` (standing stats) at step s, log it; returns the seconds it took."""
+        nonlocal last_eval
+        assert evaluator is not None
+        last_eval = evaluator(model, s)
+        _append_jsonl(out / "metrics.jsonl", last_eval)
+        status["eval"] = f"FD {last_eval['fd']:.1f}±{last_eval['fd_spread'] or 0:.1f}"
+        show()
+        log_line(f"  step {s}/{o.steps}: {_quality_text(last_eval)} ({last_eval['n']} images, {last_eval['seconds']:.1f} s)")
+        return float(last_eval["seconds"])
+
+    if evaluator is not None:
+        log_line(f"  quality score every {o.eval_every} steps: {o.eval_samples} generated vs {len(evaluator.f_ref)} "
+                 f"training images (reference features {evaluator.reference_seconds:.1f} s, once)")
+        if start == 0:  # the untrained generator: where the curve starts
+            evaluate(_standing_stats(ema, Z, o.seed, device), 0)
+
     sum_d = torch.zeros((), device=device)
     sum_g = torch.zeros((), device=device)
     n_acc, last_d, last_g = 0, float("nan"), float("nan")
@@ -718,23 +830,27 @@ def _train(o: TrainOptions, cfg: GeneratorConfig, device: torch.device, ctx: _Di
                     sum_g.zero_()
                     n_acc = 0
                     now = sw.elapsed()
-                    ips = (step - step_log) * images_per_step / max(now - t_log, 1e-9)
-                    t_log, step_log = now, step
+                    ips = (step - step_log) * images_per_step / max(now - eval_s - t_log, 1e-9)
+                    t_log, step_log = now - eval_s, step
                     if ctx.main:
                         rec = {"step": step, "d_loss": round(last_d, 6), "g_loss": round(last_g, 6),
                                "images_per_s": round(ips, 1), "elapsed": round(elapsed_before + now, 3)}
                         if device.type == "cuda":
                             rec["gpu_mem_mb"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
                         _append_jsonl(out / "metrics.jsonl", rec)
-                        if bar is not None:
-                            bar.set_postfix_str(f"d {last_d:.3f} g {last_g:.3f} {ips:.0f} img/s", refresh=False)
+                        status["train"] = f"d {last_d:.3f} g {last_g:.3f} {ips:.0f} img/s"
+                        show()
                 if bar is not None:
                     bar.update(1)
-                if ctx.main and o.sample_every and step % o.sample_every == 0 and step != o.steps:
-                    last_sample = _save_samples(out / "samples" / f"step_{step:08d}.png",
-                                                _standing_stats(ema, Z, o.seed, device), z_fixed, cfg)
+                sample_now = ctx.main and o.sample_every and step % o.sample_every == 0 and step != o.steps
+                eval_now = evaluator is not None and step % o.eval_every == 0 and step != o.steps
+                standing = _standing_stats(ema, Z, o.seed, device) if sample_now or eval_now else None  # shared by both
+                if sample_now:
+                    last_sample = _save_samples(out / "samples" / f"step_{step:08d}.png", standing, z_fixed, cfg)
                     log_line(f"  step {step}/{o.steps}: d_loss {last_d:.3f} g_loss {last_g:.3f}, "
                              f"{elapsed_before + sw.elapsed():.0f}s, samples {last_sample}")
+                if eval_now:
+                    eval_s += evaluate(standing, step)
                 if o.checkpoint_every and step % o.checkpoint_every == 0 and step != o.steps:
                     checkpoint(step)  # collective: every rank calls it
                 if stop.requested:
@@ -749,6 +865,7 @@ def _train(o: TrainOptions, cfg: GeneratorConfig, device: torch.device, ctx: _Di
         if bar is not None:
             bar.close()
     wall = sw.elapsed()
+    train_s = wall - eval_s
 
     # ---- the end: final state, sync check, the EMA generator --------------------------------------------------
     checkpoint(step)
@@ -756,13 +873,22 @@ def _train(o: TrainOptions, cfg: GeneratorConfig, device: torch.device, ctx: _Di
                _all_gather_bytes(torch.frombuffer(bytearray(_param_digest(G, D)), dtype=torch.uint8), ctx, device)]
     if len(set(digests)) != 1:  # DDP keeps replicas identical; anything else is a bug worth stopping for
         raise RuntimeError(f"ranks diverged: weight sha256 per rank {digests}")
-    ips_total = (step - start) * images_per_step / max(wall, 1e-9)
+    ips_total = (step - start) * images_per_step / max(train_s, 1e-9)
     ckpt = out / "generator.safetensors"
     if ctx.main:
         from .checkpoint import save_checkpoint
 
         final = _standing_stats(ema, Z, o.seed, device)
         last_sample = _save_samples(out / "samples" / f"step_{step:08d}.png", final, z_fixed, cfg)
+        quality: dict[str, Any] = {}
+        if evaluator is not None:
+            evaluate(final, step)  # the loop leaves the last step to this: the weights being saved
+            assert last_eval is not None
+            quality = {"final_fd": last_eval["fd"], "final_fd_spread": last_eval["fd_spread"],
+                       "final_precision": last_eval["precision"], "final_recall": last_eval["recall"],
+                       "eval_samples": last_eval["n"], "eval_reference_images": last_eval["n_reference"],
+                       "eval_bootstrap": last_eval["bootstrap"], "eval_every": o.eval_every,
+                       "classifier_sha256": evaluator.clf.sha256}
         tc = TrainConfig(dataset=ds.name, steps=step, batch_size=o.batch_size, lr=o.lr, beta1=o.beta1, beta2=o.beta2,
                          loss=o.loss, seed=o.seed, disc_width=o.disc_width, ema_decay=o.ema_decay, extra={
                              "data": str(o.data), "data_source": ds.source, "dataset_size": len(ds),
@@ -770,7 +896,7 @@ def _train(o: TrainOptions, cfg: GeneratorConfig, device: torch.device, ctx: _Di
                              "world_size": ctx.world, "global_batch_size": B * ctx.world, "amp": o.amp,
                              "device": str(device), "compile": o.compile, "bn_standing_stats": list(BN_CALIBRATION),
                              "wall_time_s": round(elapsed_before + wall, 2), "images_per_s": round(ips_total, 1),
-                             "torch": torch.__version__})
+                             "torch": torch.__version__, **quality})
         save_checkpoint(ckpt, final, cfg, train=tc.to_dict())
         _append_jsonl(out / "metrics.jsonl", {"event": "end", "step": step, "d_loss": round(last_d, 6),
                                               "g_loss": round(last_g, 6), "images_per_s": round(ips_total, 1),
@@ -778,7 +904,8 @@ def _train(o: TrainOptions, cfg: GeneratorConfig, device: torch.device, ctx: _Di
                                               "rank_sha256": digests})
     _barrier(ctx)
     return TrainResult(out, ckpt, last_sample, ds.describe(), step, start, wall, ips_total, last_d, last_g,
-                       ctx.world, str(device), count_parameters(G), count_parameters(D), digests)
+                       ctx.world, str(device), count_parameters(G), count_parameters(D), digests,
+                       last_eval if ctx.main else None)
 
 
 def _fixed_latents(seed: int, latent_dim: int) -> np.ndarray:

@@ -9,6 +9,9 @@ from typing import Any
 LOSSES = ("bce", "hinge", "wgan-gp")
 AMP_MODES = ("none", "bf16", "fp16")
 DEFAULT_STEPS = 1500  # ~5-7 minutes on a 2-core CPU at ~200-300 images/s: recognisable digits (see models/)
+# The quality score needs at least this many images per side (gan_deploy.quality.MIN_SAMPLES; repeated here
+# so the CLI can check --eval-samples without importing numpy; a test keeps the two equal).
+EVAL_MIN_SAMPLES = 32
 
 # Options that define the model and its optimisation: a resumed run must keep them.
 FIXED_ON_RESUME = ("data", "arch", "image_size", "channels", "latent_dim", "width", "disc_width", "loss",
@@ -41,6 +44,8 @@ class TrainOptions:
     sample_every: int = 500  # 0 -> only at the end
     checkpoint_every: int = 500  # 0 -> only at the end
     log_every: int = 50
+    eval_every: int = 500  # steps between quality scores in metrics.jsonl (and one at step 0 and at the end); 0 = off
+    eval_samples: int = 1000  # generated images per quality score (fixed latents, so scores along a run compare)
     resume: bool = False
     overwrite: bool = False
     progress: bool | None = None  # None -> a progress bar when stderr is a terminal, else a line per sample

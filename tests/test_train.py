@@ -1,6 +1,7 @@
 """gan_deploy.train and `gan-deploy train`: run folder, determinism, resume equivalence, refusals, DDP over gloo.
 
 Every run is tiny (width 8, latent 8, 16x16 images, tens of steps) so the whole file stays well under a minute.
+The quality score during training (--eval-every) is off in TINY (it costs ~1 s a run) and on where it is tested.
 """
 from __future__ import annotations
 
@@ -22,12 +23,12 @@ from gan_deploy.checkpoint import load_generator, read_checkpoint
 from gan_deploy.cli import main
 from gan_deploy.errors import GanDeployError
 from gan_deploy.fileio import sha256_file
-from gan_deploy.train import TrainOptions, options_for_resume, train
+from gan_deploy.train import TrainOptions, iter_metrics, options_for_resume, train
 
 REPO = Path(__file__).resolve().parent.parent
-TINY = dict(width=8, latent_dim=8, image_size=16, batch_size=16, log_every=5, progress=False)
+TINY = dict(width=8, latent_dim=8, image_size=16, batch_size=16, log_every=5, progress=False, eval_every=0)
 TINY_CLI = ["--width", "8", "--latent-dim", "8", "--image-size", "16", "--batch-size", "16", "--log-every", "5",
-            "--no-progress"]
+            "--no-progress", "--eval-every", "0"]
 
 
 def tiny(out: Path, **kw) -> TrainOptions:
@@ -275,13 +276,16 @@ def test_two_processes_gloo_stay_in_sync(tmp_path, small_npy):
     env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""), "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
            "-m", "gan_deploy", "train", *TINY_CLI, "--data", str(small_npy), "--out", str(out), "--steps", "5",
-           "--sample-every", "0", "--log-every", "1"]
+           "--sample-every", "0", "--log-every", "1", "--eval-every", "2", "--eval-samples", "64"]
     p = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stdout + p.stderr
     assert p.stdout.count("Trained 5 steps") == 1  # only rank 0 prints
     assert "x 2 processes" in p.stdout
     recs = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in recs] == [1, 2, 3, 4, 5, 5]
+    assert [r["step"] for r in recs if r.get("event") != "eval"] == [1, 2, 3, 4, 5, 5]
+    # rank 0 alone scores, at step 0, every 2 steps and at the end, while rank 1 waits at the next all-reduce
+    assert [r["step"] for r in recs if r.get("event") == "eval"] == [0, 2, 4, 5]
+    assert "quality:" in p.stdout
     end = recs[-1]
     assert end["event"] == "end" and end["world_size"] == 2
     assert len(end["rank_sha256"]) == 2 and end["rank_sha256"][0] == end["rank_sha256"][1]
@@ -295,3 +299,121 @@ def test_two_processes_gloo_stay_in_sync(tmp_path, small_npy):
     # a single process cannot resume a 2-process run: the data shards and per-rank latents would differ
     with pytest.raises(GanDeployError, match="different number of processes"):
         train(options_for_resume({"out": str(out), "steps": 8}))
+
+
+# -- the quality score during training (--eval-every) ----------------------------------------------------------
+
+def evals(out: Path) -> list[dict]:
+    return [r for r in iter_metrics(out / "metrics.jsonl") if r.get("event") == "eval"]
+
+
+def test_eval_records_at_step_0_every_n_steps_and_the_end(tmp_path, capsys):
+    r = train(tiny(tmp_path / "run", eval_every=4, eval_samples=64, progress=None))
+    recs = evals(r.out)
+    assert [e["step"] for e in recs] == [0, 4, 8, 10]
+    for e in recs:
+        assert np.isfinite([e["fd"], e["fd_spread"]]).all() and e["fd"] > 0 and e["fd_spread"] > 0
+        assert 0 <= e["precision"] <= 1 and 0 <= e["recall"] <= 1
+        assert (e["n"], e["n_reference"], e["bootstrap"]) == (64, 1797, train_mod.EVAL_BOOTSTRAP) and e["seconds"] > 0
+    # the final score travels with the generator and into the summary
+    assert r.quality == recs[-1]
+    extra = read_checkpoint(r.checkpoint).meta["train"]["extra"]
+    assert (extra["final_fd"], extra["final_fd_spread"], extra["final_precision"], extra["final_recall"]) == \
+        (recs[-1]["fd"], recs[-1]["fd_spread"], recs[-1]["precision"], recs[-1]["recall"])
+    assert extra["eval_samples"] == 64 and extra["eval_every"] == 4 and len(extra["classifier_sha256"]) == 64
+    assert "quality:   FD " in r.summary() and "at step 10" in r.summary()
+    # no terminal: one progress line per score
+    err = capsys.readouterr().err
+    assert "step 4/10: FD " in err and "step 10/10: FD " in err
+    # the "end" record stays last, the log records are unchanged
+    all_recs = list(iter_metrics(r.out / "metrics.jsonl"))
+    assert all_recs[-1]["event"] == "end"
+    assert [x["step"] for x in all_recs if "event" not in x] == [5, 10]
+
+
+def test_eval_off_writes_no_scores(tmp_path):
+    r = train(tiny(tmp_path / "run", steps=3))
+    assert evals(r.out) == [] and r.quality is None
+    assert "final_fd" not in read_checkpoint(r.checkpoint).meta["train"]["extra"]
+    assert "quality:" not in r.summary()
+
+
+def test_eval_does_not_change_the_training_trajectory(tmp_path, capsys):
+    # two torch threads (conftest sets one): the score runs its classifier on one thread and switches back,
+    # so this also checks that the switch leaves training's arithmetic alone
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        on = train(tiny(tmp_path / "on", steps=8, eval_every=3, eval_samples=64, progress=True))
+        off = train(tiny(tmp_path / "off", steps=8))
+    finally:
+        torch.set_num_threads(threads)
+    assert [e["step"] for e in evals(on.out)] == [0, 3, 6, 8] and evals(off.out) == []
+    # G, D, EMA, Adam moments and the latent RNG state at the end, and the saved generator: bit-identical
+    assert same_tensors(state_of(on.out, 8), state_of(off.out, 8))
+    assert same_tensors(weights(on.checkpoint), weights(off.checkpoint))
+    assert on.rank_sha256 == off.rank_sha256
+    assert "FD " in capsys.readouterr().err  # the progress bar shows the latest score
+
+
+def test_eval_with_resume_keeps_earlier_scores_and_the_weights(tmp_path):
+    full = train(tiny(tmp_path / "full", steps=12, eval_every=3, eval_samples=64, checkpoint_every=0))
+    half = train(tiny(tmp_path / "half", steps=5, eval_every=3, eval_samples=64, checkpoint_every=0))
+    rest = train(options_for_resume({"out": str(half.out), "steps": 12}))
+    assert same_tensors(weights(full.checkpoint), weights(rest.checkpoint))
+    # the first invocation's scores up to its last step stay (step 5 was its end), the resumed one adds 6, 9, 12
+    got = evals(rest.out)
+    assert [e["step"] for e in got] == [0, 3, 5, 6, 9, 12]
+    # a score depends only on the weights: the same steps score the same in both runs
+    want = {e["step"]: e for e in evals(full.out)}
+    for e in got:
+        if e["step"] in want:
+            assert {k: v for k, v in e.items() if k != "seconds"} == {k: v for k, v in want[e["step"]].items() if k != "seconds"}
+    assert [r["event"] for r in iter_metrics(rest.out / "metrics.jsonl") if r.get("event") == "end"] == ["end"]
+
+
+def test_trim_metrics_on_resume_keeps_scores_up_to_the_step(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    recs = [{"event": "eval", "step": 0, "fd": 9.0}, {"step": 5, "d_loss": 1.0}, {"event": "eval", "step": 6, "fd": 8.0},
+            {"step": 10, "d_loss": 1.0}, {"event": "eval", "step": 9, "fd": 7.0}, {"event": "end", "step": 10}]
+    path.write_text("".join(json.dumps(r) + "\n" for r in recs) + '{"step": 11, "d_lo')  # + a line cut short
+    train_mod._trim_metrics(path, 6)
+    assert list(iter_metrics(path)) == recs[:3]
+
+
+def test_eval_on_rgb_16x16_data(tmp_path, small_npy):
+    r = train(tiny(tmp_path / "rgb", data=str(small_npy), channels=3, steps=3, eval_every=2, eval_samples=64))
+    recs = evals(r.out)
+    assert [e["step"] for e in recs] == [0, 2, 3] and recs[-1]["n_reference"] == 40
+    assert all(np.isfinite(e["fd"]) for e in recs)
+    assert read_checkpoint(r.checkpoint).config.channels == 3
+
+
+def test_eval_refusals(tmp_path):
+    out = tmp_path / "x"
+    assert "bad eval_every: -1" in _err(tiny(out, eval_every=-1))
+    msg = _err(tiny(out, eval_every=5, eval_samples=10))
+    assert "bad eval_samples: 10" in msg and ">= 32" in msg
+    few = tmp_path / "few.npy"
+    np.save(few, np.random.default_rng(0).integers(0, 256, size=(20, 16, 16), dtype=np.uint8))
+    msg = _err(tiny(out, data=str(few), eval_every=5))
+    assert "data set too small for the quality score" in msg and "20 images" in msg and "--eval-every 0" in msg
+    assert not out.exists()
+    train(tiny(out, data=str(few), steps=2))  # with the score off the same data trains
+    from gan_deploy.quality import MIN_SAMPLES
+    assert train_mod.EVAL_MIN_SAMPLES == MIN_SAMPLES  # the torch-free copy the CLI checks against
+
+
+def test_cli_eval_options(tmp_path):
+    runner = CliRunner()
+    for args, text in [(["--eval-every", "-1"], "Invalid value for '--eval-every'"),
+                       (["--eval-samples", "10"], "Invalid value for '--eval-samples'")]:
+        res = runner.invoke(main, ["train", "--out", str(tmp_path / "o"), *TINY_CLI, *args])
+        assert res.exit_code == 2 and text in res.output and "Traceback" not in res.output, res.output
+    assert not (tmp_path / "o").exists()
+    res = runner.invoke(main, ["train", "--out", str(tmp_path / "o"), "--steps", "4", *TINY_CLI,
+                               "--eval-every", "2", "--eval-samples", "64"])
+    assert res.exit_code == 0, res.output
+    assert "quality:   FD " in res.output
+    assert [e["step"] for e in evals(tmp_path / "o")] == [0, 2, 4]
+    assert "--eval-every" in runner.invoke(main, ["train", "--help"]).output
