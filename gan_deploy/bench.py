@@ -48,9 +48,11 @@ class BenchReport:
     cpu_peak_gflops: float | None
     cpu_peak_how: str
     settings: dict[str, Any]
+    gate: dict[str, dict[str, Any]] = field(default_factory=dict)  # label -> gate.gate_figures(...) vs the reference
 
     def to_dict(self) -> dict[str, Any]:
         return {"artifact": self.artifact, "reference": self.reference, "rows": [r.to_dict() for r in self.rows],
+                "gate": self.gate,
                 "skipped": self.skipped, "flops_per_image": self.flops_per_image, "cpu_peak_gflops": self.cpu_peak_gflops,
                 "cpu_peak_how": self.cpu_peak_how, "settings": self.settings}
 
@@ -68,13 +70,26 @@ class BenchReport:
             lines.append(f"skipped {name}: {why}")
         if self.flops_per_image:
             lines.append(f"{self.flops_per_image / 1e6:.1f} MFLOP per image")
-            best = max((r for r in self.rows), key=lambda r: r.stats.images_per_s, default=None)
+            # against the FP32 peak, only FP32 rows count (variants such as INT8 are labelled backend:precision)
+            best = max((r for r in self.rows if ":" not in r.backend), key=lambda r: r.stats.images_per_s, default=None)
             if best and self.cpu_peak_gflops and not self.settings.get("device", "cpu").startswith("cuda"):
                 achieved = best.stats.images_per_s * self.flops_per_image / 1e9
                 lines.append(f"best: {best.backend} at batch {best.stats.batch_size}: {achieved:.1f} GFLOP/s = "
                              f"{100 * achieved / self.cpu_peak_gflops:.1f}% of this CPU's peak {self.cpu_peak_gflops:.0f} GFLOP/s "
                              f"({self.cpu_peak_how})")
         lines.append(f"reference for speedup/error: {self.reference}")
+        if self.gate:
+            n = self.settings.get("gate_samples")
+            lines.append("")
+            lines.append(f"quality-gate figures against the reference on {n} gate latents (see `gan-deploy quantize --help`):")
+            head = f"{'backend':<22} {'NaN/Inf':>8} {'saturated':>9} {'PSNR worst':>10} {'PSNR median':>11} {'FD':>9} {'FD noise':>9} {'FD ratio':>8}"
+            lines += [head, "-" * len(head)]
+            for label, g in self.gate.items():
+                def f(key: str, fmt: str) -> str:
+                    v = g.get(key)
+                    return "-" if v is None else format(v, fmt)
+                lines.append(f"{label:<22} {g['nonfinite']:>8} {f('saturated_rate', '.2%'):>9} {f('psnr_worst_db', '.1f'):>10} "
+                             f"{f('psnr_median_db', '.1f'):>11} {f('fd', '.3g'):>9} {f('fd_noise', '.3g'):>9} {f('fd_ratio', '.3g'):>8}")
         return "\n".join(lines)
 
 
@@ -85,7 +100,8 @@ def psnr(a: np.ndarray, b: np.ndarray, span: float) -> float:
 
 def bench(artifact: Artifact, backends: list[str] | None = None, batch_sizes=DEFAULT_BATCH_SIZES, warmup: int = 5,
           iters: int = 30, min_time_s: float = 0.5, max_time_s: float = 10.0, seed: int = 0, device: str = "auto",
-          variants: list[Artifact] | None = None, threads: int | None = None, progress=None) -> BenchReport:
+          variants: list[Artifact] | None = None, threads: int | None = None, progress=None,
+          gate_samples: int = 0) -> BenchReport:
     """Measure each backend (and variant) at each batch size on identical latents."""
     if not batch_sizes or min(batch_sizes) < 1:
         raise GanDeployError("bad batch sizes", list(batch_sizes), "one or more integers >= 1", None)
@@ -129,6 +145,9 @@ def bench(artifact: Artifact, backends: list[str] | None = None, batch_sizes=DEF
             rows.append(BenchRow(label, runner.describe(), stats,
                                  (ref_stats.mean_ms / stats.mean_ms) if ref_stats else None,
                                  float(np.abs(images - ref_images).max()), psnr(images, ref_images, span), extra))
+    gate: dict[str, dict[str, Any]] = {}
+    if gate_samples:
+        gate = _gate_figures(jobs, ref_runner, artifact, gate_samples, progress)
     flops = None
     if artifact.kind == "checkpoint":
         from .flops import generator_flops
@@ -138,7 +157,26 @@ def bench(artifact: Artifact, backends: list[str] | None = None, batch_sizes=DEF
     dev = ref_runner.device
     return BenchReport(artifact.describe(), f"{ref_name} ({ref_runner.describe()})", rows, skipped, flops, peak, how,
                        {"batch_sizes": list(batch_sizes), "warmup": warmup, "iters": iters, "min_time_s": min_time_s,
-                        "seed": seed, "device": dev, "threads": threads})
+                        "seed": seed, "device": dev, "threads": threads, "gate_samples": gate_samples}, gate)
+
+
+def _gate_figures(jobs, ref_runner, artifact: Artifact, n: int, progress) -> dict[str, dict[str, Any]]:
+    """The quality gate's figures for every non-reference backend, on the gate's own latents (not the timing ones)."""
+    from .gate import batched, gate_figures, gate_latents
+
+    z = gate_latents(n, artifact.spec.latent_dim)
+    ref = batched(ref_runner.infer, z, 256)
+    fresh = batched(ref_runner.infer, gate_latents(n, artifact.spec.latent_dim, start=n), 256)  # the FD noise floor
+    out: dict[str, dict[str, Any]] = {}
+    for label, runner in jobs:
+        if runner is ref_runner:
+            continue
+        if progress:
+            progress(f"gate figures of {label} on {n} images")
+        fig = gate_figures(batched(runner.infer, z, 256), ref, artifact.spec.value_range, fresh)
+        fig.pop("_quality", None)
+        out[label] = fig
+    return out
 
 
 def write_json(report: BenchReport, path: str | Path) -> Path:

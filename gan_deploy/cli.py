@@ -227,10 +227,12 @@ def generate(checkpoint, onnx, engine, value_range, n, out, batch_size, backend,
 @click.option("--variant", "variants", multiple=True, type=click.Path(dir_okay=False, path_type=Path),
               help="Also measure this ONNX (e.g. from `quantize --int8`) with onnxruntime. Repeatable.")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--gate-samples", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Also show the quality gate's figures (NaN/Inf, saturation, PSNR, FD) of each backend on this many images; 1000 is the gate's own n.")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Write all figures as JSON.")
 @click.option("--plot", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Write a latency/throughput vs batch size plot (PNG).")
 def bench(checkpoint, onnx, engine, value_range, backends, batch_sizes, device, warmup, iters, min_time, max_time, threads,
-          variants, seed, json_out, plot) -> None:
+          variants, seed, gate_samples, json_out, plot) -> None:
     """Compare backends on identical latents: latency mean/p50/p90/p99, images/s, speed-up and error vs eager.
 
     Warm-up calls are not measured; on a GPU the clock is read after synchronizing. The error columns
@@ -240,7 +242,7 @@ def bench(checkpoint, onnx, engine, value_range, backends, batch_sizes, device, 
     Examples:
       gan-deploy bench
       gan-deploy bench --batch-sizes 1,64,256 --json bench.json --plot bench.png
-      gan-deploy bench --backends eager,onnxruntime --variant models/digits_dcgan.int8.onnx
+      gan-deploy bench --backends eager,onnxruntime --variant models/digits_dcgan.int8.onnx --gate-samples 1000
     """
     from .artifact import load_artifact
     from .bench import bench as run_bench, write_json, write_plot
@@ -249,7 +251,7 @@ def bench(checkpoint, onnx, engine, value_range, backends, batch_sizes, device, 
     names = [b.strip() for b in backends.split(",") if b.strip()] if backends else None
     extra = [load_artifact(onnx=v) for v in variants]
     report = run_bench(art, names, batch_sizes, warmup, iters, min_time, max_time, seed, device, extra, threads,
-                       progress=lambda what: click.echo(f"measuring {what} ...", err=True))
+                       progress=lambda what: click.echo(f"measuring {what} ...", err=True), gate_samples=gate_samples)
     click.echo(report.table())
     if json_out:
         click.echo(f"wrote {write_json(report, json_out)}")

@@ -28,6 +28,15 @@ def test_export_then_generate_then_bench(cli, tiny_checkpoint, tmp_path):
     assert (tmp_path / "b.png").read_bytes()[:4] == b"\x89PNG"
 
 
+def test_bench_shows_gate_figures(cli, tiny_checkpoint, tmp_path):
+    r = cli("bench", "-c", tiny_checkpoint, "--backends", "eager,onnxruntime", "--batch-sizes", "2", "--iters", 3,
+            "--warmup", 0, "--min-time", 0, "--gate-samples", 60, "--json", tmp_path / "b.json")
+    assert r.exit_code == 0, r.output
+    assert "quality-gate figures" in r.output
+    g = json.loads((tmp_path / "b.json").read_text())["gate"]["onnxruntime"]
+    assert g["nonfinite"] == 0 and g["psnr_worst_db"] > 100 and g["fd_ratio"] < 0.01
+
+
 def test_generate_compare(cli, tiny_checkpoint, tmp_path):
     r = cli("generate", "-c", tiny_checkpoint, "-n", 8, "--out", tmp_path / "s", "-b", 8, "--compare", "--backend", "onnxruntime")
     assert r.exit_code == 0, r.output
