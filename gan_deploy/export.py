@@ -37,7 +37,7 @@ class ExportReport:
 
     def summary(self) -> str:
         s = self.spec
-        return (f"wrote {self.path} (opset {self.opset}, input {s.input_name} [N, {s.latent_dim}] -> "
+        return (f"wrote {self.path} (opset {self.opset}, input {s.input_name} [N, {', '.join(map(str, s.latent_shape))}] -> "
                 f"{s.output_name} [N, {s.channels}, {s.height}, {s.width}]); onnxruntime vs eager max abs err "
                 f"{self.max_abs_err:.2e} <= {self.tolerance:.0e} at batch sizes {list(self.batch_sizes)}")
 
@@ -212,7 +212,10 @@ def onnx_from_factory(factory: str, out: str | Path, kwargs: dict[str, Any] | No
                                  None, "pass the constructor arguments the weights were trained with (--kwargs)") from None
         parent = sha256_file(weights)
     module.eval()
-    z_dim = latent_dim or next((int(getattr(module, a)) for a in ("latent_dim", "z_dim", "nz", "latent_size") if hasattr(module, a)), None)
+    # the latent size under the names generators use for it: an attribute of the module, or a constructor argument
+    names = ("latent_dim", "z_dim", "nz", "latent_size", "zdim", "dim_z")
+    z_dim = (latent_dim or next((int(getattr(module, a)) for a in names if isinstance(getattr(module, a, None), int)), None)
+             or next((int((kwargs or {})[a]) for a in names if isinstance((kwargs or {}).get(a), int)), None))
     if z_dim is None:
         raise GanDeployError("cannot tell the latent size of the generator", factory, None, "pass --latent-dim Z")
     out_shape, rank = None, None
