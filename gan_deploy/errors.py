@@ -26,7 +26,7 @@ class GanDeployError(Exception):
             parts.append(f"expected {self.expected}")
         msg = "; ".join(parts)
         if self.hint:
-            msg += f". Note: {self.hint}"
+            msg = msg.rstrip(". ") + f". Note: {self.hint}"
         return msg.replace("\n", " ")
 
 
