@@ -191,6 +191,7 @@ def generate(runner, n: int, out: str | Path, batch_size: int = 256, seed: int =
         bar = tqdm(total=stop - start, unit="img", desc=f"generate [{runner.name}]", disable=None if progress is None else False,
                    dynamic_ncols=True)
     runner.activate()
+    restore_term = _sigterm_as_interrupt()
     with Stopwatch() as total:
         try:
             for b0 in range(start, stop, batch_size):
@@ -219,6 +220,7 @@ def generate(runner, n: int, out: str | Path, batch_size: int = 256, seed: int =
             raise GanDeployError("writing images failed", f"{out} ({e.strerror or e})", None,
                                  "check free disk space and permissions") from None
         finally:
+            restore_term()
             writer.close(cancel=True)  # finishes files in flight (each atomic), drops queued batches
             if bar is not None:
                 bar.close()
@@ -231,6 +233,21 @@ def generate(runner, n: int, out: str | Path, batch_size: int = 256, seed: int =
     if interrupted:
         raise GenerateInterrupted(report)
     return report
+
+
+def _sigterm_as_interrupt() -> Callable[[], None]:
+    """SIGTERM (what schedulers and `kill` send) stops a run the way Ctrl-C does: complete files, a manifest,
+    no temporary files. Only in the main thread, where Python delivers signals; returns the undo."""
+    import signal
+
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    return lambda: signal.signal(signal.SIGTERM, previous)
 
 
 class GenerateInterrupted(KeyboardInterrupt):

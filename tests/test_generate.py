@@ -116,3 +116,29 @@ def test_formats(tiny_checkpoint, tmp_path):
     png = tmp_path / "p"
     generate(runner, 3, png, progress=False)
     assert np.array_equal(decode(png / "000002.png"), decode(tmp_path / "n" / "000002.npy"))
+
+
+@pytest.mark.parametrize("signame", ["SIGINT", "SIGTERM"])
+def test_real_signal_stops_cleanly(tiny_checkpoint, tmp_path, signame):
+    """Ctrl-C (SIGINT) or a scheduler's SIGTERM on the real CLI process: exit 130, only complete files."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "out"
+    p = subprocess.Popen([sys.executable, "-m", "gan_deploy", "generate", "-c", str(tiny_checkpoint), "-n", "2000000",
+                          "--out", str(out), "-b", "64"], stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while time.time() < deadline and not (out.exists() and len(list(out.glob("*.png"))) > 100):
+        time.sleep(0.05)
+    p.send_signal(getattr(signal, signame))
+    err = p.communicate(timeout=60)[1]
+    assert p.returncode == 130, err
+    assert "Interrupted" in err and "Traceback" not in err
+    names = sorted(f.name for f in out.iterdir())
+    assert not [n for n in names if n.startswith(TMP_PREFIX)]
+    pngs = [n for n in names if n.endswith(".png")]
+    assert 100 < len(pngs) < 2000000
+    assert [r["file"] for r in csv.DictReader(open(out / "manifest.csv"))] == pngs
+    assert decode(out / pngs[-1]).shape == (16, 16, 1)
