@@ -189,7 +189,7 @@ def generate(checkpoint, onnx, engine, value_range, n, out, batch_size, backend,
             report = generate_ray(art, backend, device, n, out, batch_size, seed, fmt, overwrite, grid, not no_manifest,
                                   parse_shard(shard), ray_workers)
         else:
-            runner = make_runner(backend, art, device)
+            runner = make_runner(backend, art, device, spin=False)  # leave idle cycles to the writer threads
             click.echo(f"{art.describe()} -> backend {runner.name}", err=True)
             report = run_generate(runner, n, out, batch_size, seed, fmt, overwrite, grid, not no_manifest, writers,
                                   parse_shard(shard))

@@ -54,9 +54,10 @@ class OnnxRuntimeRunner(Runner):
         threads = self.options.get("threads") or int(os.environ.get("GAN_DEPLOY_THREADS", "0"))
         if threads:
             so.intra_op_num_threads = threads
-        if not self.options.get("spin", False):
-            # ORT's pool threads spin-wait after each run by default; in `generate` that steals the cores
-            # the image-writer threads need. Measured cost at batch 1 is within noise (benchmarks/overhead.py).
+        if not self.options.get("spin", True):
+            # ORT's pool threads spin-wait between and after runs. That is worth ~1.4x at batch 16-256 on a quiet
+            # CPU (bench, serve), but in `generate` it takes cycles from the image-writer threads: generate asks
+            # for spin=False (end to end 1,566 vs 1,431 images/s, median of 4, 2 cores).
             so.add_session_config_entry("session.intra_op.allow_spinning", "0")
         so.log_severity_level = 3  # warnings about unused initializers etc. are noise for users
         self.providers = choose_providers(self.device)
