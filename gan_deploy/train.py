@@ -729,7 +729,9 @@ def _train(o: TrainOptions, cfg: GeneratorConfig, device: torch.device, ctx: _Di
     if ctx.main and (o.progress or (o.progress is None and tty)):
         from tqdm import tqdm
 
-        bar = tqdm(total=o.steps, initial=start, unit="step", dynamic_ncols=True, desc=f"train {ds.name}")
+        # disable=False: an explicit --progress wins over a TQDM_DISABLE left in the environment
+        bar = tqdm(total=o.steps, initial=start, unit="step", dynamic_ncols=True, desc=f"train {ds.name}",
+                   disable=False)
     say_lines = ctx.main and o.progress is None and not tty
 
     def log_line(msg: str) -> None:

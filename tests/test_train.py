@@ -338,8 +338,7 @@ def test_eval_off_writes_no_scores(tmp_path):
     assert "quality:" not in r.summary()
 
 
-def test_eval_does_not_change_the_training_trajectory(tmp_path, capsys, monkeypatch):
-    monkeypatch.delenv("TQDM_DISABLE", raising=False)  # the progress bar is checked below, whatever the environment
+def test_eval_does_not_change_the_training_trajectory(tmp_path, capsys):
     # two torch threads (conftest sets one): the score runs its classifier on one thread and switches back,
     # so this also checks that the switch leaves training's arithmetic alone
     threads = torch.get_num_threads()
