@@ -15,7 +15,6 @@ import sys
 import tempfile
 from pathlib import Path
 
-import numpy as np
 
 from gan_deploy.artifact import load_artifact
 from gan_deploy.backends import make_runner

@@ -10,7 +10,6 @@ numbers as a Markdown table, so the plot and the docs come from the same records
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any

@@ -9,12 +9,11 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from .checkpoint import Checkpoint, read_checkpoint
 from .config import GeneratorConfig
 from .errors import GanDeployError, StaleArtifact
-from .fileio import sha256_bytes, sha256_file
+from .fileio import sha256_bytes
 
 # ONNX metadata_props keys written by `export` and read by every command after it
 META_PREFIX = "gan_deploy."

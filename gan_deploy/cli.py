@@ -4,7 +4,6 @@ Every GanDeployError becomes a one-line `Error: ...` and exit code 2; Ctrl-C bec
 """
 from __future__ import annotations
 
-import functools
 import os
 import sys
 from pathlib import Path

@@ -79,10 +79,7 @@ def train(ctx: click.Context, **kw: object) -> None:
     every process), each process trains on its own share of every epoch, only process 0 writes files.
     Ctrl-C finishes the current step, saves the state, and prints how to --resume.
     """
-    # Ask OpenMP to sleep, not spin, while it waits: on a CPU shared with other work, spinning threads stall
-    # each other and a training step gets several times slower (and burns CPU that the others need).
-    # It is read once, when torch loads, which is below; set it yourself to override.
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    # OMP_WAIT_POLICY=PASSIVE is set for every command in cli.py, before torch loads (below)
     from .train import options_for_resume
     from .train import train as run_training
 

@@ -17,7 +17,6 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .artifact import Artifact
 from .errors import GanDeployError
 from .fileio import TMP_PREFIX, atomic_write_text
 from .images import FORMATS, encode, save_grid, to_uint8
@@ -116,7 +115,6 @@ class _Writer:
         self.done: list[int] = []  # indices whose file is complete
         self.seconds = 0.0
         self._lock = threading.Lock()
-        self._clock = Stopwatch
 
     def submit(self, start: int, images: np.ndarray) -> Future:
         return self.pool.submit(self._write_batch, start, images)
@@ -125,7 +123,7 @@ class _Writer:
         written = []
         folder = os.fspath(self.out) + os.sep
         flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0)
-        with self._clock() as sw:
+        with Stopwatch() as sw:
             for k in range(images.shape[0]):
                 i = start + k
                 name = file_name(i, self.n_total, self.fmt)
