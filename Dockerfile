@@ -31,14 +31,14 @@ RUN python3 -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['
     && pip install --no-cache-dir --requirement /tmp/requirements.txt \
     && rm /tmp/requirements.txt
 
-# The package itself, editable: the shipped models/ stay beside it, where gan-deploy looks for its default model.
+# The package itself (its shipped models are package data in gan_deploy/assets/). Outputs go to /data.
 COPY . .
-RUN pip install --no-cache-dir --no-deps --editable . \
+RUN pip install --no-cache-dir --no-deps . \
     && gan-deploy --help > /dev/null \
     && groupadd --gid 10001 gan \
     && useradd --no-log-init --create-home --uid 10001 --gid 10001 gan \
     && mkdir -p /data \
-    && chown -R gan /data /opt/gan-deploy/models /opt/gan-deploy/engines
+    && chown -R gan /data
 
 # numeric, so Kubernetes' runAsNonRoot and hosts without this user can check it
 USER 10001:10001

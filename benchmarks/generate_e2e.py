@@ -16,12 +16,12 @@ import tempfile
 from pathlib import Path
 
 
-from gan_deploy.artifact import load_artifact
+from gan_deploy.artifacts.onnx import load_artifact
 from gan_deploy.backends import make_runner
-from gan_deploy.generate import _Writer, generate
-from gan_deploy.images import to_uint8
-from gan_deploy.latents import latents_range
-from gan_deploy.timing import Stopwatch
+from gan_deploy.generate.pipeline import _Writer, generate
+from gan_deploy.core.images import to_uint8
+from gan_deploy.core.latents import latents_range
+from gan_deploy.core.timing import Stopwatch
 
 
 def inference_only(runner, n: int, b: int) -> float:
@@ -50,7 +50,7 @@ def peak_rss_mb(n: int, backend: str, b: int, checkpoint: str | None) -> float:
     """Peak resident memory of a whole `gan-deploy generate` run, in a fresh interpreter that reports its own."""
     with tempfile.TemporaryDirectory() as d:
         args = ["generate", "-n", str(n), "--out", d, "-b", str(b), "--backend", backend] + (["-c", checkpoint] if checkpoint else [])
-        code = ("import resource\nfrom gan_deploy.cli import main\n"
+        code = ("import resource\nfrom gan_deploy.cli.main import main\n"
                 f"try:\n    main({args!r})\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
                 "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
         r = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True,

@@ -33,9 +33,9 @@ from urllib.parse import urlsplit
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from gan_deploy.artifact import load_artifact  # noqa: E402
+from gan_deploy.artifacts.onnx import load_artifact  # noqa: E402
 from gan_deploy.backends import make_runner  # noqa: E402
-from gan_deploy.generate import generate  # noqa: E402
+from gan_deploy.generate.pipeline import generate  # noqa: E402
 
 MAX_REQUESTS, MAX_DURATION = 100_000, 600.0  # hard bounds whatever the arguments say
 SEEDS, PER_SEED = (0, 1, 2, 3), 256  # the reference: generate's files for these seeds, indices 0..PER_SEED-1
@@ -160,13 +160,13 @@ def run_load(host: str, port: int, prefix: str, clients: int, requests: int, dur
 def default_model(tmp: Path, checkpoint: str | None, onnx: str | None):
     if onnx or checkpoint:
         return load_artifact(checkpoint, onnx)
-    from gan_deploy.checkpoint import DEFAULT_CHECKPOINT, save_checkpoint
+    from gan_deploy.artifacts.checkpoint import DEFAULT_CHECKPOINT, save_checkpoint
     if DEFAULT_CHECKPOINT.exists():
         return load_artifact(DEFAULT_CHECKPOINT)
     import torch
 
-    from gan_deploy.config import GeneratorConfig
-    from gan_deploy.nets import build_generator, init_weights
+    from gan_deploy.nets.config import GeneratorConfig
+    from gan_deploy.nets.networks import build_generator, init_weights
     torch.manual_seed(0)
     cfg = GeneratorConfig()  # the default model's architecture and size, random weights
     g = build_generator(cfg)
@@ -209,7 +209,7 @@ def main() -> int:
             from ray import serve as ray_serve
 
             from gan_deploy import serve
-            from gan_deploy.serve_api import ServeConfig
+            from gan_deploy.serve.api import ServeConfig
             with socket.socket() as s:
                 s.bind(("127.0.0.1", 0))
                 host, port = "127.0.0.1", s.getsockname()[1]

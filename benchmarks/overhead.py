@@ -1,7 +1,7 @@
 """Toolkit overhead per call: OnnxRuntimeRunner.infer() against a bare session.run() on the same session.
 
 Target (issue 2): at most 5% or 50 us over bare session.run. Both are measured interleaved, in rounds,
-with gan_deploy.timing.measure, so machine noise hits them alike; the median over rounds is reported.
+with gan_deploy.core.timing.measure, so machine noise hits them alike; the median over rounds is reported.
 
     python benchmarks/overhead.py [--checkpoint models/digits_dcgan.safetensors] [--rounds 7]
 """
@@ -11,10 +11,10 @@ import argparse
 import json
 import statistics
 
-from gan_deploy.artifact import load_artifact
+from gan_deploy.artifacts.onnx import load_artifact
 from gan_deploy.backends import make_runner
-from gan_deploy.latents import latents_range
-from gan_deploy.timing import measure
+from gan_deploy.core.latents import latents_range
+from gan_deploy.core.timing import measure
 
 
 def main() -> None:

@@ -1,7 +1,7 @@
 """FP32 vs INT8 (vs FP16) in onnxruntime on this machine's CPU, per batch size, with the gate's figures.
 
 Target (issue 4): INT8 >= 1.5x FP32 at batch 64 while passing the quality gate. Variants, all made by
-gan_deploy.quantize from the same FP32 ONNX and each gated against eager FP32 on 1000 gate latents:
+gan_deploy.precision.quantize from the same FP32 ONNX and each gated against eager FP32 on 1000 gate latents:
 
     fp32            the exported model (ConvTranspose)
     int8            Q/DQ, ConvTranspose rewritten to Conv + DepthToSpace, UINT8 activations (the CPU flavour)
@@ -9,7 +9,7 @@ gan_deploy.quantize from the same FP32 ONNX and each gated against eager FP32 on
     int8-tensorrt   Q/DQ in TensorRT's form (symmetric INT8, FP32 bias); gated and timed here for completeness
     fp16            FP16 with FP32 I/O (onnxruntime has FP16 kernels on this CPU; no speed is expected from them)
 
-Latency: gan_deploy.timing.measure, variants interleaved in rounds so that load from other processes on
+Latency: gan_deploy.core.timing.measure, variants interleaved in rounds so that load from other processes on
 the machine hits them alike; per variant and batch the median over rounds of each round's p50.
 
     python benchmarks/precision.py [--checkpoint models/digits_dcgan.safetensors] [--rounds 5] [--json out.json]
@@ -25,13 +25,13 @@ import sys
 import tempfile
 from pathlib import Path
 
-from gan_deploy.artifact import artifact_from_onnx, load_artifact
+from gan_deploy.artifacts.onnx import artifact_from_onnx, load_artifact
 from gan_deploy.backends import make_runner
-from gan_deploy.checkpoint import DEFAULT_CHECKPOINT, save_checkpoint
-from gan_deploy.config import GeneratorConfig
-from gan_deploy.latents import latents_range
-from gan_deploy.quantize import fp16_onnx_from_onnx, int8_onnx_from_onnx
-from gan_deploy.timing import measure
+from gan_deploy.artifacts.checkpoint import DEFAULT_CHECKPOINT, save_checkpoint
+from gan_deploy.nets.config import GeneratorConfig
+from gan_deploy.core.latents import latents_range
+from gan_deploy.precision.quantize import fp16_onnx_from_onnx, int8_onnx_from_onnx
+from gan_deploy.core.timing import measure
 
 
 def parent_artifact(checkpoint: str | None, tmp: Path):
@@ -40,7 +40,7 @@ def parent_artifact(checkpoint: str | None, tmp: Path):
     # the default model is not trained yet: a freshly initialised generator of the same config
     import torch
 
-    from gan_deploy.nets import build_generator, init_weights
+    from gan_deploy.nets.networks import build_generator, init_weights
     torch.manual_seed(0)
     cfg = GeneratorConfig()
     g = build_generator(cfg)
@@ -57,7 +57,7 @@ def damage_sweep(parent, n: int) -> None:
     import onnx
     from onnx import numpy_helper
 
-    from gan_deploy.gate import run_gate, thresholds_for
+    from gan_deploy.precision.gate import run_gate, thresholds_for
 
     base = onnx.load_model_from_string(parent.onnx_bytes())
     layers = [n_ for n_ in base.graph.node if n_.op_type == "ConvTranspose"]

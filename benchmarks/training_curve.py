@@ -19,7 +19,7 @@ sys.path.insert(0, str(REPO))
 
 
 def eval_records(path: Path) -> list[dict[str, Any]]:
-    from gan_deploy.train import iter_metrics
+    from gan_deploy.train.loop import iter_metrics
 
     recs = [r for r in iter_metrics(path) if r.get("event") == "eval"]
     if not recs:
@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     matplotlib.use("Agg")  # no display needed
     import matplotlib.pyplot as plt
 
-    from gan_deploy.fileio import atomic_path
+    from gan_deploy.core.fileio import atomic_path
 
     curve = eval_records(args.curve)
     steps = [r["step"] for r in curve]

@@ -10,9 +10,9 @@ import torch
 os.environ.setdefault("GAN_DEPLOY_THREADS", "1")  # deterministic, and no oversubscription on CI's 2 cores
 torch.set_num_threads(1)
 
-from gan_deploy.checkpoint import save_checkpoint  # noqa: E402
-from gan_deploy.config import GeneratorConfig  # noqa: E402
-from gan_deploy.nets import build_generator, init_weights  # noqa: E402
+from gan_deploy.artifacts.checkpoint import save_checkpoint  # noqa: E402
+from gan_deploy.nets.config import GeneratorConfig  # noqa: E402
+from gan_deploy.nets.networks import build_generator, init_weights  # noqa: E402
 
 TINY = GeneratorConfig(arch="dcgan", latent_dim=8, channels=1, image_size=16, width=8)
 
@@ -41,7 +41,7 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_onnx(tiny_checkpoint, tmp_path_factory) -> Path:
-    from gan_deploy.export import onnx_from_checkpoint
+    from gan_deploy.export.onnx import onnx_from_checkpoint
     return onnx_from_checkpoint(tiny_checkpoint, tmp_path_factory.mktemp("onnx") / "tiny.onnx").path
 
 
@@ -49,7 +49,7 @@ def tiny_onnx(tiny_checkpoint, tmp_path_factory) -> Path:
 def cli():
     from click.testing import CliRunner
 
-    from gan_deploy.cli import main
+    from gan_deploy.cli.main import main
 
     runner = CliRunner()
 

@@ -2,10 +2,10 @@
 import numpy as np
 import pytest
 
-from gan_deploy.artifact import load_artifact
+from gan_deploy.artifacts.onnx import load_artifact
 from gan_deploy.backends import BACKENDS, make_runner, pick_backend, runner_class, unavailable_reason
-from gan_deploy.errors import GanDeployError
-from gan_deploy.latents import latents_range
+from gan_deploy.core.errors import GanDeployError
+from gan_deploy.core.latents import latents_range
 
 
 def _artifact_for(name, tiny_checkpoint, tiny_onnx):
@@ -67,7 +67,7 @@ def test_import_is_light():
     """`import gan_deploy` and the CLI's module must not import onnxruntime, tensorrt or torch eagerly."""
     import subprocess
     import sys
-    code = ("import sys, gan_deploy, gan_deploy.cli, gan_deploy.backends; "
+    code = ("import sys, gan_deploy, gan_deploy.cli.main, gan_deploy.backends; "
             "bad=[m for m in ('onnxruntime','tensorrt','torch') if m in sys.modules]; print(bad); sys.exit(bool(bad))")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr

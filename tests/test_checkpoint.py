@@ -3,9 +3,9 @@ import json
 import pytest
 import torch
 
-from gan_deploy.checkpoint import load_generator, read_checkpoint
-from gan_deploy.config import GeneratorConfig
-from gan_deploy.errors import GanDeployError
+from gan_deploy.artifacts.checkpoint import load_generator, read_checkpoint
+from gan_deploy.nets.config import GeneratorConfig
+from gan_deploy.core.errors import GanDeployError
 from tests.conftest import make_checkpoint
 
 

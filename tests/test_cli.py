@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from gan_deploy.cli import main
+from gan_deploy.cli.main import main
 
 
 def test_every_command_has_help_with_an_example(cli):

@@ -1,4 +1,4 @@
-"""gan_deploy.data: every source, value-range detection, and one clear error for each kind of bad input."""
+"""gan_deploy.data.sources: every source, value-range detection, and one clear error for each kind of bad input."""
 from __future__ import annotations
 
 import gzip
@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from gan_deploy.data import dataset_name, load_dataset
-from gan_deploy.errors import GanDeployError
+from gan_deploy.data.sources import dataset_name, load_dataset
+from gan_deploy.core.errors import GanDeployError
 
 
 def _write_idx(path: Path, a: np.ndarray, gz: bool) -> Path:

@@ -7,10 +7,10 @@ import filecmp
 
 import pytest
 
-from gan_deploy.artifact import load_artifact
+from gan_deploy.artifacts.onnx import load_artifact
 from gan_deploy.backends import make_runner
-from gan_deploy.errors import GanDeployError
-from gan_deploy.generate import generate
+from gan_deploy.core.errors import GanDeployError
+from gan_deploy.generate.pipeline import generate
 
 N, BATCH, SEED = 29, 6, 3  # 5 batches: uneven over 2 workers, last batch short
 
@@ -40,7 +40,7 @@ def _same_folder(a, b) -> None:
 
 
 def test_ray_workers_write_the_single_process_files(ray_local, tiny_checkpoint, single, tmp_path):
-    from gan_deploy.distributed import generate_ray
+    from gan_deploy.serve.ray_data import generate_ray
 
     rep = generate_ray(load_artifact(tiny_checkpoint), "onnxruntime", "cpu", N, tmp_path / "ray", batch_size=BATCH,
                        seed=SEED, progress=False, workers=2)
@@ -49,7 +49,7 @@ def test_ray_workers_write_the_single_process_files(ray_local, tiny_checkpoint, 
 
 
 def test_ray_shards_union_is_the_single_run(ray_local, tiny_checkpoint, single, tmp_path):
-    from gan_deploy.distributed import generate_ray
+    from gan_deploy.serve.ray_data import generate_ray
 
     art = load_artifact(tiny_checkpoint)
     seen = set()
@@ -73,7 +73,7 @@ def test_cli_executor_ray(ray_local, cli, tiny_checkpoint, single, tmp_path):
 
 
 def test_worker_with_another_model_file_is_refused(ray_local, tiny_checkpoint, tmp_path):
-    from gan_deploy.distributed import generate_ray
+    from gan_deploy.serve.ray_data import generate_ray
 
     art = load_artifact(tiny_checkpoint)
     art.sha256 = "0" * 64  # as if the driver's file differed from the one the workers see at that path
@@ -82,7 +82,7 @@ def test_worker_with_another_model_file_is_refused(ray_local, tiny_checkpoint, t
 
 
 def test_bad_arguments_fail_before_ray_starts(tiny_checkpoint, tmp_path):
-    from gan_deploy.distributed import generate_ray
+    from gan_deploy.serve.ray_data import generate_ray
 
     art = load_artifact(tiny_checkpoint)
     with pytest.raises(GanDeployError, match="bad batch size"):

@@ -82,7 +82,7 @@ def test_dockerignore_keeps_what_the_image_needs():
                 result = not neg
         return result
 
-    for needed in ("pyproject.toml", "gan_deploy/cli.py", "models/digits_classifier.safetensors", "engines/.gitkeep"):
+    for needed in ("pyproject.toml", "gan_deploy/cli/main.py", "gan_deploy/assets/digits_classifier.safetensors", "engines/.gitkeep"):
         assert not ignored(needed), needed
     for dropped in (".git", "tests/test_serve.py", "engines/x.fp16.engine", "samples"):
         assert ignored(dropped), dropped

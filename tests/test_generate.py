@@ -4,12 +4,12 @@ import os
 import numpy as np
 import pytest
 
-from gan_deploy.artifact import load_artifact
+from gan_deploy.artifacts.onnx import load_artifact
 from gan_deploy.backends import make_runner
-from gan_deploy.errors import GanDeployError
-from gan_deploy.fileio import TMP_PREFIX
-from gan_deploy.generate import GenerateInterrupted, generate, parse_shard, shard_indices
-from gan_deploy.images import decode
+from gan_deploy.core.errors import GanDeployError
+from gan_deploy.core.fileio import TMP_PREFIX
+from gan_deploy.generate.pipeline import GenerateInterrupted, generate, parse_shard, shard_indices
+from gan_deploy.core.images import decode
 
 
 def _pixels(folder):

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from gan_deploy.latents import latents_for, latents_range
+from gan_deploy.core.latents import latents_for, latents_range
 
 
 def test_image_latent_depends_only_on_seed_and_index():
@@ -32,7 +32,7 @@ def test_atomic_writes_get_normal_permissions(tmp_path):
     import os
     import stat
 
-    from gan_deploy.fileio import atomic_write_text
+    from gan_deploy.core.fileio import atomic_write_text
     atomic_write_text(tmp_path / "a.json", "{}")
     mask = os.umask(0)
     os.umask(mask)

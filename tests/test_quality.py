@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from gan_deploy import quality as q
-from gan_deploy.config import GeneratorConfig
-from gan_deploy.errors import GanDeployError
-from gan_deploy.fileio import sha256_file
-from gan_deploy.latents import latents_range
-from gan_deploy.nets import build_generator, init_weights
+from gan_deploy.quality import features as q
+from gan_deploy.nets.config import GeneratorConfig
+from gan_deploy.core.errors import GanDeployError
+from gan_deploy.core.fileio import sha256_file
+from gan_deploy.core.latents import latents_range
+from gan_deploy.nets.networks import build_generator, init_weights
 
 
 @pytest.fixture(scope="module")
@@ -145,7 +145,7 @@ def test_bad_k_bootstrap_and_reference(digits):
 
 
 def test_generate_folder_follows_its_manifest(tmp_path, digits):
-    from gan_deploy.images import encode, to_uint8
+    from gan_deploy.core.images import encode, to_uint8
 
     pix = to_uint8(digits[0][:40])  # [N, H, W, 1] uint8
     rows = ["index,seed,file"]

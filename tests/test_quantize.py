@@ -8,14 +8,14 @@ import pytest
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
-from gan_deploy.artifact import META_PARENT_SHA, META_PRECISION, load_artifact
+from gan_deploy.artifacts.onnx import META_PARENT_SHA, META_PRECISION, load_artifact
 from gan_deploy.backends import make_runner
-from gan_deploy.errors import GanDeployError
-from gan_deploy.fileio import sha256_bytes
-from gan_deploy.latents import latents_range
-from gan_deploy.quantize import (META_CHECKPOINT_SHA, META_INT8_TARGET, ReferenceEvaluatorRunner, fp16_model,
+from gan_deploy.core.errors import GanDeployError
+from gan_deploy.core.fileio import sha256_bytes
+from gan_deploy.core.latents import latents_range
+from gan_deploy.precision.quantize import (META_CHECKPOINT_SHA, META_INT8_TARGET, ReferenceEvaluatorRunner, fp16_model,
                                  int8_onnx_from_onnx, reduced_precision_model)
-from gan_deploy.rewrite import conv_from_conv_transpose, fold_batchnorms
+from gan_deploy.precision.rewrite import conv_from_conv_transpose, fold_batchnorms
 
 
 def _sess(model):

@@ -14,8 +14,8 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from gan_deploy.latents import MAX_SEED, latents_for
-from gan_deploy.serve_api import (ImageRequest, Metrics, RequestError, ServeConfig, chunks, parse_request,
+from gan_deploy.core.latents import MAX_SEED, latents_for
+from gan_deploy.serve.api import (ImageRequest, Metrics, RequestError, ServeConfig, chunks, parse_request,
                                   prometheus_text, request_latents)
 
 MAX_IMAGES = 32
@@ -128,9 +128,9 @@ SEED, N_REF, BATCH_REF = 5, 40, 7
 @pytest.fixture(scope="module")
 def reference(tiny_onnx, tmp_path_factory):
     """generate's files for --seed SEED -n N_REF, and for --seed s -n 1 (s = 11, 12, 13): name -> bytes."""
-    from gan_deploy.artifact import load_artifact
+    from gan_deploy.artifacts.onnx import load_artifact
     from gan_deploy.backends import make_runner
-    from gan_deploy.generate import generate
+    from gan_deploy.generate.pipeline import generate
 
     art = load_artifact(onnx=tiny_onnx)
     out = tmp_path_factory.mktemp("ref")
@@ -149,8 +149,8 @@ def service(tiny_onnx):
     import ray
     from ray import serve as ray_serve
 
-    from gan_deploy import serve as service
-    from gan_deploy.artifact import load_artifact
+    from gan_deploy.serve import ray_serve as service
+    from gan_deploy.artifacts.onnx import load_artifact
 
     art = load_artifact(onnx=tiny_onnx)
     common = dict(artifact_kind="onnx", artifact_path=str(art.path), artifact_sha256=art.sha256, backend="onnxruntime",

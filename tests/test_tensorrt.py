@@ -8,13 +8,13 @@ import sys
 import numpy as np
 import pytest
 
-from gan_deploy.artifact import GeneratorSpec, load_artifact
+from gan_deploy.artifacts.onnx import GeneratorSpec, load_artifact
 from gan_deploy.backends import BACKENDS, pick_backend
 from gan_deploy.backends.tensorrt import unavailable_reason
-from gan_deploy.engine_meta import (RuntimeInfo, check_engine_file, check_runtime, check_source, make_sidecar,
+from gan_deploy.artifacts.engine import (RuntimeInfo, check_engine_file, check_runtime, check_source, make_sidecar,
                                     parse_sidecar, read_sidecar, sidecar_path, spec_from_sidecar)
-from gan_deploy.errors import BackendUnavailable, GanDeployError, StaleArtifact
-from gan_deploy.fileio import sha256_file
+from gan_deploy.core.errors import BackendUnavailable, GanDeployError, StaleArtifact
+from gan_deploy.core.fileio import sha256_file
 
 H100 = RuntimeInfo("10.13.0.35", "NVIDIA H100 80GB HBM3", "9.0")
 SPEC = GeneratorSpec(8, 1, 16, 16, (-1.0, 1.0), 2, "z", "image")
@@ -123,7 +123,7 @@ def test_parse_sidecar_reports_json_position():
 
 def test_backend_is_registered_first_and_lazily():
     assert list(BACKENDS)[0] == "tensorrt"  # `auto` prefers it where it can run
-    code = ("import sys, gan_deploy.backends.tensorrt, gan_deploy.engine, gan_deploy.engine_meta, gan_deploy.cli_precision; "
+    code = ("import sys, gan_deploy.backends.tensorrt, gan_deploy.engine.build, gan_deploy.artifacts.engine, gan_deploy.cli.precision; "
             "sys.exit('tensorrt' in sys.modules)")
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
 
@@ -153,8 +153,8 @@ def test_without_tensorrt_auto_falls_back_and_errors_say_how_to_install(engine, 
 @pytest.mark.skipif(TRT_MISSING is not None, reason=f"TensorRT/GPU unavailable: {TRT_MISSING}")
 def test_build_load_and_run_engine(precision, tiny_checkpoint, tmp_path):
     from gan_deploy.backends import make_runner
-    from gan_deploy.engine import engine_from_artifact
-    from gan_deploy.latents import latents_range
+    from gan_deploy.engine.build import engine_from_artifact
+    from gan_deploy.core.latents import latents_range
 
     parent = load_artifact(tiny_checkpoint)
     out = tmp_path / f"tiny.{precision}.engine"
@@ -181,7 +181,7 @@ def test_build_load_and_run_engine(precision, tiny_checkpoint, tmp_path):
 @pytest.mark.gpu
 @pytest.mark.skipif(TRT_MISSING is not None, reason=f"TensorRT/GPU unavailable: {TRT_MISSING}")
 def test_real_engine_with_edited_sidecar_is_refused(tiny_checkpoint, tmp_path):
-    from gan_deploy.engine import engine_from_artifact
+    from gan_deploy.engine.build import engine_from_artifact
 
     out = tmp_path / "tiny.fp16.engine"
     engine_from_artifact(load_artifact(tiny_checkpoint), "fp16", out, profile=(1, 8, 32), gate_samples=64)

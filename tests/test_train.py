@@ -1,4 +1,4 @@
-"""gan_deploy.train and `gan-deploy train`: run folder, determinism, resume equivalence, refusals, DDP over gloo.
+"""gan_deploy.train.loop and `gan-deploy train`: run folder, determinism, resume equivalence, refusals, DDP over gloo.
 
 Every run is tiny (width 8, latent 8, 16x16 images, tens of steps) so the whole file stays well under a minute.
 The quality score during training (--eval-every) is off in TINY (it costs ~1 s a run) and on where it is tested.
@@ -18,12 +18,12 @@ import torch
 from click.testing import CliRunner
 from safetensors.torch import load_file
 
-from gan_deploy import train as train_mod
-from gan_deploy.checkpoint import load_generator, read_checkpoint
-from gan_deploy.cli import main
-from gan_deploy.errors import GanDeployError
-from gan_deploy.fileio import sha256_file
-from gan_deploy.train import TrainOptions, iter_metrics, options_for_resume, train
+from gan_deploy.train import loop as train_mod
+from gan_deploy.artifacts.checkpoint import load_generator, read_checkpoint
+from gan_deploy.cli.main import main
+from gan_deploy.core.errors import GanDeployError
+from gan_deploy.core.fileio import sha256_file
+from gan_deploy.train.loop import TrainOptions, iter_metrics, options_for_resume, train
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = dict(width=8, latent_dim=8, image_size=16, batch_size=16, log_every=5, progress=False, eval_every=0)
@@ -400,7 +400,7 @@ def test_eval_refusals(tmp_path):
     assert "data set too small for the quality score" in msg and "20 images" in msg and "--eval-every 0" in msg
     assert not out.exists()
     train(tiny(out, data=str(few), steps=2))  # with the score off the same data trains
-    from gan_deploy.quality import MIN_SAMPLES
+    from gan_deploy.quality.features import MIN_SAMPLES
     assert train_mod.EVAL_MIN_SAMPLES == MIN_SAMPLES  # the torch-free copy the CLI checks against
 
 

@@ -7,10 +7,10 @@ import json
 import numpy as np
 import pytest
 
-from gan_deploy.artifact import load_artifact
-from gan_deploy.errors import GanDeployError
-from gan_deploy.fileio import sha256_file
-from gan_deploy.triton import parse_config, triton_repo_from_artifacts
+from gan_deploy.artifacts.onnx import load_artifact
+from gan_deploy.core.errors import GanDeployError
+from gan_deploy.core.fileio import sha256_file
+from gan_deploy.serve.triton import parse_config, triton_repo_from_artifacts
 
 pb = pytest.importorskip("tritonclient.grpc.model_config_pb2",
                          reason="tritonclient is not installed: pip install 'gan-deploy[triton]'")
@@ -30,7 +30,7 @@ def _check_io(cfg, spec) -> None:
 
 def _fake_engine(tmp_path, spec, profile=(1, 32, 128)):
     """An engine file and its sidecar as `build-engine` writes them (the plan's bytes are only copied here)."""
-    from gan_deploy.engine_meta import RuntimeInfo, make_sidecar, sidecar_path
+    from gan_deploy.artifacts.engine import RuntimeInfo, make_sidecar, sidecar_path
     engine = tmp_path / "tiny.fp16.engine"
     engine.write_bytes(np.random.default_rng(0).bytes(4096))
     side = make_sidecar(engine_sha256=sha256_file(engine), precision="fp16", runtime=RuntimeInfo("10.13.0.35", "NVIDIA H100", "9.0"),

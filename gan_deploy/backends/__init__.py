@@ -8,11 +8,11 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from ..errors import BackendUnavailable, GanDeployError
+from gan_deploy.core.errors import BackendUnavailable, GanDeployError
 
 if TYPE_CHECKING:
-    from ..artifact import Artifact
-    from .base import Runner
+    from gan_deploy.artifacts.onnx import Artifact
+    from gan_deploy.backends.base import Runner
 
 # name -> "module:class"; the order is the `auto` preference, fastest first (measured with `gan-deploy bench`)
 BACKENDS: dict[str, str] = {

@@ -5,7 +5,7 @@ A runner is built from an `Artifact`, loads lazily on `activate()`, and maps lat
     infer(z: float32 [N, Z]) -> float32 [N, C, H, W] on the host, in the artifact's value range
 
 `infer()` validates and calls `infer_impl()`; backends implement only `infer_impl()` (and `_load()`).
-Timing is not done here: `gan_deploy.timing` measures every backend the same way.
+Timing is not done here: `gan_deploy.core.timing` measures every backend the same way.
 """
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from ..artifact import Artifact
-from ..errors import GanDeployError
+from gan_deploy.artifacts.onnx import Artifact
+from gan_deploy.core.errors import GanDeployError
 
 
 class Runner(ABC):

@@ -1,7 +1,7 @@
 """torch.compile (Inductor). On GPU, mode 'reduce-overhead' also replays CUDA graphs per batch size."""
 from __future__ import annotations
 
-from .eager import EagerRunner
+from gan_deploy.backends.eager import EagerRunner
 
 
 class CompileRunner(EagerRunner):

@@ -6,7 +6,7 @@ import os
 
 import numpy as np
 
-from .base import Runner
+from gan_deploy.backends.base import Runner
 
 
 def _ort():

@@ -19,13 +19,13 @@ from typing import Any
 
 import numpy as np
 
-from ..artifact import META_PRECISION, META_VALUE_RANGE, Artifact
-from ..config import GeneratorConfig
-from ..engine_meta import (RuntimeInfo, check_engine_file, check_runtime, check_source, gpu_info, read_sidecar,
+from gan_deploy.artifacts.onnx import META_PRECISION, META_VALUE_RANGE, Artifact
+from gan_deploy.nets.config import GeneratorConfig
+from gan_deploy.artifacts.engine import (RuntimeInfo, check_engine_file, check_runtime, check_source, gpu_info, read_sidecar,
                            sidecar_path, spec_from_sidecar)
-from ..errors import BackendUnavailable, GanDeployError, StaleArtifact
-from ..fileio import sha256_bytes, sha256_file
-from .base import Runner
+from gan_deploy.core.errors import BackendUnavailable, GanDeployError, StaleArtifact
+from gan_deploy.core.fileio import sha256_bytes, sha256_file
+from gan_deploy.backends.base import Runner
 
 INSTALL_HINT = ("`pip install gan-deploy[gpu]` on a machine with an NVIDIA GPU and driver, "
                 "or run in NVIDIA's TensorRT container (nvcr.io/nvidia/tensorrt)")

@@ -1,0 +1,132 @@
+"""Generator checkpoints: weights in safetensors, a JSON sidecar with everything needed to rebuild them.
+
+    models/digits_dcgan.safetensors   # the EMA generator's state dict (no pickle anywhere)
+    models/digits_dcgan.json          # {"format": ..., "generator": GeneratorConfig, "train": ..., "weights_sha256": ...}
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from gan_deploy.nets.config import FORMAT_VERSION, GeneratorConfig, dumps
+from gan_deploy.core.errors import GanDeployError
+from gan_deploy.core.resources import DEFAULT_GENERATOR, asset_path
+from gan_deploy.core.fileio import atomic_path, atomic_write_text, sha256_file
+
+FORMAT = "gan-deploy-generator"
+DEFAULT_CHECKPOINT = asset_path(DEFAULT_GENERATOR)  # shipped in the wheel: gan_deploy/assets/
+
+
+@dataclass
+class Checkpoint:
+    path: Path  # the .safetensors file
+    config: GeneratorConfig
+    meta: dict[str, Any] = field(default_factory=dict)  # the whole JSON sidecar
+    sha256: str = ""
+
+    def build(self) -> torch.nn.Module:
+        """The generator in eval mode, weights loaded."""
+        return load_generator(self)
+
+
+def sidecar_of(weights: Path) -> Path:
+    return weights.with_suffix(".json")
+
+
+def save_checkpoint(path: str | Path, model: torch.nn.Module, config: GeneratorConfig,
+                    train: dict[str, Any] | None = None, extra: dict[str, Any] | None = None) -> Checkpoint:
+    """Write `<path>.safetensors` and its `.json` sidecar, each atomically."""
+    from safetensors.torch import save_file
+
+    path = Path(path).with_suffix(".safetensors")
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    with atomic_path(path) as tmp:
+        save_file(state, str(tmp), metadata={"format": FORMAT})
+    meta = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "generator": config.to_dict(),
+        "train": train or {},
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "weights_sha256": sha256_file(path),
+        **(extra or {}),
+    }
+    atomic_write_text(sidecar_of(path), dumps(meta) + "\n")
+    return Checkpoint(path, config, meta, meta["weights_sha256"])
+
+
+def resolve_checkpoint(path: str | Path | None) -> Path:
+    """Accept the .safetensors file, its .json sidecar, or a folder holding exactly one checkpoint."""
+    if path is None:
+        if not DEFAULT_CHECKPOINT.exists():
+            raise GanDeployError("no default generator found", str(DEFAULT_CHECKPOINT), None,
+                                 "pass --checkpoint PATH, or run `gan-deploy train` to make one")
+        return DEFAULT_CHECKPOINT
+    p = Path(path)
+    if p.is_dir():
+        found = sorted(p.glob("*.safetensors"))
+        if len(found) != 1:
+            raise GanDeployError("folder must hold exactly one .safetensors checkpoint", f"{p} holds {len(found)}",
+                                 None, "pass the .safetensors file itself")
+        p = found[0]
+    if p.suffix == ".json":
+        p = p.with_suffix(".safetensors")
+    if not p.exists():
+        raise GanDeployError("checkpoint not found", str(p), None, "check the path, or run `gan-deploy train`")
+    if p.suffix != ".safetensors":
+        raise GanDeployError("not a safetensors checkpoint", str(p), "a .safetensors file with a .json sidecar",
+                             "for an ONNX file use --onnx; for your own PyTorch generator use `gan-deploy export --factory`")
+    return p
+
+
+def read_checkpoint(path: str | Path | None = None) -> Checkpoint:
+    p = resolve_checkpoint(path)
+    side = sidecar_of(p)
+    if not side.exists():
+        raise GanDeployError("checkpoint has no JSON sidecar", str(side), "the .json written beside the weights by `gan-deploy train`",
+                             "a bare state dict can be exported with `gan-deploy export --factory MODULE:CLASS --weights FILE`")
+    try:
+        meta = json.loads(side.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise GanDeployError("checkpoint sidecar is not valid JSON", f"{side} ({e})", None, "re-run `gan-deploy train` or restore the file") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise GanDeployError("not a gan-deploy checkpoint sidecar", str(side), f'"format": "{FORMAT}"', None)
+    if meta.get("format_version", 0) > FORMAT_VERSION:
+        raise GanDeployError("checkpoint written by a newer gan-deploy", f"format_version {meta.get('format_version')}",
+                             f"<= {FORMAT_VERSION}", "upgrade gan-deploy")
+    cfg = GeneratorConfig.from_dict(meta.get("generator", {}))
+    return Checkpoint(p, cfg, meta, meta.get("weights_sha256", ""))
+
+
+def load_generator(ck: Checkpoint | str | Path | None = None, verify_hash: bool = True) -> torch.nn.Module:
+    """Build the generator from its config and load its weights; refuse a foreign or damaged file."""
+    from safetensors.torch import load_file
+
+    from gan_deploy.nets.networks import build_generator
+
+    if not isinstance(ck, Checkpoint):
+        ck = read_checkpoint(ck)
+    if verify_hash and ck.sha256:
+        actual = sha256_file(ck.path)
+        if actual != ck.sha256:
+            raise GanDeployError("checkpoint weights do not match their sidecar", f"{ck.path} sha256 {actual[:12]}",
+                                 f"{ck.sha256[:12]} as recorded in {sidecar_of(ck.path).name}",
+                                 "the weights were replaced or damaged; restore them or retrain")
+    try:
+        state = load_file(str(ck.path))
+    except Exception as e:  # safetensors raises its own error types across versions
+        raise GanDeployError("corrupt or unreadable safetensors file", f"{ck.path} ({e})", None, "restore the file or retrain") from None
+    model = build_generator(ck.config)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        first = str(e).splitlines()[1].strip() if len(str(e).splitlines()) > 1 else str(e)
+        raise GanDeployError("checkpoint does not fit the architecture in its config",
+                             f"{ck.path.name}: {first}", f"weights of a {ck.config.arch} generator with {ck.config.to_dict()}",
+                             "the weights were saved by a different architecture; pair them with their own .json") from None
+    return model.eval()

@@ -1,0 +1,190 @@
+"""The sidecar JSON of a TensorRT engine, and every check made on it before the engine is deserialized.
+
+A serialized engine runs only with the TensorRT version that built it and on the GPU model it was tuned
+for, and it silently keeps running after the ONNX it came from has changed. The sidecar
+(`engines/x.fp16.engine` -> `engines/x.fp16.json`) records what the engine was built from and for, so
+loading it can refuse with a message that says what differs and the command that rebuilds it:
+
+    {"format": "gan-deploy-engine", "format_version": 1, "engine_sha256": ..., "precision": "fp16",
+     "tensorrt_version": "10.13.0.35", "gpu_name": "NVIDIA H100 80GB HBM3", "compute_capability": "9.0",
+     "profile": {"min": 1, "opt": 64, "max": 256}, "workspace_mib": 1024,
+     "onnx_sha256": ... (the network TensorRT parsed), "source": {"kind", "path", "sha256"} (what the user gave),
+     "spec": {...GeneratorSpec}, "generator": {...GeneratorConfig} | null, "gate": {...}, "rebuild": "gan-deploy ..."}
+
+Everything here is pure Python (no TensorRT, no GPU), so the checks are tested on any machine.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from gan_deploy.artifacts.onnx import GeneratorSpec
+from gan_deploy.core.errors import GanDeployError, StaleArtifact
+from gan_deploy.core.fileio import sha256_file
+
+SIDECAR_FORMAT = "gan-deploy-engine"
+SIDECAR_FORMAT_VERSION = 1
+PRECISIONS = ("fp32", "fp16", "int8")
+_SHA = re.compile(r"^[0-9a-f]{64}$")
+_CC = re.compile(r"^\d+\.\d+$")
+
+# key -> (type, description) of every required sidecar field
+_REQUIRED: dict[str, tuple[type | tuple[type, ...], str]] = {
+    "format": (str, f'"{SIDECAR_FORMAT}"'),
+    "format_version": (int, f"<= {SIDECAR_FORMAT_VERSION}"),
+    "engine_sha256": (str, "64 hex digits"),
+    "precision": (str, " | ".join(PRECISIONS)),
+    "tensorrt_version": (str, "a version such as 10.13.0.35"),
+    "gpu_name": (str, "the GPU's name"),
+    "compute_capability": (str, "major.minor, such as 8.6"),
+    "profile": (dict, '{"min": 1, "opt": 64, "max": 256}'),
+    "onnx_sha256": (str, "64 hex digits"),
+    "source": (dict, '{"kind": ..., "path": ..., "sha256": ...}'),
+    "spec": (dict, "the generator's input/output contract"),
+}
+
+
+@dataclass(frozen=True)
+class RuntimeInfo:
+    """What an engine depends on, on the machine at hand."""
+
+    tensorrt_version: str
+    gpu_name: str
+    compute_capability: str  # "8.6"
+
+
+def gpu_info(device: str = "cuda") -> tuple[str, str]:
+    """(name, "major.minor") of a CUDA device, from torch (no TensorRT needed)."""
+    import torch
+
+    props = torch.cuda.get_device_properties(torch.device(device))
+    return str(props.name), f"{props.major}.{props.minor}"
+
+
+def sidecar_path(engine: str | Path) -> Path:
+    return Path(engine).with_suffix(".json")
+
+
+def make_sidecar(*, engine_sha256: str, precision: str, runtime: RuntimeInfo, profile: tuple[int, int, int],
+                 onnx_sha256: str, source: dict[str, str], spec: GeneratorSpec, generator: dict[str, Any] | None,
+                 workspace_mib: int, rebuild: str, gate: dict[str, Any] | None = None) -> dict[str, Any]:
+    mn, opt, mx = profile
+    return {
+        "format": SIDECAR_FORMAT, "format_version": SIDECAR_FORMAT_VERSION,
+        "engine_sha256": engine_sha256, "precision": precision,
+        "tensorrt_version": runtime.tensorrt_version, "gpu_name": runtime.gpu_name,
+        "compute_capability": runtime.compute_capability,
+        "profile": {"min": mn, "opt": opt, "max": mx}, "workspace_mib": workspace_mib,
+        "onnx_sha256": onnx_sha256, "source": source,
+        "spec": {**dataclasses.asdict(spec), "value_range": list(spec.value_range)},
+        "generator": generator, "strongly_typed": True, "gate": gate, "rebuild": rebuild,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
+def parse_sidecar(text: str, where: str | Path = "<sidecar>") -> dict[str, Any]:
+    """Validate a sidecar's JSON text: every field present, of the right type and plausible (catches hand edits
+    that broke it, truncation and foreign files). Raises GanDeployError naming the field."""
+    hint = "rebuild the engine with `gan-deploy build-engine` (it rewrites the sidecar)"
+    try:
+        d = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise GanDeployError("engine sidecar is not valid JSON", f"{where} ({e.msg} at line {e.lineno})", None, hint) from None
+    if not isinstance(d, dict) or d.get("format") != SIDECAR_FORMAT:
+        raise GanDeployError("not a gan-deploy engine sidecar", str(where), f'"format": "{SIDECAR_FORMAT}"', hint)
+    for key, (typ, desc) in _REQUIRED.items():
+        if key not in d:
+            raise GanDeployError("engine sidecar lacks a field", f"{where}: {key!r}", desc, hint)
+        if not isinstance(d[key], typ) or isinstance(d[key], bool):
+            raise GanDeployError("engine sidecar field has the wrong type", f"{where}: {key}={d[key]!r}", desc, hint)
+    if d["format_version"] > SIDECAR_FORMAT_VERSION:
+        raise GanDeployError("engine sidecar written by a newer gan-deploy", f"format_version {d['format_version']}",
+                             f"<= {SIDECAR_FORMAT_VERSION}", "upgrade gan-deploy, or rebuild the engine")
+    bad = None
+    if d["precision"] not in PRECISIONS:
+        bad = ("precision", _REQUIRED["precision"][1])
+    elif not _SHA.match(d["engine_sha256"]):
+        bad = ("engine_sha256", "64 hex digits")
+    elif not _SHA.match(d["onnx_sha256"]):
+        bad = ("onnx_sha256", "64 hex digits")
+    elif not _CC.match(d["compute_capability"]):
+        bad = ("compute_capability", "major.minor, such as 8.6")
+    if bad:
+        raise GanDeployError("engine sidecar field is invalid", f"{where}: {bad[0]}={d[bad[0]]!r}", bad[1], hint)
+    p = d["profile"]
+    if not all(isinstance(p.get(k), int) and not isinstance(p.get(k), bool) for k in ("min", "opt", "max")) \
+            or not 1 <= p["min"] <= p["opt"] <= p["max"]:
+        raise GanDeployError("engine sidecar profile is invalid", f"{where}: {p}", "1 <= min <= opt <= max", hint)
+    spec_from_sidecar(d, where)  # the contract must be complete
+    return d
+
+
+def read_sidecar(engine: str | Path) -> dict[str, Any]:
+    side = sidecar_path(engine)
+    if not side.exists():
+        raise GanDeployError("engine has no sidecar JSON", str(side), "the .json that `gan-deploy build-engine` writes beside it",
+                             "engines built elsewhere cannot be checked; rebuild it with `gan-deploy build-engine`")
+    try:
+        text = side.read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        raise GanDeployError("engine sidecar is unreadable", f"{side} ({type(e).__name__})", None, None) from None
+    return parse_sidecar(text, side)
+
+
+def spec_from_sidecar(d: dict[str, Any], where: str | Path = "<sidecar>") -> GeneratorSpec:
+    s = d["spec"]
+    try:
+        vr = tuple(float(v) for v in s["value_range"])
+        spec = GeneratorSpec(int(s["latent_dim"]), int(s["channels"]), int(s["height"]), int(s["width"]), vr,
+                             int(s["latent_rank"]), str(s["input_name"]), str(s["output_name"]))
+    except (KeyError, TypeError, ValueError) as e:
+        raise GanDeployError("engine sidecar spec is incomplete", f"{where}: {type(e).__name__} {e}",
+                             "latent_dim, channels, height, width, value_range, latent_rank, input_name, output_name",
+                             "rebuild the engine with `gan-deploy build-engine`") from None
+    if len(vr) != 2 or not vr[1] > vr[0] or spec.latent_rank not in (2, 4) or min(spec.latent_dim, spec.channels, spec.height, spec.width) < 1:
+        raise GanDeployError("engine sidecar spec is invalid", f"{where}: {s}", "positive sizes, latent_rank 2 or 4, lo < hi", None)
+    return spec
+
+
+def _rebuild(d: dict[str, Any]) -> str:
+    return f"rebuild it here: {d.get('rebuild') or 'gan-deploy build-engine --' + d['precision']}"
+
+
+def check_engine_file(d: dict[str, Any], engine_sha256: str, engine: str | Path) -> None:
+    """The engine file is the one the sidecar describes (not replaced, truncated or paired with another's sidecar)."""
+    if engine_sha256 != d["engine_sha256"]:
+        raise StaleArtifact("engine file does not match its sidecar", f"{engine} sha256 {engine_sha256[:12]}",
+                            f"{d['engine_sha256'][:12]} as recorded in {sidecar_path(engine).name}", _rebuild(d))
+
+
+def check_source(d: dict[str, Any], sha_of: Callable[[Path], str] = sha256_file) -> None:
+    """The checkpoint or ONNX file the engine was built from has not changed since (when it is still there)."""
+    src = d["source"]
+    path = Path(src.get("path", ""))
+    if src.get("path") and path.is_file():
+        now = sha_of(path)
+        if now != src.get("sha256"):
+            raise StaleArtifact(f"the {src.get('kind', 'source')} this engine was built from has changed",
+                                f"{path} sha256 {now[:12]}", f"{str(src.get('sha256'))[:12]} when the engine was built",
+                                _rebuild(d))
+
+
+def check_runtime(d: dict[str, Any], rt: RuntimeInfo) -> None:
+    """The engine was built with this TensorRT version for this GPU. Lists every difference at once."""
+    diffs = []
+    if d["tensorrt_version"] != rt.tensorrt_version:
+        diffs.append(f"TensorRT {d['tensorrt_version']} (this machine has {rt.tensorrt_version})")
+    if d["compute_capability"] != rt.compute_capability:
+        diffs.append(f"compute capability {d['compute_capability']} {d['gpu_name']} (this GPU is {rt.compute_capability} {rt.gpu_name})")
+    elif d["gpu_name"] != rt.gpu_name:
+        # same architecture but another model: it may run, with tactics timed for the other GPU, or fail in odd ways
+        diffs.append(f"GPU {d['gpu_name']} (this GPU is {rt.gpu_name}, same compute capability)")
+    if diffs:
+        raise StaleArtifact("engine was built for another setup", "; ".join(diffs),
+                            "the TensorRT version and GPU it was built with",
+                            f"TensorRT engines are specific to both; {_rebuild(d)}")

@@ -1,0 +1,204 @@
+"""What a backend runs: a checkpoint, an ONNX file or a TensorRT engine, and the contract they share.
+
+Every artifact reduces to a `GeneratorSpec`: one latent input ([N, Z] or [N, Z, 1, 1]), one image output
+[N, C, H, W], and the output value range. Artifacts describe themselves: an exported ONNX file carries
+its generator config and its parent checkpoint's sha256 in its metadata, so a stale one can be refused.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from gan_deploy.artifacts.checkpoint import Checkpoint, read_checkpoint
+from gan_deploy.nets.config import GeneratorConfig
+from gan_deploy.core.errors import GanDeployError, StaleArtifact
+from gan_deploy.core.fileio import sha256_bytes
+
+# ONNX metadata_props keys written by `export` and read by every command after it
+META_PREFIX = "gan_deploy."
+META_CONFIG = META_PREFIX + "generator"  # GeneratorConfig as JSON
+META_VALUE_RANGE = META_PREFIX + "value_range"  # JSON [lo, hi]
+META_PARENT_SHA = META_PREFIX + "parent_sha256"  # sha256 of the checkpoint weights it came from
+META_PARENT_KIND = META_PREFIX + "parent_kind"  # checkpoint | onnx | torch-factory
+META_PRECISION = META_PREFIX + "precision"  # fp32 | fp16 | int8
+META_TOLERANCE = META_PREFIX + "export_max_abs_err"
+
+VALUE_RANGES = {"-1,1": (-1.0, 1.0), "0,1": (0.0, 1.0)}
+
+
+@dataclass(frozen=True)
+class GeneratorSpec:
+    latent_dim: int  # Z
+    channels: int  # C
+    height: int  # H
+    width: int  # W
+    value_range: tuple[float, float] = (-1.0, 1.0)
+    latent_rank: int = 2  # 2: [N, Z]; 4: [N, Z, 1, 1]
+    input_name: str = "z"
+    output_name: str = "image"
+
+    @property
+    def latent_shape(self) -> tuple[int, ...]:
+        return (self.latent_dim,) if self.latent_rank == 2 else (self.latent_dim, 1, 1)
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return (self.channels, self.height, self.width)
+
+    @classmethod
+    def from_config(cls, cfg: GeneratorConfig) -> "GeneratorSpec":
+        return cls(cfg.latent_dim, cfg.channels, cfg.image_size, cfg.image_size, tuple(cfg.value_range))
+
+
+def parse_value_range(text: str | None) -> tuple[float, float] | None:
+    if text is None:
+        return None
+    key = text.replace(" ", "").replace("[", "").replace("]", "")
+    if key not in VALUE_RANGES:
+        raise GanDeployError("unknown output value range", repr(text), "'-1,1' (tanh) or '0,1' (sigmoid)", None)
+    return VALUE_RANGES[key]
+
+
+@dataclass
+class Artifact:
+    """A generator on disk in one of its forms, plus what was learnt by inspecting it."""
+
+    kind: str  # checkpoint | onnx | engine
+    path: Path
+    spec: GeneratorSpec
+    sha256: str
+    config: GeneratorConfig | None = None  # known for checkpoints and our own exports
+    metadata: dict[str, str] = field(default_factory=dict)
+    checkpoint: Checkpoint | None = None
+    _onnx_bytes: bytes | None = field(default=None, repr=False)
+
+    @property
+    def precision(self) -> str:
+        return self.metadata.get(META_PRECISION, "fp32")
+
+    def torch_module(self):
+        """The PyTorch generator (checkpoints only): eager and compile run this."""
+        if self.checkpoint is None:
+            raise GanDeployError(f"the {self.kind} artifact has no PyTorch weights", str(self.path),
+                                 "a .safetensors checkpoint", "use --backend onnxruntime (or tensorrt) for ONNX files")
+        from gan_deploy.artifacts.checkpoint import load_generator
+        return load_generator(self.checkpoint)
+
+    def onnx_bytes(self) -> bytes:
+        """Serialized ONNX. For a checkpoint it is exported in memory once (no file is written)."""
+        if self._onnx_bytes is None:
+            if self.kind == "onnx":
+                self._onnx_bytes = self.path.read_bytes()
+            elif self.kind == "checkpoint":
+                from gan_deploy.export.onnx import onnx_model_from_checkpoint
+                self._onnx_bytes = onnx_model_from_checkpoint(self).SerializeToString()
+            else:
+                raise GanDeployError("an engine cannot be turned back into ONNX", str(self.path), None,
+                                     "pass the ONNX file it was built from with --onnx")
+        return self._onnx_bytes
+
+    def describe(self) -> str:
+        s = self.spec
+        lo, hi = s.value_range
+        return (f"{self.kind} {self.path} (Z={s.latent_dim}, image {s.channels}x{s.height}x{s.width}, "
+                f"range [{lo:g}, {hi:g}], {self.precision})")
+
+
+def artifact_from_checkpoint(path: str | Path | None = None) -> Artifact:
+    ck = read_checkpoint(path)
+    return Artifact("checkpoint", ck.path, GeneratorSpec.from_config(ck.config), ck.sha256, ck.config,
+                    checkpoint=ck)
+
+
+def _dim(d) -> int | str | None:
+    if d.HasField("dim_value"):
+        return int(d.dim_value)
+    return d.dim_param or None
+
+
+def spec_from_onnx_model(model, path: str | Path = "<memory>", value_range: tuple[float, float] | None = None) -> tuple[GeneratorSpec, dict[str, str]]:
+    """Check an ONNX graph is a generator (one latent input, one image output) and read its contract."""
+    import onnx
+
+    meta = {p.key: p.value for p in model.metadata_props}
+    init_names = {i.name for i in model.graph.initializer}
+    inputs = [i for i in model.graph.input if i.name not in init_names]
+    outputs = list(model.graph.output)
+    if len(inputs) != 1 or len(outputs) != 1:
+        raise GanDeployError("ONNX file is not a generator of the expected shape",
+                             f"{path}: {len(inputs)} inputs, {len(outputs)} outputs",
+                             "one latent input [N, Z] or [N, Z, 1, 1] and one image output [N, C, H, W]", None)
+    inp, out = inputs[0], outputs[0]
+    elem = onnx.TensorProto.FLOAT
+    if inp.type.tensor_type.elem_type != elem or out.type.tensor_type.elem_type != elem:
+        raise GanDeployError("ONNX generator must take and return float32", f"{path}", "FP32 input and output",
+                             "reduced-precision models keep FP32 I/O; re-export or use `gan-deploy quantize`")
+    ishape = [_dim(d) for d in inp.type.tensor_type.shape.dim]
+    oshape = [_dim(d) for d in out.type.tensor_type.shape.dim]
+    if len(oshape) == 4 and any(not isinstance(d, int) for d in oshape[1:]):
+        try:  # symbolic C/H/W may still be inferable
+            inferred = onnx.shape_inference.infer_shapes(model)
+            oshape = [_dim(d) for d in inferred.graph.output[0].type.tensor_type.shape.dim]
+        except Exception:
+            pass
+    ok_in = (len(ishape) == 2 and isinstance(ishape[1], int)) or (
+        len(ishape) == 4 and isinstance(ishape[1], int) and ishape[2:] == [1, 1])
+    ok_out = len(oshape) == 4 and all(isinstance(d, int) for d in oshape[1:]) and oshape[1] in (1, 3)
+    if not (ok_in and ok_out):
+        raise GanDeployError("ONNX file is not a generator of the expected shape",
+                             f"{path}: input {inp.name}{ishape} -> output {out.name}{oshape}",
+                             "input [N, Z] or [N, Z, 1, 1] and output [N, C, H, W] with C = 1 or 3 and fixed Z, C, H, W",
+                             "export with a dynamic batch axis only")
+    if META_VALUE_RANGE in meta:
+        vr = tuple(float(v) for v in json.loads(meta[META_VALUE_RANGE]))
+        if value_range is not None and tuple(value_range) != vr:
+            raise GanDeployError("--value-range disagrees with the ONNX metadata", f"{value_range} vs {vr}", None,
+                                 "drop --value-range; the metadata written at export is authoritative")
+    else:
+        vr = value_range or (-1.0, 1.0)
+    spec = GeneratorSpec(int(ishape[1]), int(oshape[1]), int(oshape[2]), int(oshape[3]), vr, len(ishape),
+                         inp.name, out.name)
+    return spec, meta
+
+
+def artifact_from_onnx(path: str | Path, value_range: tuple[float, float] | None = None,
+                       expect_parent: str | None = None) -> Artifact:
+    import onnx
+    from google.protobuf.message import DecodeError
+
+    p = Path(path)
+    if not p.exists():
+        raise GanDeployError("ONNX file not found", str(p), None, "run `gan-deploy export` first, or check the path")
+    if p.is_dir():
+        raise GanDeployError("expected an ONNX file, got a folder", str(p), None, None)
+    data = p.read_bytes()
+    try:
+        model = onnx.load_model_from_string(data)
+    except (DecodeError, ValueError, RuntimeError) as e:
+        raise GanDeployError("corrupt or unreadable ONNX file", f"{p} ({type(e).__name__})", "an ONNX protobuf",
+                             "re-run `gan-deploy export`") from None
+    if not model.graph.node:
+        raise GanDeployError("corrupt or unreadable ONNX file", f"{p} (empty graph)", "an ONNX protobuf",
+                             "re-run `gan-deploy export`")
+    spec, meta = spec_from_onnx_model(model, p, value_range)
+    cfg = GeneratorConfig.from_dict(json.loads(meta[META_CONFIG])) if META_CONFIG in meta else None
+    if expect_parent and meta.get(META_PARENT_SHA) and meta[META_PARENT_SHA] != expect_parent:
+        raise StaleArtifact("ONNX file was exported from a different checkpoint", f"{p} parent {meta[META_PARENT_SHA][:12]}",
+                            f"parent sha256 {expect_parent[:12]}", "re-run `gan-deploy export`")
+    art = Artifact("onnx", p, spec, sha256_bytes(data), cfg, meta)
+    art._onnx_bytes = data
+    return art
+
+
+def load_artifact(checkpoint: str | Path | None = None, onnx: str | Path | None = None,
+                  engine: str | Path | None = None, value_range: tuple[float, float] | None = None) -> Artifact:
+    """The one entry point commands use: an engine, else an ONNX file, else a checkpoint (default model)."""
+    if engine is not None:
+        from gan_deploy.backends.tensorrt import artifact_from_engine
+        return artifact_from_engine(engine)
+    if onnx is not None:
+        return artifact_from_onnx(onnx, value_range)
+    if checkpoint is not None and str(checkpoint).endswith(".onnx"):
+        return artifact_from_onnx(checkpoint, value_range)
+    return artifact_from_checkpoint(checkpoint)

@@ -1,0 +1,223 @@
+"""Backends side by side on the same latents: latency, throughput, speed-up and error against eager.
+
+The reference is eager FP32 PyTorch when the artifact has PyTorch weights, else onnxruntime on the FP32
+ONNX. Variants (e.g. an INT8 or FP16 ONNX from `quantize`) are measured with onnxruntime beside them.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from gan_deploy.artifacts.onnx import Artifact
+from gan_deploy.backends import make_runner, runner_class, unavailable_reason
+from gan_deploy.core.errors import GanDeployError
+from gan_deploy.core.fileio import atomic_path, atomic_write_text
+from gan_deploy.core.latents import latents_range
+from gan_deploy.core.timing import LatencyStats, measure
+
+DEFAULT_BATCH_SIZES = (1, 16, 64, 256)
+
+
+@dataclass
+class BenchRow:
+    backend: str  # label: backend name, or backend:variant
+    detail: str
+    stats: LatencyStats
+    speedup: float | None  # mean latency of the reference / this, same batch size
+    max_abs_err: float | None  # vs the reference's images, same latents
+    psnr_db: float | None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"backend": self.backend, "detail": self.detail, **self.stats.to_dict(), "speedup_vs_reference": self.speedup,
+                "max_abs_err": self.max_abs_err, "psnr_db": self.psnr_db, **self.extra}
+
+
+@dataclass
+class BenchReport:
+    artifact: str
+    reference: str
+    rows: list[BenchRow]
+    skipped: dict[str, str]
+    flops_per_image: int | None
+    cpu_peak_gflops: float | None
+    cpu_peak_how: str
+    settings: dict[str, Any]
+    gate: dict[str, dict[str, Any]] = field(default_factory=dict)  # label -> gate.gate_figures(...) vs the reference
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"artifact": self.artifact, "reference": self.reference, "rows": [r.to_dict() for r in self.rows],
+                "gate": self.gate,
+                "skipped": self.skipped, "flops_per_image": self.flops_per_image, "cpu_peak_gflops": self.cpu_peak_gflops,
+                "cpu_peak_how": self.cpu_peak_how, "settings": self.settings}
+
+    def table(self) -> str:
+        head = f"{'backend':<22} {'batch':>5} {'mean ms':>9} {'p50 ms':>9} {'p90 ms':>9} {'p99 ms':>9} {'img/s':>10} {'speedup':>8} {'max err':>9} {'PSNR dB':>8}"
+        lines = [head, "-" * len(head)]
+        for r in sorted(self.rows, key=lambda r: (r.stats.batch_size, r.backend)):
+            s = r.stats
+            sp = f"{r.speedup:.2f}x" if r.speedup else "-"
+            err = f"{r.max_abs_err:.1e}" if r.max_abs_err is not None else "-"
+            psnr = ("inf" if r.psnr_db == math.inf else f"{r.psnr_db:.1f}") if r.psnr_db is not None else "-"
+            lines.append(f"{r.backend:<22} {s.batch_size:>5} {s.mean_ms:>9.3f} {s.p50_ms:>9.3f} {s.p90_ms:>9.3f} {s.p99_ms:>9.3f} "
+                         f"{s.images_per_s:>10,.0f} {sp:>8} {err:>9} {psnr:>8}")
+        for name, why in self.skipped.items():
+            lines.append(f"skipped {name}: {why}")
+        if self.flops_per_image:
+            lines.append(f"{self.flops_per_image / 1e6:.1f} MFLOP per image")
+            # against the FP32 peak, only FP32 rows count (variants such as INT8 are labelled backend:precision)
+            best = max((r for r in self.rows if ":" not in r.backend), key=lambda r: r.stats.images_per_s, default=None)
+            if best and self.cpu_peak_gflops and not self.settings.get("device", "cpu").startswith("cuda"):
+                achieved = best.stats.images_per_s * self.flops_per_image / 1e9
+                lines.append(f"best: {best.backend} at batch {best.stats.batch_size}: {achieved:.1f} GFLOP/s = "
+                             f"{100 * achieved / self.cpu_peak_gflops:.1f}% of this CPU's peak {self.cpu_peak_gflops:.0f} GFLOP/s "
+                             f"({self.cpu_peak_how})")
+        lines.append(f"reference for speedup/error: {self.reference}")
+        if self.gate:
+            n = self.settings.get("gate_samples")
+            lines.append("")
+            lines.append(f"quality-gate figures against the reference on {n} gate latents (see `gan-deploy quantize --help`):")
+            head = f"{'backend':<22} {'NaN/Inf':>8} {'saturated':>9} {'PSNR worst':>10} {'PSNR median':>11} {'FD':>9} {'FD noise':>9} {'FD ratio':>8}"
+            lines += [head, "-" * len(head)]
+            for label, g in self.gate.items():
+                def f(key: str, fmt: str) -> str:
+                    v = g.get(key)
+                    return "-" if v is None else format(v, fmt)
+                lines.append(f"{label:<22} {g['nonfinite']:>8} {f('saturated_rate', '.2%'):>9} {f('psnr_worst_db', '.1f'):>10} "
+                             f"{f('psnr_median_db', '.1f'):>11} {f('fd', '.3g'):>9} {f('fd_noise', '.3g'):>9} {f('fd_ratio', '.3g'):>8}")
+        return "\n".join(lines)
+
+
+def psnr(a: np.ndarray, b: np.ndarray, span: float) -> float:
+    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
+    return math.inf if mse == 0 else 10 * math.log10(span * span / mse)
+
+
+def bench(artifact: Artifact, backends: list[str] | None = None, batch_sizes=DEFAULT_BATCH_SIZES, warmup: int = 5,
+          iters: int = 30, min_time_s: float = 0.5, max_time_s: float = 10.0, seed: int = 0, device: str = "auto",
+          variants: list[Artifact] | None = None, threads: int | None = None, progress=None,
+          gate_samples: int = 0) -> BenchReport:
+    """Measure each backend (and variant) at each batch size on identical latents."""
+    if not batch_sizes or min(batch_sizes) < 1:
+        raise GanDeployError("bad batch sizes", list(batch_sizes), "one or more integers >= 1", None)
+    from gan_deploy.backends import BACKENDS
+    requested = list(backends) if backends else [n for n in BACKENDS]
+    runnable: list[str] = []
+    skipped: dict[str, str] = {}
+    for name in requested:
+        cls = runner_class(name)
+        reason = unavailable_reason(name)
+        if artifact.kind not in cls.accepts:
+            reason = f"cannot run a {artifact.kind} (runs: {', '.join(cls.accepts)})"
+        if reason:
+            if backends:  # asked for by name: an error, not a silent skip
+                raise GanDeployError(f"backend '{name}' cannot be benchmarked", reason, None, None)
+            skipped[name] = reason
+        else:
+            runnable.append(name)
+    ref_name = "eager" if artifact.kind == "checkpoint" else "onnxruntime"
+    options = {"threads": threads} if threads else {}
+    jobs: list[tuple[str, Any]] = [(name, make_runner(name, artifact, device, **options)) for name in runnable]
+    for v in variants or []:
+        jobs.append((f"onnxruntime:{v.precision}", make_runner("onnxruntime", v, device, **options)))
+    ref_runner = next((r for n, r in jobs if n == ref_name), None) or make_runner(ref_name, artifact, device, **options)
+    span = artifact.spec.value_range[1] - artifact.spec.value_range[0]
+    rows: list[BenchRow] = []
+    for b in batch_sizes:
+        z = latents_range(seed, 0, b, artifact.spec.latent_dim)
+        ref_images = ref_runner.infer(z)
+        ref_stats = None
+        # the reference is measured first so every other row gets its speed-up (if it was not asked for,
+        # it only supplies the images to compare against)
+        for label, runner in sorted(jobs, key=lambda j: j[1] is not ref_runner):
+            if progress:
+                progress(f"{label} batch {b}")
+            images = runner.infer(z)
+            stats = measure(lambda: runner.infer(z), b, warmup, iters, min_time_s, max_time_s, runner.synchronize)
+            if runner is ref_runner:
+                ref_stats = stats
+            extra: dict[str, Any] = {}
+            rows.append(BenchRow(label, runner.describe(), stats,
+                                 (ref_stats.mean_ms / stats.mean_ms) if ref_stats else None,
+                                 float(np.abs(images - ref_images).max()), psnr(images, ref_images, span), extra))
+    gate: dict[str, dict[str, Any]] = {}
+    if gate_samples:
+        gate = _gate_figures(jobs, ref_runner, artifact, gate_samples, progress)
+    flops = None
+    if artifact.kind == "checkpoint":
+        from gan_deploy.bench.flops import generator_flops
+        flops = generator_flops(artifact.torch_module(), artifact.spec.latent_shape)
+    from gan_deploy.bench.flops import cpu_peak_gflops
+    peak, how = cpu_peak_gflops()
+    dev = ref_runner.device
+    return BenchReport(artifact.describe(), f"{ref_name} ({ref_runner.describe()})", rows, skipped, flops, peak, how,
+                       {"batch_sizes": list(batch_sizes), "warmup": warmup, "iters": iters, "min_time_s": min_time_s,
+                        "seed": seed, "device": dev, "threads": threads, "gate_samples": gate_samples}, gate)
+
+
+def _gate_figures(jobs, ref_runner, artifact: Artifact, n: int, progress) -> dict[str, dict[str, Any]]:
+    """The quality gate's figures for every non-reference backend, on the gate's own latents (not the timing ones)."""
+    from gan_deploy.precision.gate import batched, gate_figures, gate_latents
+
+    z = gate_latents(n, artifact.spec.latent_dim)
+    ref = batched(ref_runner.infer, z, 256)
+    fresh = batched(ref_runner.infer, gate_latents(n, artifact.spec.latent_dim, start=n), 256)  # the FD noise floor
+    out: dict[str, dict[str, Any]] = {}
+    for label, runner in jobs:
+        if runner is ref_runner:
+            continue
+        if progress:
+            progress(f"gate figures of {label} on {n} images")
+        fig = gate_figures(batched(runner.infer, z, 256), ref, artifact.spec.value_range, fresh)
+        fig.pop("_quality", None)
+        out[label] = fig
+    return out
+
+
+def write_json(report: BenchReport, path: str | Path) -> Path:
+    atomic_write_text(path, json.dumps(report.to_dict(), indent=2) + "\n")
+    return Path(path)
+
+
+def write_plot(report: BenchReport, path: str | Path) -> Path:
+    """Latency per batch and throughput vs batch size, one line per backend (log-log)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for label in dict.fromkeys(r.backend for r in report.rows):
+        rs = sorted((r for r in report.rows if r.backend == label), key=lambda r: r.stats.batch_size)
+        bs = [r.stats.batch_size for r in rs]
+        ax1.errorbar(bs, [r.stats.p50_ms for r in rs],
+                     yerr=[[r.stats.p50_ms - r.stats.min_ms for r in rs], [r.stats.p99_ms - r.stats.p50_ms for r in rs]],
+                     marker="o", capsize=3, label=label)
+        ax2.plot(bs, [r.stats.images_per_s for r in rs], marker="o", label=label)
+    for ax, title, ylabel in ((ax1, "latency per batch (p50, bars: min..p99)", "ms"), (ax2, "throughput", "images / s")):
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("batch size")
+        ax.set_ylabel(ylabel)
+        ax.set_title(title)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend()
+    fig.suptitle(f"gan-deploy bench on {report.settings.get('device')}: {Path(report.artifact.split(' ')[1]).name}")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
+    return Path(path)
+
+
+def compare_latency(artifact: Artifact, chosen: str, batch_size: int, device: str = "auto", seed: int = 0,
+                    iters: int = 20) -> list[dict[str, Any]]:
+    """The chosen backend against onnxruntime and eager on the same batch (generate --compare)."""
+    names = list(dict.fromkeys([chosen, "onnxruntime", "eager"]))
+    names = [n for n in names if unavailable_reason(n) is None and artifact.kind in runner_class(n).accepts]
+    rep = bench(artifact, names, (batch_size,), warmup=3, iters=iters, min_time_s=0.3, max_time_s=5, seed=seed, device=device)
+    return [r.to_dict() for r in rep.rows]

@@ -1,0 +1,89 @@
+"""`gan-deploy eval`: parse the options, call gan_deploy.quality.features.run_eval(), print the report.
+
+Kept free of imports from gan_deploy.cli.main (which imports this module at its end), so either can be imported first.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from gan_deploy.core.errors import GanDeployError
+
+BACKEND_CHOICES = ["auto", "eager", "compile", "onnxruntime", "tensorrt"]
+
+
+@click.command("eval", short_help="Quality score: FD, precision, recall vs real data or another backend.")
+@click.option("--checkpoint", "-c", type=click.Path(path_type=Path), default=None,
+              help="Generator checkpoint (.safetensors with its .json). Default: the shipped models/digits_dcgan. "
+                   "With --onnx/--engine and --against-backend: the checkpoint the reference backend runs.")
+@click.option("--onnx", type=click.Path(dir_okay=False, path_type=Path), default=None, help="ONNX generator to score.")
+@click.option("--engine", type=click.Path(dir_okay=False, path_type=Path), default=None, help="TensorRT engine to score.")
+@click.option("--value-range", type=click.Choice(["-1,1", "0,1"]), default=None,
+              help="Output range of a foreign ONNX generator without gan-deploy metadata (default -1,1).")
+@click.option("--images", type=click.Path(exists=True, path_type=Path), default=None,
+              help="Score image files instead of a generator: a `gan-deploy generate` folder (its manifest.csv is "
+                   "followed), any folder of images, or an .npy/.npz array.")
+@click.option("--reference", "-r", default="digits", show_default=True,
+              help="What to score against: digits (built in), a folder of images (e.g. a `generate` output), "
+                   "an .npy/.npz array or an MNIST IDX file.")
+@click.option("--against-backend", type=click.Choice([b for b in BACKEND_CHOICES if b != "auto"]), default=None,
+              help="Score against the same latents run on this backend instead (paired; e.g. eager = FP32 "
+                   "PyTorch): the quantization gate's comparison.")
+@click.option("--backend", type=click.Choice(BACKEND_CHOICES), default="auto", show_default=True,
+              help="Backend that generates the scored images.")
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "bf16"]), default="fp32", show_default=True,
+              help="Compute precision of --backend eager/compile.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N (generation only; "
+                                                                  "features are computed on the CPU).")
+@click.option("-n", "--num", "n", type=int, default=2000, show_default=True,
+              help="Generated images to score (latents 0..n-1 of --seed); with --images every file is scored.")
+@click.option("--seed", type=click.IntRange(min=0, max=2**63 - 1), default=0, show_default=True,
+              help="Latent seed; also seeds the bootstrap and the halves split.")
+@click.option("--bootstrap", type=click.IntRange(min=0), default=10, show_default=True,
+              help="Bootstrap resamples behind the ± spread (0: no spread).")
+@click.option("-k", type=click.IntRange(min=1), default=5, show_default=True, help="Neighbours for the precision/recall manifolds.")
+@click.option("--batch-size", "-b", type=click.IntRange(min=1), default=500, show_default=True)
+@click.option("--no-context", is_flag=True, help="Skip the context scores (real-vs-real halves, untrained generator, noise floor).")
+@click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also write the report as JSON.")
+def eval_cmd(checkpoint, onnx, engine, value_range, images, reference, against_backend, backend, precision, device, n,
+             seed, bootstrap, k, batch_size, no_context, json_out) -> None:
+    """Score generated images: Fréchet distance (FD ± bootstrap spread), precision and recall in the feature
+    space of the digits classifier shipped in models/ (no Inception weights needed).
+
+    FD 0 means the same feature statistics; lower is better. Precision: share of generated images that look
+    like the reference; recall: share of the reference's variety covered (mode collapse lowers it). For
+    context the real data is scored against itself (two halves) and an untrained generator against it.
+
+    \b
+    Examples:
+      gan-deploy eval                                   # shipped generator vs the digits
+      gan-deploy eval -c runs/digits_dcgan/generator.safetensors -n 5000 --json q.json
+      gan-deploy eval --onnx g_int8.onnx -c g.safetensors --against-backend eager
+                                                        # quantized vs FP32 eager, same latents
+      gan-deploy eval --backend eager --precision fp16 --against-backend eager
+      gan-deploy eval --images samples/                 # a `gan-deploy generate` folder vs the digits
+      gan-deploy eval --images samples/ --reference other_samples/
+    """
+    from gan_deploy.artifacts.onnx import load_artifact, parse_value_range
+    from gan_deploy.quality.features import run_eval
+
+    if images is not None and (checkpoint or onnx or engine):
+        raise GanDeployError("--images and a generator were both given", f"--images {images}", "one thing to score",
+                             "drop --checkpoint/--onnx/--engine, or drop --images")
+    artifact = against = None
+    if images is None:
+        artifact = load_artifact(checkpoint, onnx, engine, parse_value_range(value_range))
+        if against_backend and artifact.kind != "checkpoint" and (onnx or engine):
+            from gan_deploy.backends import runner_class
+            if artifact.kind not in runner_class(against_backend).accepts:
+                against = load_artifact(checkpoint)  # the FP32 checkpoint (default: the shipped one)
+    report = run_eval(artifact, backend, device, precision, images, reference, against_backend, against, n, seed, k,
+                      bootstrap, not no_context, batch_size, log=lambda msg: click.echo(msg, err=True))
+    click.echo(report.summary())
+    if json_out:
+        from gan_deploy.core.fileio import atomic_write_text
+        atomic_write_text(json_out, json.dumps(report.to_dict(), indent=2) + "\n")
+        click.echo(f"wrote {json_out}", err=True)

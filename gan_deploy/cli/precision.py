@@ -1,0 +1,217 @@
+"""`gan-deploy quantize` and `gan-deploy build-engine`: parse options, call quantize.py / engine.py, print the report.
+
+Kept free of imports from gan_deploy.cli.main (which imports this module at its end) and of heavy imports at module
+level, so `gan-deploy --help` needs neither onnxruntime nor TensorRT.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Callable
+
+import click
+
+from gan_deploy.core.errors import GanDeployError
+
+
+def _fd_ratio(ctx, param, value: str | None) -> float | str | None:
+    if value is None:
+        return None
+    if value.lower() == "none":
+        return "none"
+    try:
+        v = float(value)
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a number or 'none'") from None
+    if v < 0:
+        raise click.BadParameter("must be >= 0")
+    return v
+
+
+def gate_options(f: Callable) -> Callable:
+    """Thresholds of the quality gate; unset ones take the defaults of the precision (gate.THRESHOLDS)."""
+    opts = [
+        click.option("--gate-samples", type=click.IntRange(min=32), default=1000, show_default=True,
+                     help="Images compared with eager FP32 (gate latents, seed 104729; never the calibration ones)."),
+        click.option("--max-nonfinite", type=click.IntRange(min=0), default=None,
+                     help="Most NaN/Inf pixels allowed. [default: 0]"),
+        click.option("--max-saturation-increase", type=click.FloatRange(min=0, max=1), default=None,
+                     help="Most extra share of pixels at the value range's ends vs FP32 (solid-colour failure). "
+                          "[default: int8 0.01, fp16/fp32 0.005]"),
+        click.option("--min-psnr-worst", type=float, default=None,
+                     help="Lowest per-image PSNR allowed, dB, peak = range span. [default: int8 20, fp16/fp32 30]"),
+        click.option("--min-psnr-median", type=float, default=None,
+                     help="Lowest median per-image PSNR, dB. [default: int8 30, fp16/fp32 45]"),
+        click.option("--max-fd-ratio", callback=_fd_ratio, default=None, metavar="FLOAT|none",
+                     help="Most FD(candidate, FP32) / FD(FP32, FP32 of fresh latents) in the quality score's feature "
+                          "space; 'none' skips the quality score. [default: int8 0.25, fp16/fp32 0.1]"),
+    ]
+    for o in reversed(opts):
+        f = o(f)
+    return f
+
+
+def _thresholds(precision: str, max_nonfinite, max_saturation_increase, min_psnr_worst, min_psnr_median, max_fd_ratio):
+    from dataclasses import replace
+
+    from gan_deploy.precision.gate import thresholds_for
+
+    t = thresholds_for(precision, max_nonfinite=max_nonfinite, max_saturation_increase=max_saturation_increase,
+                       min_psnr_worst=min_psnr_worst, min_psnr_median=min_psnr_median,
+                       max_fd_ratio=None if max_fd_ratio == "none" else max_fd_ratio)
+    return replace(t, max_fd_ratio=None) if max_fd_ratio == "none" else t
+
+
+def _one_precision(flags: dict[str, bool], allowed: str) -> str:
+    chosen = [k for k, v in flags.items() if v]
+    if len(chosen) != 1:
+        raise GanDeployError("choose exactly one precision", " ".join(f"--{c}" for c in chosen) or "none given", allowed, None)
+    return chosen[0]
+
+
+def _parent(checkpoint, onnx, value_range):
+    from gan_deploy.artifacts.onnx import load_artifact, parse_value_range
+
+    if checkpoint is not None and onnx is not None:
+        raise GanDeployError("give either --checkpoint or --onnx", f"{checkpoint} and {onnx}", "one input model", None)
+    return load_artifact(checkpoint, onnx, None, parse_value_range(value_range))
+
+
+def _write_json(path: Path | None, data: dict[str, Any]) -> None:
+    if path:
+        from gan_deploy.core.fileio import atomic_write_text
+        atomic_write_text(path, json.dumps(data, indent=2) + "\n")
+        click.echo(f"wrote {path}")
+
+
+def input_options(f: Callable) -> Callable:
+    f = click.option("--value-range", type=click.Choice(["-1,1", "0,1"]), default=None,
+                     help="Output range of a foreign ONNX generator without gan-deploy metadata (default -1,1).")(f)
+    f = click.option("--onnx", type=click.Path(dir_okay=False, path_type=Path), default=None,
+                     help="FP32 ONNX generator (from `gan-deploy export`, or any [N,Z] -> [N,C,H,W] model).")(f)
+    f = click.option("--checkpoint", "-c", type=click.Path(path_type=Path), default=None,
+                     help="Checkpoint, exported to ONNX in memory. Default: the shipped models/digits_dcgan.")(f)
+    return f
+
+
+@click.command("quantize", short_help="INT8 (Q/DQ) or FP16 ONNX, accepted only if it passes the quality gate.")
+@click.option("--int8", "int8", is_flag=True, help="INT8 Q/DQ model, per-channel weights, calibrated on prior latents.")
+@click.option("--fp16", "fp16", is_flag=True, help="FP16 model with FP32 inputs/outputs; overflow-prone ops kept FP32.")
+@input_options
+@click.option("--out", "-o", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="File to write. Default: beside the input, NAME.int8.onnx / NAME.int8-tensorrt.onnx / NAME.fp16.onnx.")
+@click.option("--target", type=click.Choice(["onnxruntime", "tensorrt"]), default="onnxruntime", show_default=True,
+              help="INT8 flavour: onnxruntime (UINT8 activations, fast on CPU) or tensorrt (symmetric INT8, FP32 "
+                   "biases: what TensorRT parses; runs on CPU too, slowly).")
+@click.option("--calib-samples", type=click.IntRange(min=16), default=512, show_default=True,
+              help="Latents from the generator's prior used to calibrate activation ranges (no data set needed).")
+@click.option("--calib-method", type=click.Choice(["minmax", "percentile", "entropy"]), default="minmax", show_default=True)
+@click.option("--no-rewrite", is_flag=True,
+              help="Keep ConvTranspose as is (onnxruntime then runs it dequantized in FP32: slower than FP32).")
+@click.option("--evaluator", type=click.Choice(["auto", "onnxruntime", "reference"]), default="auto", show_default=True,
+              help="FP16: what runs the model for the gate: onnxruntime where it has FP16 kernels, else ONNX's "
+                   "reference evaluator (slow; at most 64 images).")
+@gate_options
+@click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also write the report (recipe, gate figures) as JSON.")
+def quantize(int8, fp16, checkpoint, onnx, value_range, out, target, calib_samples, calib_method, no_rewrite, evaluator,
+             gate_samples, max_nonfinite, max_saturation_increase, min_psnr_worst, min_psnr_median, max_fd_ratio,
+             json_out) -> None:
+    """Make an INT8 or FP16 ONNX model and accept it only if its images match eager FP32's.
+
+    The gate runs the new model and eager FP32 on the same latents and checks NaN/Inf, saturated pixels,
+    per-image PSNR (worst and median) and the quality score's FD relative to the FP32 noise floor. A model
+    that fails is not written; the report says which check failed and the exit code is 2.
+
+    INT8 rewrites each stride-2 transposed convolution exactly into four 2x2 convolutions + DepthToSpace, so
+    every layer has a quantized kernel (onnxruntime has none for ConvTranspose).
+
+    \b
+    Examples:
+      gan-deploy quantize --int8                       # -> models/digits_dcgan.int8.onnx
+      gan-deploy quantize --fp16 --onnx models/digits_dcgan.onnx
+      gan-deploy quantize --int8 --target tensorrt     # the Q/DQ form TensorRT builds from
+      gan-deploy quantize --int8 --min-psnr-worst 25 --json q.json
+      gan-deploy bench --onnx models/digits_dcgan.int8.onnx
+    """
+    from gan_deploy.precision.gate import GateRejected
+    from gan_deploy.precision.quantize import fp16_onnx_from_onnx, int8_onnx_from_onnx
+
+    precision = _one_precision({"int8": int8, "fp16": fp16}, "--int8 or --fp16")
+    t = _thresholds(precision, max_nonfinite, max_saturation_increase, min_psnr_worst, min_psnr_median, max_fd_ratio)
+    parent = _parent(checkpoint, onnx, value_range)
+    if precision == "int8":
+        report = int8_onnx_from_onnx(parent, out, target=target, calib_samples=calib_samples, calib_method=calib_method,
+                                     rewrite=not no_rewrite, thresholds=t, gate_samples=gate_samples, raise_on_reject=False)
+    else:
+        report = fp16_onnx_from_onnx(parent, out, thresholds=t, gate_samples=gate_samples, evaluator=evaluator,
+                                     raise_on_reject=False)
+    click.echo(report.summary())
+    _write_json(json_out, report.to_dict())
+    if not report.accepted:
+        raise GateRejected(report.gate, f"the {precision} model", "nothing was written; change a threshold only "
+                           "after looking at the images (gan-deploy generate --onnx ...)")
+
+
+@click.command("build-engine", short_help="TensorRT engine (FP16/INT8/FP32) with a sidecar, gated against eager FP32.")
+@click.option("--fp16", "fp16", is_flag=True, help="FP16 network (the FP16 ONNX of `quantize --fp16`).")
+@click.option("--int8", "int8", is_flag=True, help="INT8 network (the TensorRT-flavour Q/DQ ONNX of `quantize --int8`).")
+@click.option("--fp32", "fp32", is_flag=True, help="FP32 network (TensorRT may use TF32 on Ampere and newer).")
+@input_options
+@click.option("--out", "-o", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Engine file. Default: engines/NAME.PRECISION.engine (+ engines/NAME.PRECISION.json sidecar).")
+@click.option("--min-batch", type=click.IntRange(min=1), default=1, show_default=True, help="Optimization profile: smallest batch.")
+@click.option("--opt-batch", type=click.IntRange(min=1), default=64, show_default=True, help="Batch TensorRT tunes for.")
+@click.option("--max-batch", type=click.IntRange(min=1), default=256, show_default=True, help="Largest batch.")
+@click.option("--workspace", type=click.IntRange(min=16), default=1024, show_default=True, help="Workspace limit, MiB.")
+@click.option("--timing-cache", default="auto", show_default=True,
+              help="Timing cache file reused across builds; 'auto': engines/timing_smXY_trtVER.cache, 'none': no cache.")
+@click.option("--calib-samples", type=click.IntRange(min=16), default=512, show_default=True,
+              help="INT8 from an FP32 model: prior latents used for calibration.")
+@click.option("--device", default="cuda", show_default=True, help="cuda or cuda:N.")
+@click.option("--no-cuda-graphs", is_flag=True, help="Gate the engine without CUDA graph replay.")
+@gate_options
+@click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also write the report as JSON.")
+def build_engine(fp16, int8, fp32, checkpoint, onnx, value_range, out, min_batch, opt_batch, max_batch, workspace,
+                 timing_cache, calib_samples, device, no_cuda_graphs, gate_samples, max_nonfinite, max_saturation_increase,
+                 min_psnr_worst, min_psnr_median, max_fd_ratio, json_out) -> None:
+    """Build a TensorRT engine for this GPU, check it against eager FP32, write it with its sidecar JSON.
+
+    Needs TensorRT and an NVIDIA GPU (`pip install gan-deploy[gpu]`). Networks are strongly typed: the
+    precision comes from the ONNX (FP16 casts, INT8 Q/DQ), on TensorRT 10 and 11 alike. The sidecar records
+    the TensorRT version, GPU name and compute capability, precision, profile and the ONNX's sha256; an
+    engine whose source changed, or that was built for another GPU or TensorRT version, is refused at load
+    with the command that rebuilds it. The engine is written only if it passes the quality gate.
+
+    \b
+    Examples:
+      gan-deploy build-engine --fp16                   # -> engines/digits_dcgan.fp16.engine
+      gan-deploy build-engine --int8 --onnx models/digits_dcgan.onnx --max-batch 1024
+      gan-deploy build-engine --fp32 --min-batch 1 --opt-batch 16 --max-batch 64 --workspace 512
+      gan-deploy generate --engine engines/digits_dcgan.fp16.engine -n 10000 --out samples/
+      gan-deploy bench --engine engines/digits_dcgan.fp16.engine
+    """
+    from gan_deploy.backends.tensorrt import unavailable_reason
+    from gan_deploy.engine.build import engine_from_artifact
+    from gan_deploy.core.errors import BackendUnavailable
+    from gan_deploy.precision.gate import GateRejected
+
+    precision = _one_precision({"fp16": fp16, "int8": int8, "fp32": fp32}, "--fp16, --int8 or --fp32")
+    reason = unavailable_reason()
+    if reason:  # first: without TensorRT or a GPU nothing else matters
+        raise BackendUnavailable("cannot build a TensorRT engine here", reason, None, None)
+    if not min_batch <= opt_batch <= max_batch:
+        raise GanDeployError("bad optimization profile", f"--min-batch {min_batch} --opt-batch {opt_batch} --max-batch {max_batch}",
+                             "min <= opt <= max", None)
+    t = _thresholds(precision, max_nonfinite, max_saturation_increase, min_psnr_worst, min_psnr_median, max_fd_ratio)
+    cache = None if timing_cache.lower() == "none" else ("auto" if timing_cache == "auto" else Path(timing_cache))
+    report = engine_from_artifact(_parent(checkpoint, onnx, value_range), precision, out,
+                                  profile=(min_batch, opt_batch, max_batch), workspace_mib=workspace, timing_cache=cache,
+                                  thresholds=t, gate_samples=gate_samples, calib_samples=calib_samples, device=device,
+                                  cuda_graphs=not no_cuda_graphs, raise_on_reject=False)
+    click.echo(report.summary())
+    _write_json(json_out, {"path": str(report.path) if report.path else None, "precision": precision,
+                           "build_s": report.build_s, "gate": report.gate.to_dict(), "recipe": report.recipe})
+    if report.path is None:
+        raise GateRejected(report.gate, f"the {precision} engine", "nothing was written")

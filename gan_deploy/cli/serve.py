@@ -1,0 +1,142 @@
+"""`gan-deploy serve` (online HTTP service on Ray Serve) and `gan-deploy triton-repo` (Triton model repository).
+
+Ray and tritonclient are imported inside the commands only: `gan-deploy --help` stays fast without them.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from gan_deploy.cli.main import artifact_options, device_option, load_artifact_from_options
+from gan_deploy.core.errors import GanDeployError
+
+
+@click.command(short_help="HTTP service with request batching across clients (Ray Serve).")
+@artifact_options
+@click.option("--backend", type=click.Choice(["auto", "eager", "compile", "onnxruntime", "tensorrt"]), default="auto", show_default=True)
+@device_option
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (0.0.0.0: every interface).")
+@click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True)
+@click.option("--max-batch-size", type=click.IntRange(min=1), default=64, show_default=True,
+              help="Most images per backend call; requests are merged up to this.")
+@click.option("--batch-wait-ms", type=click.FloatRange(min=0), default=5.0, show_default=True,
+              help="How long a batch waits for more requests before it runs.")
+@click.option("--max-images-per-request", type=click.IntRange(min=1), default=256, show_default=True)
+@click.option("--max-queued", type=click.IntRange(min=1), default=64, show_default=True,
+              help="Most /generate requests a replica holds at once; more are answered 503.")
+@click.option("--replicas", type=click.IntRange(min=1), default=1, show_default=True, help="Replicas (on a Ray cluster: across nodes).")
+@click.option("--num-cpus", type=click.FloatRange(min=0), default=1.0, show_default=True, help="CPUs Ray reserves per replica.")
+@click.option("--num-gpus", type=click.FloatRange(min=0), default=None, help="GPUs Ray reserves per replica (default: 1 with a CUDA device, else 0).")
+@click.option("--ray-address", default=None, help="Ray cluster to run on (default: $RAY_ADDRESS, else a new local Ray).")
+@click.option("--access-log", is_flag=True, help="Log every request (off by default: it costs throughput).")
+def serve(checkpoint, onnx, engine, value_range, backend, device, host, port, max_batch_size, batch_wait_ms,
+          max_images_per_request, max_queued, replicas, num_cpus, num_gpus, ray_address, access_log) -> None:
+    """Serve the generator over HTTP, batching concurrent requests into one backend call.
+
+    POST /generate with a JSON body naming images by (seed, index), exactly as `generate` does: the image
+    for (S, i) is byte-identical to file i of `gan-deploy generate --seed S`. Answers PNG bytes, base64
+    PNGs in JSON, or a .npy array. GET /healthz and /metrics (JSON, or ?format=prometheus). Bad requests
+    get a JSON 400/413/422 naming the field; an overloaded replica answers 503. Stop with Ctrl-C.
+
+    \b
+    Examples:
+      gan-deploy serve --onnx models/digits_dcgan.onnx --port 8000
+      curl -s localhost:8000/generate -d '{"seed": 7, "start": 0, "count": 4}'
+      curl -s localhost:8000/generate -d '{"seeds": [7], "format": "png"}' -o seed7.png
+      RAY_ADDRESS=auto gan-deploy serve --device cuda --replicas 4 --host 0.0.0.0   # a Ray cluster
+    """
+    import os
+
+    from gan_deploy.serve.api import ServeConfig
+
+    art = load_artifact_from_options(checkpoint, onnx, engine, value_range)
+    if art.kind == "engine":  # the engine's optimization profile bounds every batch it can run
+        from gan_deploy.artifacts.engine import read_sidecar
+        top = read_sidecar(art.path)["profile"]["max"]
+        if max_batch_size > top:
+            raise GanDeployError("--max-batch-size exceeds the engine's profile", max_batch_size, f"<= {top}, the engine's max batch",
+                                 "lower --max-batch-size, or rebuild the engine with a larger max batch")
+    address = ray_address or os.environ.get("RAY_ADDRESS")
+    if not address:  # local: settle backend, device and port here: a one-line error, not a Ray traceback
+        from gan_deploy.backends import make_runner
+        from gan_deploy.serve.api import check_port_free
+        runner = make_runner(backend, art, device)  # checks the backend takes this artifact; loads nothing
+        backend, device = runner.name, runner.device
+        check_port_free(host, port)
+    if max_batch_size > max_images_per_request * max_queued:
+        raise GanDeployError("--max-batch-size can never fill", max_batch_size,
+                             f"<= --max-images-per-request x --max-queued ({max_images_per_request * max_queued})", None)
+    if num_gpus is None:
+        num_gpus = 1.0 if device.startswith("cuda") else 0.0
+    cfg = ServeConfig(art.kind, os.path.abspath(art.path), art.sha256, art.spec.value_range if art.kind == "onnx" else None,
+                      backend, device, max_batch_size, batch_wait_ms, max_images_per_request, max_queued, replicas,
+                      num_cpus, num_gpus)
+    try:
+        from gan_deploy.serve import ray_serve as service
+    except ImportError as e:
+        raise GanDeployError("Ray Serve is not installed", f"{e.name}", None, "pip install 'gan-deploy[serve]'") from None
+
+    def ready(url: str) -> None:
+        click.echo(f"serving {art.describe()} with {backend} on {device} at {url}", err=True)
+        click.echo(f"  try: curl -s {url}/generate -d '{{\"seed\": 0, \"start\": 0, \"count\": 4}}'   "
+                   f"(health: {url}/healthz, metrics: {url}/metrics); Ctrl-C stops", err=True)
+
+    click.echo("starting Ray Serve ...", err=True)
+    service.serve_forever(cfg, host, port, ray_address=address, access_log=access_log, ready=ready)
+    click.echo("stopped", err=True)
+
+
+def _sizes(ctx, param, value: str | None) -> list[int] | None:
+    if not value:
+        return None
+    try:
+        sizes = [int(v) for v in value.replace(" ", "").split(",") if v]
+    except ValueError:
+        raise click.BadParameter(f"{value!r}: expected comma-separated integers such as 64,256") from None
+    if not sizes or min(sizes) < 1:
+        raise click.BadParameter(f"{value!r}: expected integers >= 1, such as 64,256")
+    return sizes
+
+
+@click.command("triton-repo", short_help="Model repository for NVIDIA Triton (ONNX and TensorRT plan).")
+@click.option("--checkpoint", "-c", type=click.Path(path_type=Path), default=None,
+              help="Checkpoint to export into the repository (default: the shipped model, unless --onnx or --engine).")
+@click.option("--onnx", type=click.Path(dir_okay=False, path_type=Path), default=None, help="ONNX generator to put in the repository.")
+@click.option("--engine", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="TensorRT engine from `gan-deploy build-engine` (with its .json sidecar): adds a <name>_trt model.")
+@click.option("--value-range", type=click.Choice(["-1,1", "0,1"]), default=None, help="Output range of a foreign ONNX generator.")
+@click.option("--out", "-o", type=click.Path(file_okay=False, path_type=Path), default=Path("triton_repo"), show_default=True)
+@click.option("--name", default="gan_generator", show_default=True, help="Model name (the ONNX model; the plan is <name>_trt).")
+@click.option("--max-batch-size", type=click.IntRange(min=1), default=256, show_default=True,
+              help="max_batch_size of the ONNX model (the plan's is its engine profile's max).")
+@click.option("--preferred-batch-sizes", callback=_sizes, default=None,
+              help="Dynamic batcher's preferred sizes (default: max_batch_size; for the plan: profile opt and max).")
+@click.option("--max-queue-delay-us", type=click.IntRange(min=0), default=500, show_default=True,
+              help="How long Triton's dynamic batcher waits to fill a batch.")
+@click.option("--instance-kind", type=click.Choice(["gpu", "cpu"]), default="gpu", show_default=True,
+              help="Where Triton runs the ONNX model (the plan always runs on a GPU).")
+@click.option("--instances", type=click.IntRange(min=1), default=1, show_default=True, help="Model instances per device.")
+@click.option("--overwrite", is_flag=True, help="Replace models of the same name already in the repository.")
+def triton_repo(checkpoint, onnx, engine, value_range, out, name, max_batch_size, preferred_batch_sizes, max_queue_delay_us,
+                instance_kind, instances, overwrite) -> None:
+    """Write a Triton Inference Server model repository: config.pbtxt + model file per model.
+
+    Names, types and shapes come from the artifact; every config.pbtxt has max_batch_size and dynamic
+    batching, and is checked against Triton's own ModelConfig schema when tritonclient is installed.
+
+    \b
+    Examples:
+      gan-deploy triton-repo --onnx models/digits_dcgan.onnx --out triton_repo/
+      gan-deploy triton-repo --onnx models/digits_dcgan.onnx --engine engines/digits_dcgan.fp16.engine --out triton_repo/
+      docker run --gpus all --rm -p 8000:8000 -v $PWD/triton_repo:/models \\
+          nvcr.io/nvidia/tritonserver:<yy.mm>-py3 tritonserver --model-repository=/models
+    """
+    from gan_deploy.serve.triton import triton_repo_from_artifacts
+
+    art = None
+    if onnx is not None or checkpoint is not None or engine is None:
+        art = load_artifact_from_options(checkpoint, onnx, None, value_range)
+    report = triton_repo_from_artifacts(out, art, engine, name, max_batch_size, preferred_batch_sizes, max_queue_delay_us,
+                                        instance_kind, instances, overwrite)
+    click.echo(report.summary())

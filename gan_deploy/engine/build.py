@@ -1,0 +1,183 @@
+"""Build TensorRT engines: `engine_from_onnx` (the builder) and `engine_from_artifact` (what build-engine runs).
+
+Precision lives in the ONNX, not in builder flags: TensorRT 11 removed BuilderFlag.FP16/INT8 and the INT8
+calibrators, and every network is strongly typed. So `--fp16` parses the FP16 ONNX of `quantize.fp16_model`
+(FP32 I/O, overflow-prone operators in FP32) and `--int8` the Q/DQ ONNX of `quantize.int8_model` in its
+TensorRT flavour (symmetric INT8, FP32 biases, transposed convolutions rewritten into convolutions). The
+network is created STRONGLY_TYPED on both TensorRT 10 (required there for this) and 11 (where it is the
+only mode and the flag is accepted and ignored), so one code path serves both, with the precision policy
+that the CPU gate already checked. (On TensorRT 10 the FP16 builder flag would also work on the FP32 ONNX,
+but TensorRT would then pick per-layer precision itself, outside the policy the gate checks.)
+
+The engine is written only after it passes the quality gate on the GPU, with its sidecar (engine_meta.py).
+"""
+from __future__ import annotations
+
+import json
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from gan_deploy.artifacts.onnx import META_PRECISION, Artifact
+from gan_deploy.artifacts.engine import RuntimeInfo, make_sidecar, sidecar_path
+from gan_deploy.core.errors import BackendUnavailable, GanDeployError
+from gan_deploy.core.fileio import atomic_write_bytes, atomic_write_text, sha256_bytes, sha256_file
+from gan_deploy.precision.gate import DEFAULT_GATE_SAMPLES, GateRejected, GateReport, GateThresholds, run_gate, thresholds_for
+
+DEFAULT_ENGINE_DIR = Path("engines")
+DEFAULT_WORKSPACE_MIB = 1024
+DEFAULT_PROFILE = (1, 64, 256)
+
+
+@dataclass
+class EngineReport:
+    path: Path | None  # None: rejected by the gate, nothing written
+    precision: str
+    profile: tuple[int, int, int]
+    workspace_mib: int
+    runtime: RuntimeInfo
+    build_s: float
+    size_bytes: int
+    onnx_sha256: str
+    timing_cache: str  # path and whether it was reused
+    gate: GateReport
+    recipe: dict[str, Any] = field(default_factory=dict)
+
+    def summary(self) -> str:
+        rt = self.runtime
+        head = (f"wrote {self.path} + {sidecar_path(self.path).name}" if self.path else "engine REJECTED: nothing was written")
+        lines = [f"{head} ({self.precision}, {self.size_bytes / 1e6:.2f} MB, built in {self.build_s:.1f} s)",
+                 f"  TensorRT {rt.tensorrt_version} on {rt.gpu_name} (compute capability {rt.compute_capability}); "
+                 f"profile batch min/opt/max {'/'.join(map(str, self.profile))}; workspace {self.workspace_mib} MiB",
+                 f"  timing cache: {self.timing_cache}", self.gate.summary()]
+        return "\n".join(lines)
+
+
+def default_timing_cache(rt: RuntimeInfo, folder: Path = DEFAULT_ENGINE_DIR) -> Path:
+    """One cache per GPU architecture and TensorRT version: a cache from another one cannot be reused."""
+    ver = re.sub(r"[^0-9.]", "", rt.tensorrt_version)
+    return folder / f"timing_sm{rt.compute_capability.replace('.', '')}_trt{ver}.cache"
+
+
+def engine_from_onnx(onnx_bytes: bytes, input_name: str, latent_shape: tuple[int, ...],
+                     profile: tuple[int, int, int] = DEFAULT_PROFILE, workspace_mib: int = DEFAULT_WORKSPACE_MIB,
+                     timing_cache: Path | None = None) -> tuple[bytes, str]:
+    """Parse the ONNX into a strongly typed network, build a serialized engine. Returns (plan, cache note)."""
+    import tensorrt as trt
+
+    from gan_deploy.backends.tensorrt import trt_logger
+
+    logger = trt_logger()
+    builder = trt.Builder(logger)
+    network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse(onnx_bytes):
+        errors = [str(parser.get_error(i)) for i in range(parser.num_errors)]
+        raise GanDeployError("TensorRT could not parse the ONNX model", "; ".join(errors)[:400] or "no parser message",
+                             "an ONNX model TensorRT supports", "check the operator against TensorRT's ONNX support matrix")
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_mib) << 20)
+    mn, opt, mx = profile
+    prof = builder.create_optimization_profile()
+    prof.set_shape(input_name, (mn, *latent_shape), (opt, *latent_shape), (mx, *latent_shape))
+    config.add_optimization_profile(prof)
+
+    note = "none"
+    if timing_cache is not None:
+        old = timing_cache.read_bytes() if timing_cache.is_file() else b""
+        cache = config.create_timing_cache(old)
+        if config.set_timing_cache(cache, ignore_mismatch=False):
+            note = f"{timing_cache} ({'reused' if old else 'new'})"
+        else:  # written by another TensorRT version or GPU: start a fresh one rather than fail the build
+            config.set_timing_cache(config.create_timing_cache(b""), ignore_mismatch=False)
+            note = f"{timing_cache} (did not match this TensorRT/GPU: replaced)"
+    plan = builder.build_serialized_network(network, config)
+    if plan is None:
+        raise GanDeployError("TensorRT failed to build the engine", None, None,
+                             "TensorRT's log above says why; a larger --workspace helps when tactics were skipped")
+    if timing_cache is not None:
+        atomic_write_bytes(timing_cache, bytes(config.get_timing_cache().serialize()))
+    return bytes(plan), note
+
+
+def _network_onnx(parent: Artifact, precision: str, calib_samples: int) -> tuple[bytes, dict[str, Any]]:
+    """The ONNX TensorRT parses for `precision`: the parent itself when it already is that precision, else the
+    FP16 / TensorRT-flavour INT8 model made from the parent's FP32 ONNX in memory."""
+    from gan_deploy.precision.quantize import META_INT8_TARGET, reduced_precision_model
+
+    if parent.kind == "onnx" and parent.precision != "fp32":
+        if parent.precision != precision:
+            raise GanDeployError("the ONNX model's precision differs from the one asked for",
+                                 f"{parent.path} is {parent.precision}", f"--{parent.precision}", "or pass its FP32 parent")
+        if precision == "int8" and parent.metadata.get(META_INT8_TARGET) != "tensorrt":
+            raise GanDeployError("this INT8 model is the onnxruntime flavour (UINT8 activations, INT32 biases)", str(parent.path),
+                                 "a TensorRT-flavour Q/DQ model",
+                                 "pass the FP32 model (build-engine quantizes it), or run `gan-deploy quantize --int8 --target tensorrt`")
+        return parent.onnx_bytes(), {"onnx": str(parent.path)}
+    if precision == "fp32":
+        if parent.precision != "fp32":
+            raise GanDeployError("an FP32 engine needs an FP32 model", f"{parent.path} is {parent.precision}", None, None)
+        return parent.onnx_bytes(), {}
+    model, recipe, _ = reduced_precision_model(parent, precision, target="tensorrt", calib_samples=calib_samples)
+    return model.SerializeToString(), recipe
+
+
+def engine_from_artifact(parent: Artifact, precision: str, out: str | Path | None = None, *,
+                         profile: tuple[int, int, int] = DEFAULT_PROFILE, workspace_mib: int = DEFAULT_WORKSPACE_MIB,
+                         timing_cache: str | Path | None = "auto", thresholds: GateThresholds | None = None,
+                         gate_samples: int = DEFAULT_GATE_SAMPLES, calib_samples: int = 512, device: str = "cuda",
+                         cuda_graphs: bool = True, raise_on_reject: bool = True) -> EngineReport:
+    """build-engine: make the network ONNX, build, gate the engine on the GPU against eager FP32, write it."""
+    from gan_deploy.backends.tensorrt import TensorRTRunner, runtime_info, unavailable_reason
+    from gan_deploy.precision.quantize import reference_runner
+
+    reason = unavailable_reason()
+    if reason:  # before any work: say what is missing and how to install it
+        raise BackendUnavailable("cannot build a TensorRT engine here", reason, None, None)
+    if precision not in ("fp32", "fp16", "int8"):
+        raise GanDeployError("unknown engine precision", repr(precision), "--fp32, --fp16 or --int8", None)
+    mn, opt, mx = profile
+    if not 1 <= mn <= opt <= mx:
+        raise GanDeployError("bad optimization profile", f"min {mn}, opt {opt}, max {mx}", "1 <= min <= opt <= max", None)
+    if parent.kind == "engine":
+        raise GanDeployError("cannot build an engine from an engine", str(parent.path), "a checkpoint or ONNX file", None)
+    stem = parent.path.name.split(".")[0]
+    out = Path(out) if out else DEFAULT_ENGINE_DIR / f"{stem}.{precision}.engine"
+    if out.is_dir():
+        raise GanDeployError("output path is a folder", str(out), "a file name ending in .engine", None)
+    rt = runtime_info(device)
+    cache = default_timing_cache(rt, out.parent) if timing_cache == "auto" else (Path(timing_cache) if timing_cache else None)
+
+    onnx_bytes, recipe = _network_onnx(parent, precision, calib_samples)
+    t0 = time.perf_counter()
+    plan, cache_note = engine_from_onnx(onnx_bytes, parent.spec.input_name, parent.spec.latent_shape, profile,
+                                        workspace_mib, cache)
+    build_s = time.perf_counter() - t0
+
+    meta = {META_PRECISION: precision}
+    cand = Artifact("engine", out, parent.spec, sha256_bytes(plan), parent.config, meta)
+    # the reference runs on the CPU: eager FP32 there is true FP32 (cuDNN would use TF32 on recent GPUs)
+    with TensorRTRunner(cand, device, engine_bytes=plan, cuda_graphs=cuda_graphs) as runner:
+        gate = run_gate(runner, reference_runner(parent, "cpu"), thresholds or thresholds_for(precision), precision,
+                        gate_samples)
+    report = EngineReport(None, precision, profile, workspace_mib, rt, build_s, len(plan), sha256_bytes(onnx_bytes),
+                          cache_note, gate, recipe)
+    if not gate.accepted:
+        if raise_on_reject:
+            raise GateRejected(gate, f"the {precision} engine", "nothing was written; see `gan-deploy build-engine --help`")
+        return report
+
+    src_flag = "--checkpoint" if parent.kind == "checkpoint" else "--onnx"
+    rebuild = (f"gan-deploy build-engine --{precision} {src_flag} {parent.path.resolve()} --out {out} "
+               f"--min-batch {mn} --opt-batch {opt} --max-batch {mx} --workspace {workspace_mib}")
+    side = make_sidecar(engine_sha256=sha256_bytes(plan), precision=precision, runtime=rt, profile=profile,
+                        onnx_sha256=report.onnx_sha256,
+                        source={"kind": parent.kind, "path": str(parent.path.resolve()), "sha256": sha256_file(parent.path)},
+                        spec=parent.spec, generator=parent.config.to_dict() if parent.config else None,
+                        workspace_mib=workspace_mib, rebuild=rebuild, gate=gate.to_dict())
+    atomic_write_bytes(out, plan)
+    atomic_write_text(sidecar_path(out), json.dumps(side, indent=2) + "\n")
+    report.path = out
+    return report

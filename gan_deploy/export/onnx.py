@@ -1,0 +1,240 @@
+"""ONNX export: PyTorch generator -> ONNX with a dynamic batch axis, checked against eager before it is kept."""
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import io
+import json
+import sys
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from gan_deploy.artifacts.onnx import (META_CONFIG, META_PARENT_KIND, META_PARENT_SHA, META_PRECISION, META_TOLERANCE,
+                       META_VALUE_RANGE, Artifact, GeneratorSpec, artifact_from_checkpoint, spec_from_onnx_model)
+from gan_deploy.core.errors import GanDeployError
+from gan_deploy.core.resources import derived_output_dir
+from gan_deploy.core.fileio import atomic_write_bytes, sha256_file
+from gan_deploy.core.latents import latents_range
+
+DEFAULT_OPSET = 17
+# max |onnxruntime - eager| on the [-1, 1] image scale. Both compute in FP32; differences come from
+# summation order in convolutions, ~1e-6 in practice, so 1e-4 leaves room and still catches real bugs.
+DEFAULT_TOLERANCE = 1e-4
+
+
+@dataclass
+class ExportReport:
+    path: Path
+    opset: int
+    max_abs_err: float
+    tolerance: float
+    batch_sizes: tuple[int, ...]
+    spec: GeneratorSpec
+    parent_sha256: str
+
+    def summary(self) -> str:
+        s = self.spec
+        return (f"wrote {self.path} (opset {self.opset}, input {s.input_name} [N, {', '.join(map(str, s.latent_shape))}] -> "
+                f"{s.output_name} [N, {s.channels}, {s.height}, {s.width}]); onnxruntime vs eager max abs err "
+                f"{self.max_abs_err:.2e} <= {self.tolerance:.0e} at batch sizes {list(self.batch_sizes)}")
+
+
+def _torch_to_onnx(module, latent_shape: tuple[int, ...], opset: int):
+    import onnx
+    import torch
+
+    dummy = torch.zeros(2, *latent_shape)
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        # TorchScript-based exporter: 20x faster than the dynamo one for plain conv nets and exact here;
+        # torch==2.13.0 is pinned, so its deprecation warning is noise for users.
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module.eval(), (dummy,), buf, input_names=["z"], output_names=["image"],
+                          dynamic_axes={"z": {0: "batch"}, "image": {0: "batch"}}, opset_version=opset,
+                          do_constant_folding=True, dynamo=False)
+    return onnx.load_model_from_string(buf.getvalue())
+
+
+def _set_meta(model, meta: dict[str, str]) -> None:
+    keep = [p for p in model.metadata_props if p.key not in meta]
+    del model.metadata_props[:]
+    model.metadata_props.extend(keep)
+    for k, v in meta.items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = k, v
+
+
+def onnx_model_from_checkpoint(art: Artifact, opset: int = DEFAULT_OPSET):
+    """In-memory ONNX model of a checkpoint artifact, with the self-describing metadata."""
+    model = _torch_to_onnx(art.torch_module(), art.spec.latent_shape, opset)
+    _set_meta(model, {
+        META_CONFIG: json.dumps(art.config.to_dict()),
+        META_VALUE_RANGE: json.dumps(list(art.spec.value_range)),
+        META_PARENT_SHA: art.sha256,
+        META_PARENT_KIND: "checkpoint",
+        META_PRECISION: "fp32",
+    })
+    model.producer_name = "gan-deploy"
+    return model
+
+
+def max_abs_err_vs_torch(module, onnx_bytes: bytes, spec: GeneratorSpec, batch_sizes=(1, 7, 64), seed: int = 0) -> float:
+    """Run the same latents through eager PyTorch and onnxruntime; the worst |difference| over all batches."""
+    import onnxruntime as ort
+    import torch
+
+    sess = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
+    worst = 0.0
+    for b in batch_sizes:
+        z = latents_range(seed, 0, b, spec.latent_dim).reshape(b, *spec.latent_shape)
+        with torch.inference_mode():
+            ref = module(torch.from_numpy(z)).numpy()
+        got = sess.run(None, {sess.get_inputs()[0].name: z})[0]
+        if got.shape != ref.shape:
+            raise GanDeployError("exported model returns the wrong shape", f"{got.shape} at batch {b}", f"{ref.shape}", None)
+        if not np.isfinite(got).all():
+            raise GanDeployError("exported model returns NaN/Inf", f"batch {b}", "finite images", None)
+        worst = max(worst, float(np.abs(got - ref).max()))
+    return worst
+
+
+def onnx_from_module(module, spec: GeneratorSpec, out: str | Path, meta: dict[str, str], opset: int = DEFAULT_OPSET,
+                     tolerance: float = DEFAULT_TOLERANCE, batch_sizes=(1, 7, 64)) -> ExportReport:
+    """Export, check, verify against eager, then (and only then) write the file atomically."""
+    import onnx
+
+    if opset < 17:
+        raise GanDeployError("ONNX opset too old", opset, "17 or newer", None)
+    model = _torch_to_onnx(module, spec.latent_shape, opset)
+    _set_meta(model, {**meta, META_VALUE_RANGE: json.dumps(list(spec.value_range)), META_PRECISION: "fp32"})
+    model.producer_name = "gan-deploy"
+    try:
+        onnx.checker.check_model(model, full_check=True)
+    except onnx.checker.ValidationError as e:
+        raise GanDeployError("exported ONNX failed onnx.checker", str(e).splitlines()[0], None, None) from None
+    spec_from_onnx_model(model, out)  # the result must satisfy the generator contract every command relies on
+    data_wo_err = model.SerializeToString()
+    err = max_abs_err_vs_torch(module, data_wo_err, spec, batch_sizes)
+    if err > tolerance:
+        raise GanDeployError("onnxruntime disagrees with eager PyTorch", f"max abs err {err:.3g}", f"<= {tolerance:g}",
+                             "the model uses an op the exporter translates differently; nothing was written")
+    _set_meta(model, {META_TOLERANCE: f"{err:.3e}"})
+    out = Path(out)
+    if out.is_dir():
+        raise GanDeployError("output path is a folder", str(out), "a file name ending in .onnx", None)
+    atomic_write_bytes(out, model.SerializeToString())
+    return ExportReport(out, opset, err, tolerance, tuple(batch_sizes), spec, meta.get(META_PARENT_SHA, ""))
+
+
+def onnx_from_checkpoint(checkpoint: str | Path | None, out: str | Path | None = None, opset: int = DEFAULT_OPSET,
+                         tolerance: float = DEFAULT_TOLERANCE) -> ExportReport:
+    art = artifact_from_checkpoint(checkpoint)
+    # beside the checkpoint; for the shipped one (inside the package) models/ in the working directory
+    out = Path(out) if out else derived_output_dir(art.path) / art.path.with_suffix(".onnx").name
+    meta = {META_CONFIG: json.dumps(art.config.to_dict()), META_PARENT_SHA: art.sha256, META_PARENT_KIND: "checkpoint"}
+    return onnx_from_module(art.torch_module(), art.spec, out, meta, opset, tolerance)
+
+
+# -- bring your own PyTorch generator --------------------------------------------------------------
+
+def load_factory(ref: str):
+    """`package.module:factory` or `path/to/file.py:ClassName` -> the callable."""
+    if ":" not in ref:
+        raise GanDeployError("bad --factory", repr(ref), "'package.module:callable' or 'path/to/file.py:ClassName'", None)
+    mod_ref, _, attr = ref.rpartition(":")
+    try:
+        if mod_ref.endswith(".py"):
+            path = Path(mod_ref)
+            if not path.exists():
+                raise GanDeployError("factory file not found", str(path), None, None)
+            spec = importlib.util.spec_from_file_location(f"gan_deploy_user_{path.stem}", path)
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[spec.name] = module
+            spec.loader.exec_module(module)
+        else:
+            module = importlib.import_module(mod_ref)
+    except GanDeployError:
+        raise
+    except Exception as e:  # the user's code: any import error is theirs to see, on one line
+        raise GanDeployError("could not import the factory module", f"{mod_ref} ({type(e).__name__}: {e})", None,
+                             "check the path, and that its imports are installed") from None
+    if not hasattr(module, attr):
+        raise GanDeployError("factory not found in module", f"{attr!r} in {mod_ref}", None, None)
+    return getattr(module, attr)
+
+
+def load_weights(path: str | Path) -> dict[str, Any]:
+    """safetensors, or a state dict read with torch.load(weights_only=True): never arbitrary unpickling."""
+    import torch
+
+    p = Path(path)
+    if not p.exists():
+        raise GanDeployError("weights file not found", str(p), None, None)
+    try:
+        if p.suffix == ".safetensors":
+            from safetensors.torch import load_file
+            return load_file(str(p))
+        state = torch.load(str(p), map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise GanDeployError("could not read weights", f"{p} ({type(e).__name__}: {str(e).splitlines()[0][:160]})",
+                             "safetensors, or a state dict saved with torch.save(model.state_dict())",
+                             "whole pickled models are refused for safety; save model.state_dict()") from None
+    for key in ("state_dict", "generator", "G", "netG", "model"):  # common wrappers in tutorial checkpoints
+        if isinstance(state, dict) and key in state and isinstance(state[key], dict):
+            state = state[key]
+    if not isinstance(state, dict):
+        raise GanDeployError("weights file is not a state dict", f"{p} holds {type(state).__name__}", "a dict of tensors", None)
+    return state
+
+
+def onnx_from_factory(factory: str, out: str | Path, kwargs: dict[str, Any] | None = None, weights: str | Path | None = None,
+                      latent_dim: int | None = None, value_range: tuple[float, float] = (-1.0, 1.0),
+                      opset: int = DEFAULT_OPSET, tolerance: float = DEFAULT_TOLERANCE) -> ExportReport:
+    """Export the user's own generator: build it from the factory, load weights, probe its contract."""
+    import torch
+
+    fn = load_factory(factory)
+    try:
+        module = fn(**(kwargs or {}))
+    except Exception as e:
+        raise GanDeployError("the factory raised", f"{factory}(**{kwargs}) -> {type(e).__name__}: {e}", None,
+                             "check --kwargs against the constructor's arguments") from None
+    if not isinstance(module, torch.nn.Module):
+        raise GanDeployError("the factory did not return a torch.nn.Module", type(module).__name__, None, None)
+    parent = ""
+    if weights is not None:
+        try:
+            module.load_state_dict(load_weights(weights), strict=True)
+        except RuntimeError as e:
+            raise GanDeployError("weights do not fit the generator", f"{weights}: {str(e).splitlines()[1].strip() if len(str(e).splitlines()) > 1 else e}",
+                                 None, "pass the constructor arguments the weights were trained with (--kwargs)") from None
+        parent = sha256_file(weights)
+    module.eval()
+    # the latent size under the names generators use for it: an attribute of the module, or a constructor argument
+    names = ("latent_dim", "z_dim", "nz", "latent_size", "zdim", "dim_z")
+    z_dim = (latent_dim or next((int(getattr(module, a)) for a in names if isinstance(getattr(module, a, None), int)), None)
+             or next((int((kwargs or {})[a]) for a in names if isinstance((kwargs or {}).get(a), int)), None))
+    if z_dim is None:
+        raise GanDeployError("cannot tell the latent size of the generator", factory, None, "pass --latent-dim Z")
+    out_shape, rank = None, None
+    for shape in ((z_dim,), (z_dim, 1, 1)):  # [N, Z] or [N, Z, 1, 1], the two layouts generators use
+        try:
+            with torch.inference_mode():
+                y = module(torch.zeros(2, *shape))
+            if isinstance(y, torch.Tensor) and y.ndim == 4:
+                out_shape, rank = tuple(y.shape[1:]), len(shape) + 1
+                break
+        except Exception:
+            continue
+    if out_shape is None:
+        raise GanDeployError("generator does not map a latent batch to an image batch", factory,
+                             f"forward([N, {z_dim}]) or forward([N, {z_dim}, 1, 1]) -> [N, C, H, W]", "check --latent-dim")
+    c, h, w = out_shape
+    spec = GeneratorSpec(z_dim, c, h, w, value_range, rank)
+    meta = {META_PARENT_SHA: parent, META_PARENT_KIND: "torch-factory", "gan_deploy.factory": factory,
+            "gan_deploy.factory_kwargs": json.dumps(kwargs or {})}
+    return onnx_from_module(module, spec, out, meta, opset, tolerance)

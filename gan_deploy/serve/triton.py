@@ -1,0 +1,233 @@
+"""`gan-deploy triton-repo`: a model repository for NVIDIA Triton Inference Server.
+
+Layout (Triton's: one folder per model, numbered version folders, a config.pbtxt each):
+
+    <repo>/<name>/config.pbtxt          platform "onnxruntime_onnx", max_batch_size from --max-batch-size
+    <repo>/<name>/1/model.onnx          the ONNX generator (exported and verified here from a checkpoint)
+    <repo>/<name>/gan_deploy.json       provenance: value range, sha256s (Triton ignores extra files)
+    <repo>/<name>_trt/config.pbtxt      platform "tensorrt_plan", max_batch_size = the engine profile's max
+    <repo>/<name>_trt/1/model.plan      the TensorRT engine, when --engine is given
+    <repo>/<name>_trt/gan_deploy.json
+
+Input/output names, types and shapes are read from the artifact (ONNX graph, or the engine's sidecar JSON
+written by `gan-deploy build-engine`, see `gan_deploy.artifacts.engine`); dims exclude the batch axis, which
+Triton adds because max_batch_size > 0. Each config.pbtxt is written in protobuf text format for
+Triton's `ModelConfig` message; when `tritonclient` is installed it is parsed back with Triton's own schema
+before anything is written (the tests always do this).
+
+The plan runs only on the TensorRT version and GPU model it was built with: serve it with the Triton
+container whose TensorRT version matches `tensorrt_version` in gan_deploy.json (NVIDIA's support matrix).
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from gan_deploy.artifacts.onnx import Artifact, GeneratorSpec
+from gan_deploy.core.errors import GanDeployError
+from gan_deploy.core.fileio import atomic_write_bytes, atomic_write_text, sha256_file
+
+INSTANCE_KINDS = {"gpu": "KIND_GPU", "cpu": "KIND_CPU"}
+DEFAULT_NAME = "gan_generator"
+
+
+@dataclass
+class TritonModel:
+    name: str
+    platform: str
+    folder: Path
+    max_batch_size: int
+    preferred_batch_sizes: list[int]
+    config_text: str
+
+
+@dataclass
+class TritonRepoReport:
+    repo: Path
+    models: list[TritonModel] = field(default_factory=list)
+
+    def summary(self) -> str:
+        lines = [f"wrote Triton model repository {self.repo}:"]
+        for m in self.models:
+            lines.append(f"  {m.name:<20} {m.platform:<17} max_batch_size {m.max_batch_size:<5} "
+                         f"preferred {m.preferred_batch_sizes}  ({m.folder})")
+        lines.append(f"serve it with: docker run --gpus all --rm -p 8000:8000 -p 8001:8001 -p 8002:8002 "
+                     f"-v {self.repo.resolve()}:/models nvcr.io/nvidia/tritonserver:<yy.mm>-py3 "
+                     f"tritonserver --model-repository=/models")
+        return "\n".join(lines)
+
+
+def _dims(values: tuple[int, ...] | list[int]) -> str:
+    return "[ " + ", ".join(str(int(v)) for v in values) + " ]"
+
+
+def config_pbtxt(name: str, platform: str, backend: str, spec: GeneratorSpec, max_batch_size: int,
+                 preferred: list[int], max_queue_delay_us: int, kind: str, count: int) -> str:
+    """Triton's ModelConfig in protobuf text format. Dims exclude the batch axis (max_batch_size > 0)."""
+    pref = f"\n  preferred_batch_size: {_dims(preferred)}" if preferred else ""
+    return f'''name: "{name}"
+platform: "{platform}"
+backend: "{backend}"
+max_batch_size: {max_batch_size}
+input [
+  {{
+    name: "{spec.input_name}"
+    data_type: TYPE_FP32
+    dims: {_dims(spec.latent_shape)}
+  }}
+]
+output [
+  {{
+    name: "{spec.output_name}"
+    data_type: TYPE_FP32
+    dims: {_dims(spec.image_shape)}
+  }}
+]
+dynamic_batching {{{pref}
+  max_queue_delay_microseconds: {max_queue_delay_us}
+}}
+instance_group [
+  {{
+    count: {count}
+    kind: {kind}
+  }}
+]
+version_policy: {{ latest: {{ num_versions: 1 }} }}
+'''
+
+
+def parse_config(text: str):
+    """Parse config.pbtxt text with Triton's own schema (tritonclient); ImportError when it is not installed."""
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+
+    return text_format.Parse(text, model_config_pb2.ModelConfig())
+
+
+def _validate(text: str, where: str) -> None:
+    try:
+        parse_config(text)
+    except ImportError:
+        return  # optional self-check: `pip install gan-deploy[triton]` enables it
+    except Exception as e:  # text_format.ParseError: a bug here, never the user's input
+        raise GanDeployError("generated config.pbtxt does not parse as Triton's ModelConfig", f"{where}: {e}", None,
+                             "please report this") from None
+
+
+def _check_preferred(preferred: list[int], max_batch_size: int, model: str) -> list[int]:
+    bad = [p for p in preferred if not 1 <= p <= max_batch_size]
+    if bad:
+        raise GanDeployError("preferred batch size out of range", f"{bad} for {model}", f"1 <= size <= max_batch_size {max_batch_size}",
+                             None)
+    return sorted(set(preferred))
+
+
+def _onnx_batch_is_dynamic(onnx_bytes: bytes) -> bool:
+    import onnx
+
+    model = onnx.load_model_from_string(onnx_bytes)
+    inits = {i.name for i in model.graph.initializer}
+    inp = next(i for i in model.graph.input if i.name not in inits)
+    d0 = inp.type.tensor_type.shape.dim[0]
+    return not d0.HasField("dim_value")
+
+
+def _prepare_model_dir(folder: Path, overwrite: bool) -> None:
+    if folder.exists():
+        if not folder.is_dir():
+            raise GanDeployError("model path in the repository is a file", str(folder), "a folder", "choose another --name or --out")
+        if any(folder.iterdir()):
+            if not overwrite:
+                raise GanDeployError("model folder already exists in the repository", str(folder), "a new or empty folder",
+                                     "pass --overwrite to replace it, or choose another --name")
+            shutil.rmtree(folder)  # a stale version folder or model file must not survive beside the new one
+
+
+def triton_repo_from_artifacts(out: str | Path, artifact: Artifact | None = None, engine: str | Path | None = None,
+                               name: str = DEFAULT_NAME, max_batch_size: int = 256, preferred: list[int] | None = None,
+                               max_queue_delay_us: int = 500, instance_kind: str = "gpu", instances: int = 1,
+                               overwrite: bool = False, opset: int | None = None) -> TritonRepoReport:
+    """Write `<out>/<name>` (ONNX, from `artifact`) and/or `<out>/<name>_trt` (TensorRT plan, from `engine`)."""
+    if artifact is None and engine is None:
+        raise GanDeployError("nothing to put in the repository", None, "a checkpoint, an ONNX file or an engine", None)
+    if not name or not all(c.isalnum() or c in "_-." for c in name) or name.startswith("."):
+        raise GanDeployError("bad model name", repr(name), "letters, digits, _ - . (Triton uses it as a folder name)", None)
+    if max_batch_size < 1:
+        raise GanDeployError("bad max batch size", max_batch_size, ">= 1", None)
+    if instance_kind not in INSTANCE_KINDS:
+        raise GanDeployError("bad instance kind", repr(instance_kind), "gpu or cpu", None)
+    if instances < 1 or max_queue_delay_us < 0:
+        raise GanDeployError("bad instance count or queue delay", f"{instances}, {max_queue_delay_us}", "count >= 1, delay >= 0", None)
+    repo = Path(out)
+    if repo.exists() and not repo.is_dir():
+        raise GanDeployError("repository path is a file", str(repo), "a folder", "choose another --out")
+    report = TritonRepoReport(repo)
+    plans: list[tuple[Path, str, dict[str, Any]]] = []  # checked before anything is written
+
+    sidecar = None
+    if engine is not None:
+        from gan_deploy.artifacts.engine import check_engine_file, read_sidecar, spec_from_sidecar
+
+        engine = Path(engine)
+        if not engine.is_file():
+            raise GanDeployError("engine file not found", str(engine), None, "build one with `gan-deploy build-engine`")
+        sidecar = read_sidecar(engine)
+        check_engine_file(sidecar, sha256_file(engine), engine)
+        espec = spec_from_sidecar(sidecar, engine)
+        prof = sidecar["profile"]
+        if prof["min"] != 1:
+            raise GanDeployError("engine profile does not start at batch 1", f"{engine}: min {prof['min']}",
+                                 "min batch 1 (Triton's dynamic batcher sends any batch size up to max_batch_size)",
+                                 "rebuild the engine with a profile whose min batch is 1")
+        if artifact is not None:
+            a, b = artifact.spec, espec
+            if (a.latent_dim, a.channels, a.height, a.width, tuple(a.value_range)) != (b.latent_dim, b.channels, b.height, b.width, tuple(b.value_range)):
+                raise GanDeployError("the engine and the ONNX model are different generators",
+                                     f"engine Z={b.latent_dim} {b.image_shape} vs {artifact.kind} Z={a.latent_dim} {a.image_shape}",
+                                     "an engine built from this model", "pass the matching --engine, or only one of them")
+        trt_pref = _check_preferred(preferred or [prof["opt"], prof["max"]], prof["max"], name + "_trt")
+        text = config_pbtxt(name + "_trt", "tensorrt_plan", "tensorrt", espec, prof["max"], trt_pref, max_queue_delay_us,
+                            "KIND_GPU", instances)  # a plan runs on a GPU only, whatever --instance-kind says
+        _validate(text, name + "_trt")
+        provenance = {"kind": "tensorrt_plan", "value_range": list(espec.value_range), "engine_sha256": sidecar["engine_sha256"],
+                      "onnx_sha256": sidecar["onnx_sha256"], "source": sidecar["source"], "precision": sidecar["precision"],
+                      "tensorrt_version": sidecar["tensorrt_version"], "gpu_name": sidecar["gpu_name"],
+                      "compute_capability": sidecar["compute_capability"], "profile": prof}
+        plans.append((repo / (name + "_trt"), text, provenance))
+        report.models.append(TritonModel(name + "_trt", "tensorrt_plan", repo / (name + "_trt"), prof["max"], trt_pref, text))
+
+    onnx_bytes = None
+    if artifact is not None:
+        if artifact.kind == "engine":
+            raise GanDeployError("pass the engine with --engine", str(artifact.path), "a checkpoint or ONNX file here", None)
+        onnx_bytes = artifact.onnx_bytes() if artifact.kind == "onnx" else None
+        if onnx_bytes is not None and not _onnx_batch_is_dynamic(onnx_bytes):
+            raise GanDeployError("ONNX model has a fixed batch size", str(artifact.path), "a dynamic first (batch) axis",
+                                 "re-export with `gan-deploy export` (it always makes the batch axis dynamic)")
+        onnx_pref = _check_preferred(preferred or [max_batch_size], max_batch_size, name)
+        text = config_pbtxt(name, "onnxruntime_onnx", "onnxruntime", artifact.spec, max_batch_size, onnx_pref,
+                            max_queue_delay_us, INSTANCE_KINDS[instance_kind], instances)
+        _validate(text, name)
+        provenance = {"kind": "onnxruntime_onnx", "value_range": list(artifact.spec.value_range),
+                      "source": {"kind": artifact.kind, "path": str(artifact.path), "sha256": artifact.sha256}}
+        plans.insert(0, (repo / name, text, provenance))
+        report.models.insert(0, TritonModel(name, "onnxruntime_onnx", repo / name, max_batch_size, onnx_pref, text))
+
+    for folder, _, _ in plans:
+        _prepare_model_dir(folder, overwrite)
+    for folder, text, provenance in plans:
+        version = folder / "1"
+        if provenance["kind"] == "tensorrt_plan":
+            atomic_write_bytes(version / "model.plan", Path(engine).read_bytes())
+        elif onnx_bytes is not None:
+            atomic_write_bytes(version / "model.onnx", onnx_bytes)
+        else:  # a checkpoint: export and verify against eager, straight into the repository
+            from gan_deploy.export.onnx import DEFAULT_OPSET, onnx_from_checkpoint
+            onnx_from_checkpoint(artifact.path, version / "model.onnx", opset or DEFAULT_OPSET)
+        atomic_write_text(folder / "gan_deploy.json", json.dumps(provenance, indent=2) + "\n")
+        # config last: a folder with a config.pbtxt is a complete model
+        atomic_write_text(folder / "config.pbtxt", text)
+    return report
