@@ -64,23 +64,20 @@ def resolve_checkpoint(path: str | Path | None) -> Path:
     """Accept the .safetensors file, its .json sidecar, or a folder holding exactly one checkpoint."""
     if path is None:
         if not DEFAULT_CHECKPOINT.exists():
-            raise GanDeployError("no default generator found", str(DEFAULT_CHECKPOINT), None,
-                                 "pass --checkpoint PATH, or run `gan-deploy train` to make one")
+            raise GanDeployError("no default generator found", str(DEFAULT_CHECKPOINT), hint="pass --checkpoint PATH, or run `gan-deploy train` to make one")
         return DEFAULT_CHECKPOINT
     p = Path(path)
     if p.is_dir():
         found = sorted(p.glob("*.safetensors"))
         if len(found) != 1:
-            raise GanDeployError("folder must hold exactly one .safetensors checkpoint", f"{p} holds {len(found)}",
-                                 None, "pass the .safetensors file itself")
+            raise GanDeployError("folder must hold exactly one .safetensors checkpoint", f"{p} holds {len(found)}", hint="pass the .safetensors file itself")
         p = found[0]
     if p.suffix == ".json":
         p = p.with_suffix(".safetensors")
     if not p.exists():
-        raise GanDeployError("checkpoint not found", str(p), None, "check the path, or run `gan-deploy train`")
+        raise GanDeployError("checkpoint not found", str(p), hint="check the path, or run `gan-deploy train`")
     if p.suffix != ".safetensors":
-        raise GanDeployError("not a safetensors checkpoint", str(p), "a .safetensors file with a .json sidecar",
-                             "for an ONNX file use --onnx; for your own PyTorch generator use `gan-deploy export --factory`")
+        raise GanDeployError("not a safetensors checkpoint", str(p), expected="a .safetensors file with a .json sidecar", hint="for an ONNX file use --onnx; for your own PyTorch generator use `gan-deploy export --factory`")
     return p
 
 
@@ -88,17 +85,15 @@ def read_checkpoint(path: str | Path | None = None) -> Checkpoint:
     p = resolve_checkpoint(path)
     side = sidecar_of(p)
     if not side.exists():
-        raise GanDeployError("checkpoint has no JSON sidecar", str(side), "the .json written beside the weights by `gan-deploy train`",
-                             "a bare state dict can be exported with `gan-deploy export --factory MODULE:CLASS --weights FILE`")
+        raise GanDeployError("checkpoint has no JSON sidecar", str(side), expected="the .json written beside the weights by `gan-deploy train`", hint="a bare state dict can be exported with `gan-deploy export --factory MODULE:CLASS --weights FILE`")
     try:
         meta = json.loads(side.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise GanDeployError("checkpoint sidecar is not valid JSON", f"{side} ({e})", None, "re-run `gan-deploy train` or restore the file") from None
+        raise GanDeployError("checkpoint sidecar is not valid JSON", f"{side} ({e})", hint="re-run `gan-deploy train` or restore the file") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise GanDeployError("not a gan-deploy checkpoint sidecar", str(side), f'"format": "{FORMAT}"', None)
+        raise GanDeployError("not a gan-deploy checkpoint sidecar", str(side), expected=f'"format": "{FORMAT}"')
     if meta.get("format_version", 0) > FORMAT_VERSION:
-        raise GanDeployError("checkpoint written by a newer gan-deploy", f"format_version {meta.get('format_version')}",
-                             f"<= {FORMAT_VERSION}", "upgrade gan-deploy")
+        raise GanDeployError("checkpoint written by a newer gan-deploy", f"format_version {meta.get('format_version')}", expected=f"<= {FORMAT_VERSION}", hint="upgrade gan-deploy")
     cfg = GeneratorConfig.from_dict(meta.get("generator", {}))
     return Checkpoint(p, cfg, meta, meta.get("weights_sha256", ""))
 
@@ -114,19 +109,15 @@ def load_generator(ck: Checkpoint | str | Path | None = None, verify_hash: bool 
     if verify_hash and ck.sha256:
         actual = sha256_file(ck.path)
         if actual != ck.sha256:
-            raise GanDeployError("checkpoint weights do not match their sidecar", f"{ck.path} sha256 {actual[:12]}",
-                                 f"{ck.sha256[:12]} as recorded in {sidecar_of(ck.path).name}",
-                                 "the weights were replaced or damaged; restore them or retrain")
+            raise GanDeployError("checkpoint weights do not match their sidecar", f"{ck.path} sha256 {actual[:12]}", expected=f"{ck.sha256[:12]} as recorded in {sidecar_of(ck.path).name}", hint="the weights were replaced or damaged; restore them or retrain")
     try:
         state = load_file(str(ck.path))
     except Exception as e:  # safetensors raises its own error types across versions
-        raise GanDeployError("corrupt or unreadable safetensors file", f"{ck.path} ({e})", None, "restore the file or retrain") from None
+        raise GanDeployError("corrupt or unreadable safetensors file", f"{ck.path} ({e})", hint="restore the file or retrain") from None
     model = build_generator(ck.config)
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:
         first = str(e).splitlines()[1].strip() if len(str(e).splitlines()) > 1 else str(e)
-        raise GanDeployError("checkpoint does not fit the architecture in its config",
-                             f"{ck.path.name}: {first}", f"weights of a {ck.config.arch} generator with {ck.config.to_dict()}",
-                             "the weights were saved by a different architecture; pair them with their own .json") from None
+        raise GanDeployError("checkpoint does not fit the architecture in its config", f"{ck.path.name}: {first}", expected=f"weights of a {ck.config.arch} generator with {ck.config.to_dict()}", hint="the weights were saved by a different architecture; pair them with their own .json") from None
     return model.eval()

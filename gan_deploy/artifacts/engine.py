@@ -94,17 +94,16 @@ def parse_sidecar(text: str, where: str | Path = "<sidecar>") -> dict[str, Any]:
     try:
         d = json.loads(text)
     except json.JSONDecodeError as e:
-        raise GanDeployError("engine sidecar is not valid JSON", f"{where} ({e.msg} at line {e.lineno})", None, hint) from None
+        raise GanDeployError("engine sidecar is not valid JSON", f"{where} ({e.msg} at line {e.lineno})", hint=hint) from None
     if not isinstance(d, dict) or d.get("format") != SIDECAR_FORMAT:
-        raise GanDeployError("not a gan-deploy engine sidecar", str(where), f'"format": "{SIDECAR_FORMAT}"', hint)
+        raise GanDeployError("not a gan-deploy engine sidecar", str(where), expected=f'"format": "{SIDECAR_FORMAT}"', hint=hint)
     for key, (typ, desc) in _REQUIRED.items():
         if key not in d:
-            raise GanDeployError("engine sidecar lacks a field", f"{where}: {key!r}", desc, hint)
+            raise GanDeployError("engine sidecar lacks a field", f"{where}: {key!r}", expected=desc, hint=hint)
         if not isinstance(d[key], typ) or isinstance(d[key], bool):
-            raise GanDeployError("engine sidecar field has the wrong type", f"{where}: {key}={d[key]!r}", desc, hint)
+            raise GanDeployError("engine sidecar field has the wrong type", f"{where}: {key}={d[key]!r}", expected=desc, hint=hint)
     if d["format_version"] > SIDECAR_FORMAT_VERSION:
-        raise GanDeployError("engine sidecar written by a newer gan-deploy", f"format_version {d['format_version']}",
-                             f"<= {SIDECAR_FORMAT_VERSION}", "upgrade gan-deploy, or rebuild the engine")
+        raise GanDeployError("engine sidecar written by a newer gan-deploy", f"format_version {d['format_version']}", expected=f"<= {SIDECAR_FORMAT_VERSION}", hint="upgrade gan-deploy, or rebuild the engine")
     bad = None
     if d["precision"] not in PRECISIONS:
         bad = ("precision", _REQUIRED["precision"][1])
@@ -115,11 +114,11 @@ def parse_sidecar(text: str, where: str | Path = "<sidecar>") -> dict[str, Any]:
     elif not _CC.match(d["compute_capability"]):
         bad = ("compute_capability", "major.minor, such as 8.6")
     if bad:
-        raise GanDeployError("engine sidecar field is invalid", f"{where}: {bad[0]}={d[bad[0]]!r}", bad[1], hint)
+        raise GanDeployError("engine sidecar field is invalid", f"{where}: {bad[0]}={d[bad[0]]!r}", expected=bad[1], hint=hint)
     p = d["profile"]
     if not all(isinstance(p.get(k), int) and not isinstance(p.get(k), bool) for k in ("min", "opt", "max")) \
             or not 1 <= p["min"] <= p["opt"] <= p["max"]:
-        raise GanDeployError("engine sidecar profile is invalid", f"{where}: {p}", "1 <= min <= opt <= max", hint)
+        raise GanDeployError("engine sidecar profile is invalid", f"{where}: {p}", expected="1 <= min <= opt <= max", hint=hint)
     spec_from_sidecar(d, where)  # the contract must be complete
     return d
 
@@ -127,12 +126,11 @@ def parse_sidecar(text: str, where: str | Path = "<sidecar>") -> dict[str, Any]:
 def read_sidecar(engine: str | Path) -> dict[str, Any]:
     side = sidecar_path(engine)
     if not side.exists():
-        raise GanDeployError("engine has no sidecar JSON", str(side), "the .json that `gan-deploy build-engine` writes beside it",
-                             "engines built elsewhere cannot be checked; rebuild it with `gan-deploy build-engine`")
+        raise GanDeployError("engine has no sidecar JSON", str(side), expected="the .json that `gan-deploy build-engine` writes beside it", hint="engines built elsewhere cannot be checked; rebuild it with `gan-deploy build-engine`")
     try:
         text = side.read_text()
     except (OSError, UnicodeDecodeError) as e:
-        raise GanDeployError("engine sidecar is unreadable", f"{side} ({type(e).__name__})", None, None) from None
+        raise GanDeployError("engine sidecar is unreadable", f"{side} ({type(e).__name__})") from None
     return parse_sidecar(text, side)
 
 
@@ -143,11 +141,9 @@ def spec_from_sidecar(d: dict[str, Any], where: str | Path = "<sidecar>") -> Gen
         spec = GeneratorSpec(int(s["latent_dim"]), int(s["channels"]), int(s["height"]), int(s["width"]), vr,
                              int(s["latent_rank"]), str(s["input_name"]), str(s["output_name"]))
     except (KeyError, TypeError, ValueError) as e:
-        raise GanDeployError("engine sidecar spec is incomplete", f"{where}: {type(e).__name__} {e}",
-                             "latent_dim, channels, height, width, value_range, latent_rank, input_name, output_name",
-                             "rebuild the engine with `gan-deploy build-engine`") from None
+        raise GanDeployError("engine sidecar spec is incomplete", f"{where}: {type(e).__name__} {e}", expected="latent_dim, channels, height, width, value_range, latent_rank, input_name, output_name", hint="rebuild the engine with `gan-deploy build-engine`") from None
     if len(vr) != 2 or not vr[1] > vr[0] or spec.latent_rank not in (2, 4) or min(spec.latent_dim, spec.channels, spec.height, spec.width) < 1:
-        raise GanDeployError("engine sidecar spec is invalid", f"{where}: {s}", "positive sizes, latent_rank 2 or 4, lo < hi", None)
+        raise GanDeployError("engine sidecar spec is invalid", f"{where}: {s}", expected="positive sizes, latent_rank 2 or 4, lo < hi")
     return spec
 
 
@@ -158,8 +154,7 @@ def _rebuild(d: dict[str, Any]) -> str:
 def check_engine_file(d: dict[str, Any], engine_sha256: str, engine: str | Path) -> None:
     """The engine file is the one the sidecar describes (not replaced, truncated or paired with another's sidecar)."""
     if engine_sha256 != d["engine_sha256"]:
-        raise StaleArtifact("engine file does not match its sidecar", f"{engine} sha256 {engine_sha256[:12]}",
-                            f"{d['engine_sha256'][:12]} as recorded in {sidecar_path(engine).name}", _rebuild(d))
+        raise StaleArtifact("engine file does not match its sidecar", f"{engine} sha256 {engine_sha256[:12]}", expected=f"{d['engine_sha256'][:12]} as recorded in {sidecar_path(engine).name}", hint=_rebuild(d))
 
 
 def check_source(d: dict[str, Any], sha_of: Callable[[Path], str] = sha256_file) -> None:
@@ -169,9 +164,7 @@ def check_source(d: dict[str, Any], sha_of: Callable[[Path], str] = sha256_file)
     if src.get("path") and path.is_file():
         now = sha_of(path)
         if now != src.get("sha256"):
-            raise StaleArtifact(f"the {src.get('kind', 'source')} this engine was built from has changed",
-                                f"{path} sha256 {now[:12]}", f"{str(src.get('sha256'))[:12]} when the engine was built",
-                                _rebuild(d))
+            raise StaleArtifact(f"the {src.get('kind', 'source')} this engine was built from has changed", f"{path} sha256 {now[:12]}", expected=f"{str(src.get('sha256'))[:12]} when the engine was built", hint=_rebuild(d))
 
 
 def check_runtime(d: dict[str, Any], rt: RuntimeInfo) -> None:
@@ -185,6 +178,4 @@ def check_runtime(d: dict[str, Any], rt: RuntimeInfo) -> None:
         # same architecture but another model: it may run, with tactics timed for the other GPU, or fail in odd ways
         diffs.append(f"GPU {d['gpu_name']} (this GPU is {rt.gpu_name}, same compute capability)")
     if diffs:
-        raise StaleArtifact("engine was built for another setup", "; ".join(diffs),
-                            "the TensorRT version and GPU it was built with",
-                            f"TensorRT engines are specific to both; {_rebuild(d)}")
+        raise StaleArtifact("engine was built for another setup", "; ".join(diffs), expected="the TensorRT version and GPU it was built with", hint=f"TensorRT engines are specific to both; {_rebuild(d)}")

@@ -56,7 +56,7 @@ def parse_value_range(text: str | None) -> tuple[float, float] | None:
         return None
     key = text.replace(" ", "").replace("[", "").replace("]", "")
     if key not in VALUE_RANGES:
-        raise GanDeployError("unknown output value range", repr(text), "'-1,1' (tanh) or '0,1' (sigmoid)", None)
+        raise GanDeployError("unknown output value range", repr(text), expected="'-1,1' (tanh) or '0,1' (sigmoid)")
     return VALUE_RANGES[key]
 
 
@@ -80,8 +80,7 @@ class Artifact:
     def torch_module(self):
         """The PyTorch generator (checkpoints only): eager and compile run this."""
         if self.checkpoint is None:
-            raise GanDeployError(f"the {self.kind} artifact has no PyTorch weights", str(self.path),
-                                 "a .safetensors checkpoint", "use --backend onnxruntime (or tensorrt) for ONNX files")
+            raise GanDeployError(f"the {self.kind} artifact has no PyTorch weights", str(self.path), expected="a .safetensors checkpoint", hint="use --backend onnxruntime (or tensorrt) for ONNX files")
         from gan_deploy.artifacts.checkpoint import load_generator
         return load_generator(self.checkpoint)
 
@@ -94,8 +93,7 @@ class Artifact:
                 from gan_deploy.export.onnx import onnx_model_from_checkpoint
                 self._onnx_bytes = onnx_model_from_checkpoint(self).SerializeToString()
             else:
-                raise GanDeployError("an engine cannot be turned back into ONNX", str(self.path), None,
-                                     "pass the ONNX file it was built from with --onnx")
+                raise GanDeployError("an engine cannot be turned back into ONNX", str(self.path), hint="pass the ONNX file it was built from with --onnx")
         return self._onnx_bytes
 
     def describe(self) -> str:
@@ -126,14 +124,11 @@ def spec_from_onnx_model(model, path: str | Path = "<memory>", value_range: tupl
     inputs = [i for i in model.graph.input if i.name not in init_names]
     outputs = list(model.graph.output)
     if len(inputs) != 1 or len(outputs) != 1:
-        raise GanDeployError("ONNX file is not a generator of the expected shape",
-                             f"{path}: {len(inputs)} inputs, {len(outputs)} outputs",
-                             "one latent input [N, Z] or [N, Z, 1, 1] and one image output [N, C, H, W]", None)
+        raise GanDeployError("ONNX file is not a generator of the expected shape", f"{path}: {len(inputs)} inputs, {len(outputs)} outputs", expected="one latent input [N, Z] or [N, Z, 1, 1] and one image output [N, C, H, W]")
     inp, out = inputs[0], outputs[0]
     elem = onnx.TensorProto.FLOAT
     if inp.type.tensor_type.elem_type != elem or out.type.tensor_type.elem_type != elem:
-        raise GanDeployError("ONNX generator must take and return float32", f"{path}", "FP32 input and output",
-                             "reduced-precision models keep FP32 I/O; re-export or use `gan-deploy quantize`")
+        raise GanDeployError("ONNX generator must take and return float32", f"{path}", expected="FP32 input and output", hint="reduced-precision models keep FP32 I/O; re-export or use `gan-deploy quantize`")
     ishape = [_dim(d) for d in inp.type.tensor_type.shape.dim]
     oshape = [_dim(d) for d in out.type.tensor_type.shape.dim]
     if len(oshape) == 4 and any(not isinstance(d, int) for d in oshape[1:]):
@@ -146,15 +141,11 @@ def spec_from_onnx_model(model, path: str | Path = "<memory>", value_range: tupl
         len(ishape) == 4 and isinstance(ishape[1], int) and ishape[2:] == [1, 1])
     ok_out = len(oshape) == 4 and all(isinstance(d, int) for d in oshape[1:]) and oshape[1] in (1, 3)
     if not (ok_in and ok_out):
-        raise GanDeployError("ONNX file is not a generator of the expected shape",
-                             f"{path}: input {inp.name}{ishape} -> output {out.name}{oshape}",
-                             "input [N, Z] or [N, Z, 1, 1] and output [N, C, H, W] with C = 1 or 3 and fixed Z, C, H, W",
-                             "export with a dynamic batch axis only")
+        raise GanDeployError("ONNX file is not a generator of the expected shape", f"{path}: input {inp.name}{ishape} -> output {out.name}{oshape}", expected="input [N, Z] or [N, Z, 1, 1] and output [N, C, H, W] with C = 1 or 3 and fixed Z, C, H, W", hint="export with a dynamic batch axis only")
     if META_VALUE_RANGE in meta:
         vr = tuple(float(v) for v in json.loads(meta[META_VALUE_RANGE]))
         if value_range is not None and tuple(value_range) != vr:
-            raise GanDeployError("--value-range disagrees with the ONNX metadata", f"{value_range} vs {vr}", None,
-                                 "drop --value-range; the metadata written at export is authoritative")
+            raise GanDeployError("--value-range disagrees with the ONNX metadata", f"{value_range} vs {vr}", hint="drop --value-range; the metadata written at export is authoritative")
     else:
         vr = value_range or (-1.0, 1.0)
     spec = GeneratorSpec(int(ishape[1]), int(oshape[1]), int(oshape[2]), int(oshape[3]), vr, len(ishape),
@@ -169,23 +160,20 @@ def artifact_from_onnx(path: str | Path, value_range: tuple[float, float] | None
 
     p = Path(path)
     if not p.exists():
-        raise GanDeployError("ONNX file not found", str(p), None, "run `gan-deploy export` first, or check the path")
+        raise GanDeployError("ONNX file not found", str(p), hint="run `gan-deploy export` first, or check the path")
     if p.is_dir():
-        raise GanDeployError("expected an ONNX file, got a folder", str(p), None, None)
+        raise GanDeployError("expected an ONNX file, got a folder", str(p))
     data = p.read_bytes()
     try:
         model = onnx.load_model_from_string(data)
     except (DecodeError, ValueError, RuntimeError) as e:
-        raise GanDeployError("corrupt or unreadable ONNX file", f"{p} ({type(e).__name__})", "an ONNX protobuf",
-                             "re-run `gan-deploy export`") from None
+        raise GanDeployError("corrupt or unreadable ONNX file", f"{p} ({type(e).__name__})", expected="an ONNX protobuf", hint="re-run `gan-deploy export`") from None
     if not model.graph.node:
-        raise GanDeployError("corrupt or unreadable ONNX file", f"{p} (empty graph)", "an ONNX protobuf",
-                             "re-run `gan-deploy export`")
+        raise GanDeployError("corrupt or unreadable ONNX file", f"{p} (empty graph)", expected="an ONNX protobuf", hint="re-run `gan-deploy export`")
     spec, meta = spec_from_onnx_model(model, p, value_range)
     cfg = GeneratorConfig.from_dict(json.loads(meta[META_CONFIG])) if META_CONFIG in meta else None
     if expect_parent and meta.get(META_PARENT_SHA) and meta[META_PARENT_SHA] != expect_parent:
-        raise StaleArtifact("ONNX file was exported from a different checkpoint", f"{p} parent {meta[META_PARENT_SHA][:12]}",
-                            f"parent sha256 {expect_parent[:12]}", "re-run `gan-deploy export`")
+        raise StaleArtifact("ONNX file was exported from a different checkpoint", f"{p} parent {meta[META_PARENT_SHA][:12]}", expected=f"parent sha256 {expect_parent[:12]}", hint="re-run `gan-deploy export`")
     art = Artifact("onnx", p, spec, sha256_bytes(data), cfg, meta)
     art._onnx_bytes = data
     return art

@@ -26,7 +26,7 @@ CHOICES = tuple(BACKENDS) + ("auto",)
 
 def runner_class(name: str) -> type["Runner"]:
     if name not in BACKENDS:
-        raise GanDeployError("unknown backend", repr(name), f"one of {', '.join(CHOICES)}", None)
+        raise GanDeployError("unknown backend", repr(name), expected=f"one of {', '.join(CHOICES)}")
     module, cls = BACKENDS[name].split(":")
     return getattr(importlib.import_module(module), cls)
 
@@ -46,13 +46,12 @@ def pick_backend(name: str, artifact: "Artifact") -> str:
         # torch.compile pays seconds of compilation per batch shape: `auto` only picks it when asked for
         usable = [n for n in usable if n != "compile"]
         if not usable:
-            raise BackendUnavailable("no backend can run this artifact here", artifact.describe(), None,
-                                     "install onnxruntime (CPU) or onnxruntime-gpu/tensorrt (GPU)")
+            raise BackendUnavailable("no backend can run this artifact here", artifact.describe(), hint="install onnxruntime (CPU) or onnxruntime-gpu/tensorrt (GPU)")
         return usable[0]
     cls = runner_class(name)
     reason = cls.unavailable_reason()
     if reason:
-        raise BackendUnavailable(f"backend '{name}' is not available here", reason, None, None)
+        raise BackendUnavailable(f"backend '{name}' is not available here", reason)
     return name
 
 

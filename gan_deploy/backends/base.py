@@ -26,8 +26,7 @@ class Runner(ABC):
 
     def __init__(self, artifact: Artifact, device: str = "auto", **options: Any):
         if artifact.kind not in self.accepts:
-            raise GanDeployError(f"backend '{self.name}' cannot run a {artifact.kind}", str(artifact.path),
-                                 f"one of: {', '.join(self.accepts)}", self._accepts_hint(artifact))
+            raise GanDeployError(f"backend '{self.name}' cannot run a {artifact.kind}", str(artifact.path), expected=f"one of: {', '.join(self.accepts)}", hint=self._accepts_hint(artifact))
         self.artifact = artifact
         self.spec = artifact.spec
         self.device = resolve_device(device)
@@ -65,7 +64,7 @@ class Runner(ABC):
             self.activate()
         if not isinstance(z, np.ndarray) or z.dtype != np.float32 or z.ndim != 2 or z.shape[1] != self.spec.latent_dim or z.shape[0] < 1:
             got = f"{type(z).__name__} {getattr(z, 'dtype', '')} {getattr(z, 'shape', '')}"
-            raise GanDeployError("bad latent batch", got, f"float32 array [N>=1, {self.spec.latent_dim}]", None)
+            raise GanDeployError("bad latent batch", got, expected=f"float32 array [N>=1, {self.spec.latent_dim}]")
         if self.spec.latent_rank == 4:
             z = z.reshape(z.shape[0], self.spec.latent_dim, 1, 1)
         return self.infer_impl(np.ascontiguousarray(z))
@@ -86,7 +85,7 @@ class Runner(ABC):
 def resolve_device(device: str) -> str:
     """auto -> cuda when torch sees a GPU, else cpu. Cheap when torch is already imported."""
     if device not in ("auto", "cpu", "cuda") and not device.startswith("cuda:"):
-        raise GanDeployError("unknown device", repr(device), "auto, cpu, cuda or cuda:N", None)
+        raise GanDeployError("unknown device", repr(device), expected="auto, cpu, cuda or cuda:N")
     if device == "cpu":
         return device
     import torch
@@ -94,6 +93,5 @@ def resolve_device(device: str) -> str:
     if device == "auto":
         return "cuda" if has_cuda else "cpu"
     if not has_cuda:
-        raise GanDeployError("CUDA device requested but none is available", device, "a machine with an NVIDIA GPU and a CUDA build of torch",
-                             "use --device cpu")
+        raise GanDeployError("CUDA device requested but none is available", device, expected="a machine with an NVIDIA GPU and a CUDA build of torch", hint="use --device cpu")
     return device

@@ -70,15 +70,15 @@ def artifact_from_engine(path: str | Path) -> Artifact:
     when the engine file, the ONNX/checkpoint it came from, the TensorRT version or the GPU differ."""
     p = Path(path)
     if not p.exists():
-        raise GanDeployError("engine file not found", str(p), None, "build one with `gan-deploy build-engine --fp16`")
+        raise GanDeployError("engine file not found", str(p), hint="build one with `gan-deploy build-engine --fp16`")
     if p.is_dir():
-        raise GanDeployError("expected an engine file, got a folder", str(p), None, None)
+        raise GanDeployError("expected an engine file, got a folder", str(p))
     d = read_sidecar(p)
     check_engine_file(d, sha256_file(p), p)
     check_source(d)
     reason = unavailable_reason()
     if reason:
-        raise BackendUnavailable("cannot load a TensorRT engine here", reason, None, None)
+        raise BackendUnavailable("cannot load a TensorRT engine here", reason)
     check_runtime(d, runtime_info())
     spec = spec_from_sidecar(d, sidecar_path(p))
     cfg = GeneratorConfig.from_dict(d["generator"]) if d.get("generator") else None
@@ -107,33 +107,28 @@ class TensorRTRunner(Runner):
         import torch
 
         if not self.device.startswith("cuda"):
-            raise GanDeployError("TensorRT engines run on a CUDA GPU", self.device, "--device cuda (or auto)", None)
+            raise GanDeployError("TensorRT engines run on a CUDA GPU", self.device, expected="--device cuda (or auto)")
         self._torch = torch
         self._dev = torch.device(self.device)
         data: bytes | None = self.options.get("engine_bytes")  # build-engine gates an engine before writing it
         if data is None:
             data = self.artifact.path.read_bytes()
             if sha256_bytes(data) != self.artifact.sha256:  # changed since artifact_from_engine checked it
-                raise StaleArtifact("engine file changed while loading", str(self.artifact.path), self.artifact.sha256[:12],
-                                    "rebuild it with `gan-deploy build-engine`")
+                raise StaleArtifact("engine file changed while loading", str(self.artifact.path), expected=self.artifact.sha256[:12], hint="rebuild it with `gan-deploy build-engine`")
         with torch.cuda.device(self._dev):
             self._runtime = trt.Runtime(trt_logger())
             self.engine = self._runtime.deserialize_cuda_engine(data)
             if self.engine is None:
-                raise StaleArtifact("TensorRT could not deserialize the engine", str(self.artifact.path),
-                                    "an engine built by this TensorRT version for this GPU",
-                                    "rebuild it with `gan-deploy build-engine` (TensorRT's own log above says why)")
+                raise StaleArtifact("TensorRT could not deserialize the engine", str(self.artifact.path), expected="an engine built by this TensorRT version for this GPU", hint="rebuild it with `gan-deploy build-engine` (TensorRT's own log above says why)")
             self.context = self.engine.create_execution_context()
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
         outputs = [n for n in names if n not in inputs]
         if inputs != [self.spec.input_name] or outputs != [self.spec.output_name]:
-            raise StaleArtifact("engine I/O does not match its sidecar", f"inputs {inputs}, outputs {outputs}",
-                                f"[{self.spec.input_name}] -> [{self.spec.output_name}]", "rebuild it with `gan-deploy build-engine`")
+            raise StaleArtifact("engine I/O does not match its sidecar", f"inputs {inputs}, outputs {outputs}", expected=f"[{self.spec.input_name}] -> [{self.spec.output_name}]", hint="rebuild it with `gan-deploy build-engine`")
         for n in names:
             if self.engine.get_tensor_dtype(n) != trt.DataType.FLOAT:
-                raise GanDeployError("engine I/O must be float32", f"{n}: {self.engine.get_tensor_dtype(n)}",
-                                     "FP32 input and output (reduced-precision models keep FP32 I/O)", None)
+                raise GanDeployError("engine I/O must be float32", f"{n}: {self.engine.get_tensor_dtype(n)}", expected="FP32 input and output (reduced-precision models keep FP32 I/O)")
         self.in_name, self.out_name = inputs[0], outputs[0]
         lo, _, hi = self.engine.get_tensor_profile_shape(self.in_name, 0)  # (min, opt, max) shapes of profile 0
         self.min_batch, self.max_batch = int(lo[0]), int(hi[0])
@@ -146,8 +141,7 @@ class TensorRTRunner(Runner):
         shape = tuple(z.shape)
         if self._bound is None or self._bound[0] != shape:
             if not self.context.set_input_shape(self.in_name, shape):
-                raise GanDeployError("batch shape outside the engine's optimization profile", shape,
-                                     f"batch {self.min_batch}..{self.max_batch}", "rebuild with a larger --max-batch")
+                raise GanDeployError("batch shape outside the engine's optimization profile", shape, expected=f"batch {self.min_batch}..{self.max_batch}", hint="rebuild with a larger --max-batch")
         if self._bound != (shape, z.data_ptr(), out.data_ptr()):
             self.context.set_tensor_address(self.in_name, z.data_ptr())
             self.context.set_tensor_address(self.out_name, out.data_ptr())
@@ -155,7 +149,7 @@ class TensorRTRunner(Runner):
 
     def _enqueue(self, stream) -> None:
         if not self.context.execute_async_v3(stream.cuda_stream):
-            raise GanDeployError("TensorRT execution failed", str(self.artifact.path), None, "TensorRT's log above says why")
+            raise GanDeployError("TensorRT execution failed", str(self.artifact.path), hint="TensorRT's log above says why")
 
     def _capture(self, b: int):
         """Capture one enqueue for batch b with static buffers. The first enqueue after a shape change does

@@ -104,7 +104,7 @@ def bench(artifact: Artifact, backends: list[str] | None = None, batch_sizes=DEF
           gate_samples: int = 0) -> BenchReport:
     """Measure each backend (and variant) at each batch size on identical latents."""
     if not batch_sizes or min(batch_sizes) < 1:
-        raise GanDeployError("bad batch sizes", list(batch_sizes), "one or more integers >= 1", None)
+        raise GanDeployError("bad batch sizes", list(batch_sizes), expected="one or more integers >= 1")
     from gan_deploy.backends import BACKENDS
     requested = list(backends) if backends else [n for n in BACKENDS]
     runnable: list[str] = []
@@ -116,7 +116,7 @@ def bench(artifact: Artifact, backends: list[str] | None = None, batch_sizes=DEF
             reason = f"cannot run a {artifact.kind} (runs: {', '.join(cls.accepts)})"
         if reason:
             if backends:  # asked for by name: an error, not a silent skip
-                raise GanDeployError(f"backend '{name}' cannot be benchmarked", reason, None, None)
+                raise GanDeployError(f"backend '{name}' cannot be benchmarked", reason)
             skipped[name] = reason
         else:
             runnable.append(name)

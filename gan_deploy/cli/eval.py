@@ -71,8 +71,7 @@ def eval_cmd(checkpoint, onnx, engine, value_range, images, reference, against_b
     from gan_deploy.quality.features import run_eval
 
     if images is not None and (checkpoint or onnx or engine):
-        raise GanDeployError("--images and a generator were both given", f"--images {images}", "one thing to score",
-                             "drop --checkpoint/--onnx/--engine, or drop --images")
+        raise GanDeployError("--images and a generator were both given", f"--images {images}", expected="one thing to score", hint="drop --checkpoint/--onnx/--engine, or drop --images")
     artifact = against = None
     if images is None:
         artifact = load_artifact(checkpoint, onnx, engine, parse_value_range(value_range))

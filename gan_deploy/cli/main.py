@@ -115,11 +115,11 @@ def export(checkpoint, out, opset, tolerance, factory, kwargs_json, weights, lat
         try:
             kwargs = json.loads(kwargs_json)
         except json.JSONDecodeError as e:
-            raise GanDeployError("--kwargs is not valid JSON", kwargs_json, 'an object such as {"nz": 100}', str(e)) from None
+            raise GanDeployError("--kwargs is not valid JSON", kwargs_json, expected='an object such as {"nz": 100}', hint=str(e)) from None
         if not isinstance(kwargs, dict):
-            raise GanDeployError("--kwargs must be a JSON object", kwargs_json, 'an object such as {"nz": 100}', None)
+            raise GanDeployError("--kwargs must be a JSON object", kwargs_json, expected='an object such as {"nz": 100}')
         if out is None:
-            raise GanDeployError("--out is required with --factory", None, "an .onnx file name", "add e.g. --out my_generator.onnx")
+            raise GanDeployError("--out is required with --factory", None, expected="an .onnx file name", hint="add e.g. --out my_generator.onnx")
         report = onnx_from_factory(factory, out, kwargs, weights, latent_dim, parse_value_range(value_range), opset, tolerance)
     else:
         report = onnx_from_checkpoint(checkpoint, out, opset, tolerance)

@@ -65,7 +65,7 @@ def _thresholds(precision: str, max_nonfinite, max_saturation_increase, min_psnr
 def _one_precision(flags: dict[str, bool], allowed: str) -> str:
     chosen = [k for k, v in flags.items() if v]
     if len(chosen) != 1:
-        raise GanDeployError("choose exactly one precision", " ".join(f"--{c}" for c in chosen) or "none given", allowed, None)
+        raise GanDeployError("choose exactly one precision", " ".join(f"--{c}" for c in chosen) or "none given", expected=allowed)
     return chosen[0]
 
 
@@ -73,7 +73,7 @@ def _parent(checkpoint, onnx, value_range):
     from gan_deploy.artifacts.onnx import load_artifact, parse_value_range
 
     if checkpoint is not None and onnx is not None:
-        raise GanDeployError("give either --checkpoint or --onnx", f"{checkpoint} and {onnx}", "one input model", None)
+        raise GanDeployError("give either --checkpoint or --onnx", f"{checkpoint} and {onnx}", expected="one input model")
     return load_artifact(checkpoint, onnx, None, parse_value_range(value_range))
 
 
@@ -200,10 +200,9 @@ def build_engine(fp16, int8, fp32, checkpoint, onnx, value_range, out, min_batch
     precision = _one_precision({"fp16": fp16, "int8": int8, "fp32": fp32}, "--fp16, --int8 or --fp32")
     reason = unavailable_reason()
     if reason:  # first: without TensorRT or a GPU nothing else matters
-        raise BackendUnavailable("cannot build a TensorRT engine here", reason, None, None)
+        raise BackendUnavailable("cannot build a TensorRT engine here", reason)
     if not min_batch <= opt_batch <= max_batch:
-        raise GanDeployError("bad optimization profile", f"--min-batch {min_batch} --opt-batch {opt_batch} --max-batch {max_batch}",
-                             "min <= opt <= max", None)
+        raise GanDeployError("bad optimization profile", f"--min-batch {min_batch} --opt-batch {opt_batch} --max-batch {max_batch}", expected="min <= opt <= max")
     t = _thresholds(precision, max_nonfinite, max_saturation_increase, min_psnr_worst, min_psnr_median, max_fd_ratio)
     cache = None if timing_cache.lower() == "none" else ("auto" if timing_cache == "auto" else Path(timing_cache))
     report = engine_from_artifact(_parent(checkpoint, onnx, value_range), precision, out,

@@ -55,8 +55,7 @@ def serve(checkpoint, onnx, engine, value_range, backend, device, host, port, ma
         from gan_deploy.artifacts.engine import read_sidecar
         top = read_sidecar(art.path)["profile"]["max"]
         if max_batch_size > top:
-            raise GanDeployError("--max-batch-size exceeds the engine's profile", max_batch_size, f"<= {top}, the engine's max batch",
-                                 "lower --max-batch-size, or rebuild the engine with a larger max batch")
+            raise GanDeployError("--max-batch-size exceeds the engine's profile", max_batch_size, expected=f"<= {top}, the engine's max batch", hint="lower --max-batch-size, or rebuild the engine with a larger max batch")
     address = ray_address or os.environ.get("RAY_ADDRESS")
     if not address:  # local: settle backend, device and port here: a one-line error, not a Ray traceback
         from gan_deploy.backends import make_runner
@@ -65,8 +64,7 @@ def serve(checkpoint, onnx, engine, value_range, backend, device, host, port, ma
         backend, device = runner.name, runner.device
         check_port_free(host, port)
     if max_batch_size > max_images_per_request * max_queued:
-        raise GanDeployError("--max-batch-size can never fill", max_batch_size,
-                             f"<= --max-images-per-request x --max-queued ({max_images_per_request * max_queued})", None)
+        raise GanDeployError("--max-batch-size can never fill", max_batch_size, expected=f"<= --max-images-per-request x --max-queued ({max_images_per_request * max_queued})")
     if num_gpus is None:
         num_gpus = 1.0 if device.startswith("cuda") else 0.0
     cfg = ServeConfig(art.kind, os.path.abspath(art.path), art.sha256, art.spec.value_range if art.kind == "onnx" else None,
@@ -75,7 +73,7 @@ def serve(checkpoint, onnx, engine, value_range, backend, device, host, port, ma
     try:
         from gan_deploy.serve import ray_serve as service
     except ImportError as e:
-        raise GanDeployError("Ray Serve is not installed", f"{e.name}", None, "pip install 'gan-deploy[serve]'") from None
+        raise GanDeployError("Ray Serve is not installed", f"{e.name}", hint="pip install 'gan-deploy[serve]'") from None
 
     def ready(url: str) -> None:
         click.echo(f"serving {art.describe()} with {backend} on {device} at {url}", err=True)

@@ -9,9 +9,10 @@ from typing import Any
 
 
 class GanDeployError(Exception):
-    """A user-facing error: `what` (the problem), `value` (the bad value), `expected`, `hint` (the fix)."""
+    """A user-facing error: `what` (the problem), `value` (the bad value), keyword-only `expected` and `hint`
+    (the fix), kept as fields so callers (the CLI, the HTTP service, tests) can use the parts."""
 
-    def __init__(self, what: str, value: Any = None, expected: str | None = None, hint: str | None = None):
+    def __init__(self, what: str, value: Any = None, *, expected: str | None = None, hint: str | None = None):
         self.what = what
         self.value = value
         self.expected = expected

@@ -86,18 +86,17 @@ def dataset_name(spec: str | Path) -> str:
 def load_dataset(spec: str | Path = "digits", image_size: int = 32, channels: int = 1) -> Dataset:
     """Load a data set (see the module docstring for the sources) as [N, C, image_size, image_size] in [-1, 1]."""
     if channels not in (1, 3):
-        raise GanDeployError("bad channel count", channels, "1 (grayscale) or 3 (RGB)", None)
+        raise GanDeployError("bad channel count", channels, expected="1 (grayscale) or 3 (RGB)")
     if image_size < 4:
-        raise GanDeployError("image size too small", image_size, "at least 4 pixels", None)
+        raise GanDeployError("image size too small", image_size, expected="at least 4 pixels")
     spec_str = str(spec)
     path = Path(spec_str).expanduser()
     if spec_str in BUILTIN:  # a built-in name wins; a local folder of that name is reached as ./digits
         images, labels = _load_digits()
         return _finish(images, labels, "digits", "sklearn.datasets.load_digits", image_size, channels)
     if not path.exists():
-        raise GanDeployError("data not found", spec_str,
-                             f"a built-in data set ({', '.join(BUILTIN)}), a folder of images, an .npy/.npz array "
-                             "or an MNIST IDX file such as train-images-idx3-ubyte.gz", "check the path")
+        raise GanDeployError("data not found", spec_str, expected=f"a built-in data set ({', '.join(BUILTIN)}), a folder of images, an .npy/.npz array "
+                             "or an MNIST IDX file such as train-images-idx3-ubyte.gz", hint="check the path")
     if path.is_dir():
         return _load_folder(path, image_size, channels)
     return _load_file(path, image_size, channels)
@@ -119,17 +118,12 @@ def _load_file(path: Path, image_size: int, channels: int) -> Dataset:
     if _is_idx(path):
         images = _read_idx(path)
         if images.ndim != 3:
-            raise GanDeployError("IDX file does not hold images", f"{path} has {images.ndim} dimensions {images.shape}",
-                                 "3 dimensions [N, rows, cols] (an *-images-idx3-ubyte file)",
-                                 "pass the images file, not the labels file")
+            raise GanDeployError("IDX file does not hold images", f"{path} has {images.ndim} dimensions {images.shape}", expected="3 dimensions [N, rows, cols] (an *-images-idx3-ubyte file)", hint="pass the images file, not the labels file")
         labels = _idx_labels_beside(path, len(images))
         return _finish(_scale_to_unit(images, path), labels, dataset_name(path), str(path), image_size, channels)
     if path.suffix.lower() in IMAGE_SUFFIXES:
-        raise GanDeployError("a single image is not a data set", str(path), "a folder of images",
-                             f"pass its folder: --data {path.parent}")
-    raise GanDeployError("unrecognised data file", str(path),
-                         "a folder of images, .npy, .npz, or an MNIST IDX file (*-idx3-ubyte, optionally .gz)",
-                         "an IDX file must keep its MNIST name ending in idx3-ubyte or idx3-ubyte.gz")
+        raise GanDeployError("a single image is not a data set", str(path), expected="a folder of images", hint=f"pass its folder: --data {path.parent}")
+    raise GanDeployError("unrecognised data file", str(path), expected="a folder of images, .npy, .npz, or an MNIST IDX file (*-idx3-ubyte, optionally .gz)", hint="an IDX file must keep its MNIST name ending in idx3-ubyte or idx3-ubyte.gz")
 
 
 def _load_folder(folder: Path, image_size: int, channels: int) -> Dataset:
@@ -141,12 +135,9 @@ def _load_folder(folder: Path, image_size: int, channels: int) -> Dataset:
         if len(idx) == 1 or len(train) == 1:
             return _load_file((train or idx)[0], image_size, channels)
         if idx:
-            raise GanDeployError("folder holds several IDX image files", f"{folder}: {', '.join(p.name for p in idx)}",
-                                 "one", "pass the file itself with --data")
+            raise GanDeployError("folder holds several IDX image files", f"{folder}: {', '.join(p.name for p in idx)}", expected="one", hint="pass the file itself with --data")
         anything = any(folder.iterdir())
-        raise GanDeployError("no images found" if anything else "empty data folder", str(folder),
-                             f"image files ({', '.join(IMAGE_SUFFIXES)}) in it or its sub-folders",
-                             "for arrays pass the .npy/.npz file itself")
+        raise GanDeployError("no images found" if anything else "empty data folder", str(folder), expected=f"image files ({', '.join(IMAGE_SUFFIXES)}) in it or its sub-folders", hint="for arrays pass the .npy/.npz file itself")
     mode = "L" if channels == 1 else "RGB"
     size = image_size
     out = np.empty((len(files), channels, size, size), dtype=np.float32)  # [N, C, H, W]
@@ -180,8 +171,7 @@ def _read_image(path: Path, mode: str, size: int) -> np.ndarray:
                 im = im.resize((size, size), Image.Resampling.BILINEAR)
             a = np.asarray(im, dtype=np.float32) / 255.0
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
-        raise GanDeployError("unreadable or corrupt image", f"{path} ({e})", "a valid PNG/JPEG/BMP/WebP file",
-                             "delete or replace the file") from None
+        raise GanDeployError("unreadable or corrupt image", f"{path} ({e})", expected="a valid PNG/JPEG/BMP/WebP file", hint="delete or replace the file") from None
     return a[None] if a.ndim == 2 else a.transpose(2, 0, 1)
 
 
@@ -191,14 +181,11 @@ def _load_array(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
         obj = np.load(path, allow_pickle=False)
     except ValueError as e:
         if "pickle" in str(e).lower():
-            raise GanDeployError("array file needs pickle to load", str(path), "a plain numeric array",
-                                 "save it with np.save(path, array.astype(np.uint8)) - object arrays are refused "
+            raise GanDeployError("array file needs pickle to load", str(path), expected="a plain numeric array", hint="save it with np.save(path, array.astype(np.uint8)) - object arrays are refused "
                                  "because unpickling can run code") from None
-        raise GanDeployError("unreadable or corrupt array file", f"{path} ({e})", "a file written by np.save / np.savez",
-                             None) from None
+        raise GanDeployError("unreadable or corrupt array file", f"{path} ({e})", expected="a file written by np.save / np.savez") from None
     except (OSError, EOFError, zipfile.BadZipFile) as e:
-        raise GanDeployError("unreadable or corrupt array file", f"{path} ({e})", "a file written by np.save / np.savez",
-                             None) from None
+        raise GanDeployError("unreadable or corrupt array file", f"{path} ({e})", expected="a file written by np.save / np.savez") from None
     labels = None
     if isinstance(obj, np.lib.npyio.NpzFile):
         with obj:
@@ -206,23 +193,19 @@ def _load_array(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
                 keys = list(obj.keys())
                 key = next((k for k in IMAGE_KEYS if k in keys), keys[0] if len(keys) == 1 else None)
                 if key is None:
-                    raise GanDeployError("cannot tell which array in the .npz holds the images",
-                                         f"{path} holds {keys}", f"one array, or one named {' / '.join(IMAGE_KEYS)}",
-                                         "re-save with np.savez(path, images=x, labels=y)")
+                    raise GanDeployError("cannot tell which array in the .npz holds the images", f"{path} holds {keys}", expected=f"one array, or one named {' / '.join(IMAGE_KEYS)}", hint="re-save with np.savez(path, images=x, labels=y)")
                 images = obj[key]
                 lkey = next((k for k in LABEL_KEYS if k in keys), None)
                 labels = obj[lkey] if lkey else None
             except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error) as e:
-                raise GanDeployError("unreadable or corrupt array file", f"{path} ({e})",
-                                     "a plain numeric array written by np.savez", None) from None
+                raise GanDeployError("unreadable or corrupt array file", f"{path} ({e})", expected="a plain numeric array written by np.savez") from None
     else:
         images = obj
     images = _to_nchw(images, path)
     if labels is not None:
         labels = np.asarray(labels).reshape(-1)
         if len(labels) != len(images) or not np.issubdtype(labels.dtype, np.integer):
-            raise GanDeployError("labels do not match the images", f"{path}: labels {labels.dtype} {labels.shape}",
-                                 f"{len(images)} integer labels", "drop or fix the labels array")
+            raise GanDeployError("labels do not match the images", f"{path}: labels {labels.dtype} {labels.shape}", expected=f"{len(images)} integer labels", hint="drop or fix the labels array")
         labels = labels.astype(np.int64)
     return _scale_to_unit(images, path), labels
 
@@ -230,9 +213,7 @@ def _load_array(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
 def _to_nchw(a: np.ndarray, path: Path) -> np.ndarray:
     """[N, H, W] | [N, H, W, C] | [N, C, H, W] | [N, D=S*S] -> [N, C, H, W] (C = 1 or 3)."""
     shape = tuple(a.shape)
-    bad = GanDeployError("array has the wrong shape", f"{path}: {a.dtype} {shape}",
-                         "[N, H, W], [N, H, W, C], [N, C, H, W] with C in 1, 3, 4, or [N, D] with D a perfect square",
-                         "reshape it before saving")
+    bad = GanDeployError("array has the wrong shape", f"{path}: {a.dtype} {shape}", expected="[N, H, W], [N, H, W, C], [N, C, H, W] with C in 1, 3, 4, or [N, D] with D a perfect square", hint="reshape it before saving")
     if not (np.issubdtype(a.dtype, np.number) or a.dtype == np.bool_) or np.issubdtype(a.dtype, np.complexfloating):
         raise bad
     if a.ndim == 2:
@@ -255,7 +236,7 @@ def _to_nchw(a: np.ndarray, path: Path) -> np.ndarray:
     else:
         raise bad
     if a.shape[0] == 0 or a.shape[2] < 2 or a.shape[3] < 2:
-        raise GanDeployError("array holds no images", f"{path}: {shape}", "at least one image of at least 2x2", None)
+        raise GanDeployError("array holds no images", f"{path}: {shape}", expected="at least one image of at least 2x2")
     if a.shape[1] == 4:
         a = a[:, :3]  # RGBA: drop alpha
     return a
@@ -271,11 +252,10 @@ def _scale_to_unit(a: np.ndarray, path: Path) -> np.ndarray:
             return a.astype(np.float32) / 255.0
         if a.dtype == np.uint16:
             return a.astype(np.float32) / 65535.0
-        raise GanDeployError("integer pixel values out of range", f"{path}: {a.dtype} min {lo} max {hi}",
-                             "0..255 (uint8) or 0..65535 (uint16)", "rescale the array to uint8 0..255")
+        raise GanDeployError("integer pixel values out of range", f"{path}: {a.dtype} min {lo} max {hi}", expected="0..255 (uint8) or 0..65535 (uint16)", hint="rescale the array to uint8 0..255")
     a = a.astype(np.float32, copy=False)
     if not np.isfinite(a).all():
-        raise GanDeployError("array holds NaN or infinite values", str(path), "finite pixel values", None)
+        raise GanDeployError("array holds NaN or infinite values", str(path), expected="finite pixel values")
     lo, hi = float(a.min()), float(a.max())
     eps = 1e-3
     if lo < 0 and lo >= -1 - eps and hi <= 1 + eps:
@@ -284,8 +264,7 @@ def _scale_to_unit(a: np.ndarray, path: Path) -> np.ndarray:
         return np.clip(a, 0.0, 1.0)
     if lo >= 0 and hi <= 255 + eps:
         return np.clip(a / 255.0, 0.0, 1.0)
-    raise GanDeployError("float pixel values in an unknown range", f"{path}: min {lo:.4g} max {hi:.4g}",
-                         "[-1, 1], [0, 1] or [0, 255]", "rescale the array before saving")
+    raise GanDeployError("float pixel values in an unknown range", f"{path}: min {lo:.4g} max {hi:.4g}", expected="[-1, 1], [0, 1] or [0, 255]", hint="rescale the array before saving")
 
 
 # -- MNIST IDX ---------------------------------------------------------------------------------------
@@ -306,26 +285,22 @@ def _read_idx(path: Path) -> np.ndarray:
         else:
             raw = path.read_bytes()
     except (OSError, EOFError, zlib.error) as e:  # gzip.BadGzipFile is an OSError; damaged deflate data is zlib.error
-        raise GanDeployError("unreadable or corrupt IDX file", f"{path} ({e})", "an MNIST-format IDX file, gzipped or not",
-                             "download it again") from None
+        raise GanDeployError("unreadable or corrupt IDX file", f"{path} ({e})", expected="an MNIST-format IDX file, gzipped or not", hint="download it again") from None
     if len(raw) < 4:
-        raise GanDeployError("IDX file too short", f"{path} ({len(raw)} bytes)", "at least a 4-byte magic number",
-                             "download it again")
+        raise GanDeployError("IDX file too short", f"{path} ({len(raw)} bytes)", expected="at least a 4-byte magic number", hint="download it again")
     magic = int.from_bytes(raw[:4], "big")
     type_code, ndim = raw[2], raw[3]
     if raw[0] != 0 or raw[1] != 0 or type_code not in IDX_DTYPES or not 1 <= ndim <= 4:
         hint = "it looks gzipped: name it *.gz" if raw[:2] == b"\x1f\x8b" else "is this really an MNIST IDX file?"
-        raise GanDeployError("bad IDX magic number", f"0x{magic:08X} in {path}",
-                             "0x00000803 (images, uint8, 3 dimensions) or 0x00000801 (labels)", hint)
+        raise GanDeployError("bad IDX magic number", f"0x{magic:08X} in {path}", expected="0x00000803 (images, uint8, 3 dimensions) or 0x00000801 (labels)", hint=hint)
     header = 4 + 4 * ndim
     if len(raw) < header:
-        raise GanDeployError("IDX file truncated in its header", str(path), f"{header} header bytes", "download it again")
+        raise GanDeployError("IDX file truncated in its header", str(path), expected=f"{header} header bytes", hint="download it again")
     dims = [int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
     dtype = np.dtype(IDX_DTYPES[type_code])
     expected = header + int(np.prod(dims, dtype=np.int64)) * dtype.itemsize
     if len(raw) != expected:
-        raise GanDeployError("IDX file size does not match its header", f"{path}: {len(raw)} bytes for dimensions {dims}",
-                             f"{expected} bytes", "the file is truncated or damaged; download it again")
+        raise GanDeployError("IDX file size does not match its header", f"{path}: {len(raw)} bytes for dimensions {dims}", expected=f"{expected} bytes", hint="the file is truncated or damaged; download it again")
     a = np.frombuffer(raw, dtype=dtype, offset=header).reshape(dims)
     return a.astype(dtype.newbyteorder("="))  # native byte order, own memory
 
@@ -340,8 +315,7 @@ def _idx_labels_beside(images_path: Path, n: int) -> np.ndarray | None:
                 if cand.is_file():
                     labels = _read_idx(cand)
                     if labels.ndim != 1 or len(labels) != n:
-                        raise GanDeployError("IDX labels do not match the images", f"{cand}: shape {labels.shape}",
-                                             f"[{n}] labels for {images_path.name}", "move or fix the labels file")
+                        raise GanDeployError("IDX labels do not match the images", f"{cand}: shape {labels.shape}", expected=f"[{n}] labels for {images_path.name}", hint="move or fix the labels file")
                     return labels.astype(np.int64)
     return None
 

@@ -75,8 +75,7 @@ def engine_from_onnx(onnx_bytes: bytes, input_name: str, latent_shape: tuple[int
     parser = trt.OnnxParser(network, logger)
     if not parser.parse(onnx_bytes):
         errors = [str(parser.get_error(i)) for i in range(parser.num_errors)]
-        raise GanDeployError("TensorRT could not parse the ONNX model", "; ".join(errors)[:400] or "no parser message",
-                             "an ONNX model TensorRT supports", "check the operator against TensorRT's ONNX support matrix")
+        raise GanDeployError("TensorRT could not parse the ONNX model", "; ".join(errors)[:400] or "no parser message", expected="an ONNX model TensorRT supports", hint="check the operator against TensorRT's ONNX support matrix")
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_mib) << 20)
     mn, opt, mx = profile
@@ -95,8 +94,7 @@ def engine_from_onnx(onnx_bytes: bytes, input_name: str, latent_shape: tuple[int
             note = f"{timing_cache} (did not match this TensorRT/GPU: replaced)"
     plan = builder.build_serialized_network(network, config)
     if plan is None:
-        raise GanDeployError("TensorRT failed to build the engine", None, None,
-                             "TensorRT's log above says why; a larger --workspace helps when tactics were skipped")
+        raise GanDeployError("TensorRT failed to build the engine", None, hint="TensorRT's log above says why; a larger --workspace helps when tactics were skipped")
     if timing_cache is not None:
         atomic_write_bytes(timing_cache, bytes(config.get_timing_cache().serialize()))
     return bytes(plan), note
@@ -109,16 +107,13 @@ def _network_onnx(parent: Artifact, precision: str, calib_samples: int) -> tuple
 
     if parent.kind == "onnx" and parent.precision != "fp32":
         if parent.precision != precision:
-            raise GanDeployError("the ONNX model's precision differs from the one asked for",
-                                 f"{parent.path} is {parent.precision}", f"--{parent.precision}", "or pass its FP32 parent")
+            raise GanDeployError("the ONNX model's precision differs from the one asked for", f"{parent.path} is {parent.precision}", expected=f"--{parent.precision}", hint="or pass its FP32 parent")
         if precision == "int8" and parent.metadata.get(META_INT8_TARGET) != "tensorrt":
-            raise GanDeployError("this INT8 model is the onnxruntime flavour (UINT8 activations, INT32 biases)", str(parent.path),
-                                 "a TensorRT-flavour Q/DQ model",
-                                 "pass the FP32 model (build-engine quantizes it), or run `gan-deploy quantize --int8 --target tensorrt`")
+            raise GanDeployError("this INT8 model is the onnxruntime flavour (UINT8 activations, INT32 biases)", str(parent.path), expected="a TensorRT-flavour Q/DQ model", hint="pass the FP32 model (build-engine quantizes it), or run `gan-deploy quantize --int8 --target tensorrt`")
         return parent.onnx_bytes(), {"onnx": str(parent.path)}
     if precision == "fp32":
         if parent.precision != "fp32":
-            raise GanDeployError("an FP32 engine needs an FP32 model", f"{parent.path} is {parent.precision}", None, None)
+            raise GanDeployError("an FP32 engine needs an FP32 model", f"{parent.path} is {parent.precision}")
         return parent.onnx_bytes(), {}
     model, recipe, _ = reduced_precision_model(parent, precision, target="tensorrt", calib_samples=calib_samples)
     return model.SerializeToString(), recipe
@@ -135,18 +130,18 @@ def engine_from_artifact(parent: Artifact, precision: str, out: str | Path | Non
 
     reason = unavailable_reason()
     if reason:  # before any work: say what is missing and how to install it
-        raise BackendUnavailable("cannot build a TensorRT engine here", reason, None, None)
+        raise BackendUnavailable("cannot build a TensorRT engine here", reason)
     if precision not in ("fp32", "fp16", "int8"):
-        raise GanDeployError("unknown engine precision", repr(precision), "--fp32, --fp16 or --int8", None)
+        raise GanDeployError("unknown engine precision", repr(precision), expected="--fp32, --fp16 or --int8")
     mn, opt, mx = profile
     if not 1 <= mn <= opt <= mx:
-        raise GanDeployError("bad optimization profile", f"min {mn}, opt {opt}, max {mx}", "1 <= min <= opt <= max", None)
+        raise GanDeployError("bad optimization profile", f"min {mn}, opt {opt}, max {mx}", expected="1 <= min <= opt <= max")
     if parent.kind == "engine":
-        raise GanDeployError("cannot build an engine from an engine", str(parent.path), "a checkpoint or ONNX file", None)
+        raise GanDeployError("cannot build an engine from an engine", str(parent.path), expected="a checkpoint or ONNX file")
     stem = parent.path.name.split(".")[0]
     out = Path(out) if out else DEFAULT_ENGINE_DIR / f"{stem}.{precision}.engine"
     if out.is_dir():
-        raise GanDeployError("output path is a folder", str(out), "a file name ending in .engine", None)
+        raise GanDeployError("output path is a folder", str(out), expected="a file name ending in .engine")
     rt = runtime_info(device)
     cache = default_timing_cache(rt, out.parent) if timing_cache == "auto" else (Path(timing_cache) if timing_cache else None)
 

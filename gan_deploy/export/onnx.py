@@ -95,9 +95,9 @@ def max_abs_err_vs_torch(module, onnx_bytes: bytes, spec: GeneratorSpec, batch_s
             ref = module(torch.from_numpy(z)).numpy()
         got = sess.run(None, {sess.get_inputs()[0].name: z})[0]
         if got.shape != ref.shape:
-            raise GanDeployError("exported model returns the wrong shape", f"{got.shape} at batch {b}", f"{ref.shape}", None)
+            raise GanDeployError("exported model returns the wrong shape", f"{got.shape} at batch {b}", expected=f"{ref.shape}")
         if not np.isfinite(got).all():
-            raise GanDeployError("exported model returns NaN/Inf", f"batch {b}", "finite images", None)
+            raise GanDeployError("exported model returns NaN/Inf", f"batch {b}", expected="finite images")
         worst = max(worst, float(np.abs(got - ref).max()))
     return worst
 
@@ -108,24 +108,23 @@ def onnx_from_module(module, spec: GeneratorSpec, out: str | Path, meta: dict[st
     import onnx
 
     if opset < 17:
-        raise GanDeployError("ONNX opset too old", opset, "17 or newer", None)
+        raise GanDeployError("ONNX opset too old", opset, expected="17 or newer")
     model = _torch_to_onnx(module, spec.latent_shape, opset)
     _set_meta(model, {**meta, META_VALUE_RANGE: json.dumps(list(spec.value_range)), META_PRECISION: "fp32"})
     model.producer_name = "gan-deploy"
     try:
         onnx.checker.check_model(model, full_check=True)
     except onnx.checker.ValidationError as e:
-        raise GanDeployError("exported ONNX failed onnx.checker", str(e).splitlines()[0], None, None) from None
+        raise GanDeployError("exported ONNX failed onnx.checker", str(e).splitlines()[0]) from None
     spec_from_onnx_model(model, out)  # the result must satisfy the generator contract every command relies on
     data_wo_err = model.SerializeToString()
     err = max_abs_err_vs_torch(module, data_wo_err, spec, batch_sizes)
     if err > tolerance:
-        raise GanDeployError("onnxruntime disagrees with eager PyTorch", f"max abs err {err:.3g}", f"<= {tolerance:g}",
-                             "the model uses an op the exporter translates differently; nothing was written")
+        raise GanDeployError("onnxruntime disagrees with eager PyTorch", f"max abs err {err:.3g}", expected=f"<= {tolerance:g}", hint="the model uses an op the exporter translates differently; nothing was written")
     _set_meta(model, {META_TOLERANCE: f"{err:.3e}"})
     out = Path(out)
     if out.is_dir():
-        raise GanDeployError("output path is a folder", str(out), "a file name ending in .onnx", None)
+        raise GanDeployError("output path is a folder", str(out), expected="a file name ending in .onnx")
     atomic_write_bytes(out, model.SerializeToString())
     return ExportReport(out, opset, err, tolerance, tuple(batch_sizes), spec, meta.get(META_PARENT_SHA, ""))
 
@@ -144,13 +143,13 @@ def onnx_from_checkpoint(checkpoint: str | Path | None, out: str | Path | None =
 def load_factory(ref: str):
     """`package.module:factory` or `path/to/file.py:ClassName` -> the callable."""
     if ":" not in ref:
-        raise GanDeployError("bad --factory", repr(ref), "'package.module:callable' or 'path/to/file.py:ClassName'", None)
+        raise GanDeployError("bad --factory", repr(ref), expected="'package.module:callable' or 'path/to/file.py:ClassName'")
     mod_ref, _, attr = ref.rpartition(":")
     try:
         if mod_ref.endswith(".py"):
             path = Path(mod_ref)
             if not path.exists():
-                raise GanDeployError("factory file not found", str(path), None, None)
+                raise GanDeployError("factory file not found", str(path))
             spec = importlib.util.spec_from_file_location(f"gan_deploy_user_{path.stem}", path)
             module = importlib.util.module_from_spec(spec)
             sys.modules[spec.name] = module
@@ -160,10 +159,9 @@ def load_factory(ref: str):
     except GanDeployError:
         raise
     except Exception as e:  # the user's code: any import error is theirs to see, on one line
-        raise GanDeployError("could not import the factory module", f"{mod_ref} ({type(e).__name__}: {e})", None,
-                             "check the path, and that its imports are installed") from None
+        raise GanDeployError("could not import the factory module", f"{mod_ref} ({type(e).__name__}: {e})", hint="check the path, and that its imports are installed") from None
     if not hasattr(module, attr):
-        raise GanDeployError("factory not found in module", f"{attr!r} in {mod_ref}", None, None)
+        raise GanDeployError("factory not found in module", f"{attr!r} in {mod_ref}")
     return getattr(module, attr)
 
 
@@ -173,21 +171,19 @@ def load_weights(path: str | Path) -> dict[str, Any]:
 
     p = Path(path)
     if not p.exists():
-        raise GanDeployError("weights file not found", str(p), None, None)
+        raise GanDeployError("weights file not found", str(p))
     try:
         if p.suffix == ".safetensors":
             from safetensors.torch import load_file
             return load_file(str(p))
         state = torch.load(str(p), map_location="cpu", weights_only=True)
     except Exception as e:
-        raise GanDeployError("could not read weights", f"{p} ({type(e).__name__}: {str(e).splitlines()[0][:160]})",
-                             "safetensors, or a state dict saved with torch.save(model.state_dict())",
-                             "whole pickled models are refused for safety; save model.state_dict()") from None
+        raise GanDeployError("could not read weights", f"{p} ({type(e).__name__}: {str(e).splitlines()[0][:160]})", expected="safetensors, or a state dict saved with torch.save(model.state_dict())", hint="whole pickled models are refused for safety; save model.state_dict()") from None
     for key in ("state_dict", "generator", "G", "netG", "model"):  # common wrappers in tutorial checkpoints
         if isinstance(state, dict) and key in state and isinstance(state[key], dict):
             state = state[key]
     if not isinstance(state, dict):
-        raise GanDeployError("weights file is not a state dict", f"{p} holds {type(state).__name__}", "a dict of tensors", None)
+        raise GanDeployError("weights file is not a state dict", f"{p} holds {type(state).__name__}", expected="a dict of tensors")
     return state
 
 
@@ -201,17 +197,15 @@ def onnx_from_factory(factory: str, out: str | Path, kwargs: dict[str, Any] | No
     try:
         module = fn(**(kwargs or {}))
     except Exception as e:
-        raise GanDeployError("the factory raised", f"{factory}(**{kwargs}) -> {type(e).__name__}: {e}", None,
-                             "check --kwargs against the constructor's arguments") from None
+        raise GanDeployError("the factory raised", f"{factory}(**{kwargs}) -> {type(e).__name__}: {e}", hint="check --kwargs against the constructor's arguments") from None
     if not isinstance(module, torch.nn.Module):
-        raise GanDeployError("the factory did not return a torch.nn.Module", type(module).__name__, None, None)
+        raise GanDeployError("the factory did not return a torch.nn.Module", type(module).__name__)
     parent = ""
     if weights is not None:
         try:
             module.load_state_dict(load_weights(weights), strict=True)
         except RuntimeError as e:
-            raise GanDeployError("weights do not fit the generator", f"{weights}: {str(e).splitlines()[1].strip() if len(str(e).splitlines()) > 1 else e}",
-                                 None, "pass the constructor arguments the weights were trained with (--kwargs)") from None
+            raise GanDeployError("weights do not fit the generator", f"{weights}: {str(e).splitlines()[1].strip() if len(str(e).splitlines()) > 1 else e}", hint="pass the constructor arguments the weights were trained with (--kwargs)") from None
         parent = sha256_file(weights)
     module.eval()
     # the latent size under the names generators use for it: an attribute of the module, or a constructor argument
@@ -219,7 +213,7 @@ def onnx_from_factory(factory: str, out: str | Path, kwargs: dict[str, Any] | No
     z_dim = (latent_dim or next((int(getattr(module, a)) for a in names if isinstance(getattr(module, a, None), int)), None)
              or next((int((kwargs or {})[a]) for a in names if isinstance((kwargs or {}).get(a), int)), None))
     if z_dim is None:
-        raise GanDeployError("cannot tell the latent size of the generator", factory, None, "pass --latent-dim Z")
+        raise GanDeployError("cannot tell the latent size of the generator", factory, hint="pass --latent-dim Z")
     out_shape, rank = None, None
     for shape in ((z_dim,), (z_dim, 1, 1)):  # [N, Z] or [N, Z, 1, 1], the two layouts generators use
         try:
@@ -231,8 +225,7 @@ def onnx_from_factory(factory: str, out: str | Path, kwargs: dict[str, Any] | No
         except Exception:
             continue
     if out_shape is None:
-        raise GanDeployError("generator does not map a latent batch to an image batch", factory,
-                             f"forward([N, {z_dim}]) or forward([N, {z_dim}, 1, 1]) -> [N, C, H, W]", "check --latent-dim")
+        raise GanDeployError("generator does not map a latent batch to an image batch", factory, expected=f"forward([N, {z_dim}]) or forward([N, {z_dim}, 1, 1]) -> [N, C, H, W]", hint="check --latent-dim")
     c, h, w = out_shape
     spec = GeneratorSpec(z_dim, c, h, w, value_range, rank)
     meta = {META_PARENT_SHA: parent, META_PARENT_KIND: "torch-factory", "gan_deploy.factory": factory,

@@ -70,9 +70,9 @@ def parse_shard(text: str | None) -> tuple[int, int]:
     try:
         k, n = (int(p) for p in text.split("/"))
     except ValueError:
-        raise GanDeployError("bad --shard", repr(text), "K/N with 0 <= K < N, e.g. 0/4", None) from None
+        raise GanDeployError("bad --shard", repr(text), expected="K/N with 0 <= K < N, e.g. 0/4") from None
     if n < 1 or not 0 <= k < n:
-        raise GanDeployError("bad --shard", repr(text), "K/N with 0 <= K < N, e.g. 0/4", None)
+        raise GanDeployError("bad --shard", repr(text), expected="K/N with 0 <= K < N, e.g. 0/4")
     return (k, n)
 
 
@@ -91,18 +91,17 @@ def file_name(i: int, n: int, fmt: str) -> str:
 def prepare_out_dir(out: Path, overwrite: bool) -> None:
     """Refuse a file, an unwritable folder, or a non-empty one (unless overwrite); sweep stale temp files."""
     if out.exists() and not out.is_dir():
-        raise GanDeployError("output path is a file", str(out), "a folder (new or empty)", "choose another --out")
+        raise GanDeployError("output path is a file", str(out), expected="a folder (new or empty)", hint="choose another --out")
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise GanDeployError("cannot create output folder", f"{out} ({e.strerror})", None, "choose a writable --out") from None
+        raise GanDeployError("cannot create output folder", f"{out} ({e.strerror})", hint="choose a writable --out") from None
     if not os.access(out, os.W_OK | os.X_OK):
-        raise GanDeployError("output folder is not writable", str(out), None, "choose a writable --out")
+        raise GanDeployError("output folder is not writable", str(out), hint="choose a writable --out")
     for stale in out.glob(TMP_PREFIX + "*"):  # left by a killed run (kill -9); never a finished file
         stale.unlink(missing_ok=True)
     if not overwrite and any(out.iterdir()):
-        raise GanDeployError("output folder is not empty", str(out), "a new or empty folder",
-                             "pass --overwrite to write into it anyway, or choose another --out")
+        raise GanDeployError("output folder is not empty", str(out), expected="a new or empty folder", hint="pass --overwrite to write into it anyway, or choose another --out")
 
 
 class _Writer:
@@ -163,13 +162,13 @@ def write_manifest(out: Path, indices: list[int], n_total: int, seed: int, fmt: 
 def check_args(n: int, batch_size: int, seed: int, fmt: str) -> None:
     """The checks every generate path makes (here and `distributed.generate_ray`)."""
     if n < 1:
-        raise GanDeployError("bad image count", n, "-n >= 1", None)
+        raise GanDeployError("bad image count", n, expected="-n >= 1")
     if batch_size < 1:
-        raise GanDeployError("bad batch size", batch_size, "--batch-size >= 1", None)
+        raise GanDeployError("bad batch size", batch_size, expected="--batch-size >= 1")
     if not 0 <= seed <= MAX_SEED:
-        raise GanDeployError("bad seed", seed, f"0 <= seed <= {MAX_SEED}", None)
+        raise GanDeployError("bad seed", seed, expected=f"0 <= seed <= {MAX_SEED}")
     if fmt not in FORMATS:
-        raise GanDeployError("unknown image format", repr(fmt), f"one of {', '.join(FORMATS)}", None)
+        raise GanDeployError("unknown image format", repr(fmt), expected=f"one of {', '.join(FORMATS)}")
 
 
 def generate(runner, n: int, out: str | Path, batch_size: int = 256, seed: int = 0, fmt: str = "png",
@@ -222,8 +221,7 @@ def generate(runner, n: int, out: str | Path, batch_size: int = 256, seed: int =
             interrupted = True
         except OSError as e:
             writer.close(cancel=True)
-            raise GanDeployError("writing images failed", f"{out} ({e.strerror or e})", None,
-                                 "check free disk space and permissions") from None
+            raise GanDeployError("writing images failed", f"{out} ({e.strerror or e})", hint="check free disk space and permissions") from None
         finally:
             restore_term()
             writer.close(cancel=True)  # finishes files in flight (each atomic), drops queued batches

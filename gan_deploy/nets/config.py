@@ -32,8 +32,7 @@ class GeneratorConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
-            raise GanDeployError("unknown generator config keys", unknown, f"a subset of {sorted(known)}",
-                                 "the checkpoint was written by a newer or different tool; re-export it")
+            raise GanDeployError("unknown generator config keys", unknown, expected=f"a subset of {sorted(known)}", hint="the checkpoint was written by a newer or different tool; re-export it")
         d = dict(d)
         if "value_range" in d:
             d["value_range"] = tuple(float(v) for v in d["value_range"])

@@ -19,15 +19,12 @@ ARCHS = ("dcgan", "mlp")
 
 def _check(cfg: GeneratorConfig) -> int:
     if cfg.arch not in ARCHS:
-        raise GanDeployError("unknown architecture", repr(cfg.arch), f"one of {', '.join(ARCHS)}")
+        raise GanDeployError("unknown architecture", repr(cfg.arch), expected=f"one of {', '.join(ARCHS)}")
     if cfg.latent_dim < 1 or cfg.channels not in (1, 3) or cfg.width < 1:
-        raise GanDeployError("bad generator dimensions",
-                             f"latent_dim={cfg.latent_dim} channels={cfg.channels} width={cfg.width}",
-                             "latent_dim >= 1, channels 1 or 3, width >= 1")
+        raise GanDeployError("bad generator dimensions", f"latent_dim={cfg.latent_dim} channels={cfg.channels} width={cfg.width}", expected="latent_dim >= 1, channels 1 or 3, width >= 1")
     n_up = int(round(math.log2(cfg.image_size / 4))) if cfg.image_size >= 8 else -1
     if cfg.arch == "dcgan" and (n_up < 1 or 4 * 2**n_up != cfg.image_size):
-        raise GanDeployError("dcgan image size must be a power of two", cfg.image_size, "8, 16, 32, 64, 128 ...",
-                             "resize the data set (train --image-size) or use --arch mlp")
+        raise GanDeployError("dcgan image size must be a power of two", cfg.image_size, expected="8, 16, 32, 64, 128 ...", hint="resize the data set (train --image-size) or use --arch mlp")
     return n_up
 
 

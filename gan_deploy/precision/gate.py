@@ -40,7 +40,7 @@ class GateRejected(GanDeployError):
     def __init__(self, report: "GateReport", what: str, hint: str | None = None):
         self.report = report
         failed = "; ".join(c.line() for c in report.checks if not c.passed)
-        super().__init__(f"{what} failed the quality gate", failed, None, hint)
+        super().__init__(f"{what} failed the quality gate", failed, hint=hint)
 
 
 @dataclass(frozen=True)
@@ -76,7 +76,7 @@ THRESHOLDS: dict[str, GateThresholds] = {
 def thresholds_for(precision: str, **overrides: Any) -> GateThresholds:
     """The default thresholds of a precision with the given fields replaced (None values are ignored)."""
     if precision not in THRESHOLDS:
-        raise GanDeployError("unknown precision", repr(precision), f"one of {', '.join(THRESHOLDS)}", None)
+        raise GanDeployError("unknown precision", repr(precision), expected=f"one of {', '.join(THRESHOLDS)}")
     return replace(THRESHOLDS[precision], **{k: v for k, v in overrides.items() if v is not None})
 
 
@@ -145,8 +145,7 @@ def gate_latents(n: int, latent_dim: int, start: int = 0) -> np.ndarray:
 
 def _as_images(x: Any, name: str) -> np.ndarray:
     if not isinstance(x, np.ndarray) or x.ndim != 4 or x.dtype.kind != "f":
-        raise GanDeployError(f"bad {name} images", f"{type(x).__name__} {getattr(x, 'dtype', '')} {getattr(x, 'shape', '')}",
-                             "a float array [N, C, H, W]", None)
+        raise GanDeployError(f"bad {name} images", f"{type(x).__name__} {getattr(x, 'dtype', '')} {getattr(x, 'shape', '')}", expected="a float array [N, C, H, W]")
     return x
 
 
@@ -155,8 +154,7 @@ def image_figures(images: np.ndarray, reference: np.ndarray, value_range: Sequen
     a = _as_images(images, "candidate")
     b = _as_images(reference, "reference")
     if a.shape != b.shape:
-        raise GanDeployError("candidate and reference images differ in shape", f"{a.shape} vs {b.shape}",
-                             "the same latents through both", None)
+        raise GanDeployError("candidate and reference images differ in shape", f"{a.shape} vs {b.shape}", expected="the same latents through both")
     lo, hi = float(value_range[0]), float(value_range[1])
     span = hi - lo
     n = len(a)
@@ -227,14 +225,13 @@ def check_artifact(candidate, reference: np.ndarray, thresholds: GateThresholds,
     """
     if not isinstance(candidate, np.ndarray):
         if not (hasattr(candidate, "infer") and hasattr(candidate, "spec")):
-            raise GanDeployError("bad gate candidate", type(candidate).__name__, "images [N, C, H, W] or a runner", None)
+            raise GanDeployError("bad gate candidate", type(candidate).__name__, expected="images [N, C, H, W] or a runner")
         candidate = batched(candidate.infer, gate_latents(len(reference), candidate.spec.latent_dim), batch_size)
     images = candidate
     t = thresholds
     want_quality = t.max_fd_ratio is not None
     if want_quality and noise_reference is None:
-        raise GanDeployError("the FD check needs FP32 images of fresh latents", None, "noise_reference [N, C, H, W]",
-                             "pass max_fd_ratio=None to skip the quality-score check")
+        raise GanDeployError("the FD check needs FP32 images of fresh latents", None, expected="noise_reference [N, C, H, W]", hint="pass max_fd_ratio=None to skip the quality-score check")
     fig = gate_figures(images, reference, value_range, noise_reference if want_quality else None, want_quality)
     q = fig.pop("_quality", None)
     checks = [
@@ -259,7 +256,7 @@ def run_gate(candidate, reference, thresholds: GateThresholds, precision: str, n
     spec = reference.spec
     vr = tuple(value_range or spec.value_range)
     if n < 32 and thresholds.max_fd_ratio is not None:
-        raise GanDeployError("too few gate images for the quality score", n, "at least 32", "raise --gate-samples or pass --max-fd-ratio none")
+        raise GanDeployError("too few gate images for the quality score", n, expected="at least 32", hint="raise --gate-samples or pass --max-fd-ratio none")
     z = gate_latents(n, spec.latent_dim)
     images = batched(candidate.infer, z, batch_size)
     ref = batched(reference.infer, z, batch_size)

@@ -92,8 +92,7 @@ def fp16_model(model, keep_fp32_ops: frozenset[str] = KEEP_FP32_OPS):
     try:
         inferred = onnx.shape_inference.infer_shapes(model, data_prop=True)
     except Exception as e:
-        raise GanDeployError("cannot infer the tensor types of the ONNX model", f"{type(e).__name__}: {str(e)[:160]}",
-                             "a model onnx.shape_inference accepts", None) from None
+        raise GanDeployError("cannot infer the tensor types of the ONNX model", f"{type(e).__name__}: {str(e)[:160]}", expected="a model onnx.shape_inference accepts") from None
     orig: dict[str, int] = {}
     for vi in list(inferred.graph.value_info) + list(g.input) + list(g.output):
         orig[vi.name] = vi.type.tensor_type.elem_type
@@ -129,8 +128,7 @@ def fp16_model(model, keep_fp32_ops: frozenset[str] = KEEP_FP32_OPS):
 
     for node in g.node:
         if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute):
-            raise GanDeployError("FP16 conversion does not support control flow", f"{node.op_type} {node.name}",
-                                 "a generator without If/Loop/Scan", None)
+            raise GanDeployError("FP16 conversion does not support control flow", f"{node.op_type} {node.name}", expected="a generator without If/Loop/Scan")
         op = node.op_type
         float_in = [i for i in node.input if i and orig.get(i) == FLOAT]
         float_out = [o for o in node.output if orig.get(o) == FLOAT]
@@ -203,8 +201,7 @@ def fp16_model(model, keep_fp32_ops: frozenset[str] = KEEP_FP32_OPS):
         onnx.checker.check_model(model)
         onnx.shape_inference.infer_shapes(model, strict_mode=True)  # catches any type mismatch the pass left
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
-        raise GanDeployError("FP16 conversion produced an inconsistent graph", str(e).splitlines()[0][:200], None,
-                             "report this model; the FP16 pass does not handle one of its operators") from None
+        raise GanDeployError("FP16 conversion produced an inconsistent graph", str(e).splitlines()[0][:200], hint="report this model; the FP16 pass does not handle one of its operators") from None
     return model, info
 
 
@@ -250,11 +247,11 @@ def int8_model(model, spec: GeneratorSpec, target: str = "onnxruntime", calib_sa
     from gan_deploy.precision.rewrite import conv_from_conv_transpose, fold_batchnorms
 
     if target not in INT8_TARGETS:
-        raise GanDeployError("unknown INT8 target", repr(target), f"one of {', '.join(INT8_TARGETS)}", None)
+        raise GanDeployError("unknown INT8 target", repr(target), expected=f"one of {', '.join(INT8_TARGETS)}")
     if calib_method not in CALIB_METHODS:
-        raise GanDeployError("unknown calibration method", repr(calib_method), f"one of {', '.join(CALIB_METHODS)}", None)
+        raise GanDeployError("unknown calibration method", repr(calib_method), expected=f"one of {', '.join(CALIB_METHODS)}")
     if calib_samples < CALIB_BATCH // 4:
-        raise GanDeployError("too few calibration samples", calib_samples, f">= {CALIB_BATCH // 4}", "512 is the default")
+        raise GanDeployError("too few calibration samples", calib_samples, expected=f">= {CALIB_BATCH // 4}", hint="512 is the default")
     model, n_bn = fold_batchnorms(model)
     recipe: dict[str, Any] = {"batchnorm_folded": n_bn, "calibration": {
         "samples": calib_samples, "seed": calib_seed, "method": calib_method,
@@ -343,10 +340,9 @@ def _fp32_parent(parent: Artifact):
     import onnx
 
     if parent.kind == "engine":
-        raise GanDeployError("cannot quantize a TensorRT engine", str(parent.path), "a checkpoint or an FP32 ONNX file", None)
+        raise GanDeployError("cannot quantize a TensorRT engine", str(parent.path), expected="a checkpoint or an FP32 ONNX file")
     if parent.precision != "fp32":
-        raise GanDeployError("the input model is already reduced precision", f"{parent.path} ({parent.precision})",
-                             "an FP32 checkpoint or ONNX file", "quantize the FP32 model it came from")
+        raise GanDeployError("the input model is already reduced precision", f"{parent.path} ({parent.precision})", expected="an FP32 checkpoint or ONNX file", hint="quantize the FP32 model it came from")
     data = parent.onnx_bytes()
     return onnx.load_model_from_string(data), data
 
@@ -406,9 +402,9 @@ def _finish(parent: Artifact, parent_bytes: bytes, model, precision: str, recipe
 def _check_out(out: Path, parent: Artifact) -> Path:
     out = Path(out)
     if out.is_dir():
-        raise GanDeployError("output path is a folder", str(out), "a file name ending in .onnx", None)
+        raise GanDeployError("output path is a folder", str(out), expected="a file name ending in .onnx")
     if out.resolve() == parent.path.resolve():
-        raise GanDeployError("output would overwrite the input model", str(out), "a different file", None)
+        raise GanDeployError("output would overwrite the input model", str(out), expected="a different file")
     return out
 
 
@@ -426,7 +422,7 @@ def reduced_precision_model(parent: Artifact, precision: str, *, target: str = "
         m, info = fp16_model(model)
         recipe = {"fp16_nodes": info.fp16_nodes, "fp32_nodes": info.fp32_nodes, "casts": info.casts, "io": "fp32"}
     else:
-        raise GanDeployError("unknown reduced precision", repr(precision), "int8 or fp16", None)
+        raise GanDeployError("unknown reduced precision", repr(precision), expected="int8 or fp16")
     _set_meta(m, _child_meta(parent, sha256_bytes(data), precision, recipe))
     m.producer_name = "gan-deploy"
     return m, recipe, data
@@ -476,7 +472,7 @@ def _fp16_candidate(cand: Artifact, evaluator: str):
     from gan_deploy.backends import make_runner
 
     if evaluator not in ("auto", "onnxruntime", "reference"):
-        raise GanDeployError("unknown FP16 evaluator", repr(evaluator), "auto, onnxruntime or reference", None)
+        raise GanDeployError("unknown FP16 evaluator", repr(evaluator), expected="auto, onnxruntime or reference")
     if evaluator in ("auto", "onnxruntime"):
         try:
             return make_runner("onnxruntime", cand, "cpu").activate(), "onnxruntime"

@@ -286,8 +286,7 @@ def conv_from_conv_transpose(model, hoist_activation: bool = True):
     try:
         onnx.checker.check_model(model)
     except onnx.checker.ValidationError as e:  # a bug here, not the user's: say so plainly
-        raise GanDeployError("ConvTranspose rewrite produced an invalid ONNX graph", str(e).splitlines()[0], None,
-                             "pass --no-rewrite to quantize the original graph") from None
+        raise GanDeployError("ConvTranspose rewrite produced an invalid ONNX graph", str(e).splitlines()[0], hint="pass --no-rewrite to quantize the original graph") from None
     return model, report
 
 

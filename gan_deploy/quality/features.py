@@ -120,8 +120,7 @@ def load_classifier(path: str | Path | None = None) -> FeatureClassifier:
     p = p.with_suffix(".safetensors")
     side = p.with_suffix(".json")
     if not p.exists() or not side.exists():
-        raise GanDeployError("feature classifier not found", f"{p} (+ {side.name})", "the files shipped in models/",
-                             "restore them from git, or retrain: python -m gan_deploy.quality.features --train-classifier")
+        raise GanDeployError("feature classifier not found", f"{p} (+ {side.name})", expected="the files shipped in models/", hint="restore them from git, or retrain: python -m gan_deploy.quality.features --train-classifier")
     # keyed by both files' hashes: a retrained classifier in the same place is picked up, an unchanged one
     # is not re-read (hashing 0.6 MB costs about a millisecond)
     return _load_classifier_cached(str(p.resolve()), sha256_file(p), sha256_file(side))
@@ -136,21 +135,17 @@ def _load_classifier_cached(path: str, actual_sha: str, _config_sha: str) -> Fea
     try:
         cfg = json.loads(side.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise GanDeployError("feature classifier config is not valid JSON", f"{side} ({e})", None,
-                             "restore it from git or retrain: python -m gan_deploy.quality.features --train-classifier") from None
+        raise GanDeployError("feature classifier config is not valid JSON", f"{side} ({e})", hint="restore it from git or retrain: python -m gan_deploy.quality.features --train-classifier") from None
     if not isinstance(cfg, dict) or cfg.get("format") != CLASSIFIER_FORMAT:
-        raise GanDeployError("not a gan-deploy feature classifier config", str(side), f'"format": "{CLASSIFIER_FORMAT}"', None)
+        raise GanDeployError("not a gan-deploy feature classifier config", str(side), expected=f'"format": "{CLASSIFIER_FORMAT}"')
     if cfg.get("weights_sha256") != actual_sha:
-        raise GanDeployError("feature classifier weights do not match their config", f"{p} sha256 {actual_sha[:12]}",
-                             f"{str(cfg.get('weights_sha256'))[:12]} as recorded in {side.name}",
-                             "restore both files from git, or retrain: python -m gan_deploy.quality.features --train-classifier")
+        raise GanDeployError("feature classifier weights do not match their config", f"{p} sha256 {actual_sha[:12]}", expected=f"{str(cfg.get('weights_sha256'))[:12]} as recorded in {side.name}", hint="restore both files from git, or retrain: python -m gan_deploy.quality.features --train-classifier")
     arch = cfg["architecture"]
     model = _net_class()(int(arch["width"]), int(arch["feature_dim"]), int(arch["classes"]))
     try:
         model.load_state_dict(load_file(str(p)), strict=True)
     except Exception as e:  # safetensors and load_state_dict raise several types
-        raise GanDeployError("feature classifier weights do not fit its config", f"{p.name} ({type(e).__name__})",
-                             f"weights of {arch}", "retrain: python -m gan_deploy.quality.features --train-classifier") from None
+        raise GanDeployError("feature classifier weights do not fit its config", f"{p.name} ({type(e).__name__})", expected=f"weights of {arch}", hint="retrain: python -m gan_deploy.quality.features --train-classifier") from None
     model.eval()
     for prm in model.parameters():
         prm.requires_grad_(False)
@@ -195,26 +190,23 @@ def _load_generated_folder(folder: Path) -> np.ndarray:
         with open(folder / MANIFEST, newline="") as f:
             names = [row["file"] for row in csv.DictReader(f)]
     except (OSError, KeyError, csv.Error, UnicodeDecodeError) as e:
-        raise GanDeployError("unreadable generate manifest", f"{folder / MANIFEST} ({type(e).__name__}: {e})",
-                             "the manifest.csv written by `gan-deploy generate` (columns index, seed, file)",
-                             "regenerate the folder, or delete manifest.csv to read every image in it") from None
+        raise GanDeployError("unreadable generate manifest", f"{folder / MANIFEST} ({type(e).__name__}: {e})", expected="the manifest.csv written by `gan-deploy generate` (columns index, seed, file)", hint="regenerate the folder, or delete manifest.csv to read every image in it") from None
     if not names:
-        raise GanDeployError("generate manifest lists no images", str(folder / MANIFEST), "one row per image file", None)
+        raise GanDeployError("generate manifest lists no images", str(folder / MANIFEST), expected="one row per image file")
     decoded = []
     for name in names:
         f = folder / name
         try:
             img = decode(f)
         except Exception as e:  # PIL and numpy raise many types for missing or damaged files
-            raise GanDeployError("image listed in the manifest is unreadable", f"{f} ({type(e).__name__})",
-                                 "every file manifest.csv lists", "the run was interrupted or files were removed; "
+            raise GanDeployError("image listed in the manifest is unreadable", f"{f} ({type(e).__name__})", expected="every file manifest.csv lists", hint="the run was interrupted or files were removed; "
                                  "regenerate, or delete manifest.csv to read the images present") from None
         img = img[:, :, None] if img.ndim == 2 else img
         if img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] not in (1, 3, 4):
-            raise GanDeployError("unsupported image", f"{f}: {img.dtype} {img.shape}", "uint8 [H, W, 1|3|4]", None)
+            raise GanDeployError("unsupported image", f"{f}: {img.dtype} {img.shape}", expected="uint8 [H, W, 1|3|4]")
         decoded.append(img[:, :, :3])  # alpha carries no digit
     if len({im.shape for im in decoded}) != 1:
-        raise GanDeployError("images in the generate folder differ in size", str(folder), "one size", None)
+        raise GanDeployError("images in the generate folder differ in size", str(folder), expected="one size")
     a = np.stack(decoded).transpose(0, 3, 1, 2)  # [N, H, W, C] -> [N, C, H, W]
     return np.ascontiguousarray(a, dtype=np.float32) * np.float32(2.0 / 255.0) - np.float32(1.0)
 
@@ -225,7 +217,7 @@ def reference_images(dataset: str | Path = "digits", n: int | None = None, seed:
     images = load_images(dataset)
     if n is not None:
         if n < 1:
-            raise GanDeployError("bad number of reference images", n, "n >= 1", None)
+            raise GanDeployError("bad number of reference images", n, expected="n >= 1")
         if n < len(images):
             idx = np.sort(np.random.default_rng(seed).choice(len(images), size=n, replace=False))
             images = images[idx]
@@ -246,33 +238,29 @@ def rescale(images: np.ndarray, src: Sequence[float], dst: Sequence[float] = (-1
 def _check_images(images: Any, value_range: Sequence[float], name: str) -> np.ndarray:
     if not isinstance(images, np.ndarray) or images.ndim != 4:
         got = f"{type(images).__name__} {getattr(images, 'shape', '')}"
-        raise GanDeployError(f"bad {name} images", got, "a numpy array [N, C, H, W]",
-                             "add the channel axis: images[:, None] for [N, H, W] gray images")
+        raise GanDeployError(f"bad {name} images", got, expected="a numpy array [N, C, H, W]", hint="add the channel axis: images[:, None] for [N, H, W] gray images")
     n, c, h, w = images.shape
     if n == 0:
-        raise GanDeployError(f"no {name} images", f"shape {images.shape}", "at least one image", None)
+        raise GanDeployError(f"no {name} images", f"shape {images.shape}", expected="at least one image")
     if c not in (1, 3):
-        raise GanDeployError(f"bad {name} images: channel count", f"shape {images.shape}", "C = 1 (gray) or 3 (RGB) in [N, C, H, W]",
-                             "channels-last arrays need images.transpose(0, 3, 1, 2)")
+        raise GanDeployError(f"bad {name} images: channel count", f"shape {images.shape}", expected="C = 1 (gray) or 3 (RGB) in [N, C, H, W]", hint="channels-last arrays need images.transpose(0, 3, 1, 2)")
     if h < 8 or w < 8:
-        raise GanDeployError(f"{name} images too small", f"{h}x{w}", "at least 8x8", None)
+        raise GanDeployError(f"{name} images too small", f"{h}x{w}", expected="at least 8x8")
     if images.dtype.kind not in "fiu":
-        raise GanDeployError(f"bad {name} image dtype", str(images.dtype), "float32 in value_range", None)
+        raise GanDeployError(f"bad {name} image dtype", str(images.dtype), expected="float32 in value_range")
     lo, hi = float(value_range[0]), float(value_range[1])
     if not hi > lo:
-        raise GanDeployError("bad value range", tuple(value_range), "(lo, hi) with hi > lo", "(-1, 1) for tanh, (0, 1) for sigmoid")
+        raise GanDeployError("bad value range", tuple(value_range), expected="(lo, hi) with hi > lo", hint="(-1, 1) for tanh, (0, 1) for sigmoid")
     x = np.asarray(images, dtype=np.float32)
     finite = np.isfinite(x)
     if not finite.all():
         bad = int((~finite.reshape(n, -1)).any(axis=1).sum())
-        raise GanDeployError(f"{name} images contain NaN or inf", f"{bad} of {n} images", "finite pixel values",
-                             "the generator diverged or overflowed (fp16?); check it with `gan-deploy generate`")
+        raise GanDeployError(f"{name} images contain NaN or inf", f"{bad} of {n} images", expected="finite pixel values", hint="the generator diverged or overflowed (fp16?); check it with `gan-deploy generate`")
     # a little overshoot is normal (reduced precision); far outside means the range was given wrong
     slack = 0.1 * (hi - lo)
     xmin, xmax = float(x.min()), float(x.max())
     if xmin < lo - slack or xmax > hi + slack:
-        raise GanDeployError(f"{name} images outside the value range", f"[{xmin:.3g}, {xmax:.3g}]", f"values in [{lo:g}, {hi:g}]",
-                             "pass value_range=(0, 1) for sigmoid outputs, or divide uint8 pixels by 255")
+        raise GanDeployError(f"{name} images outside the value range", f"[{xmin:.3g}, {xmax:.3g}]", expected=f"values in [{lo:g}, {hi:g}]", hint="pass value_range=(0, 1) for sigmoid outputs, or divide uint8 pixels by 255")
     return x
 
 
@@ -394,12 +382,11 @@ def _fraction_inside(query: np.ndarray, ref: np.ndarray, ref_radii_sq: np.ndarra
 
 def _check_counts(n_a: int, n_b: int, k: int, bootstrap: int) -> None:
     if min(n_a, n_b) < MIN_SAMPLES:
-        raise GanDeployError("too few samples for a quality score", f"{n_a} vs {n_b}", f"at least {MIN_SAMPLES} on each side",
-                             "use 1000+ (FD is biased upward at small n; compare scores only at the same n)")
+        raise GanDeployError("too few samples for a quality score", f"{n_a} vs {n_b}", expected=f"at least {MIN_SAMPLES} on each side", hint="use 1000+ (FD is biased upward at small n; compare scores only at the same n)")
     if not 1 <= k < min(n_a, n_b):
-        raise GanDeployError("bad k for the k-NN manifolds", k, f"1 <= k < {min(n_a, n_b)}", "k=5 is the usual choice")
+        raise GanDeployError("bad k for the k-NN manifolds", k, expected=f"1 <= k < {min(n_a, n_b)}", hint="k=5 is the usual choice")
     if bootstrap < 0:
-        raise GanDeployError("bad number of bootstrap resamples", bootstrap, ">= 0", "10 is enough for a spread")
+        raise GanDeployError("bad number of bootstrap resamples", bootstrap, expected=">= 0", hint="10 is enough for a spread")
 
 
 def score_features(fa: np.ndarray, fb: np.ndarray, k: int = 5, bootstrap: int = 10, seed: int = 0,
@@ -416,11 +403,10 @@ def score_features(fa: np.ndarray, fb: np.ndarray, k: int = 5, bootstrap: int = 
     fa = np.asarray(fa, dtype=np.float64)
     fb = np.asarray(fb, dtype=np.float64)
     if fa.ndim != 2 or fb.ndim != 2 or fa.shape[1] != fb.shape[1]:
-        raise GanDeployError("feature sets do not match", f"{fa.shape} vs {fb.shape}", "[N_a, D] and [N_b, D] with the same D", None)
+        raise GanDeployError("feature sets do not match", f"{fa.shape} vs {fb.shape}", expected="[N_a, D] and [N_b, D] with the same D")
     _check_counts(len(fa), len(fb), k, bootstrap)
     if paired and len(fa) != len(fb):
-        raise GanDeployError("paired comparison needs the same number of images on both sides", f"{len(fa)} vs {len(fb)}",
-                             "one image per latent on each side", "generate both from the same seed and -n")
+        raise GanDeployError("paired comparison needs the same number of images on both sides", f"{len(fa)} vs {len(fb)}", expected="one image per latent on each side", hint="generate both from the same seed and -n")
     # one BLAS thread: bit-identical results whatever the machine's thread settings, and no spinning OpenBLAS
     # threads on a busy 2-core machine (measured: 0.6 s with one thread, 0.8-4.8 s with two under load)
     with threadpool_limits(limits=1, user_api="blas"):
@@ -476,7 +462,7 @@ def generator_images(runner: Any, n: int, seed: int = 0, start: int = 0, batch_s
     from gan_deploy.core.latents import latents_range
 
     if n < 1 or batch_size < 1:
-        raise GanDeployError("bad image count or batch size", f"n={n} batch_size={batch_size}", ">= 1 each", None)
+        raise GanDeployError("bad image count or batch size", f"n={n} batch_size={batch_size}", expected=">= 1 each")
     spec = runner.spec
     out = np.empty((n, *spec.image_shape), dtype=np.float32)
     for s in range(0, n, batch_size):
@@ -557,13 +543,11 @@ def run_eval(artifact: Any = None, backend: str = "auto", device: str = "auto", 
 
     say = log or (lambda msg: None)
     if images is None and artifact is None:
-        raise GanDeployError("nothing to score", None, "a generator artifact or a folder of images", None)
+        raise GanDeployError("nothing to score", None, expected="a generator artifact or a folder of images")
     if against_backend is not None and images is not None:
-        raise GanDeployError("--against-backend needs a generator, not a folder of images", str(images), None,
-                             "score the folder against data with --reference, or pass the generator instead of --images")
+        raise GanDeployError("--against-backend needs a generator, not a folder of images", str(images), hint="score the folder against data with --reference, or pass the generator instead of --images")
     if images is None and n < MIN_SAMPLES:
-        raise GanDeployError("too few images to score", f"-n {n}", f"at least {MIN_SAMPLES}",
-                             "use 1000+ (FD is biased upward at small n; compare scores only at the same n)")
+        raise GanDeployError("too few images to score", f"-n {n}", expected=f"at least {MIN_SAMPLES}", hint="use 1000+ (FD is biased upward at small n; compare scores only at the same n)")
     ref_art = None
     if against_backend is not None:
         from gan_deploy.backends import runner_class
@@ -572,8 +556,7 @@ def run_eval(artifact: Any = None, backend: str = "auto", device: str = "auto", 
         if artifact.kind not in runner_class(against_backend).accepts:
             ref_art = against_artifact
             if ref_art is None:
-                raise GanDeployError(f"backend '{against_backend}' cannot run the scored {artifact.kind}", str(artifact.path),
-                                     "a checkpoint to run it on", "pass the checkpoint it was exported from with --checkpoint")
+                raise GanDeployError(f"backend '{against_backend}' cannot run the scored {artifact.kind}", str(artifact.path), expected="a checkpoint to run it on", hint="pass the checkpoint it was exported from with --checkpoint")
             _check_same_generator(artifact, ref_art)
     clf = load_classifier()  # all of the above fails before anything is generated
     notes: list[str] = []
@@ -627,8 +610,7 @@ def _runner(make_runner: Any, backend: str, artifact: Any, device: str, precisio
     name = pick_backend(backend, artifact)
     if precision != "fp32":
         if name not in ("eager", "compile"):
-            raise GanDeployError(f"--precision {precision} applies to the PyTorch backends only", f"backend {name}",
-                                 "--backend eager or compile", "ONNX and engine files carry their own precision")
+            raise GanDeployError(f"--precision {precision} applies to the PyTorch backends only", f"backend {name}", expected="--backend eager or compile", hint="ONNX and engine files carry their own precision")
         return make_runner(name, artifact, device, precision=precision)
     return make_runner(name, artifact, device)
 
@@ -638,12 +620,10 @@ def _check_same_generator(scored: Any, ref: Any) -> None:
     from gan_deploy.artifacts.onnx import META_PARENT_SHA
 
     if scored.spec.latent_dim != ref.spec.latent_dim or scored.spec.image_shape != ref.spec.image_shape:
-        raise GanDeployError("the two generators do not match", f"{scored.describe()} vs {ref.describe()}",
-                             "the same latent size and image shape", "pass the checkpoint the file was exported from")
+        raise GanDeployError("the two generators do not match", f"{scored.describe()} vs {ref.describe()}", expected="the same latent size and image shape", hint="pass the checkpoint the file was exported from")
     parent = scored.metadata.get(META_PARENT_SHA)
     if parent and ref.sha256 and parent != ref.sha256:
-        raise StaleArtifact("the scored file was exported from a different checkpoint", f"{scored.path} parent {parent[:12]}",
-                            f"{ref.path} (sha256 {ref.sha256[:12]})", "pass its own checkpoint with --checkpoint, or re-export")
+        raise StaleArtifact("the scored file was exported from a different checkpoint", f"{scored.path} parent {parent[:12]}", expected=f"{ref.path} (sha256 {ref.sha256[:12]})", hint="pass its own checkpoint with --checkpoint, or re-export")
 
 
 # -- training the feature classifier ---------------------------------------------------------------------
@@ -681,10 +661,8 @@ def train_feature_classifier(out: str | Path = "models/digits_classifier.safeten
     from gan_deploy.core.timing import Stopwatch
 
     if epochs < 1 or width < 1 or feature_dim < 2 or batch_size < 1 or not 0.0 < test_fraction < 1.0 or max_shift < 0:
-        raise GanDeployError("bad classifier training settings",
-                             f"epochs={epochs} width={width} feature_dim={feature_dim} batch_size={batch_size} "
-                             f"test_fraction={test_fraction} max_shift={max_shift}",
-                             "epochs, width, batch_size >= 1, feature_dim >= 2, 0 < test_fraction < 1, max_shift >= 0", None)
+        raise GanDeployError("bad classifier training settings", f"epochs={epochs} width={width} feature_dim={feature_dim} batch_size={batch_size} "
+                             f"test_fraction={test_fraction} max_shift={max_shift}", expected="epochs, width, batch_size >= 1, feature_dim >= 2, 0 < test_fraction < 1, max_shift >= 0")
     out = Path(out).with_suffix(".safetensors")
     images, labels = _digits_arrays()
     idx_train, idx_test = train_test_split(np.arange(len(images)), test_size=test_fraction, random_state=seed, stratify=labels)

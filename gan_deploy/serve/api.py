@@ -348,5 +348,4 @@ def check_port_free(host: str, port: int) -> None:
         try:
             s.bind((host, port))
         except OSError as e:
-            raise GanDeployError("cannot listen on this address", f"{host}:{port} ({e.strerror})", "a free port",
-                                 "choose another --port, or stop what uses it") from None
+            raise GanDeployError("cannot listen on this address", f"{host}:{port} ({e.strerror})", expected="a free port", hint="choose another --port, or stop what uses it") from None

@@ -43,8 +43,7 @@ class _BatchWriter:
         paths = {kind: path}
         art = load_artifact(paths.get("checkpoint"), paths.get("onnx"), paths.get("engine"), value_range)
         if art.sha256 != sha256:
-            raise StaleArtifact("the model file on this worker differs from the driver's", f"{art.path} sha256 {art.sha256[:12]}",
-                                f"sha256 {sha256[:12]}", "copy the same file to every node (or use a shared filesystem)")
+            raise StaleArtifact("the model file on this worker differs from the driver's", f"{art.path} sha256 {art.sha256[:12]}", expected=f"sha256 {sha256[:12]}", hint="copy the same file to every node (or use a shared filesystem)")
         options = {"threads": threads} if threads else {}
         self.runner = make_runner(backend, art, device, **options).activate()
         self.spec = art.spec
@@ -99,8 +98,7 @@ def _resources(device: str, workers: int | None) -> tuple[str, dict[str, float],
         device = "cuda" if gpus else "cpu"
     if device.startswith("cuda"):
         if not gpus:
-            raise GanDeployError("CUDA device requested but the Ray cluster has no GPU", device, "a cluster with GPUs",
-                                 "use --device cpu")
+            raise GanDeployError("CUDA device requested but the Ray cluster has no GPU", device, expected="a cluster with GPUs", hint="use --device cpu")
         if device != "cuda":  # Ray gives each worker its own GPU, always visible to it as cuda:0
             device = "cuda"
         return device, {"num_gpus": 1}, min(workers or gpus, gpus)
@@ -114,9 +112,9 @@ def generate_ray(artifact: Artifact, backend: str, device: str, n: int, out: str
     """Write the same files as `generate.generate` (same arguments) with Ray Data workers."""
     check_args(n, batch_size, seed, fmt)
     if workers is not None and workers < 1:
-        raise GanDeployError("bad number of Ray workers", workers, ">= 1", None)
+        raise GanDeployError("bad number of Ray workers", workers, expected=">= 1")
     if artifact.kind not in ("checkpoint", "onnx", "engine"):
-        raise GanDeployError("unsupported artifact", artifact.kind, "checkpoint, onnx or engine", None)
+        raise GanDeployError("unsupported artifact", artifact.kind, expected="checkpoint, onnx or engine")
     if backend != "auto":  # fail here, not in every worker; `auto` is resolved where the workers run
         from gan_deploy.backends import runner_class
         runner_class(backend)
@@ -129,7 +127,7 @@ def generate_ray(artifact: Artifact, backend: str, device: str, n: int, out: str
         import ray
         import ray.data
     except ImportError:
-        raise GanDeployError("Ray is not installed", "--executor ray", None, "pip install 'gan-deploy[serve]'") from None
+        raise GanDeployError("Ray is not installed", "--executor ray", hint="pip install 'gan-deploy[serve]'") from None
     started = _init_ray(workers)
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False  # our own bar below, as in the single-process path
@@ -172,8 +170,7 @@ def generate_ray(artifact: Artifact, backend: str, device: str, n: int, out: str
         cause = _gan_deploy_cause(e)
         if cause is not None:
             raise cause from None
-        raise GanDeployError("a Ray worker failed", f"{type(e).__name__}: {str(e).splitlines()[0][:300]}", None,
-                             "see the worker's log in /tmp/ray/session_latest/logs") from None
+        raise GanDeployError("a Ray worker failed", f"{type(e).__name__}: {str(e).splitlines()[0][:300]}", hint="see the worker's log in /tmp/ray/session_latest/logs") from None
     finally:
         if bar is not None:
             bar.close()
@@ -186,8 +183,7 @@ def generate_ray(artifact: Artifact, backend: str, device: str, n: int, out: str
         # workers may have finished files the driver had not heard of yet: the folder is the truth
         done = [i for i in range(start, stop) if (out / file_name(i, n, fmt)).exists()]
     elif sorted(done) != list(range(start, stop)):
-        raise GanDeployError("Ray workers did not write every image", f"{len(done)} of {stop - start}", None,
-                             "re-run with --overwrite")
+        raise GanDeployError("Ray workers did not write every image", f"{len(done)} of {stop - start}", hint="re-run with --overwrite")
     report = GenerateReport(out, backend, detail, stop - start, len(done), start, batch_size, seed, fmt, seconds,
                             infer_s, write_s, n_workers, interrupted)
     if manifest:

@@ -62,9 +62,7 @@ class GeneratorDeployment:
         art = load_artifact(paths.get("checkpoint"), paths.get("onnx"), paths.get("engine"),
                             tuple(cfg.value_range) if cfg.value_range else None)
         if art.sha256 != cfg.artifact_sha256:
-            raise StaleArtifact("the model file on this replica differs from the one `serve` was started with",
-                                f"{art.path} sha256 {art.sha256[:12]}", f"sha256 {cfg.artifact_sha256[:12]}",
-                                "copy the same file to every node (or use a shared filesystem)")
+            raise StaleArtifact("the model file on this replica differs from the one `serve` was started with", f"{art.path} sha256 {art.sha256[:12]}", expected=f"sha256 {cfg.artifact_sha256[:12]}", hint="copy the same file to every node (or use a shared filesystem)")
         self.artifact = art
         self.runner = make_runner(cfg.backend, art, cfg.device).activate()
         self.spec = art.spec

@@ -113,15 +113,13 @@ def _validate(text: str, where: str) -> None:
     except ImportError:
         return  # optional self-check: `pip install gan-deploy[triton]` enables it
     except Exception as e:  # text_format.ParseError: a bug here, never the user's input
-        raise GanDeployError("generated config.pbtxt does not parse as Triton's ModelConfig", f"{where}: {e}", None,
-                             "please report this") from None
+        raise GanDeployError("generated config.pbtxt does not parse as Triton's ModelConfig", f"{where}: {e}", hint="please report this") from None
 
 
 def _check_preferred(preferred: list[int], max_batch_size: int, model: str) -> list[int]:
     bad = [p for p in preferred if not 1 <= p <= max_batch_size]
     if bad:
-        raise GanDeployError("preferred batch size out of range", f"{bad} for {model}", f"1 <= size <= max_batch_size {max_batch_size}",
-                             None)
+        raise GanDeployError("preferred batch size out of range", f"{bad} for {model}", expected=f"1 <= size <= max_batch_size {max_batch_size}")
     return sorted(set(preferred))
 
 
@@ -138,11 +136,10 @@ def _onnx_batch_is_dynamic(onnx_bytes: bytes) -> bool:
 def _prepare_model_dir(folder: Path, overwrite: bool) -> None:
     if folder.exists():
         if not folder.is_dir():
-            raise GanDeployError("model path in the repository is a file", str(folder), "a folder", "choose another --name or --out")
+            raise GanDeployError("model path in the repository is a file", str(folder), expected="a folder", hint="choose another --name or --out")
         if any(folder.iterdir()):
             if not overwrite:
-                raise GanDeployError("model folder already exists in the repository", str(folder), "a new or empty folder",
-                                     "pass --overwrite to replace it, or choose another --name")
+                raise GanDeployError("model folder already exists in the repository", str(folder), expected="a new or empty folder", hint="pass --overwrite to replace it, or choose another --name")
             shutil.rmtree(folder)  # a stale version folder or model file must not survive beside the new one
 
 
@@ -152,18 +149,18 @@ def triton_repo_from_artifacts(out: str | Path, artifact: Artifact | None = None
                                overwrite: bool = False, opset: int | None = None) -> TritonRepoReport:
     """Write `<out>/<name>` (ONNX, from `artifact`) and/or `<out>/<name>_trt` (TensorRT plan, from `engine`)."""
     if artifact is None and engine is None:
-        raise GanDeployError("nothing to put in the repository", None, "a checkpoint, an ONNX file or an engine", None)
+        raise GanDeployError("nothing to put in the repository", None, expected="a checkpoint, an ONNX file or an engine")
     if not name or not all(c.isalnum() or c in "_-." for c in name) or name.startswith("."):
-        raise GanDeployError("bad model name", repr(name), "letters, digits, _ - . (Triton uses it as a folder name)", None)
+        raise GanDeployError("bad model name", repr(name), expected="letters, digits, _ - . (Triton uses it as a folder name)")
     if max_batch_size < 1:
-        raise GanDeployError("bad max batch size", max_batch_size, ">= 1", None)
+        raise GanDeployError("bad max batch size", max_batch_size, expected=">= 1")
     if instance_kind not in INSTANCE_KINDS:
-        raise GanDeployError("bad instance kind", repr(instance_kind), "gpu or cpu", None)
+        raise GanDeployError("bad instance kind", repr(instance_kind), expected="gpu or cpu")
     if instances < 1 or max_queue_delay_us < 0:
-        raise GanDeployError("bad instance count or queue delay", f"{instances}, {max_queue_delay_us}", "count >= 1, delay >= 0", None)
+        raise GanDeployError("bad instance count or queue delay", f"{instances}, {max_queue_delay_us}", expected="count >= 1, delay >= 0")
     repo = Path(out)
     if repo.exists() and not repo.is_dir():
-        raise GanDeployError("repository path is a file", str(repo), "a folder", "choose another --out")
+        raise GanDeployError("repository path is a file", str(repo), expected="a folder", hint="choose another --out")
     report = TritonRepoReport(repo)
     plans: list[tuple[Path, str, dict[str, Any]]] = []  # checked before anything is written
 
@@ -173,21 +170,17 @@ def triton_repo_from_artifacts(out: str | Path, artifact: Artifact | None = None
 
         engine = Path(engine)
         if not engine.is_file():
-            raise GanDeployError("engine file not found", str(engine), None, "build one with `gan-deploy build-engine`")
+            raise GanDeployError("engine file not found", str(engine), hint="build one with `gan-deploy build-engine`")
         sidecar = read_sidecar(engine)
         check_engine_file(sidecar, sha256_file(engine), engine)
         espec = spec_from_sidecar(sidecar, engine)
         prof = sidecar["profile"]
         if prof["min"] != 1:
-            raise GanDeployError("engine profile does not start at batch 1", f"{engine}: min {prof['min']}",
-                                 "min batch 1 (Triton's dynamic batcher sends any batch size up to max_batch_size)",
-                                 "rebuild the engine with a profile whose min batch is 1")
+            raise GanDeployError("engine profile does not start at batch 1", f"{engine}: min {prof['min']}", expected="min batch 1 (Triton's dynamic batcher sends any batch size up to max_batch_size)", hint="rebuild the engine with a profile whose min batch is 1")
         if artifact is not None:
             a, b = artifact.spec, espec
             if (a.latent_dim, a.channels, a.height, a.width, tuple(a.value_range)) != (b.latent_dim, b.channels, b.height, b.width, tuple(b.value_range)):
-                raise GanDeployError("the engine and the ONNX model are different generators",
-                                     f"engine Z={b.latent_dim} {b.image_shape} vs {artifact.kind} Z={a.latent_dim} {a.image_shape}",
-                                     "an engine built from this model", "pass the matching --engine, or only one of them")
+                raise GanDeployError("the engine and the ONNX model are different generators", f"engine Z={b.latent_dim} {b.image_shape} vs {artifact.kind} Z={a.latent_dim} {a.image_shape}", expected="an engine built from this model", hint="pass the matching --engine, or only one of them")
         trt_pref = _check_preferred(preferred or [prof["opt"], prof["max"]], prof["max"], name + "_trt")
         text = config_pbtxt(name + "_trt", "tensorrt_plan", "tensorrt", espec, prof["max"], trt_pref, max_queue_delay_us,
                             "KIND_GPU", instances)  # a plan runs on a GPU only, whatever --instance-kind says
@@ -202,11 +195,10 @@ def triton_repo_from_artifacts(out: str | Path, artifact: Artifact | None = None
     onnx_bytes = None
     if artifact is not None:
         if artifact.kind == "engine":
-            raise GanDeployError("pass the engine with --engine", str(artifact.path), "a checkpoint or ONNX file here", None)
+            raise GanDeployError("pass the engine with --engine", str(artifact.path), expected="a checkpoint or ONNX file here")
         onnx_bytes = artifact.onnx_bytes() if artifact.kind == "onnx" else None
         if onnx_bytes is not None and not _onnx_batch_is_dynamic(onnx_bytes):
-            raise GanDeployError("ONNX model has a fixed batch size", str(artifact.path), "a dynamic first (batch) axis",
-                                 "re-export with `gan-deploy export` (it always makes the batch axis dynamic)")
+            raise GanDeployError("ONNX model has a fixed batch size", str(artifact.path), expected="a dynamic first (batch) axis", hint="re-export with `gan-deploy export` (it always makes the batch axis dynamic)")
         onnx_pref = _check_preferred(preferred or [max_batch_size], max_batch_size, name)
         text = config_pbtxt(name, "onnxruntime_onnx", "onnxruntime", artifact.spec, max_batch_size, onnx_pref,
                             max_queue_delay_us, INSTANCE_KINDS[instance_kind], instances)

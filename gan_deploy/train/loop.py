@@ -151,8 +151,7 @@ def _resolve_device(spec: str, local_rank: int, distributed: bool) -> torch.devi
         return torch.device("cpu")
     if spec == "cuda" or spec.startswith("cuda:"):
         if not torch.cuda.is_available():
-            raise GanDeployError("CUDA requested but not available", spec, "a machine with an NVIDIA GPU and a CUDA build of torch",
-                                 "use --device cpu (or auto)")
+            raise GanDeployError("CUDA requested but not available", spec, expected="a machine with an NVIDIA GPU and a CUDA build of torch", hint="use --device cpu (or auto)")
         if spec == "cuda":
             return torch.device("cuda", local_rank if distributed else torch.cuda.current_device())
         try:
@@ -160,9 +159,9 @@ def _resolve_device(spec: str, local_rank: int, distributed: bool) -> torch.devi
         except RuntimeError:
             dev = None
         if dev is None or dev.index is None or dev.index >= torch.cuda.device_count():
-            raise GanDeployError("no such CUDA device", spec, f"cuda:0 .. cuda:{torch.cuda.device_count() - 1}", None)
+            raise GanDeployError("no such CUDA device", spec, expected=f"cuda:0 .. cuda:{torch.cuda.device_count() - 1}")
         return dev
-    raise GanDeployError("unknown device", spec, "auto, cpu, cuda or cuda:N", None)
+    raise GanDeployError("unknown device", spec, expected="auto, cpu, cuda or cuda:N")
 
 
 def _init_distributed(device: torch.device) -> _Dist:
@@ -177,8 +176,7 @@ def _init_distributed(device: torch.device) -> _Dist:
     if not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
         if backend == "gloo" and not dist.is_gloo_available():
-            raise GanDeployError("torch.distributed gloo backend unavailable", torch.__version__,
-                                 "a torch build with gloo", "run a single process")
+            raise GanDeployError("torch.distributed gloo backend unavailable", torch.__version__, expected="a torch build with gloo", hint="run a single process")
         dist.init_process_group(backend)
         owns = True
     return _Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")), owns)
@@ -330,36 +328,35 @@ def _validate(o: TrainOptions) -> GeneratorConfig:
     from gan_deploy.nets.networks import ARCHS, _check
 
     if o.arch not in ARCHS:
-        raise GanDeployError("unknown architecture", repr(o.arch), f"one of {', '.join(ARCHS)}", None)
+        raise GanDeployError("unknown architecture", repr(o.arch), expected=f"one of {', '.join(ARCHS)}")
     if o.loss not in LOSSES:
-        raise GanDeployError("unknown loss", repr(o.loss), f"one of {', '.join(LOSSES)}", None)
+        raise GanDeployError("unknown loss", repr(o.loss), expected=f"one of {', '.join(LOSSES)}")
     if o.amp not in AMP_MODES:
-        raise GanDeployError("unknown --amp mode", repr(o.amp), f"one of {', '.join(AMP_MODES)}", None)
+        raise GanDeployError("unknown --amp mode", repr(o.amp), expected=f"one of {', '.join(AMP_MODES)}")
     for name in ("steps", "batch_size", "latent_dim", "width", "disc_width", "n_critic", "log_every"):
         v = getattr(o, name)
         if not isinstance(v, int) or v < 1:
-            raise GanDeployError(f"bad {name}", v, "an integer >= 1", None)
+            raise GanDeployError(f"bad {name}", v, expected="an integer >= 1")
     for name in ("sample_every", "checkpoint_every"):
         v = getattr(o, name)
         if not isinstance(v, int) or v < 0:
-            raise GanDeployError(f"bad {name}", v, "an integer >= 0 (0 = only at the end)", None)
+            raise GanDeployError(f"bad {name}", v, expected="an integer >= 0 (0 = only at the end)")
     if not isinstance(o.eval_every, int) or o.eval_every < 0:
-        raise GanDeployError("bad eval_every", o.eval_every, "an integer >= 0 (0 = no quality scores)", None)
+        raise GanDeployError("bad eval_every", o.eval_every, expected="an integer >= 0 (0 = no quality scores)")
     if not isinstance(o.eval_samples, int) or o.eval_samples < EVAL_MIN_SAMPLES:
-        raise GanDeployError("bad eval_samples", o.eval_samples, f"an integer >= {EVAL_MIN_SAMPLES}",
-                             "1000 is the default; FD is biased upward at small n")
+        raise GanDeployError("bad eval_samples", o.eval_samples, expected=f"an integer >= {EVAL_MIN_SAMPLES}", hint="1000 is the default; FD is biased upward at small n")
     if not (o.lr > 0 and math.isfinite(o.lr)):
-        raise GanDeployError("bad learning rate", o.lr, "a number > 0", "the usual GAN value is 2e-4")
+        raise GanDeployError("bad learning rate", o.lr, expected="a number > 0", hint="the usual GAN value is 2e-4")
     if not (0 <= o.beta1 < 1 and 0 <= o.beta2 < 1):
-        raise GanDeployError("bad Adam betas", (o.beta1, o.beta2), "each in [0, 1)", "DCGAN uses 0.5, 0.999")
+        raise GanDeployError("bad Adam betas", (o.beta1, o.beta2), expected="each in [0, 1)", hint="DCGAN uses 0.5, 0.999")
     if not 0 <= o.ema_decay < 1:
-        raise GanDeployError("bad EMA decay", o.ema_decay, "a number in [0, 1) (0 = no averaging)", "0.999 is usual")
+        raise GanDeployError("bad EMA decay", o.ema_decay, expected="a number in [0, 1) (0 = no averaging)", hint="0.999 is usual")
     if o.gp_weight < 0:
-        raise GanDeployError("bad gradient penalty weight", o.gp_weight, "a number >= 0", "10 is usual")
+        raise GanDeployError("bad gradient penalty weight", o.gp_weight, expected="a number >= 0", hint="10 is usual")
     if not 0 <= o.seed < 2**63:
-        raise GanDeployError("bad seed", o.seed, "an integer in [0, 2**63)", None)
+        raise GanDeployError("bad seed", o.seed, expected="an integer in [0, 2**63)")
     if o.resume and o.overwrite:
-        raise GanDeployError("--resume and --overwrite contradict each other", None, "one of them", None)
+        raise GanDeployError("--resume and --overwrite contradict each other", None, expected="one of them")
     cfg = GeneratorConfig(o.arch, o.latent_dim, o.channels, o.image_size, o.width)
     _check(cfg)  # dcgan needs a power-of-two image size, channels 1 or 3
     return cfg
@@ -381,13 +378,11 @@ def _read_state_meta(path: Path) -> dict[str, Any]:
     try:
         meta = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise GanDeployError("unreadable training state", f"{path} ({e})", "a JSON file written by gan-deploy train",
-                             "delete it to resume from the previous checkpoint, or use --overwrite") from None
+        raise GanDeployError("unreadable training state", f"{path} ({e})", expected="a JSON file written by gan-deploy train", hint="delete it to resume from the previous checkpoint, or use --overwrite") from None
     if not isinstance(meta, dict) or meta.get("format") != STATE_FORMAT:
-        raise GanDeployError("not a gan-deploy training state", str(path), f'"format": "{STATE_FORMAT}"', None)
+        raise GanDeployError("not a gan-deploy training state", str(path), expected=f'"format": "{STATE_FORMAT}"')
     if meta.get("version", 0) > STATE_VERSION:
-        raise GanDeployError("training state written by a newer gan-deploy", str(path), f"version <= {STATE_VERSION}",
-                             "upgrade gan-deploy")
+        raise GanDeployError("training state written by a newer gan-deploy", str(path), expected=f"version <= {STATE_VERSION}", hint="upgrade gan-deploy")
     return meta
 
 
@@ -408,13 +403,11 @@ def options_for_resume(given: dict[str, Any]) -> TrainOptions:
     out = Path(given.get("out") or default_out(data, given.get("arch", TrainOptions.arch)))
     latest = _latest_state(out)
     if latest is None:
-        raise GanDeployError("nothing to resume", str(out), "a run folder with a state/ checkpoint",
-                             "pass the run's --out folder, or drop --resume to start a new run")
+        raise GanDeployError("nothing to resume", str(out), expected="a run folder with a state/ checkpoint", hint="pass the run's --out folder, or drop --resume to start a new run")
     saved = _read_state_meta(latest)["options"]
     for k in FIXED_ON_RESUME:
         if k in given and given[k] is not None and not _same_setting(k, given[k], saved.get(k)):
-            raise GanDeployError(f"cannot change --{k.replace('_', '-')} when resuming", given[k],
-                                 f"{saved.get(k)!r} as in {latest.parent.parent}", "drop the option, or start a new run with --overwrite")
+            raise GanDeployError(f"cannot change --{k.replace('_', '-')} when resuming", given[k], expected=f"{saved.get(k)!r} as in {latest.parent.parent}", hint="drop the option, or start a new run with --overwrite")
     merged = {**{k: v for k, v in saved.items() if k in TrainOptions.__dataclass_fields__}, **given}
     merged.update(out=str(out), resume=True, overwrite=False)
     return TrainOptions(**merged)
@@ -427,17 +420,15 @@ def _run_started(out: Path) -> bool:
 def _check_out(out: Path, o: TrainOptions) -> Path | None:
     """Refuse to clobber a run (nothing is removed here); return the state file to resume from."""
     if out.exists() and not out.is_dir():
-        raise GanDeployError("--out is a file", str(out), "a folder for the run", "pick another --out")
+        raise GanDeployError("--out is a file", str(out), expected="a folder for the run", hint="pick another --out")
     if o.resume:
         latest = _latest_state(out)
         if latest is None:
-            raise GanDeployError("nothing to resume", str(out), "a run folder with a state/ checkpoint",
-                                 "pass the run's --out folder, or drop --resume to start a new run")
+            raise GanDeployError("nothing to resume", str(out), expected="a run folder with a state/ checkpoint", hint="pass the run's --out folder, or drop --resume to start a new run")
         return latest
     if _run_started(out) and not o.overwrite:
         what = "a finished run" if (out / "generator.safetensors").exists() else "an unfinished run"
-        raise GanDeployError(f"run folder already holds {what}", str(out), "a new or empty folder",
-                             "add --resume to continue it, --overwrite to start over, or pick another --out")
+        raise GanDeployError(f"run folder already holds {what}", str(out), expected="a new or empty folder", hint="add --resume to continue it, --overwrite to start over, or pick another --out")
     return None
 
 
@@ -523,16 +514,12 @@ def _load_state(path: Path, o: TrainOptions, G: nn.Module, D: nn.Module, ema: nn
     saved = meta["options"]
     for k in FIXED_ON_RESUME:
         if not _same_setting(k, getattr(o, k), saved.get(k)):
-            raise GanDeployError(f"cannot change {k} when resuming", getattr(o, k), f"{saved.get(k)!r} as saved in {path}",
-                                 "drop the option, or start a new run with --overwrite")
+            raise GanDeployError(f"cannot change {k} when resuming", getattr(o, k), expected=f"{saved.get(k)!r} as saved in {path}", hint="drop the option, or start a new run with --overwrite")
     if meta["world_size"] != ctx.world:
-        raise GanDeployError("resumed with a different number of processes", ctx.world,
-                             f"{meta['world_size']} as when the state was saved",
-                             "the data sharding and per-rank latents depend on it; use the same torchrun --nproc-per-node")
+        raise GanDeployError("resumed with a different number of processes", ctx.world, expected=f"{meta['world_size']} as when the state was saved", hint="the data sharding and per-rank latents depend on it; use the same torchrun --nproc-per-node")
     weights = path.with_suffix(".safetensors")
     if not weights.exists() or sha256_file(weights) != meta["weights_sha256"]:
-        raise GanDeployError("training state weights missing or damaged", str(weights), f"sha256 {meta['weights_sha256'][:12]}",
-                             "restore the file, or start over with --overwrite")
+        raise GanDeployError("training state weights missing or damaged", str(weights), expected=f"sha256 {meta['weights_sha256'][:12]}", hint="restore the file, or start over with --overwrite")
     t = load_file(str(weights))
     for prefix, m in (("G", G), ("D", D), ("EMA", ema)):
         m.load_state_dict({k[len(prefix) + 1:]: v for k, v in t.items() if k.startswith(prefix + ".")}, strict=True)
@@ -634,8 +621,7 @@ def train(opts: TrainOptions) -> TrainResult:
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
     device = _resolve_device(o.device, int(os.environ.get("LOCAL_RANK", "0")), distributed)
     if o.amp == "fp16" and device.type != "cuda":
-        raise GanDeployError("--amp fp16 needs a CUDA device", f"device {device}", "--amp bf16 or none on the CPU",
-                             "fp16 autocast with a gradient scaler is a GPU feature; bf16 works on recent CPUs")
+        raise GanDeployError("--amp fp16 needs a CUDA device", f"device {device}", expected="--amp bf16 or none on the CPU", hint="fp16 autocast with a gradient scaler is a GPU feature; bf16 works on recent CPUs")
     ctx = _init_distributed(device)
     try:
         return _train(o, cfg, device, ctx)
@@ -655,14 +641,11 @@ def _train(o: TrainOptions, cfg: GeneratorConfig, device: torch.device, ctx: _Di
     ds = load_dataset(o.data, o.image_size, o.channels)
     per_rank = len(ds) // ctx.world
     if per_rank < o.batch_size:
-        raise GanDeployError("batch size larger than the data set", f"--batch-size {o.batch_size}",
-                             f"at most {per_rank} ({len(ds)} images" + (f" / {ctx.world} processes)" if ctx.world > 1 else ")"),
-                             "lower --batch-size or add data")
+        raise GanDeployError("batch size larger than the data set", f"--batch-size {o.batch_size}", expected=f"at most {per_rank} ({len(ds)} images" + (f" / {ctx.world} processes)" if ctx.world > 1 else ")"), hint="lower --batch-size or add data")
     evaluator: _Evaluator | None = None
     if o.eval_every:
         if len(ds) < EVAL_MIN_SAMPLES:
-            raise GanDeployError("data set too small for the quality score", f"{len(ds)} images",
-                                 f"at least {EVAL_MIN_SAMPLES} to fit feature statistics", "add data, or turn it off: --eval-every 0")
+            raise GanDeployError("data set too small for the quality score", f"{len(ds)} images", expected=f"at least {EVAL_MIN_SAMPLES} to fit feature statistics", hint="add data, or turn it off: --eval-every 0")
         from gan_deploy.quality.features import load_classifier
 
         load_classifier()  # every rank: a missing or damaged classifier stops all of them before anything is written
@@ -687,8 +670,7 @@ def _train(o: TrainOptions, cfg: GeneratorConfig, device: torch.device, ctx: _Di
     if resume_from is not None:
         start, elapsed_before = _load_state(resume_from, o, G, D, ema, opt_g, opt_d, scalers, gen, ctx)
         if start >= o.steps:
-            raise GanDeployError("run already trained that far", f"--steps {o.steps}", f"more than the {start} steps done",
-                                 "--steps is the total to reach, not the number to add")
+            raise GanDeployError("run already trained that far", f"--steps {o.steps}", expected=f"more than the {start} steps done", hint="--steps is the total to reach, not the number to add")
 
     # Distributed: DDP all-reduces gradients and broadcasts rank 0's BN buffers at every forward.
     G_run, D_run = G, D
