@@ -15,13 +15,12 @@ import sys
 import tempfile
 from pathlib import Path
 
-
-from gan_deploy.artifacts.onnx import load_artifact
+from gan_deploy.artifacts.load import load_artifact
 from gan_deploy.backends import make_runner
-from gan_deploy.generate.pipeline import _Writer, generate
 from gan_deploy.core.images import to_uint8
 from gan_deploy.core.latents import latents_range
 from gan_deploy.core.timing import Stopwatch
+from gan_deploy.generate.pipeline import GenerateOptions, _Writer, generate
 
 
 def inference_only(runner, n: int, b: int) -> float:
@@ -80,7 +79,7 @@ def main() -> None:
         res["inference_only_img_s"] = inference_only(runner, a.n, a.batch_size)
         res["inference_only_generate_settings_img_s"] = inference_only(gen_runner, a.n, a.batch_size)
         res["writing_only_img_s"] = writing_only(runner, a.n, a.batch_size, a.format, writers, Path(d) / "w")
-        rep = generate(gen_runner, a.n, Path(d) / "e2e", a.batch_size, fmt=a.format, progress=False, manifest=True)
+        rep = generate(gen_runner, GenerateOptions(n=a.n, out=Path(d) / "e2e", batch_size=a.batch_size, fmt=a.format, progress=False, manifest=True))
         res["end_to_end_img_s"] = rep.images_per_s
     bound = min(res["inference_only_img_s"], res["writing_only_img_s"])
     res["end_to_end_vs_bound"] = res["end_to_end_img_s"] / bound

@@ -33,7 +33,7 @@ from urllib.parse import urlsplit
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from gan_deploy.artifacts.onnx import load_artifact  # noqa: E402
+from gan_deploy.artifacts.load import load_artifact  # noqa: E402
 from gan_deploy.backends import make_runner  # noqa: E402
 from gan_deploy.generate.pipeline import generate  # noqa: E402
 

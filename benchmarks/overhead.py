@@ -11,7 +11,7 @@ import argparse
 import json
 import statistics
 
-from gan_deploy.artifacts.onnx import load_artifact
+from gan_deploy.artifacts.load import load_artifact
 from gan_deploy.backends import make_runner
 from gan_deploy.core.latents import latents_range
 from gan_deploy.core.timing import measure

@@ -25,13 +25,15 @@ import sys
 import tempfile
 from pathlib import Path
 
-from gan_deploy.artifacts.onnx import artifact_from_onnx, load_artifact
-from gan_deploy.backends import make_runner
 from gan_deploy.artifacts.checkpoint import DEFAULT_CHECKPOINT, save_checkpoint
-from gan_deploy.nets.config import GeneratorConfig
+from gan_deploy.artifacts.load import load_artifact
+from gan_deploy.artifacts.onnx import artifact_from_onnx
+from gan_deploy.backends import make_runner
 from gan_deploy.core.latents import latents_range
-from gan_deploy.precision.quantize import fp16_onnx_from_onnx, int8_onnx_from_onnx
 from gan_deploy.core.timing import measure
+from gan_deploy.export.onnx import onnx_bytes_of
+from gan_deploy.nets.config import GeneratorConfig
+from gan_deploy.precision.quantize import fp16_onnx_from_onnx, int8_onnx_from_onnx
 
 
 def parent_artifact(checkpoint: str | None, tmp: Path):
@@ -59,7 +61,7 @@ def damage_sweep(parent, n: int) -> None:
 
     from gan_deploy.precision.gate import run_gate, thresholds_for
 
-    base = onnx.load_model_from_string(parent.onnx_bytes())
+    base = onnx.load_model_from_string(onnx_bytes_of(parent))
     layers = [n_ for n_ in base.graph.node if n_.op_type == "ConvTranspose"]
     reference = make_runner("eager", parent, "cpu") if parent.kind == "checkpoint" else make_runner("onnxruntime", parent, "cpu")
     rng = np.random.default_rng(0)
@@ -99,7 +101,7 @@ def main() -> None:
     if a.damage:
         return damage_sweep(parent, a.gate_samples)
     fp32_path = tmp / "fp32.onnx"
-    fp32_path.write_bytes(parent.onnx_bytes())
+    fp32_path.write_bytes(onnx_bytes_of(parent))
     arts, gates = {"fp32": artifact_from_onnx(fp32_path)}, {}
     wanted = a.variants.split(",")
     makers = {

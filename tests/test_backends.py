@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from gan_deploy.artifacts.onnx import load_artifact
+from gan_deploy.artifacts.load import load_artifact
 from gan_deploy.backends import BACKENDS, make_runner, pick_backend, runner_class, unavailable_reason
 from gan_deploy.core.errors import GanDeployError
 from gan_deploy.core.latents import latents_range

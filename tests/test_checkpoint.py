@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from gan_deploy.artifacts.checkpoint import load_generator, read_checkpoint
-from gan_deploy.nets.config import GeneratorConfig
 from gan_deploy.core.errors import GanDeployError
+from gan_deploy.nets.config import GeneratorConfig
 from tests.conftest import make_checkpoint
 
 

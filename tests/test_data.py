@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from gan_deploy.data.sources import dataset_name, load_dataset
 from gan_deploy.core.errors import GanDeployError
+from gan_deploy.data.sources import load_dataset
 
 
 def _write_idx(path: Path, a: np.ndarray, gz: bool) -> Path:

@@ -7,10 +7,10 @@ import filecmp
 
 import pytest
 
-from gan_deploy.artifacts.onnx import load_artifact
+from gan_deploy.artifacts.load import load_artifact
 from gan_deploy.backends import make_runner
 from gan_deploy.core.errors import GanDeployError
-from gan_deploy.generate.pipeline import generate
+from gan_deploy.generate.pipeline import GenerateOptions, generate
 
 N, BATCH, SEED = 29, 6, 3  # 5 batches: uneven over 2 workers, last batch short
 
@@ -27,8 +27,7 @@ def ray_local():
 @pytest.fixture(scope="module")
 def single(tiny_checkpoint, tmp_path_factory):
     out = tmp_path_factory.mktemp("single") / "out"
-    generate(make_runner("onnxruntime", load_artifact(tiny_checkpoint), "cpu"), N, out, batch_size=BATCH, seed=SEED,
-             progress=False)
+    generate(make_runner("onnxruntime", load_artifact(tiny_checkpoint), "cpu"), GenerateOptions(n=N, out=out, batch_size=BATCH, seed=SEED, progress=False))
     return out
 
 
@@ -40,22 +39,22 @@ def _same_folder(a, b) -> None:
 
 
 def test_ray_workers_write_the_single_process_files(ray_local, tiny_checkpoint, single, tmp_path):
-    from gan_deploy.serve.ray_data import generate_ray
+    from gan_deploy.generate.pipeline import GenerateOptions
+    from gan_deploy.generate.ray_executor import generate_ray
 
-    rep = generate_ray(load_artifact(tiny_checkpoint), "onnxruntime", "cpu", N, tmp_path / "ray", batch_size=BATCH,
-                       seed=SEED, progress=False, workers=2)
+    rep = generate_ray(load_artifact(tiny_checkpoint), GenerateOptions(backend="onnxruntime", device="cpu", n=N, out=tmp_path / "ray", batch_size=BATCH, seed=SEED, progress=False, ray_workers=2))
     assert rep.n_written == N and rep.writers == 2 and "2 Ray worker(s)" in rep.backend_detail
     _same_folder(single, tmp_path / "ray")  # every image and the manifest
 
 
 def test_ray_shards_union_is_the_single_run(ray_local, tiny_checkpoint, single, tmp_path):
-    from gan_deploy.serve.ray_data import generate_ray
+    from gan_deploy.generate.pipeline import GenerateOptions
+    from gan_deploy.generate.ray_executor import generate_ray
 
     art = load_artifact(tiny_checkpoint)
     seen = set()
     for k in range(2):
-        rep = generate_ray(art, "onnxruntime", "cpu", N, tmp_path / f"s{k}", batch_size=BATCH, seed=SEED,
-                           shard=(k, 2), progress=False, workers=2)
+        rep = generate_ray(art, GenerateOptions(backend="onnxruntime", device="cpu", n=N, out=tmp_path / f"s{k}", batch_size=BATCH, seed=SEED, shard=(k, 2), progress=False, ray_workers=2))
         images = {p.name for p in (tmp_path / f"s{k}").glob("*.png")}
         assert len(images) == rep.n_written and not images & seen
         seen |= images
@@ -73,21 +72,23 @@ def test_cli_executor_ray(ray_local, cli, tiny_checkpoint, single, tmp_path):
 
 
 def test_worker_with_another_model_file_is_refused(ray_local, tiny_checkpoint, tmp_path):
-    from gan_deploy.serve.ray_data import generate_ray
+    from gan_deploy.generate.pipeline import GenerateOptions
+    from gan_deploy.generate.ray_executor import generate_ray
 
     art = load_artifact(tiny_checkpoint)
     art.sha256 = "0" * 64  # as if the driver's file differed from the one the workers see at that path
     with pytest.raises(GanDeployError, match="differs from the driver's"):
-        generate_ray(art, "onnxruntime", "cpu", 4, tmp_path / "x", batch_size=2, progress=False, workers=1)
+        generate_ray(art, GenerateOptions(backend="onnxruntime", device="cpu", n=4, out=tmp_path / "x", batch_size=2, progress=False, ray_workers=1))
 
 
 def test_bad_arguments_fail_before_ray_starts(tiny_checkpoint, tmp_path):
-    from gan_deploy.serve.ray_data import generate_ray
+    from gan_deploy.generate.pipeline import GenerateOptions
+    from gan_deploy.generate.ray_executor import generate_ray
 
     art = load_artifact(tiny_checkpoint)
     with pytest.raises(GanDeployError, match="bad batch size"):
-        generate_ray(art, "onnxruntime", "cpu", 4, tmp_path / "a", batch_size=0)
+        generate_ray(art, GenerateOptions(backend="onnxruntime", device="cpu", n=4, out=tmp_path / "a", batch_size=0))
     with pytest.raises(GanDeployError, match="unknown backend"):
-        generate_ray(art, "nope", "cpu", 4, tmp_path / "b")
+        generate_ray(art, GenerateOptions(backend="nope", device="cpu", n=4, out=tmp_path / "b"))
     with pytest.raises(GanDeployError, match="Ray workers"):
-        generate_ray(art, "onnxruntime", "cpu", 4, tmp_path / "c", workers=0)
+        generate_ray(art, GenerateOptions(backend="onnxruntime", device="cpu", n=4, out=tmp_path / "c", ray_workers=0))

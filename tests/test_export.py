@@ -5,12 +5,13 @@ import onnx
 import pytest
 import torch
 
-from gan_deploy.artifacts.onnx import META_CONFIG, META_PARENT_SHA, load_artifact
-from gan_deploy.backends import make_runner
 from gan_deploy.artifacts.checkpoint import read_checkpoint
+from gan_deploy.artifacts.load import load_artifact
+from gan_deploy.artifacts.onnx import META_CONFIG, META_PARENT_SHA
+from gan_deploy.backends import make_runner
 from gan_deploy.core.errors import GanDeployError
-from gan_deploy.export.onnx import onnx_from_checkpoint, onnx_from_factory
 from gan_deploy.core.latents import latents_range
+from gan_deploy.export.onnx import onnx_from_checkpoint, onnx_from_factory
 
 EXAMPLE = "examples/pytorch_dcgan_tutorial.py:Generator"
 

@@ -7,11 +7,11 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-from gan_deploy.artifacts.onnx import artifact_from_onnx, load_artifact
+from gan_deploy.artifacts.load import load_artifact
+from gan_deploy.artifacts.onnx import artifact_from_onnx
 from gan_deploy.backends import make_runner
 from gan_deploy.core.errors import GanDeployError
-from gan_deploy.precision.gate import (GateRejected, check_artifact, gate_figures, gate_latents, image_figures, run_gate,
-                             thresholds_for)
+from gan_deploy.precision.gate import GateRejected, check_artifact, gate_figures, gate_latents, image_figures, run_gate, thresholds_for
 from gan_deploy.precision.quantize import int8_onnx_from_onnx
 
 

@@ -4,12 +4,12 @@ import os
 import numpy as np
 import pytest
 
-from gan_deploy.artifacts.onnx import load_artifact
+from gan_deploy.artifacts.load import load_artifact
 from gan_deploy.backends import make_runner
 from gan_deploy.core.errors import GanDeployError
 from gan_deploy.core.fileio import TMP_PREFIX
-from gan_deploy.generate.pipeline import GenerateInterrupted, generate, parse_shard, shard_indices
 from gan_deploy.core.images import decode
+from gan_deploy.generate.pipeline import GenerateInterrupted, GenerateOptions, generate, parse_shard, shard_indices
 
 
 def _pixels(folder):
@@ -18,7 +18,7 @@ def _pixels(folder):
 
 def test_files_manifest_and_grid(tiny_checkpoint, tmp_path):
     runner = make_runner("onnxruntime", load_artifact(tiny_checkpoint))
-    rep = generate(runner, 23, tmp_path / "out", batch_size=5, seed=4, grid=tmp_path / "grid.png", progress=False)
+    rep = generate(runner, GenerateOptions(n=23, out=tmp_path / "out", batch_size=5, seed=4, grid=tmp_path / "grid.png", progress=False))
     files = sorted(p.name for p in (tmp_path / "out").iterdir())
     assert files[:2] == ["000000.png", "000001.png"] and len(files) == 24 and "manifest.csv" in files
     rows = list(csv.DictReader(open(tmp_path / "out" / "manifest.csv")))
@@ -29,15 +29,15 @@ def test_files_manifest_and_grid(tiny_checkpoint, tmp_path):
 
 def test_same_files_whatever_batch_size_or_backend(tiny_checkpoint, tmp_path):
     art = load_artifact(tiny_checkpoint)
-    generate(make_runner("onnxruntime", art), 20, tmp_path / "a", batch_size=20, seed=9, progress=False)
-    generate(make_runner("onnxruntime", art), 20, tmp_path / "b", batch_size=3, seed=9, progress=False)
-    generate(make_runner("eager", art), 20, tmp_path / "c", batch_size=7, seed=9, progress=False)
+    generate(make_runner("onnxruntime", art), GenerateOptions(n=20, out=tmp_path / "a", batch_size=20, seed=9, progress=False))
+    generate(make_runner("onnxruntime", art), GenerateOptions(n=20, out=tmp_path / "b", batch_size=3, seed=9, progress=False))
+    generate(make_runner("eager", art), GenerateOptions(n=20, out=tmp_path / "c", batch_size=7, seed=9, progress=False))
     a, b, c = _pixels(tmp_path / "a"), _pixels(tmp_path / "b"), _pixels(tmp_path / "c")
     assert a.keys() == b.keys() == c.keys() and len(a) == 20
     for k in a:
         # float differences ~1e-8 can only flip a pixel that sits exactly on a rounding boundary
         assert np.abs(a[k].astype(int) - b[k]).max() <= 1 and np.abs(a[k].astype(int) - c[k]).max() <= 1
-    generate(make_runner("onnxruntime", art), 20, tmp_path / "d", batch_size=20, seed=10, progress=False)
+    generate(make_runner("onnxruntime", art), GenerateOptions(n=20, out=tmp_path / "d", batch_size=20, seed=10, progress=False))
     assert any(not np.array_equal(a[k], v) for k, v in _pixels(tmp_path / "d").items())
 
 
@@ -45,15 +45,15 @@ def test_refuses_non_empty_folder_unless_overwrite(tiny_checkpoint, tmp_path):
     runner = make_runner("onnxruntime", load_artifact(tiny_checkpoint))
     (tmp_path / "keep.txt").write_text("mine")
     with pytest.raises(GanDeployError, match="not empty.*--overwrite"):
-        generate(runner, 2, tmp_path, progress=False)
-    generate(runner, 2, tmp_path, overwrite=True, progress=False)
+        generate(runner, GenerateOptions(n=2, out=tmp_path, progress=False))
+    generate(runner, GenerateOptions(n=2, out=tmp_path, overwrite=True, progress=False))
     assert (tmp_path / "keep.txt").read_text() == "mine"
 
 
 def test_output_path_that_is_a_file(tiny_checkpoint, tmp_path):
     (tmp_path / "f").write_text("x")
     with pytest.raises(GanDeployError, match="output path is a file"):
-        generate(make_runner("onnxruntime", load_artifact(tiny_checkpoint)), 2, tmp_path / "f", progress=False)
+        generate(make_runner("onnxruntime", load_artifact(tiny_checkpoint)), GenerateOptions(n=2, out=tmp_path / "f", progress=False))
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root can write anywhere")
@@ -62,7 +62,7 @@ def test_output_folder_not_writable(tiny_checkpoint, tmp_path):
     ro.mkdir()
     ro.chmod(0o500)
     with pytest.raises(GanDeployError, match="not writable"):
-        generate(make_runner("onnxruntime", load_artifact(tiny_checkpoint)), 2, ro, progress=False)
+        generate(make_runner("onnxruntime", load_artifact(tiny_checkpoint)), GenerateOptions(n=2, out=ro, progress=False))
 
 
 def test_ctrl_c_leaves_only_complete_files(tiny_checkpoint, tmp_path):
@@ -73,7 +73,7 @@ def test_ctrl_c_leaves_only_complete_files(tiny_checkpoint, tmp_path):
         if b0 >= 8:
             raise KeyboardInterrupt
     with pytest.raises(GenerateInterrupted) as e:
-        generate(runner, 100, tmp_path, batch_size=4, on_batch=interrupt, progress=False, overwrite=True)
+        generate(runner, GenerateOptions(n=100, out=tmp_path, batch_size=4, progress=False, overwrite=True), on_batch=interrupt)
     rep = e.value.report
     names = sorted(p.name for p in tmp_path.iterdir())
     assert not [n for n in names if n.startswith(TMP_PREFIX)]
@@ -87,10 +87,9 @@ def test_ctrl_c_leaves_only_complete_files(tiny_checkpoint, tmp_path):
 
 def test_shards_union_is_byte_identical(tiny_checkpoint, tmp_path):
     art = load_artifact(tiny_checkpoint)
-    generate(make_runner("onnxruntime", art), 30, tmp_path / "all", batch_size=4, progress=False, manifest=False)
+    generate(make_runner("onnxruntime", art), GenerateOptions(n=30, out=tmp_path / "all", batch_size=4, progress=False, manifest=False))
     for k in range(3):
-        generate(make_runner("onnxruntime", art), 30, tmp_path / "shards", batch_size=4, shard=(k, 3), overwrite=True,
-                 progress=False, manifest=False)
+        generate(make_runner("onnxruntime", art), GenerateOptions(n=30, out=tmp_path / "shards", batch_size=4, shard=(k, 3), overwrite=True, progress=False, manifest=False))
     whole = {p.name: p.read_bytes() for p in (tmp_path / "all").iterdir()}
     union = {p.name: p.read_bytes() for p in (tmp_path / "shards").iterdir()}
     assert whole == union and len(whole) == 30
@@ -109,12 +108,12 @@ def test_shard_arithmetic():
 
 def test_formats(tiny_checkpoint, tmp_path):
     runner = make_runner("onnxruntime", load_artifact(tiny_checkpoint))
-    generate(runner, 3, tmp_path / "n", fmt="npy", progress=False)
-    generate(runner, 3, tmp_path / "j", fmt="jpg", progress=False)
+    generate(runner, GenerateOptions(n=3, out=tmp_path / "n", fmt="npy", progress=False))
+    generate(runner, GenerateOptions(n=3, out=tmp_path / "j", fmt="jpg", progress=False))
     assert decode(tmp_path / "n" / "000002.npy").shape == (16, 16, 1)
     assert decode(tmp_path / "j" / "000002.jpg").shape == (16, 16, 1)
     png = tmp_path / "p"
-    generate(runner, 3, png, progress=False)
+    generate(runner, GenerateOptions(n=3, out=png, progress=False))
     assert np.array_equal(decode(png / "000002.png"), decode(tmp_path / "n" / "000002.npy"))
 
 

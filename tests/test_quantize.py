@@ -8,13 +8,22 @@ import pytest
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
-from gan_deploy.artifacts.onnx import META_PARENT_SHA, META_PRECISION, load_artifact
+from gan_deploy.artifacts.artifact import META_PRECISION
+from gan_deploy.artifacts.load import load_artifact
+from gan_deploy.artifacts.onnx import META_PARENT_SHA
 from gan_deploy.backends import make_runner
 from gan_deploy.core.errors import GanDeployError
 from gan_deploy.core.fileio import sha256_bytes
 from gan_deploy.core.latents import latents_range
-from gan_deploy.precision.quantize import (META_CHECKPOINT_SHA, META_INT8_TARGET, ReferenceEvaluatorRunner, fp16_model,
-                                 int8_onnx_from_onnx, reduced_precision_model)
+from gan_deploy.export.onnx import onnx_bytes_of
+from gan_deploy.precision.quantize import (
+    META_CHECKPOINT_SHA,
+    META_INT8_TARGET,
+    ReferenceEvaluatorRunner,
+    fp16_model,
+    int8_onnx_from_onnx,
+    reduced_precision_model,
+)
 from gan_deploy.precision.rewrite import conv_from_conv_transpose, fold_batchnorms
 
 
@@ -91,7 +100,7 @@ def test_rewrite_leaves_other_transposed_convolutions_alone():
 @pytest.mark.parametrize("hoist", [True, False])
 def test_fold_and_rewrite_whole_generator_is_exact(tiny_checkpoint, hoist):
     art = load_artifact(tiny_checkpoint)
-    model = onnx.load_model_from_string(art.onnx_bytes())
+    model = onnx.load_model_from_string(onnx_bytes_of(art))
     folded, n_bn = fold_batchnorms(model)
     assert n_bn == 2 and "BatchNormalization" not in {n.op_type for n in folded.graph.node}
     rewritten, report = conv_from_conv_transpose(folded, hoist_activation=hoist)

@@ -15,8 +15,7 @@ import numpy as np
 import pytest
 
 from gan_deploy.core.latents import MAX_SEED, latents_for
-from gan_deploy.serve.api import (ImageRequest, Metrics, RequestError, ServeConfig, chunks, parse_request,
-                                  prometheus_text, request_latents)
+from gan_deploy.serve.api import ImageRequest, Metrics, RequestError, ServeConfig, chunks, parse_request, prometheus_text, request_latents
 
 MAX_IMAGES = 32
 
@@ -128,16 +127,16 @@ SEED, N_REF, BATCH_REF = 5, 40, 7
 @pytest.fixture(scope="module")
 def reference(tiny_onnx, tmp_path_factory):
     """generate's files for --seed SEED -n N_REF, and for --seed s -n 1 (s = 11, 12, 13): name -> bytes."""
-    from gan_deploy.artifacts.onnx import load_artifact
+    from gan_deploy.artifacts.load import load_artifact
     from gan_deploy.backends import make_runner
-    from gan_deploy.generate.pipeline import generate
+    from gan_deploy.generate.pipeline import GenerateOptions, generate
 
     art = load_artifact(onnx=tiny_onnx)
     out = tmp_path_factory.mktemp("ref")
-    generate(make_runner("onnxruntime", art, "cpu"), N_REF, out / "main", batch_size=BATCH_REF, seed=SEED, progress=False)
+    generate(make_runner("onnxruntime", art, "cpu"), GenerateOptions(n=N_REF, out=out / "main", batch_size=BATCH_REF, seed=SEED, progress=False))
     files = {("main", p.name): p.read_bytes() for p in (out / "main").glob("*.png")}
     for s in (11, 12, 13):
-        generate(make_runner("onnxruntime", art, "cpu"), 1, out / f"s{s}", seed=s, progress=False)
+        generate(make_runner("onnxruntime", art, "cpu"), GenerateOptions(n=1, out=out / f"s{s}", seed=s, progress=False))
         files[("seed", s)] = (out / f"s{s}" / "000000.png").read_bytes()
     return files
 
@@ -149,8 +148,8 @@ def service(tiny_onnx):
     import ray
     from ray import serve as ray_serve
 
+    from gan_deploy.artifacts.load import load_artifact
     from gan_deploy.serve import ray_serve as service
-    from gan_deploy.artifacts.onnx import load_artifact
 
     art = load_artifact(onnx=tiny_onnx)
     common = dict(artifact_kind="onnx", artifact_path=str(art.path), artifact_sha256=art.sha256, backend="onnxruntime",

@@ -8,11 +8,21 @@ import sys
 import numpy as np
 import pytest
 
-from gan_deploy.artifacts.onnx import GeneratorSpec, load_artifact
+from gan_deploy.artifacts.engine import (
+    RuntimeInfo,
+    check_engine_file,
+    check_runtime,
+    check_source,
+    make_sidecar,
+    parse_sidecar,
+    read_sidecar,
+    sidecar_path,
+    spec_from_sidecar,
+)
+from gan_deploy.artifacts.load import load_artifact
+from gan_deploy.artifacts.spec import GeneratorSpec
 from gan_deploy.backends import BACKENDS, pick_backend
 from gan_deploy.backends.tensorrt import unavailable_reason
-from gan_deploy.artifacts.engine import (RuntimeInfo, check_engine_file, check_runtime, check_source, make_sidecar,
-                                    parse_sidecar, read_sidecar, sidecar_path, spec_from_sidecar)
 from gan_deploy.core.errors import BackendUnavailable, GanDeployError, StaleArtifact
 from gan_deploy.core.fileio import sha256_file
 
@@ -131,8 +141,14 @@ def test_backend_is_registered_first_and_lazily():
 @pytest.mark.skipif(TRT_MISSING is None, reason="TensorRT and a GPU are available here")
 def test_without_tensorrt_auto_falls_back_and_errors_say_how_to_install(engine, tiny_checkpoint, cli):
     assert pick_backend("auto", load_artifact(tiny_checkpoint)) == "onnxruntime"
-    with pytest.raises(BackendUnavailable, match=r"cannot load a TensorRT engine here: .*pip install gan-deploy\[gpu\]"):
-        load_artifact(engine=engine)
+    # describing an engine needs no TensorRT (a CPU-only Ray head can plan GPU work); running it does
+    art = load_artifact(engine=engine)
+    assert art.kind == "engine" and art.spec.latent_dim == 8 and art.precision == "fp16"
+    from gan_deploy.backends import make_runner
+    with pytest.raises(BackendUnavailable, match=r"backend 'tensorrt' is not available here: .*pip install gan-deploy\[gpu\]"):
+        make_runner("tensorrt", art)
+    with pytest.raises(BackendUnavailable, match="no backend can run this artifact here"):
+        make_runner("auto", art)
     _edit(engine, engine_sha256="b" * 64)  # consistency checks come first: they need no TensorRT
     with pytest.raises(StaleArtifact, match="does not match its sidecar"):
         load_artifact(engine=engine)
@@ -153,8 +169,8 @@ def test_without_tensorrt_auto_falls_back_and_errors_say_how_to_install(engine, 
 @pytest.mark.skipif(TRT_MISSING is not None, reason=f"TensorRT/GPU unavailable: {TRT_MISSING}")
 def test_build_load_and_run_engine(precision, tiny_checkpoint, tmp_path):
     from gan_deploy.backends import make_runner
-    from gan_deploy.engine.build import engine_from_artifact
     from gan_deploy.core.latents import latents_range
+    from gan_deploy.engine.build import engine_from_artifact
 
     parent = load_artifact(tiny_checkpoint)
     out = tmp_path / f"tiny.{precision}.engine"

@@ -18,11 +18,11 @@ import torch
 from click.testing import CliRunner
 from safetensors.torch import load_file
 
-from gan_deploy.train import loop as train_mod
 from gan_deploy.artifacts.checkpoint import load_generator, read_checkpoint
 from gan_deploy.cli.main import main
 from gan_deploy.core.errors import GanDeployError
 from gan_deploy.core.fileio import sha256_file
+from gan_deploy.train import loop as train_mod
 from gan_deploy.train.loop import TrainOptions, iter_metrics, options_for_resume, train
 
 REPO = Path(__file__).resolve().parent.parent

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from gan_deploy.artifacts.onnx import load_artifact
+from gan_deploy.artifacts.load import load_artifact
 from gan_deploy.core.errors import GanDeployError
 from gan_deploy.core.fileio import sha256_file
 from gan_deploy.serve.triton import parse_config, triton_repo_from_artifacts

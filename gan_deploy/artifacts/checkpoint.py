@@ -9,14 +9,15 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:  # torch loads only when weights are read or written: describing a checkpoint needs none
+    import torch
 
-from gan_deploy.nets.config import FORMAT_VERSION, GeneratorConfig, dumps
 from gan_deploy.core.errors import GanDeployError
-from gan_deploy.core.resources import DEFAULT_GENERATOR, asset_path
 from gan_deploy.core.fileio import atomic_path, atomic_write_text, sha256_file
+from gan_deploy.core.resources import DEFAULT_GENERATOR, asset_path
+from gan_deploy.nets.config import FORMAT_VERSION, GeneratorConfig, dumps
 
 FORMAT = "gan-deploy-generator"
 DEFAULT_CHECKPOINT = asset_path(DEFAULT_GENERATOR)  # shipped in the wheel: gan_deploy/assets/

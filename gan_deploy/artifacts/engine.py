@@ -23,13 +23,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from gan_deploy.artifacts.onnx import GeneratorSpec
+from gan_deploy.artifacts.artifact import META_PRECISION, Artifact
+from gan_deploy.artifacts.onnx import META_VALUE_RANGE
+from gan_deploy.artifacts.spec import ARTIFACT_PRECISIONS, GeneratorSpec
 from gan_deploy.core.errors import GanDeployError, StaleArtifact
 from gan_deploy.core.fileio import sha256_file
+from gan_deploy.nets.config import GeneratorConfig
 
 SIDECAR_FORMAT = "gan-deploy-engine"
 SIDECAR_FORMAT_VERSION = 1
-PRECISIONS = ("fp32", "fp16", "int8")
+PRECISIONS = ARTIFACT_PRECISIONS
 _SHA = re.compile(r"^[0-9a-f]{64}$")
 _CC = re.compile(r"^\d+\.\d+$")
 
@@ -179,3 +182,22 @@ def check_runtime(d: dict[str, Any], rt: RuntimeInfo) -> None:
         diffs.append(f"GPU {d['gpu_name']} (this GPU is {rt.gpu_name}, same compute capability)")
     if diffs:
         raise StaleArtifact("engine was built for another setup", "; ".join(diffs), expected="the TensorRT version and GPU it was built with", hint=f"TensorRT engines are specific to both; {_rebuild(d)}")
+
+
+def artifact_from_engine(path: str | Path) -> Artifact:
+    """An engine's description from its sidecar, refused (with the reason and the rebuild command) when the
+    engine file or the ONNX/checkpoint it came from changed. Needs no TensorRT and no GPU: whether this
+    machine's TensorRT and GPU match is checked when a runner activates it (backends/tensorrt.py)."""
+    p = Path(path)
+    if not p.exists():
+        raise GanDeployError("engine file not found", str(p), hint="build one with `gan-deploy build-engine --fp16`")
+    if p.is_dir():
+        raise GanDeployError("expected an engine file, got a folder", str(p))
+    d = read_sidecar(p)
+    check_engine_file(d, sha256_file(p), p)
+    check_source(d)
+    spec = spec_from_sidecar(d, sidecar_path(p))
+    cfg = GeneratorConfig.from_dict(d["generator"]) if d.get("generator") else None
+    meta = {META_PRECISION: d["precision"], META_VALUE_RANGE: json.dumps(list(spec.value_range)),
+            "gan_deploy.engine_sidecar": str(sidecar_path(p))}
+    return Artifact("engine", p, spec, d["engine_sha256"], cfg, meta)

@@ -1,115 +1,31 @@
-"""What a backend runs: a checkpoint, an ONNX file or a TensorRT engine, and the contract they share.
+"""ONNX generators: check a graph is a generator, read its contract and the metadata `export` wrote.
 
-Every artifact reduces to a `GeneratorSpec`: one latent input ([N, Z] or [N, Z, 1, 1]), one image output
-[N, C, H, W], and the output value range. Artifacts describe themselves: an exported ONNX file carries
-its generator config and its parent checkpoint's sha256 in its metadata, so a stale one can be refused.
+An exported ONNX file describes itself: its generator config and its parent checkpoint's sha256 are in the
+metadata (keys below), so a stale one can be refused. Only `onnx` is needed here, never onnxruntime.
 """
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from gan_deploy.artifacts.checkpoint import Checkpoint, read_checkpoint
-from gan_deploy.nets.config import GeneratorConfig
+from gan_deploy.artifacts.artifact import META_PRECISION, META_PREFIX, Artifact
+from gan_deploy.artifacts.spec import GeneratorSpec
 from gan_deploy.core.errors import GanDeployError, StaleArtifact
 from gan_deploy.core.fileio import sha256_bytes
+from gan_deploy.nets.config import GeneratorConfig
+
+__all__ = ["META_PRECISION", "artifact_from_onnx", "spec_from_onnx_model"]
 
 # ONNX metadata_props keys written by `export` and read by every command after it
-META_PREFIX = "gan_deploy."
 META_CONFIG = META_PREFIX + "generator"  # GeneratorConfig as JSON
 META_VALUE_RANGE = META_PREFIX + "value_range"  # JSON [lo, hi]
 META_PARENT_SHA = META_PREFIX + "parent_sha256"  # sha256 of the checkpoint weights it came from
 META_PARENT_KIND = META_PREFIX + "parent_kind"  # checkpoint | onnx | torch-factory
-META_PRECISION = META_PREFIX + "precision"  # fp32 | fp16 | int8
 META_TOLERANCE = META_PREFIX + "export_max_abs_err"
 
-VALUE_RANGES = {"-1,1": (-1.0, 1.0), "0,1": (0.0, 1.0)}
 
-
-@dataclass(frozen=True)
-class GeneratorSpec:
-    latent_dim: int  # Z
-    channels: int  # C
-    height: int  # H
-    width: int  # W
-    value_range: tuple[float, float] = (-1.0, 1.0)
-    latent_rank: int = 2  # 2: [N, Z]; 4: [N, Z, 1, 1]
-    input_name: str = "z"
-    output_name: str = "image"
-
-    @property
-    def latent_shape(self) -> tuple[int, ...]:
-        return (self.latent_dim,) if self.latent_rank == 2 else (self.latent_dim, 1, 1)
-
-    @property
-    def image_shape(self) -> tuple[int, int, int]:
-        return (self.channels, self.height, self.width)
-
-    @classmethod
-    def from_config(cls, cfg: GeneratorConfig) -> "GeneratorSpec":
-        return cls(cfg.latent_dim, cfg.channels, cfg.image_size, cfg.image_size, tuple(cfg.value_range))
-
-
-def parse_value_range(text: str | None) -> tuple[float, float] | None:
-    if text is None:
-        return None
-    key = text.replace(" ", "").replace("[", "").replace("]", "")
-    if key not in VALUE_RANGES:
-        raise GanDeployError("unknown output value range", repr(text), expected="'-1,1' (tanh) or '0,1' (sigmoid)")
-    return VALUE_RANGES[key]
-
-
-@dataclass
-class Artifact:
-    """A generator on disk in one of its forms, plus what was learnt by inspecting it."""
-
-    kind: str  # checkpoint | onnx | engine
-    path: Path
-    spec: GeneratorSpec
-    sha256: str
-    config: GeneratorConfig | None = None  # known for checkpoints and our own exports
-    metadata: dict[str, str] = field(default_factory=dict)
-    checkpoint: Checkpoint | None = None
-    _onnx_bytes: bytes | None = field(default=None, repr=False)
-
-    @property
-    def precision(self) -> str:
-        return self.metadata.get(META_PRECISION, "fp32")
-
-    def torch_module(self):
-        """The PyTorch generator (checkpoints only): eager and compile run this."""
-        if self.checkpoint is None:
-            raise GanDeployError(f"the {self.kind} artifact has no PyTorch weights", str(self.path), expected="a .safetensors checkpoint", hint="use --backend onnxruntime (or tensorrt) for ONNX files")
-        from gan_deploy.artifacts.checkpoint import load_generator
-        return load_generator(self.checkpoint)
-
-    def onnx_bytes(self) -> bytes:
-        """Serialized ONNX. For a checkpoint it is exported in memory once (no file is written)."""
-        if self._onnx_bytes is None:
-            if self.kind == "onnx":
-                self._onnx_bytes = self.path.read_bytes()
-            elif self.kind == "checkpoint":
-                from gan_deploy.export.onnx import onnx_model_from_checkpoint
-                self._onnx_bytes = onnx_model_from_checkpoint(self).SerializeToString()
-            else:
-                raise GanDeployError("an engine cannot be turned back into ONNX", str(self.path), hint="pass the ONNX file it was built from with --onnx")
-        return self._onnx_bytes
-
-    def describe(self) -> str:
-        s = self.spec
-        lo, hi = s.value_range
-        return (f"{self.kind} {self.path} (Z={s.latent_dim}, image {s.channels}x{s.height}x{s.width}, "
-                f"range [{lo:g}, {hi:g}], {self.precision})")
-
-
-def artifact_from_checkpoint(path: str | Path | None = None) -> Artifact:
-    ck = read_checkpoint(path)
-    return Artifact("checkpoint", ck.path, GeneratorSpec.from_config(ck.config), ck.sha256, ck.config,
-                    checkpoint=ck)
-
-
-def _dim(d) -> int | str | None:
+def _dim(d: Any) -> int | str | None:
     if d.HasField("dim_value"):
         return int(d.dim_value)
     return d.dim_param or None
@@ -179,14 +95,3 @@ def artifact_from_onnx(path: str | Path, value_range: tuple[float, float] | None
     return art
 
 
-def load_artifact(checkpoint: str | Path | None = None, onnx: str | Path | None = None,
-                  engine: str | Path | None = None, value_range: tuple[float, float] | None = None) -> Artifact:
-    """The one entry point commands use: an engine, else an ONNX file, else a checkpoint (default model)."""
-    if engine is not None:
-        from gan_deploy.backends.tensorrt import artifact_from_engine
-        return artifact_from_engine(engine)
-    if onnx is not None:
-        return artifact_from_onnx(onnx, value_range)
-    if checkpoint is not None and str(checkpoint).endswith(".onnx"):
-        return artifact_from_onnx(checkpoint, value_range)
-    return artifact_from_checkpoint(checkpoint)

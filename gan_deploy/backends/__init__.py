@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from gan_deploy.core.errors import BackendUnavailable, GanDeployError
 
 if TYPE_CHECKING:
-    from gan_deploy.artifacts.onnx import Artifact
+    from gan_deploy.artifacts.artifact import Artifact
     from gan_deploy.backends.base import Runner
 
 # name -> "module:class"; the order is the `auto` preference, fastest first (measured with `gan-deploy bench`)

@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from gan_deploy.artifacts.onnx import Artifact
+from gan_deploy.artifacts.artifact import Artifact
 from gan_deploy.core.errors import GanDeployError
 
 

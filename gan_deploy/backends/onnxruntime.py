@@ -7,6 +7,7 @@ import os
 import numpy as np
 
 from gan_deploy.backends.base import Runner
+from gan_deploy.export.onnx import onnx_bytes_of
 
 
 def _ort():
@@ -61,7 +62,7 @@ class OnnxRuntimeRunner(Runner):
             so.add_session_config_entry("session.intra_op.allow_spinning", "0")
         so.log_severity_level = 3  # warnings about unused initializers etc. are noise for users
         self.providers = choose_providers(self.device)
-        self.session = ort.InferenceSession(self.artifact.onnx_bytes(), sess_options=so, providers=self.providers)
+        self.session = ort.InferenceSession(onnx_bytes_of(self.artifact), sess_options=so, providers=self.providers)
         self._inputs = self.spec.input_name
         self._outputs = [self.spec.output_name]
 

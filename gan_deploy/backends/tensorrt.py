@@ -13,19 +13,20 @@ Works with TensorRT 10 and 11 (the name-based tensor API; no bindings, no implic
 from __future__ import annotations
 
 import functools
-import json
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from gan_deploy.artifacts.onnx import META_PRECISION, META_VALUE_RANGE, Artifact
-from gan_deploy.nets.config import GeneratorConfig
-from gan_deploy.artifacts.engine import (RuntimeInfo, check_engine_file, check_runtime, check_source, gpu_info, read_sidecar,
-                           sidecar_path, spec_from_sidecar)
-from gan_deploy.core.errors import BackendUnavailable, GanDeployError, StaleArtifact
-from gan_deploy.core.fileio import sha256_bytes, sha256_file
+from gan_deploy.artifacts.artifact import Artifact
+from gan_deploy.artifacts.engine import (
+    RuntimeInfo,
+    check_runtime,
+    gpu_info,
+    read_sidecar,
+)
 from gan_deploy.backends.base import Runner
+from gan_deploy.core.errors import GanDeployError, StaleArtifact
+from gan_deploy.core.fileio import sha256_bytes
 
 INSTALL_HINT = ("`pip install gan-deploy[gpu]` on a machine with an NVIDIA GPU and driver, "
                 "or run in NVIDIA's TensorRT container (nvcr.io/nvidia/tensorrt)")
@@ -65,28 +66,6 @@ def runtime_info(device: str = "cuda") -> RuntimeInfo:
     return RuntimeInfo(str(trt.__version__), name, cc)
 
 
-def artifact_from_engine(path: str | Path) -> Artifact:
-    """Load an engine's description from its sidecar and refuse it, with the reason and the rebuild command,
-    when the engine file, the ONNX/checkpoint it came from, the TensorRT version or the GPU differ."""
-    p = Path(path)
-    if not p.exists():
-        raise GanDeployError("engine file not found", str(p), hint="build one with `gan-deploy build-engine --fp16`")
-    if p.is_dir():
-        raise GanDeployError("expected an engine file, got a folder", str(p))
-    d = read_sidecar(p)
-    check_engine_file(d, sha256_file(p), p)
-    check_source(d)
-    reason = unavailable_reason()
-    if reason:
-        raise BackendUnavailable("cannot load a TensorRT engine here", reason)
-    check_runtime(d, runtime_info())
-    spec = spec_from_sidecar(d, sidecar_path(p))
-    cfg = GeneratorConfig.from_dict(d["generator"]) if d.get("generator") else None
-    meta = {META_PRECISION: d["precision"], META_VALUE_RANGE: json.dumps(list(spec.value_range)),
-            "gan_deploy.engine_sidecar": str(sidecar_path(p))}
-    return Artifact("engine", p, spec, d["engine_sha256"], cfg, meta)
-
-
 class TensorRTRunner(Runner):
     name = "tensorrt"
     accepts = ("engine",)
@@ -108,6 +87,9 @@ class TensorRTRunner(Runner):
 
         if not self.device.startswith("cuda"):
             raise GanDeployError("TensorRT engines run on a CUDA GPU", self.device, expected="--device cuda (or auto)")
+        if self.options.get("engine_bytes") is None:
+            # describing the engine (artifacts.engine) needed no TensorRT; running it needs this TensorRT and GPU
+            check_runtime(read_sidecar(self.artifact.path), runtime_info(self.device))
         self._torch = torch
         self._dev = torch.device(self.device)
         data: bytes | None = self.options.get("engine_bytes")  # build-engine gates an engine before writing it

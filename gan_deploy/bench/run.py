@@ -9,11 +9,11 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
-from gan_deploy.artifacts.onnx import Artifact
+from gan_deploy.artifacts.artifact import Artifact
 from gan_deploy.backends import make_runner, runner_class, unavailable_reason
 from gan_deploy.core.errors import GanDeployError
 from gan_deploy.core.fileio import atomic_path, atomic_write_text
@@ -98,11 +98,32 @@ def psnr(a: np.ndarray, b: np.ndarray, span: float) -> float:
     return math.inf if mse == 0 else 10 * math.log10(span * span / mse)
 
 
-def bench(artifact: Artifact, backends: list[str] | None = None, batch_sizes=DEFAULT_BATCH_SIZES, warmup: int = 5,
-          iters: int = 30, min_time_s: float = 0.5, max_time_s: float = 10.0, seed: int = 0, device: str = "auto",
-          variants: list[Artifact] | None = None, threads: int | None = None, progress=None,
-          gate_samples: int = 0) -> BenchReport:
+@dataclass
+class BenchOptions:
+    """Everything `gan-deploy bench` decides, as one object."""
+
+    backends: tuple[str, ...] | None = None  # None: every registered backend that can run here
+    batch_sizes: tuple[int, ...] = DEFAULT_BATCH_SIZES
+    warmup: int = 5  # unmeasured calls per backend and batch size
+    iters: int = 30  # measured calls (at least)
+    min_time_s: float = 0.5
+    max_time_s: float = 10.0
+    seed: int = 0
+    device: str = "auto"
+    threads: int | None = None  # onnxruntime intra-op threads
+    variants: tuple[str | Path, ...] = ()  # reduced-precision ONNX files measured with onnxruntime beside the rest
+    gate_samples: int = 0  # >0: the quality gate's figures of every row on this many images
+
+
+def bench(artifact: Artifact, opts: BenchOptions | None = None, progress: Callable[[str], None] | None = None) -> BenchReport:
     """Measure each backend (and variant) at each batch size on identical latents."""
+    from gan_deploy.artifacts.load import load_artifact
+
+    opts = opts or BenchOptions()
+    backends, batch_sizes, warmup, iters = opts.backends, opts.batch_sizes, opts.warmup, opts.iters
+    min_time_s, max_time_s, seed, device, threads = opts.min_time_s, opts.max_time_s, opts.seed, opts.device, opts.threads
+    gate_samples = opts.gate_samples
+    variants = [load_artifact(onnx=v) for v in opts.variants]
     if not batch_sizes or min(batch_sizes) < 1:
         raise GanDeployError("bad batch sizes", list(batch_sizes), expected="one or more integers >= 1")
     from gan_deploy.backends import BACKENDS
@@ -219,5 +240,6 @@ def compare_latency(artifact: Artifact, chosen: str, batch_size: int, device: st
     """The chosen backend against onnxruntime and eager on the same batch (generate --compare)."""
     names = list(dict.fromkeys([chosen, "onnxruntime", "eager"]))
     names = [n for n in names if unavailable_reason(n) is None and artifact.kind in runner_class(n).accepts]
-    rep = bench(artifact, names, (batch_size,), warmup=3, iters=iters, min_time_s=0.3, max_time_s=5, seed=seed, device=device)
+    rep = bench(artifact, BenchOptions(tuple(names), (batch_size,), warmup=3, iters=iters, min_time_s=0.3, max_time_s=5,
+                                       seed=seed, device=device))
     return [r.to_dict() for r in rep.rows]

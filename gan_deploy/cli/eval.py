@@ -1,4 +1,4 @@
-"""`gan-deploy eval`: parse the options, call gan_deploy.quality.features.run_eval(), print the report.
+"""`gan-deploy eval`: parse the options, call gan_deploy.quality.evaluate.run_eval(), print the report.
 
 Kept free of imports from gan_deploy.cli.main (which imports this module at its end), so either can be imported first.
 """
@@ -9,9 +9,9 @@ from pathlib import Path
 
 import click
 
+from gan_deploy.backends import CHOICES as BACKEND_CHOICES
+from gan_deploy.cli.options import value_range_option
 from gan_deploy.core.errors import GanDeployError
-
-BACKEND_CHOICES = ["auto", "eager", "compile", "onnxruntime", "tensorrt"]
 
 
 @click.command("eval", short_help="Quality score: FD, precision, recall vs real data or another backend.")
@@ -20,8 +20,7 @@ BACKEND_CHOICES = ["auto", "eager", "compile", "onnxruntime", "tensorrt"]
                    "With --onnx/--engine and --against-backend: the checkpoint the reference backend runs.")
 @click.option("--onnx", type=click.Path(dir_okay=False, path_type=Path), default=None, help="ONNX generator to score.")
 @click.option("--engine", type=click.Path(dir_okay=False, path_type=Path), default=None, help="TensorRT engine to score.")
-@click.option("--value-range", type=click.Choice(["-1,1", "0,1"]), default=None,
-              help="Output range of a foreign ONNX generator without gan-deploy metadata (default -1,1).")
+@value_range_option
 @click.option("--images", type=click.Path(exists=True, path_type=Path), default=None,
               help="Score image files instead of a generator: a `gan-deploy generate` folder (its manifest.csv is "
                    "followed), any folder of images, or an .npy/.npz array.")
@@ -67,14 +66,16 @@ def eval_cmd(checkpoint, onnx, engine, value_range, images, reference, against_b
       gan-deploy eval --images samples/                 # a `gan-deploy generate` folder vs the digits
       gan-deploy eval --images samples/ --reference other_samples/
     """
-    from gan_deploy.artifacts.onnx import load_artifact, parse_value_range
-    from gan_deploy.quality.features import run_eval
+    from gan_deploy.artifacts.load import load_artifact
+    from gan_deploy.artifacts.spec import parse_value_range
+    from gan_deploy.quality.evaluate import run_eval
 
     if images is not None and (checkpoint or onnx or engine):
         raise GanDeployError("--images and a generator were both given", f"--images {images}", expected="one thing to score", hint="drop --checkpoint/--onnx/--engine, or drop --images")
     artifact = against = None
     if images is None:
-        artifact = load_artifact(checkpoint, onnx, engine, parse_value_range(value_range))
+        # with --onnx/--engine, --checkpoint names the reference (eager) side, not what is scored
+        artifact = load_artifact(None if (onnx or engine) else checkpoint, onnx, engine, parse_value_range(value_range))
         if against_backend and artifact.kind != "checkpoint" and (onnx or engine):
             from gan_deploy.backends import runner_class
             if artifact.kind not in runner_class(against_backend).accepts:

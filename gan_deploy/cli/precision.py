@@ -5,12 +5,12 @@ level, so `gan-deploy --help` needs neither onnxruntime nor TensorRT.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Callable
 
 import click
 
+from gan_deploy.cli.options import load_artifact_from_options, one_of, value_range_option, write_json
 from gan_deploy.core.errors import GanDeployError
 
 
@@ -62,35 +62,16 @@ def _thresholds(precision: str, max_nonfinite, max_saturation_increase, min_psnr
     return replace(t, max_fd_ratio=None) if max_fd_ratio == "none" else t
 
 
-def _one_precision(flags: dict[str, bool], allowed: str) -> str:
-    chosen = [k for k, v in flags.items() if v]
-    if len(chosen) != 1:
-        raise GanDeployError("choose exactly one precision", " ".join(f"--{c}" for c in chosen) or "none given", expected=allowed)
-    return chosen[0]
-
-
-def _parent(checkpoint, onnx, value_range):
-    from gan_deploy.artifacts.onnx import load_artifact, parse_value_range
-
-    if checkpoint is not None and onnx is not None:
-        raise GanDeployError("give either --checkpoint or --onnx", f"{checkpoint} and {onnx}", expected="one input model")
-    return load_artifact(checkpoint, onnx, None, parse_value_range(value_range))
-
-
-def _write_json(path: Path | None, data: dict[str, Any]) -> None:
-    if path:
-        from gan_deploy.core.fileio import atomic_write_text
-        atomic_write_text(path, json.dumps(data, indent=2) + "\n")
-        click.echo(f"wrote {path}")
+def _parent(checkpoint: Path | None, onnx: Path | None, value_range: str | None) -> Any:
+    return load_artifact_from_options(checkpoint, onnx, None, value_range)
 
 
 def input_options(f: Callable) -> Callable:
-    f = click.option("--value-range", type=click.Choice(["-1,1", "0,1"]), default=None,
-                     help="Output range of a foreign ONNX generator without gan-deploy metadata (default -1,1).")(f)
+    f = value_range_option(f)
     f = click.option("--onnx", type=click.Path(dir_okay=False, path_type=Path), default=None,
                      help="FP32 ONNX generator (from `gan-deploy export`, or any [N,Z] -> [N,C,H,W] model).")(f)
     f = click.option("--checkpoint", "-c", type=click.Path(path_type=Path), default=None,
-                     help="Checkpoint, exported to ONNX in memory. Default: the shipped models/digits_dcgan.")(f)
+                     help="Checkpoint, exported to ONNX in memory. Default: the shipped digits_dcgan.")(f)
     return f
 
 
@@ -135,19 +116,17 @@ def quantize(int8, fp16, checkpoint, onnx, value_range, out, target, calib_sampl
       gan-deploy bench --onnx models/digits_dcgan.int8.onnx
     """
     from gan_deploy.precision.gate import GateRejected
-    from gan_deploy.precision.quantize import fp16_onnx_from_onnx, int8_onnx_from_onnx
+    from gan_deploy.precision.quantize import QuantizeOptions
+    from gan_deploy.precision.quantize import quantize as run_quantize
 
-    precision = _one_precision({"int8": int8, "fp16": fp16}, "--int8 or --fp16")
-    t = _thresholds(precision, max_nonfinite, max_saturation_increase, min_psnr_worst, min_psnr_median, max_fd_ratio)
-    parent = _parent(checkpoint, onnx, value_range)
-    if precision == "int8":
-        report = int8_onnx_from_onnx(parent, out, target=target, calib_samples=calib_samples, calib_method=calib_method,
-                                     rewrite=not no_rewrite, thresholds=t, gate_samples=gate_samples, raise_on_reject=False)
-    else:
-        report = fp16_onnx_from_onnx(parent, out, thresholds=t, gate_samples=gate_samples, evaluator=evaluator,
-                                     raise_on_reject=False)
+    precision = one_of({"int8": int8, "fp16": fp16}, "--int8 or --fp16")
+    opts = QuantizeOptions(precision=precision, out=out, target=target, calib_samples=calib_samples,
+                           calib_method=calib_method, rewrite=not no_rewrite, evaluator=evaluator, gate_samples=gate_samples,
+                           thresholds=_thresholds(precision, max_nonfinite, max_saturation_increase, min_psnr_worst,
+                                                  min_psnr_median, max_fd_ratio))
+    report = run_quantize(_parent(checkpoint, onnx, value_range), opts)
     click.echo(report.summary())
-    _write_json(json_out, report.to_dict())
+    write_json(json_out, report.to_dict())
     if not report.accepted:
         raise GateRejected(report.gate, f"the {precision} model", "nothing was written; change a threshold only "
                            "after looking at the images (gan-deploy generate --onnx ...)")
@@ -193,24 +172,27 @@ def build_engine(fp16, int8, fp32, checkpoint, onnx, value_range, out, min_batch
       gan-deploy bench --engine engines/digits_dcgan.fp16.engine
     """
     from gan_deploy.backends.tensorrt import unavailable_reason
-    from gan_deploy.engine.build import engine_from_artifact
     from gan_deploy.core.errors import BackendUnavailable
+    from gan_deploy.engine.build import EngineOptions
+    from gan_deploy.engine.build import build_engine as run_build
     from gan_deploy.precision.gate import GateRejected
 
-    precision = _one_precision({"fp16": fp16, "int8": int8, "fp32": fp32}, "--fp16, --int8 or --fp32")
+    precision = one_of({"fp16": fp16, "int8": int8, "fp32": fp32}, "--fp16, --int8 or --fp32")
     reason = unavailable_reason()
     if reason:  # first: without TensorRT or a GPU nothing else matters
         raise BackendUnavailable("cannot build a TensorRT engine here", reason)
     if not min_batch <= opt_batch <= max_batch:
-        raise GanDeployError("bad optimization profile", f"--min-batch {min_batch} --opt-batch {opt_batch} --max-batch {max_batch}", expected="min <= opt <= max")
-    t = _thresholds(precision, max_nonfinite, max_saturation_increase, min_psnr_worst, min_psnr_median, max_fd_ratio)
+        raise GanDeployError("bad optimization profile", f"--min-batch {min_batch} --opt-batch {opt_batch} --max-batch {max_batch}",
+                             expected="min <= opt <= max")
     cache = None if timing_cache.lower() == "none" else ("auto" if timing_cache == "auto" else Path(timing_cache))
-    report = engine_from_artifact(_parent(checkpoint, onnx, value_range), precision, out,
-                                  profile=(min_batch, opt_batch, max_batch), workspace_mib=workspace, timing_cache=cache,
-                                  thresholds=t, gate_samples=gate_samples, calib_samples=calib_samples, device=device,
-                                  cuda_graphs=not no_cuda_graphs, raise_on_reject=False)
+    opts = EngineOptions(precision=precision, out=out, profile=(min_batch, opt_batch, max_batch), workspace_mib=workspace,
+                         timing_cache=cache, gate_samples=gate_samples, calib_samples=calib_samples, device=device,
+                         cuda_graphs=not no_cuda_graphs,
+                         thresholds=_thresholds(precision, max_nonfinite, max_saturation_increase, min_psnr_worst,
+                                                min_psnr_median, max_fd_ratio))
+    report = run_build(_parent(checkpoint, onnx, value_range), opts)
     click.echo(report.summary())
-    _write_json(json_out, {"path": str(report.path) if report.path else None, "precision": precision,
+    write_json(json_out, {"path": str(report.path) if report.path else None, "precision": precision,
                            "build_s": report.build_s, "gate": report.gate.to_dict(), "recipe": report.recipe})
     if report.path is None:
         raise GateRejected(report.gate, f"the {precision} engine", "nothing was written")

@@ -8,13 +8,13 @@ from pathlib import Path
 
 import click
 
-from gan_deploy.cli.main import artifact_options, device_option, load_artifact_from_options
+from gan_deploy.cli.options import artifact_options, backend_option, device_option, int_list, load_artifact_from_options, value_range_option
 from gan_deploy.core.errors import GanDeployError
 
 
 @click.command(short_help="HTTP service with request batching across clients (Ray Serve).")
 @artifact_options
-@click.option("--backend", type=click.Choice(["auto", "eager", "compile", "onnxruntime", "tensorrt"]), default="auto", show_default=True)
+@backend_option
 @device_option
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (0.0.0.0: every interface).")
 @click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True)
@@ -85,30 +85,18 @@ def serve(checkpoint, onnx, engine, value_range, backend, device, host, port, ma
     click.echo("stopped", err=True)
 
 
-def _sizes(ctx, param, value: str | None) -> list[int] | None:
-    if not value:
-        return None
-    try:
-        sizes = [int(v) for v in value.replace(" ", "").split(",") if v]
-    except ValueError:
-        raise click.BadParameter(f"{value!r}: expected comma-separated integers such as 64,256") from None
-    if not sizes or min(sizes) < 1:
-        raise click.BadParameter(f"{value!r}: expected integers >= 1, such as 64,256")
-    return sizes
-
-
 @click.command("triton-repo", short_help="Model repository for NVIDIA Triton (ONNX and TensorRT plan).")
 @click.option("--checkpoint", "-c", type=click.Path(path_type=Path), default=None,
               help="Checkpoint to export into the repository (default: the shipped model, unless --onnx or --engine).")
 @click.option("--onnx", type=click.Path(dir_okay=False, path_type=Path), default=None, help="ONNX generator to put in the repository.")
 @click.option("--engine", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="TensorRT engine from `gan-deploy build-engine` (with its .json sidecar): adds a <name>_trt model.")
-@click.option("--value-range", type=click.Choice(["-1,1", "0,1"]), default=None, help="Output range of a foreign ONNX generator.")
+@value_range_option
 @click.option("--out", "-o", type=click.Path(file_okay=False, path_type=Path), default=Path("triton_repo"), show_default=True)
 @click.option("--name", default="gan_generator", show_default=True, help="Model name (the ONNX model; the plan is <name>_trt).")
 @click.option("--max-batch-size", type=click.IntRange(min=1), default=256, show_default=True,
               help="max_batch_size of the ONNX model (the plan's is its engine profile's max).")
-@click.option("--preferred-batch-sizes", callback=_sizes, default=None,
+@click.option("--preferred-batch-sizes", callback=int_list, default=None,
               help="Dynamic batcher's preferred sizes (default: max_batch_size; for the plan: profile opt and max).")
 @click.option("--max-queue-delay-us", type=click.IntRange(min=0), default=500, show_default=True,
               help="How long Triton's dynamic batcher waits to fill a batch.")

@@ -20,10 +20,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gan_deploy.artifacts.onnx import META_PRECISION, Artifact
+from gan_deploy.artifacts.artifact import META_PRECISION, Artifact
 from gan_deploy.artifacts.engine import RuntimeInfo, make_sidecar, sidecar_path
 from gan_deploy.core.errors import BackendUnavailable, GanDeployError
 from gan_deploy.core.fileio import atomic_write_bytes, atomic_write_text, sha256_bytes, sha256_file
+from gan_deploy.export.onnx import onnx_bytes_of
 from gan_deploy.precision.gate import DEFAULT_GATE_SAMPLES, GateRejected, GateReport, GateThresholds, run_gate, thresholds_for
 
 DEFAULT_ENGINE_DIR = Path("engines")
@@ -110,11 +111,11 @@ def _network_onnx(parent: Artifact, precision: str, calib_samples: int) -> tuple
             raise GanDeployError("the ONNX model's precision differs from the one asked for", f"{parent.path} is {parent.precision}", expected=f"--{parent.precision}", hint="or pass its FP32 parent")
         if precision == "int8" and parent.metadata.get(META_INT8_TARGET) != "tensorrt":
             raise GanDeployError("this INT8 model is the onnxruntime flavour (UINT8 activations, INT32 biases)", str(parent.path), expected="a TensorRT-flavour Q/DQ model", hint="pass the FP32 model (build-engine quantizes it), or run `gan-deploy quantize --int8 --target tensorrt`")
-        return parent.onnx_bytes(), {"onnx": str(parent.path)}
+        return onnx_bytes_of(parent), {"onnx": str(parent.path)}
     if precision == "fp32":
         if parent.precision != "fp32":
             raise GanDeployError("an FP32 engine needs an FP32 model", f"{parent.path} is {parent.precision}")
-        return parent.onnx_bytes(), {}
+        return onnx_bytes_of(parent), {}
     model, recipe, _ = reduced_precision_model(parent, precision, target="tensorrt", calib_samples=calib_samples)
     return model.SerializeToString(), recipe
 
@@ -176,3 +177,30 @@ def engine_from_artifact(parent: Artifact, precision: str, out: str | Path | Non
     atomic_write_text(sidecar_path(out), json.dumps(side, indent=2) + "\n")
     report.path = out
     return report
+
+
+ENGINE_PRECISIONS = ("fp32", "fp16", "int8")
+
+
+@dataclass
+class EngineOptions:
+    """Everything `gan-deploy build-engine` decides, as one object."""
+
+    precision: str = "fp16"  # one of ENGINE_PRECISIONS
+    out: str | Path | None = None  # default: engines/NAME.PRECISION.engine
+    profile: tuple[int, int, int] = DEFAULT_PROFILE  # batch min, opt, max
+    workspace_mib: int = DEFAULT_WORKSPACE_MIB
+    timing_cache: str | Path | None = "auto"  # "auto": one per GPU architecture and TensorRT version; None: none
+    thresholds: GateThresholds | None = None
+    gate_samples: int = DEFAULT_GATE_SAMPLES
+    calib_samples: int = 512
+    device: str = "cuda"
+    cuda_graphs: bool = True
+
+
+def build_engine(parent: Artifact, opts: EngineOptions, raise_on_reject: bool = False) -> EngineReport:
+    """What `gan-deploy build-engine` runs."""
+    return engine_from_artifact(parent, opts.precision, opts.out, profile=opts.profile, workspace_mib=opts.workspace_mib,
+                                timing_cache=opts.timing_cache, thresholds=opts.thresholds, gate_samples=opts.gate_samples,
+                                calib_samples=opts.calib_samples, device=opts.device, cuda_graphs=opts.cuda_graphs,
+                                raise_on_reject=raise_on_reject)

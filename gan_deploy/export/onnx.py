@@ -13,12 +13,13 @@ from typing import Any
 
 import numpy as np
 
-from gan_deploy.artifacts.onnx import (META_CONFIG, META_PARENT_KIND, META_PARENT_SHA, META_PRECISION, META_TOLERANCE,
-                       META_VALUE_RANGE, Artifact, GeneratorSpec, artifact_from_checkpoint, spec_from_onnx_model)
+from gan_deploy.artifacts.artifact import META_PRECISION, Artifact, artifact_from_checkpoint
+from gan_deploy.artifacts.onnx import META_CONFIG, META_PARENT_KIND, META_PARENT_SHA, META_TOLERANCE, META_VALUE_RANGE, spec_from_onnx_model
+from gan_deploy.artifacts.spec import GeneratorSpec
 from gan_deploy.core.errors import GanDeployError
-from gan_deploy.core.resources import derived_output_dir
 from gan_deploy.core.fileio import atomic_write_bytes, sha256_file
 from gan_deploy.core.latents import latents_range
+from gan_deploy.core.resources import derived_output_dir
 
 DEFAULT_OPSET = 17
 # max |onnxruntime - eager| on the [-1, 1] image scale. Both compute in FP32; differences come from
@@ -80,6 +81,19 @@ def onnx_model_from_checkpoint(art: Artifact, opset: int = DEFAULT_OPSET):
     })
     model.producer_name = "gan-deploy"
     return model
+
+
+def onnx_bytes_of(art: Artifact, opset: int = DEFAULT_OPSET) -> bytes:
+    """Serialized FP32-or-reduced ONNX of any artifact that has one: an ONNX file's bytes, or a checkpoint
+    exported in memory once (cached on the artifact; no file is written). Engines have no ONNX."""
+    if art.kind == "checkpoint":
+        if art._onnx_bytes is None:
+            art._onnx_bytes = onnx_model_from_checkpoint(art, opset).SerializeToString()
+        return art._onnx_bytes
+    if art.kind == "engine":
+        raise GanDeployError("an engine cannot be turned back into ONNX", str(art.path),
+                             hint="pass the ONNX file it was built from with --onnx")
+    return art.onnx_bytes()
 
 
 def max_abs_err_vs_torch(module, onnx_bytes: bytes, spec: GeneratorSpec, batch_sizes=(1, 7, 64), seed: int = 0) -> float:

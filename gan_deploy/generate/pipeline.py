@@ -171,11 +171,54 @@ def check_args(n: int, batch_size: int, seed: int, fmt: str) -> None:
         raise GanDeployError("unknown image format", repr(fmt), expected=f"one of {', '.join(FORMATS)}")
 
 
-def generate(runner, n: int, out: str | Path, batch_size: int = 256, seed: int = 0, fmt: str = "png",
-             overwrite: bool = False, grid: str | Path | None = None, manifest: bool = True, writers: int | None = None,
-             shard: tuple[int, int] = (0, 1), progress: bool | None = None,
-             on_batch: Callable[[int], None] | None = None) -> GenerateReport:
-    """Write images [start, stop) of `n` (all of them, or this shard's share) with `runner` into `out`."""
+@dataclass
+class GenerateOptions:
+    """Everything `gan-deploy generate` decides, as one object (the CLI builds it; Python callers too)."""
+
+    n: int = 1000  # images in the whole run (all shards together)
+    out: str | Path = "samples"  # output folder (new or empty unless overwrite)
+    batch_size: int = 256
+    seed: int = 0  # image i is a pure function of (seed, i)
+    fmt: str = "png"  # one of core.images.FORMATS
+    overwrite: bool = False
+    grid: str | Path | None = None  # also write a sample grid PNG of the first 64 images
+    manifest: bool = True  # write manifest.csv (index, seed, file)
+    writers: int | None = None  # writer threads; None: 2 per core, at most 8
+    shard: tuple[int, int] = (0, 1)  # (k, n): write only shard k of n (whole batches)
+    progress: bool | None = None  # None: a bar on a terminal
+    backend: str = "auto"  # for run(): which backend (backends.CHOICES)
+    device: str = "auto"
+    executor: str = "local"  # local | ray
+    ray_workers: int | None = None  # with executor ray
+
+
+EXECUTORS = ("local", "ray")
+
+
+def run(artifact: Any, opts: GenerateOptions, on_start: Callable[[str], None] | None = None) -> GenerateReport:
+    """What `gan-deploy generate` runs: the backend for `artifact`, then `generate` (or its Ray version).
+    `on_start(description)` is told what will run before the first batch."""
+    from gan_deploy.backends import make_runner
+
+    if opts.executor not in EXECUTORS:
+        raise GanDeployError("unknown executor", repr(opts.executor), expected=" or ".join(EXECUTORS))
+    if opts.executor == "ray":
+        from gan_deploy.generate.ray_executor import generate_ray
+        if on_start:
+            on_start(f"{artifact.describe()} -> backend {opts.backend} on Ray workers")
+        return generate_ray(artifact, opts)
+    runner = make_runner(opts.backend, artifact, opts.device, spin=False)  # leave idle cycles to the writer threads
+    if on_start:
+        on_start(f"{artifact.describe()} -> backend {runner.name}")
+    return generate(runner, opts)
+
+
+def generate(runner: Any, opts: GenerateOptions, on_batch: Callable[[int], None] | None = None) -> GenerateReport:
+    """Write images [start, stop) of `opts.n` (all of them, or this shard's share) with `runner` into `opts.out`.
+    `on_batch(first_index)` is called after each batch is handed to the writers (tests use it to interrupt)."""
+    n, out, batch_size, seed, fmt = opts.n, opts.out, opts.batch_size, opts.seed, opts.fmt
+    overwrite, grid, manifest, writers, shard, progress = (opts.overwrite, opts.grid, opts.manifest, opts.writers,
+                                                           opts.shard, opts.progress)
     check_args(n, batch_size, seed, fmt)
     out = Path(out)
     prepare_out_dir(out, overwrite)

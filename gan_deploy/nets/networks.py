@@ -11,8 +11,8 @@ import math
 import torch
 import torch.nn as nn
 
-from gan_deploy.nets.config import GeneratorConfig
 from gan_deploy.core.errors import GanDeployError
+from gan_deploy.nets.config import GeneratorConfig
 
 ARCHS = ("dcgan", "mlp")
 

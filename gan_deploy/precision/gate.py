@@ -207,7 +207,7 @@ def gate_figures(images: np.ndarray, reference: np.ndarray, value_range: Sequenc
 
 
 def _quality(a: np.ndarray, b: np.ndarray, value_range: Sequence[float], paired: bool = False) -> dict[str, Any]:
-    from gan_deploy.quality.features import quality_between
+    from gan_deploy.quality.distances import quality_between
 
     lo, hi = float(value_range[0]), float(value_range[1])
     # reduced precision may overshoot the range by a rounding step; the score's input check allows 10% of the span

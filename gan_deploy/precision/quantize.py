@@ -31,13 +31,15 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from gan_deploy.artifacts.onnx import (META_CONFIG, META_PARENT_KIND, META_PARENT_SHA, META_PRECISION, META_TOLERANCE,
-                       META_VALUE_RANGE, Artifact, GeneratorSpec, spec_from_onnx_model)
+from gan_deploy.artifacts.artifact import META_PRECISION, Artifact
+from gan_deploy.artifacts.onnx import META_CONFIG, META_PARENT_KIND, META_PARENT_SHA, META_TOLERANCE, META_VALUE_RANGE, spec_from_onnx_model
+from gan_deploy.artifacts.spec import GeneratorSpec
 from gan_deploy.core.errors import GanDeployError
-from gan_deploy.core.resources import derived_output_dir
 from gan_deploy.core.fileio import atomic_write_bytes, sha256_bytes
-from gan_deploy.precision.gate import DEFAULT_GATE_SAMPLES, GateRejected, GateReport, GateThresholds, run_gate, thresholds_for
 from gan_deploy.core.latents import latents_range
+from gan_deploy.core.resources import derived_output_dir
+from gan_deploy.export.onnx import onnx_bytes_of
+from gan_deploy.precision.gate import DEFAULT_GATE_SAMPLES, GateRejected, GateReport, GateThresholds, run_gate, thresholds_for
 
 CALIB_SEED = 7919  # calibration latents; the gate uses gate.GATE_SEED so it never sees them
 DEFAULT_CALIB_SAMPLES = 512
@@ -241,8 +243,7 @@ def int8_model(model, spec: GeneratorSpec, target: str = "onnxruntime", calib_sa
                calib_seed: int = CALIB_SEED, calib_method: str = "minmax", rewrite: bool = True):
     """FP32 ONNX -> Q/DQ INT8 ONNX (per-channel weights). Returns (model, recipe dict)."""
     import onnx
-    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
-                                          quantize_static)
+    from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     from gan_deploy.precision.rewrite import conv_from_conv_transpose, fold_batchnorms
 
@@ -343,7 +344,7 @@ def _fp32_parent(parent: Artifact):
         raise GanDeployError("cannot quantize a TensorRT engine", str(parent.path), expected="a checkpoint or an FP32 ONNX file")
     if parent.precision != "fp32":
         raise GanDeployError("the input model is already reduced precision", f"{parent.path} ({parent.precision})", expected="an FP32 checkpoint or ONNX file", hint="quantize the FP32 model it came from")
-    data = parent.onnx_bytes()
+    data = onnx_bytes_of(parent)
     return onnx.load_model_from_string(data), data
 
 
@@ -479,7 +480,7 @@ def _fp16_candidate(cand: Artifact, evaluator: str):
         except Exception as e:  # onnxruntime raises its own NOT_IMPLEMENTED types when a kernel is missing
             if evaluator == "onnxruntime" or "NOT_IMPLEMENTED" not in str(e).upper().replace(" ", "_"):
                 raise
-    return ReferenceEvaluatorRunner(cand.onnx_bytes(), cand.spec), "onnx.reference"
+    return ReferenceEvaluatorRunner(onnx_bytes_of(cand), cand.spec), "onnx.reference"
 
 
 class ReferenceEvaluatorRunner:
@@ -494,3 +495,35 @@ class ReferenceEvaluatorRunner:
     def infer(self, z: np.ndarray) -> np.ndarray:
         z = z.reshape(len(z), *self.spec.latent_shape)
         return np.asarray(self._ev.run(None, {self.spec.input_name: z})[0], dtype=np.float32)
+
+
+QUANTIZE_PRECISIONS = ("int8", "fp16")
+FP16_EVALUATORS = ("auto", "onnxruntime", "reference")
+
+
+@dataclass
+class QuantizeOptions:
+    """Everything `gan-deploy quantize` decides, as one object."""
+
+    precision: str = "int8"  # one of QUANTIZE_PRECISIONS
+    out: str | Path | None = None  # default: default_out(parent, precision, target)
+    target: str = "onnxruntime"  # int8 flavour: INT8_TARGETS
+    calib_samples: int = DEFAULT_CALIB_SAMPLES
+    calib_seed: int = CALIB_SEED
+    calib_method: str = "minmax"  # CALIB_METHODS
+    rewrite: bool = True  # ConvTranspose -> Conv + DepthToSpace before INT8
+    evaluator: str = "auto"  # fp16: FP16_EVALUATORS
+    gate_samples: int = DEFAULT_GATE_SAMPLES
+    thresholds: GateThresholds | None = None  # None: gate.THRESHOLDS[precision]
+
+
+def quantize(parent: Artifact, opts: QuantizeOptions, raise_on_reject: bool = False) -> PrecisionReport:
+    """What `gan-deploy quantize` runs: an INT8 or FP16 model of `parent`, written only if it passes the gate."""
+    if opts.precision == "int8":
+        return int8_onnx_from_onnx(parent, opts.out, target=opts.target, calib_samples=opts.calib_samples,
+                                   calib_seed=opts.calib_seed, calib_method=opts.calib_method, rewrite=opts.rewrite,
+                                   thresholds=opts.thresholds, gate_samples=opts.gate_samples, raise_on_reject=raise_on_reject)
+    if opts.precision == "fp16":
+        return fp16_onnx_from_onnx(parent, opts.out, thresholds=opts.thresholds, gate_samples=opts.gate_samples,
+                                   evaluator=opts.evaluator, raise_on_reject=raise_on_reject)
+    raise GanDeployError("unknown reduced precision", repr(opts.precision), expected=" or ".join(QUANTIZE_PRECISIONS))

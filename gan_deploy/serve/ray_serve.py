@@ -30,8 +30,19 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from gan_deploy import __version__
-from gan_deploy.serve.api import (FIELDS, RESPONSE_FORMATS, Metrics, RequestError, ServeConfig, check_port_free, chunks,
-                        parse_request, prometheus_text, render, request_latents)
+from gan_deploy.serve.api import (
+    FIELDS,
+    RESPONSE_FORMATS,
+    Metrics,
+    RequestError,
+    ServeConfig,
+    check_port_free,
+    chunks,
+    parse_request,
+    prometheus_text,
+    render,
+    request_latents,
+)
 
 APP_NAME = "gan-deploy"
 RETRY_AFTER_S = "1"
@@ -52,7 +63,7 @@ class GeneratorDeployment:
     """One replica: a runner built once, a batch queue, admission control and metrics."""
 
     def __init__(self, config: dict[str, Any]):
-        from gan_deploy.artifacts.onnx import load_artifact
+        from gan_deploy.artifacts.load import load_artifact
         from gan_deploy.backends import make_runner
         from gan_deploy.core.errors import StaleArtifact
         from gan_deploy.core.latents import latents_range

@@ -26,9 +26,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gan_deploy.artifacts.onnx import Artifact, GeneratorSpec
+from gan_deploy.artifacts.artifact import Artifact
+from gan_deploy.artifacts.spec import GeneratorSpec
 from gan_deploy.core.errors import GanDeployError
 from gan_deploy.core.fileio import atomic_write_bytes, atomic_write_text, sha256_file
+from gan_deploy.export.onnx import onnx_bytes_of
 
 INSTANCE_KINDS = {"gpu": "KIND_GPU", "cpu": "KIND_CPU"}
 DEFAULT_NAME = "gan_generator"
@@ -196,7 +198,7 @@ def triton_repo_from_artifacts(out: str | Path, artifact: Artifact | None = None
     if artifact is not None:
         if artifact.kind == "engine":
             raise GanDeployError("pass the engine with --engine", str(artifact.path), expected="a checkpoint or ONNX file here")
-        onnx_bytes = artifact.onnx_bytes() if artifact.kind == "onnx" else None
+        onnx_bytes = onnx_bytes_of(artifact) if artifact.kind == "onnx" else None
         if onnx_bytes is not None and not _onnx_batch_is_dynamic(onnx_bytes):
             raise GanDeployError("ONNX model has a fixed batch size", str(artifact.path), expected="a dynamic first (batch) axis", hint="re-export with `gan-deploy export` (it always makes the batch axis dynamic)")
         onnx_pref = _check_preferred(preferred or [max_batch_size], max_batch_size, name)

@@ -64,11 +64,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from gan_deploy.nets.config import GeneratorConfig, TrainConfig
 from gan_deploy.core.errors import GanDeployError
 from gan_deploy.core.fileio import atomic_path, atomic_write_text, sha256_file
-from gan_deploy.train.options import (AMP_MODES, DEFAULT_STEPS, EVAL_MIN_SAMPLES, FIXED_ON_RESUME, LOSSES,  # noqa: F401 (re-exported)
-                            TrainOptions)
+from gan_deploy.nets.config import GeneratorConfig, TrainConfig
+from gan_deploy.train.options import AMP_MODES, DEFAULT_STEPS, EVAL_MIN_SAMPLES, FIXED_ON_RESUME, LOSSES, TrainOptions  # noqa: F401 (re-exported)
 
 STATE_FORMAT = "gan-deploy-train-state"
 STATE_VERSION = 1
@@ -575,8 +574,8 @@ class _Evaluator:
     def __init__(self, reference: np.ndarray, n: int, seed: int, latent_dim: int, value_range: tuple[float, float],
                  device: torch.device):
         from gan_deploy.core.latents import latents_range
-        from gan_deploy.quality.features import features, load_classifier
         from gan_deploy.core.timing import Stopwatch
+        from gan_deploy.quality.features import features, load_classifier
 
         self.clf = load_classifier()
         self.n_dataset = len(reference)
@@ -593,8 +592,8 @@ class _Evaluator:
     @torch.no_grad()
     def __call__(self, model: nn.Module, step: int) -> dict[str, Any]:
         """Score `model` (an eval-mode generator, standing BN statistics): an "eval" metrics record."""
-        from gan_deploy.quality.features import features, rescale, score_features
         from gan_deploy.core.timing import Stopwatch
+        from gan_deploy.quality.features import features, rescale, score_features
 
         with Stopwatch() as sw:
             x = np.concatenate([model(self.z[s:s + EVAL_BATCH].to(self.device)).float().cpu().numpy()
@@ -632,9 +631,9 @@ def train(opts: TrainOptions) -> TrainResult:
 
 
 def _train(o: TrainOptions, cfg: GeneratorConfig, device: torch.device, ctx: _Dist) -> TrainResult:
+    from gan_deploy.core.timing import Stopwatch
     from gan_deploy.data.sources import load_dataset
     from gan_deploy.nets.networks import build_discriminator, build_generator, count_parameters, init_weights
-    from gan_deploy.core.timing import Stopwatch
 
     out = Path(o.out).expanduser() if o.out else default_out(o.data, o.arch)
     resume_from = _check_out(out, o)

@@ -24,11 +24,19 @@ from typing import Any
 
 import numpy as np
 
-from gan_deploy.artifacts.onnx import Artifact
+from gan_deploy.artifacts.artifact import Artifact
 from gan_deploy.core.errors import GanDeployError, StaleArtifact
 from gan_deploy.core.fileio import TMP_PREFIX, atomic_write_bytes
-from gan_deploy.generate.pipeline import (GenerateInterrupted, GenerateReport, check_args, file_name, prepare_out_dir, shard_indices,
-                       write_manifest)
+from gan_deploy.generate.pipeline import (
+    GenerateInterrupted,
+    GenerateOptions,
+    GenerateReport,
+    check_args,
+    file_name,
+    prepare_out_dir,
+    shard_indices,
+    write_manifest,
+)
 
 
 class _BatchWriter:
@@ -37,11 +45,12 @@ class _BatchWriter:
     def __init__(self, kind: str, path: str, sha256: str, value_range: tuple[float, float] | None, backend: str,
                  device: str, threads: int | None, n_total: int, stop: int, batch_size: int, seed: int, fmt: str,
                  out: str):
-        from gan_deploy.artifacts.onnx import load_artifact
+        from gan_deploy.artifacts.load import load_artifact
         from gan_deploy.backends import make_runner
 
         paths = {kind: path}
-        art = load_artifact(paths.get("checkpoint"), paths.get("onnx"), paths.get("engine"), value_range)
+        art = load_artifact(paths.get("checkpoint"), paths.get("onnx"), paths.get("engine"),
+                            value_range if kind == "onnx" else None)
         if art.sha256 != sha256:
             raise StaleArtifact("the model file on this worker differs from the driver's", f"{art.path} sha256 {art.sha256[:12]}", expected=f"sha256 {sha256[:12]}", hint="copy the same file to every node (or use a shared filesystem)")
         options = {"threads": threads} if threads else {}
@@ -105,11 +114,12 @@ def _resources(device: str, workers: int | None) -> tuple[str, dict[str, float],
     return device, {"num_cpus": 1}, min(workers or cpus, cpus)
 
 
-def generate_ray(artifact: Artifact, backend: str, device: str, n: int, out: str | Path, batch_size: int = 256,
-                 seed: int = 0, fmt: str = "png", overwrite: bool = False, grid: str | Path | None = None,
-                 manifest: bool = True, shard: tuple[int, int] = (0, 1), workers: int | None = None,
-                 progress: bool | None = None) -> GenerateReport:
-    """Write the same files as `generate.generate` (same arguments) with Ray Data workers."""
+def generate_ray(artifact: Artifact, opts: GenerateOptions) -> GenerateReport:
+    """Write the same files as `generate.pipeline.generate` (same options) with Ray Data workers."""
+    backend, device, n, out, batch_size, seed, fmt = (opts.backend, opts.device, opts.n, opts.out, opts.batch_size,
+                                                      opts.seed, opts.fmt)
+    overwrite, grid, manifest, shard, workers, progress = (opts.overwrite, opts.grid, opts.manifest, opts.shard,
+                                                           opts.ray_workers, opts.progress)
     check_args(n, batch_size, seed, fmt)
     if workers is not None and workers < 1:
         raise GanDeployError("bad number of Ray workers", workers, expected=">= 1")

@@ -1,0 +1,63 @@
+"""`Artifact`: a generator on disk in one of its forms (checkpoint, ONNX, engine), described without its runtime."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from gan_deploy.artifacts.checkpoint import Checkpoint, read_checkpoint
+from gan_deploy.artifacts.spec import GeneratorSpec
+from gan_deploy.core.errors import GanDeployError
+from gan_deploy.nets.config import GeneratorConfig
+
+META_PREFIX = "gan_deploy."
+META_PRECISION = META_PREFIX + "precision"  # fp32 | fp16 | int8 (ONNX metadata; engines: the sidecar's)
+
+
+@dataclass
+class Artifact:
+    """A generator on disk in one of its forms, plus what was learnt by inspecting it."""
+
+    kind: str  # one of spec.KINDS: checkpoint | onnx | engine
+    path: Path
+    spec: GeneratorSpec
+    sha256: str
+    config: GeneratorConfig | None = None  # known for checkpoints and our own exports
+    metadata: dict[str, str] = field(default_factory=dict)
+    checkpoint: Checkpoint | None = None
+    _onnx_bytes: bytes | None = field(default=None, repr=False)
+
+    @property
+    def precision(self) -> str:
+        return self.metadata.get(META_PRECISION, "fp32")
+
+    def torch_module(self) -> Any:
+        """The PyTorch generator (checkpoints only): eager and compile run this."""
+        if self.checkpoint is None:
+            raise GanDeployError(f"the {self.kind} artifact has no PyTorch weights", str(self.path), expected="a .safetensors checkpoint", hint="use --backend onnxruntime (or tensorrt) for ONNX files")
+        from gan_deploy.artifacts.checkpoint import load_generator
+        return load_generator(self.checkpoint)
+
+    def onnx_bytes(self) -> bytes:
+        """Serialized ONNX of an ONNX artifact. A checkpoint has none on disk: `gan_deploy.export.onnx_bytes_of`
+        exports it in memory (the export stage sits above this one, so this class never calls it)."""
+        if self._onnx_bytes is None:
+            if self.kind != "onnx":
+                raise GanDeployError(f"a {self.kind} is not an ONNX file", str(self.path),
+                                     expected="an ONNX artifact",
+                                     hint="export it first (gan_deploy.export.onnx_bytes_of exports a checkpoint in memory)")
+            self._onnx_bytes = self.path.read_bytes()
+        return self._onnx_bytes
+
+    def describe(self) -> str:
+        s = self.spec
+        lo, hi = s.value_range
+        return (f"{self.kind} {self.path} (Z={s.latent_dim}, image {s.channels}x{s.height}x{s.width}, "
+                f"range [{lo:g}, {hi:g}], {self.precision})")
+
+
+
+def artifact_from_checkpoint(path: str | Path | None = None) -> Artifact:
+    ck = read_checkpoint(path)
+    return Artifact("checkpoint", ck.path, GeneratorSpec.from_config(ck.config), ck.sha256, ck.config,
+                    checkpoint=ck)
