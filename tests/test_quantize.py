@@ -28,8 +28,13 @@ from gan_deploy.precision.rewrite import conv_from_conv_transpose, fold_batchnor
 
 
 def _sess(model):
+    from gan_deploy.core.hardware import has_int8_dot_product, is_x86
+
     so = ort.SessionOptions()
     so.intra_op_num_threads = 1
+    meta = {p.key: p.value for p in model.metadata_props}
+    if meta.get("gan_deploy.int8_target") == "tensorrt" and is_x86() and not has_int8_dot_product():
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC  # as the onnxruntime backend does
     return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
 
 

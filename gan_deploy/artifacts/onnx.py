@@ -23,6 +23,10 @@ META_VALUE_RANGE = META_PREFIX + "value_range"  # JSON [lo, hi]
 META_PARENT_SHA = META_PREFIX + "parent_sha256"  # sha256 of the checkpoint weights it came from
 META_PARENT_KIND = META_PREFIX + "parent_kind"  # checkpoint | onnx | torch-factory
 META_TOLERANCE = META_PREFIX + "export_max_abs_err"
+META_CHECKPOINT_SHA = META_PREFIX + "checkpoint_sha256"  # the checkpoint behind the FP32 ONNX, when there was one
+META_INT8_TARGET = META_PREFIX + "int8_target"
+META_RECIPE = META_PREFIX + "recipe"  # JSON: how this reduced-precision model was made (calibration, rewrite, FP32 ops)
+META_GATE = META_PREFIX + "precision.gate"  # JSON: the gate's figures when it was accepted
 
 
 def _dim(d: Any) -> int | str | None:
