@@ -23,7 +23,7 @@ def reference(tiny_checkpoint):
     return lambda z: runner.infer(z)
 
 
-@pytest.mark.parametrize("name", list(BACKENDS))
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n == "compile" else n for n in BACKENDS])
 def test_backend_conformance(name, tiny_checkpoint, tiny_onnx, reference):
     reason = unavailable_reason(name)
     if reason:

@@ -12,6 +12,8 @@ from gan_deploy.backends import make_runner
 from gan_deploy.core.errors import GanDeployError
 from gan_deploy.generate.pipeline import GenerateOptions, generate
 
+pytestmark = pytest.mark.slow  # every test here starts Ray
+
 N, BATCH, SEED = 29, 6, 3  # 5 batches: uneven over 2 workers, last batch short
 
 

@@ -98,3 +98,30 @@ def test_onnx_that_is_not_a_generator(tmp_path):
     onnx.save(m, tmp_path / "relu.onnx")
     with pytest.raises(GanDeployError, match=r"not a generator of the expected shape.*\[N, C, H, W\]"):
         load_artifact(onnx=tmp_path / "relu.onnx")
+
+
+def test_export_refuses_an_onnx_that_disagrees_with_eager(tmp_path):
+    """A real mismatch: the module computes something else while it is being exported, so the ONNX differs
+    from eager by 0.01. The check must refuse it and write nothing (replacing the check with `return 0.0`
+    fails this test)."""
+    import torch
+
+    from gan_deploy.artifacts.spec import GeneratorSpec
+    from gan_deploy.export.onnx import onnx_from_module
+
+    class Drifts(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(0)
+            self.fc = torch.nn.Linear(4, 64)
+
+        def forward(self, z):  # [N, 4] -> [N, 1, 8, 8]
+            x = torch.tanh(self.fc(z)).reshape(-1, 1, 8, 8)
+            return x + 0.01 if torch.onnx.is_in_onnx_export() else x
+
+    out = tmp_path / "drift.onnx"
+    with pytest.raises(GanDeployError, match="onnxruntime disagrees with eager PyTorch: max abs err 0.01"):
+        onnx_from_module(Drifts(), GeneratorSpec(4, 1, 8, 8), out, {}, tolerance=1e-4)
+    assert not out.exists()
+    rep = onnx_from_module(Drifts(), GeneratorSpec(4, 1, 8, 8), out, {}, tolerance=0.02)  # within a looser tolerance
+    assert 0.009 < rep.max_abs_err < 0.011 and out.exists()

@@ -169,6 +169,7 @@ def _b64_images(body: bytes) -> list[bytes]:
     return [base64.b64decode(im["png"]) for im in json.loads(body)["images"]]
 
 
+@pytest.mark.slow  # a Ray Serve application
 def test_images_are_generates_files(service, reference):
     status, _, body = http(f"{service}/generate", {"seed": SEED, "start": 3, "count": 10})
     assert status == 200
@@ -190,12 +191,14 @@ def test_images_are_generates_files(service, reference):
     assert np.array_equal(arr, want)
 
 
+@pytest.mark.slow  # a Ray Serve application
 def test_seeds_are_image_zero_of_each_seed(service, reference):
     want = [reference[("seed", s)] for s in (11, 12, 13)]
     assert _b64_images(http(f"{service}/generate", {"seeds": [11, 12, 13]})[2]) == want
     assert _b64_images(http(f"{service}/generate", {"start_seed": 11, "count": 3})[2]) == want
 
 
+@pytest.mark.slow  # a Ray Serve application
 def test_concurrent_requests_are_batched_and_correct(service, reference):
     before = json.loads(http(f"{service}/metrics")[2])
     barrier = threading.Barrier(8)
@@ -221,6 +224,7 @@ def test_concurrent_requests_are_batched_and_correct(service, reference):
     assert after["max_batch_size_formed"] <= 16
 
 
+@pytest.mark.slow  # a Ray Serve application
 def test_bad_requests_get_4xx_and_the_service_keeps_running(service, reference):
     for body, status, field in BAD:
         got, headers, raw = http(f"{service}/generate", body)
@@ -237,6 +241,7 @@ def test_bad_requests_get_4xx_and_the_service_keeps_running(service, reference):
     assert status == 200 and body == reference[("main", "000002.png")]
 
 
+@pytest.mark.slow  # a Ray Serve application
 def test_overload_answers_503_then_recovers(service, reference):
     url = f"{service}/tight"
     barrier = threading.Barrier(6)
@@ -262,6 +267,7 @@ def test_overload_answers_503_then_recovers(service, reference):
     assert m["requests"]["503"] == 4 and m["in_flight"] == 0
 
 
+@pytest.mark.slow  # a Ray Serve application
 def test_healthz_and_metrics(service):
     status, _, body = http(f"{service}/healthz")
     h = json.loads(body)

@@ -5,7 +5,6 @@
 """
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -83,20 +82,27 @@ def resolve_checkpoint(path: str | Path | None) -> Path:
 
 
 def read_checkpoint(path: str | Path | None = None) -> Checkpoint:
+    """A checkpoint's description from its sidecar, every field checked (nothing is loaded)."""
+    from gan_deploy.core.jsonio import field, read_document
+
     p = resolve_checkpoint(path)
     side = sidecar_of(p)
     if not side.exists():
-        raise GanDeployError("checkpoint has no JSON sidecar", str(side), expected="the .json written beside the weights by `gan-deploy train`", hint="a bare state dict can be exported with `gan-deploy export --factory MODULE:CLASS --weights FILE`")
-    try:
-        meta = json.loads(side.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise GanDeployError("checkpoint sidecar is not valid JSON", f"{side} ({e})", hint="re-run `gan-deploy train` or restore the file") from None
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise GanDeployError("not a gan-deploy checkpoint sidecar", str(side), expected=f'"format": "{FORMAT}"')
-    if meta.get("format_version", 0) > FORMAT_VERSION:
-        raise GanDeployError("checkpoint written by a newer gan-deploy", f"format_version {meta.get('format_version')}", expected=f"<= {FORMAT_VERSION}", hint="upgrade gan-deploy")
-    cfg = GeneratorConfig.from_dict(meta.get("generator", {}))
-    return Checkpoint(p, cfg, meta, meta.get("weights_sha256", ""))
+        raise GanDeployError("checkpoint has no JSON sidecar", str(side), expected="the .json written beside the weights by `gan-deploy train`",
+                             hint="a bare state dict can be exported with `gan-deploy export --factory MODULE:CLASS --weights FILE`")
+    hint = "re-run `gan-deploy train` or restore the file"
+    meta = read_document(side, FORMAT, FORMAT_VERSION, what="checkpoint sidecar", hint=hint)
+    gen = field(meta, "generator", side, "checkpoint sidecar", kind="dict", expected="the generator config object", hint=hint)
+    sha = field(meta, "weights_sha256", side, "checkpoint sidecar", kind="str", check=_is_sha256, expected="64 hex digits",
+                hint=hint, required=False, default="")
+    for key in ("train",):
+        field(meta, key, side, "checkpoint sidecar", kind="dict", expected="a JSON object", hint=hint, required=False)
+    cfg = GeneratorConfig.from_dict(gen, where=f"{side}: generator")
+    return Checkpoint(p, cfg, meta, sha)
+
+
+def _is_sha256(v: str) -> bool:
+    return len(v) == 64 and all(c in "0123456789abcdef" for c in v)
 
 
 def load_generator(ck: Checkpoint | str | Path | None = None, verify_hash: bool = True) -> torch.nn.Module:

@@ -94,12 +94,9 @@ def parse_sidecar(text: str, where: str | Path = "<sidecar>") -> dict[str, Any]:
     """Validate a sidecar's JSON text: every field present, of the right type and plausible (catches hand edits
     that broke it, truncation and foreign files). Raises GanDeployError naming the field."""
     hint = "rebuild the engine with `gan-deploy build-engine` (it rewrites the sidecar)"
-    try:
-        d = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise GanDeployError("engine sidecar is not valid JSON", f"{where} ({e.msg} at line {e.lineno})", hint=hint) from None
-    if not isinstance(d, dict) or d.get("format") != SIDECAR_FORMAT:
-        raise GanDeployError("not a gan-deploy engine sidecar", str(where), expected=f'"format": "{SIDECAR_FORMAT}"', hint=hint)
+    from gan_deploy.core.jsonio import parse_document
+
+    d = parse_document(text, where, SIDECAR_FORMAT, SIDECAR_FORMAT_VERSION, what="engine sidecar", hint=hint)
     for key, (typ, desc) in _REQUIRED.items():
         if key not in d:
             raise GanDeployError("engine sidecar lacks a field", f"{where}: {key!r}", expected=desc, hint=hint)
@@ -140,7 +137,8 @@ def read_sidecar(engine: str | Path) -> dict[str, Any]:
 def spec_from_sidecar(d: dict[str, Any], where: str | Path = "<sidecar>") -> GeneratorSpec:
     s = d["spec"]
     try:
-        vr = tuple(float(v) for v in s["value_range"])
+        lo, hi = (float(v) for v in s["value_range"])
+        vr = (lo, hi)
         spec = GeneratorSpec(int(s["latent_dim"]), int(s["channels"]), int(s["height"]), int(s["width"]), vr,
                              int(s["latent_rank"]), str(s["input_name"]), str(s["output_name"]))
     except (KeyError, TypeError, ValueError) as e:

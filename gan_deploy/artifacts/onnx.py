@@ -63,12 +63,12 @@ def spec_from_onnx_model(model, path: str | Path = "<memory>", value_range: tupl
     if not (ok_in and ok_out):
         raise GanDeployError("ONNX file is not a generator of the expected shape", f"{path}: input {inp.name}{ishape} -> output {out.name}{oshape}", expected="input [N, Z] or [N, Z, 1, 1] and output [N, C, H, W] with C = 1 or 3 and fixed Z, C, H, W", hint="export with a dynamic batch axis only")
     if META_VALUE_RANGE in meta:
-        vr = tuple(float(v) for v in json.loads(meta[META_VALUE_RANGE]))
+        vr = _meta_value_range(meta[META_VALUE_RANGE], path)
         if value_range is not None and tuple(value_range) != vr:
             raise GanDeployError("--value-range disagrees with the ONNX metadata", f"{value_range} vs {vr}", hint="drop --value-range; the metadata written at export is authoritative")
     else:
         vr = value_range or (-1.0, 1.0)
-    spec = GeneratorSpec(int(ishape[1]), int(oshape[1]), int(oshape[2]), int(oshape[3]), vr, len(ishape),
+    spec = GeneratorSpec(int(ishape[1]), int(oshape[1]), int(oshape[2]), int(oshape[3]), vr, len(ishape),  # type: ignore[arg-type]
                          inp.name, out.name)
     return spec, meta
 
@@ -91,7 +91,7 @@ def artifact_from_onnx(path: str | Path, value_range: tuple[float, float] | None
     if not model.graph.node:
         raise GanDeployError("corrupt or unreadable ONNX file", f"{p} (empty graph)", expected="an ONNX protobuf", hint="re-run `gan-deploy export`")
     spec, meta = spec_from_onnx_model(model, p, value_range)
-    cfg = GeneratorConfig.from_dict(json.loads(meta[META_CONFIG])) if META_CONFIG in meta else None
+    cfg = GeneratorConfig.from_dict(_meta_json(meta[META_CONFIG], p, META_CONFIG), where=f"{p}: {META_CONFIG}") if META_CONFIG in meta else None
     if expect_parent and meta.get(META_PARENT_SHA) and meta[META_PARENT_SHA] != expect_parent:
         raise StaleArtifact("ONNX file was exported from a different checkpoint", f"{p} parent {meta[META_PARENT_SHA][:12]}", expected=f"parent sha256 {expect_parent[:12]}", hint="re-run `gan-deploy export`")
     art = Artifact("onnx", p, spec, sha256_bytes(data), cfg, meta)
@@ -99,3 +99,21 @@ def artifact_from_onnx(path: str | Path, value_range: tuple[float, float] | None
     return art
 
 
+
+
+def _meta_json(text: str, path: str | Path, key: str) -> Any:
+    try:
+        return json.loads(text, parse_constant=lambda c: float("nan"))
+    except (json.JSONDecodeError, RecursionError, ValueError):
+        raise GanDeployError("ONNX metadata field is not valid JSON", f"{path}: {key}={text[:60]!r}",
+                             hint="re-export with `gan-deploy export`, or remove the gan_deploy.* metadata") from None
+
+
+def _meta_value_range(text: str, path: str | Path) -> tuple[float, float]:
+    from gan_deploy.core.jsonio import is_number
+
+    v = _meta_json(text, path, META_VALUE_RANGE)
+    if not (isinstance(v, list) and len(v) == 2 and all(is_number(x) for x in v) and v[1] > v[0]):
+        raise GanDeployError("ONNX metadata field is invalid", f"{path}: {META_VALUE_RANGE}={text[:60]!r}",
+                             expected="[lo, hi] with lo < hi, e.g. [-1, 1]", hint="re-export with `gan-deploy export`")
+    return float(v[0]), float(v[1])

@@ -39,7 +39,8 @@ class GeneratorSpec:
 
     @classmethod
     def from_config(cls, cfg: GeneratorConfig) -> "GeneratorSpec":
-        return cls(cfg.latent_dim, cfg.channels, cfg.image_size, cfg.image_size, tuple(cfg.value_range))
+        return cls(cfg.latent_dim, cfg.channels, cfg.image_size, cfg.image_size,
+                   (float(cfg.value_range[0]), float(cfg.value_range[1])))
 
 
 def parse_value_range(text: str | None) -> tuple[float, float] | None:

@@ -1,4 +1,8 @@
-"""The `gan-deploy` command line: click commands only (see main.py)."""
+"""The `gan-deploy` command line: click commands only. Each command parses its options, calls one library
+function and prints; `main.py` holds the group and the one list of commands, `options.py` the shared bundles.
+
+May import: everything below it.
+"""
 from gan_deploy.cli.main import main, run
 
 __all__ = ["main", "run"]

@@ -53,7 +53,7 @@ def export(checkpoint, out, opset, tolerance, factory, kwargs_json, weights, lat
         if out is None:
             raise GanDeployError("--out is required with --factory", None, expected="an .onnx file name", hint="add e.g. --out my_generator.onnx")
         report = onnx_from_factory(factory, out, kwargs=kwargs, weights=weights, latent_dim=latent_dim,
-                                   value_range=parse_value_range(value_range), opset=opset, tolerance=tolerance)
+                                   value_range=parse_value_range(value_range), opset=opset, tolerance=tolerance)  # type: ignore[arg-type]
     else:
         report = onnx_from_checkpoint(checkpoint, out, opset=opset, tolerance=tolerance)
     click.echo(report.summary())

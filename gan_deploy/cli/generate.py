@@ -75,11 +75,11 @@ def generate(checkpoint, onnx, engine, value_range, n, out, batch_size, backend,
         click.echo(f"sample grid: {report.grid}")
     if compare:
         from gan_deploy.bench.run import compare_latency
-        report.compare = compare_latency(art, report.backend, batch_size, device, seed)
+        report.compare = rows = compare_latency(art, report.backend, batch_size, device, seed)
         click.echo(f"latency at batch {batch_size} on the same latents:")
-        ref = next((r for r in report.compare if r["backend"] == "eager"), None)
-        for r in report.compare:
-            rel = f"  {ref['p50_ms'] / r['p50_ms']:.2f}x eager" if ref else ""
-            click.echo(f"  {r['backend']:<12} {r['p50_ms']:8.3f} ms/batch (p50)  {r['images_per_s']:10,.0f} img/s{rel}  "
-                       f"max err {r['max_abs_err']:.1e}")
+        ref = next((row for row in rows if row["backend"] == "eager"), None)
+        for row in rows:
+            rel = f"  {ref['p50_ms'] / row['p50_ms']:.2f}x eager" if ref else ""
+            click.echo(f"  {row['backend']:<12} {row['p50_ms']:8.3f} ms/batch (p50)  {row['images_per_s']:10,.0f} img/s{rel}  "
+                       f"max err {row['max_abs_err']:.1e}")
     write_json(json_out, report.to_dict())

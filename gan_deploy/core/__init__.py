@@ -1,0 +1,7 @@
+"""Core: what every stage uses and that knows no stage.
+
+Owns: the user-facing error (`errors`), atomic file writes and hashing (`fileio`), versioned JSON documents
+(`jsonio`), seed-derived latents (`latents`), pixels and image files (`images`), the one clock (`timing`),
+shipped assets (`resources`), devices (`device`) and CPU facts (`hardware`).
+May import: nothing from gan_deploy (the standard library, numpy; torch only inside functions).
+"""

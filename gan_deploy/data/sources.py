@@ -256,7 +256,7 @@ def _scale_to_unit(a: np.ndarray, path: Path) -> np.ndarray:
     a = a.astype(np.float32, copy=False)
     if not np.isfinite(a).all():
         raise GanDeployError("array holds NaN or infinite values", str(path), expected="finite pixel values")
-    lo, hi = float(a.min()), float(a.max())
+    lo, hi = float(a.min()), float(a.max())  # type: ignore[assignment]
     eps = 1e-3
     if lo < 0 and lo >= -1 - eps and hi <= 1 + eps:
         return np.clip((a + 1.0) * 0.5, 0.0, 1.0)

@@ -54,7 +54,7 @@ def _torch_to_onnx(module, latent_shape: tuple[int, ...], opset: int):
         # TorchScript-based exporter: 20x faster than the dynamo one for plain conv nets and exact here;
         # torch==2.13.0 is pinned, so its deprecation warning is noise for users.
         warnings.simplefilter("ignore")
-        torch.onnx.export(module.eval(), (dummy,), buf, input_names=["z"], output_names=["image"],
+        torch.onnx.export(module.eval(), (dummy,), buf,  # type: ignore[arg-type]  # a file object is accepted input_names=["z"], output_names=["image"],
                           dynamic_axes={"z": {0: "batch"}, "image": {0: "batch"}}, opset_version=opset,
                           do_constant_folding=True, dynamo=False)
     return onnx.load_model_from_string(buf.getvalue())
@@ -165,7 +165,7 @@ def load_factory(ref: str):
             if not path.exists():
                 raise GanDeployError("factory file not found", str(path))
             spec = importlib.util.spec_from_file_location(f"gan_deploy_user_{path.stem}", path)
-            module = importlib.util.module_from_spec(spec)
+            module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
             sys.modules[spec.name] = module
             spec.loader.exec_module(module)
         else:
@@ -241,6 +241,7 @@ def onnx_from_factory(factory: str, out: str | Path, kwargs: dict[str, Any] | No
     if out_shape is None:
         raise GanDeployError("generator does not map a latent batch to an image batch", factory, expected=f"forward([N, {z_dim}]) or forward([N, {z_dim}, 1, 1]) -> [N, C, H, W]", hint="check --latent-dim")
     c, h, w = out_shape
+    assert rank is not None  # set together with out_shape
     spec = GeneratorSpec(z_dim, c, h, w, value_range, rank)
     meta = {META_PARENT_SHA: parent, META_PARENT_KIND: "torch-factory", "gan_deploy.factory": factory,
             "gan_deploy.factory_kwargs": json.dumps(kwargs or {})}

@@ -12,9 +12,7 @@ import torch
 import torch.nn as nn
 
 from gan_deploy.core.errors import GanDeployError
-from gan_deploy.nets.config import GeneratorConfig
-
-ARCHS = ("dcgan", "mlp")
+from gan_deploy.nets.config import ARCHS, GeneratorConfig
 
 
 def _check(cfg: GeneratorConfig) -> int:

@@ -244,7 +244,7 @@ def check_artifact(candidate, reference: np.ndarray, thresholds: GateThresholds,
     ]
     if want_quality:
         r = fig["fd_ratio"]
-        checks.append(GateCheck("fd_ratio", r, t.max_fd_ratio, "<=", r is not None and r <= t.max_fd_ratio,
+        checks.append(GateCheck("fd_ratio", r, t.max_fd_ratio, "<=", r is not None and r <= t.max_fd_ratio,  # type: ignore[arg-type]
                                 "not computed: images contain NaN/Inf" if r is None else
                                 f"FD {fig['fd']:.3g} vs noise floor {fig['fd_noise']:.3g}"))
     return GateReport(precision, len(images), fig, checks, t, q)

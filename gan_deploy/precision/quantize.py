@@ -286,7 +286,7 @@ def int8_model(model, spec: GeneratorSpec, target: str = "onnxruntime", calib_sa
         "QuantizeBias": not trt,  # TensorRT's parser rejects INT32 DequantizeLinear; it quantizes biases itself
     }
     if calib_method == "percentile":
-        extra["CalibPercentile"] = 99.999
+        extra["CalibPercentile"] = 99.999  # type: ignore[assignment]
     method = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
               "entropy": CalibrationMethod.Entropy}[calib_method]
     recipe.update(target=target, weights="int8 symmetric per-channel",
@@ -509,7 +509,7 @@ class ReferenceEvaluatorRunner:
 
     def infer(self, z: np.ndarray) -> np.ndarray:
         z = z.reshape(len(z), *self.spec.latent_shape)
-        return np.asarray(self._ev.run(None, {self.spec.input_name: z})[0], dtype=np.float32)
+        return np.asarray(self._ev.run(None, {self.spec.input_name: z})[0], dtype=np.float32)  # type: ignore[index]
 
 
 QUANTIZE_PRECISIONS = ("int8", "fp16")

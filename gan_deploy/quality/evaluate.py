@@ -54,15 +54,15 @@ def _load_generated_folder(folder: Path) -> np.ndarray:
         raise GanDeployError("generate manifest lists no images", str(folder / MANIFEST), expected="one row per image file")
     decoded = []
     for name in names:
-        f = folder / name
+        path = folder / name
         try:
-            img = decode(f)
+            img = decode(path)
         except Exception as e:  # PIL and numpy raise many types for missing or damaged files
-            raise GanDeployError("image listed in the manifest is unreadable", f"{f} ({type(e).__name__})", expected="every file manifest.csv lists", hint="the run was interrupted or files were removed; "
+            raise GanDeployError("image listed in the manifest is unreadable", f"{path} ({type(e).__name__})", expected="every file manifest.csv lists", hint="the run was interrupted or files were removed; "
                                  "regenerate, or delete manifest.csv to read the images present") from None
         img = img[:, :, None] if img.ndim == 2 else img
         if img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] not in (1, 3, 4):
-            raise GanDeployError("unsupported image", f"{f}: {img.dtype} {img.shape}", expected="uint8 [H, W, 1|3|4]")
+            raise GanDeployError("unsupported image", f"{path}: {img.dtype} {img.shape}", expected="uint8 [H, W, 1|3|4]")
         decoded.append(img[:, :, :3])  # alpha carries no digit
     if len({im.shape for im in decoded}) != 1:
         raise GanDeployError("images in the generate folder differ in size", str(folder), expected="one size")
@@ -210,7 +210,7 @@ def run_eval(artifact: Any = None, backend: str = "auto", device: str = "auto", 
         f_gen = features(gen, classifier=clf)
         ctx: dict[str, QualityScore] = {}
         if against_backend is not None:
-            ref_runner = make_runner(against_backend, ref_art, device)
+            ref_runner = make_runner(against_backend, ref_art, device)  # type: ignore[arg-type]
             say(f"generating the same {n} latents with {ref_art.describe()} on {ref_runner.name}")
             ref = generator_images(ref_runner, n, seed, batch_size=batch_size)
             ref_desc = f"{ref_art.describe()} on {ref_runner.name}, the same {n} latents (paired)"

@@ -13,12 +13,11 @@ The two sides can be real images (`reference_images`), another generator's image
 from the same latents: the last is the quantization gate's comparison. See docs/quality.md for what the
 numbers mean, the figures measured when validating them, and what they do not mean on other data sets.
 
-    python -m gan_deploy.quality.features --train-classifier      # retrain and re-ship models/digits_classifier.*
+    python -m gan_deploy.quality --train-classifier      # retrain and re-ship models/digits_classifier.*
 """
 from __future__ import annotations
 
 import functools
-import json
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -120,7 +119,7 @@ def load_classifier(path: str | Path | None = None) -> FeatureClassifier:
     p = p.with_suffix(".safetensors")
     side = p.with_suffix(".json")
     if not p.exists() or not side.exists():
-        raise GanDeployError("feature classifier not found", f"{p} (+ {side.name})", expected="the files shipped in models/", hint="restore them from git, or retrain: python -m gan_deploy.quality.features --train-classifier")
+        raise GanDeployError("feature classifier not found", f"{p} (+ {side.name})", expected="the files shipped in models/", hint="restore them from git, or retrain: python -m gan_deploy.quality --train-classifier")
     # keyed by both files' hashes: a retrained classifier in the same place is picked up, an unchanged one
     # is not re-read (hashing 0.6 MB costs about a millisecond)
     return _load_classifier_cached(str(p.resolve()), sha256_file(p), sha256_file(side))
@@ -132,20 +131,22 @@ def _load_classifier_cached(path: str, actual_sha: str, _config_sha: str) -> Fea
 
     p = Path(path)
     side = p.with_suffix(".json")
-    try:
-        cfg = json.loads(side.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise GanDeployError("feature classifier config is not valid JSON", f"{side} ({e})", hint="restore it from git or retrain: python -m gan_deploy.quality.features --train-classifier") from None
-    if not isinstance(cfg, dict) or cfg.get("format") != CLASSIFIER_FORMAT:
-        raise GanDeployError("not a gan-deploy feature classifier config", str(side), expected=f'"format": "{CLASSIFIER_FORMAT}"')
+    from gan_deploy.core.jsonio import field, read_document
+
+    hint = "restore both files from a clean install, or retrain: python -m gan_deploy.quality --train-classifier"
+    cfg = read_document(side, CLASSIFIER_FORMAT, CLASSIFIER_FORMAT_VERSION, what="feature classifier config", hint=hint)
+    arch = field(cfg, "architecture", side, "feature classifier config", kind="dict", hint=hint)
+    for key, hi in (("width", 256), ("feature_dim", 4096), ("classes", 1000)):
+        field(arch, key, side, "feature classifier config", kind="int", check=lambda v, hi=hi: 1 <= v <= hi,  # type: ignore[misc]
+              expected=f"an integer in 1..{hi}", hint=hint)
     if cfg.get("weights_sha256") != actual_sha:
-        raise GanDeployError("feature classifier weights do not match their config", f"{p} sha256 {actual_sha[:12]}", expected=f"{str(cfg.get('weights_sha256'))[:12]} as recorded in {side.name}", hint="restore both files from git, or retrain: python -m gan_deploy.quality.features --train-classifier")
+        raise GanDeployError("feature classifier weights do not match their config", f"{p} sha256 {actual_sha[:12]}", expected=f"{str(cfg.get('weights_sha256'))[:12]} as recorded in {side.name}", hint="restore both files from git, or retrain: python -m gan_deploy.quality --train-classifier")
     arch = cfg["architecture"]
     model = _net_class()(int(arch["width"]), int(arch["feature_dim"]), int(arch["classes"]))
     try:
         model.load_state_dict(load_file(str(p)), strict=True)
     except Exception as e:  # safetensors and load_state_dict raise several types
-        raise GanDeployError("feature classifier weights do not fit its config", f"{p.name} ({type(e).__name__})", expected=f"weights of {arch}", hint="retrain: python -m gan_deploy.quality.features --train-classifier") from None
+        raise GanDeployError("feature classifier weights do not fit its config", f"{p.name} ({type(e).__name__})", expected=f"weights of {arch}", hint="retrain: python -m gan_deploy.quality --train-classifier") from None
     model.eval()
     for prm in model.parameters():
         prm.requires_grad_(False)

@@ -215,7 +215,7 @@ def triton_repo_from_artifacts(out: str | Path, artifact: Artifact | None = None
     for folder, text, provenance in plans:
         version = folder / "1"
         if provenance["kind"] == "tensorrt_plan":
-            atomic_write_bytes(version / "model.plan", Path(engine).read_bytes())
+            atomic_write_bytes(version / "model.plan", Path(engine).read_bytes())  # type: ignore[arg-type]
         elif onnx_bytes is not None:
             atomic_write_bytes(version / "model.onnx", onnx_bytes)
         else:  # a checkpoint: export and verify against eager, straight into the repository
