@@ -59,7 +59,7 @@ class Runner(ABC):
         self.close()
 
     # -- inference -------------------------------------------------------------------------------
-    def infer(self, z: np.ndarray) -> np.ndarray:
+    def _checked(self, z: np.ndarray) -> np.ndarray:
         if not self.active:
             self.activate()
         if not isinstance(z, np.ndarray) or z.dtype != np.float32 or z.ndim != 2 or z.shape[1] != self.spec.latent_dim or z.shape[0] < 1:
@@ -67,7 +67,28 @@ class Runner(ABC):
             raise GanDeployError("bad latent batch", got, expected=f"float32 array [N>=1, {self.spec.latent_dim}]")
         if self.spec.latent_rank == 4:
             z = z.reshape(z.shape[0], self.spec.latent_dim, 1, 1)
-        return self.infer_impl(np.ascontiguousarray(z))
+        return np.ascontiguousarray(z)
+
+    def infer(self, z: np.ndarray) -> np.ndarray:
+        """float32 latents [N, Z] -> float32 images [N, C, H, W] on the host, in the artifact's value range."""
+        return self.infer_impl(self._checked(z))
+
+    def infer_pixels(self, z: np.ndarray) -> np.ndarray:
+        """float32 latents [N, Z] -> uint8 pixels [N, H, W, C] on the host, exactly `to_uint8(infer(z))`.
+
+        GPU backends override `infer_pixels_impl` to convert on the device and copy 4x fewer bytes to the host
+        (the D2H copy of float32 images is what bounds generate on a fast GPU). The array is the caller's."""
+        return self.infer_pixels_impl(self._checked(z))
+
+    def infer_pixels_impl(self, z: np.ndarray) -> np.ndarray:
+        from gan_deploy.core.images import to_uint8
+
+        return to_uint8(self.infer_impl(z), self.spec.value_range)
+
+    @classmethod
+    def device_reason(cls, device: str) -> str | None:
+        """None when this backend computes on `device` (cpu | cuda[:N]); else why not (for `auto`'s message)."""
+        return None
 
     def synchronize(self) -> None:
         """Wait for queued device work (the timing module calls this before reading the clock)."""

@@ -54,7 +54,7 @@ def _torch_to_onnx(module, latent_shape: tuple[int, ...], opset: int):
         # TorchScript-based exporter: 20x faster than the dynamo one for plain conv nets and exact here;
         # torch==2.13.0 is pinned, so its deprecation warning is noise for users.
         warnings.simplefilter("ignore")
-        torch.onnx.export(module.eval(), (dummy,), buf,  # type: ignore[arg-type]  # a file object is accepted input_names=["z"], output_names=["image"],
+        torch.onnx.export(module.eval(), (dummy,), buf, input_names=["z"], output_names=["image"],  # type: ignore[arg-type]
                           dynamic_axes={"z": {0: "batch"}, "image": {0: "batch"}}, opset_version=opset,
                           do_constant_folding=True, dynamo=False)
     return onnx.load_model_from_string(buf.getvalue())

@@ -60,7 +60,7 @@ class _BatchWriter:
         self.out = Path(out)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
-        from gan_deploy.core.images import encode, to_uint8
+        from gan_deploy.core.images import encode
         from gan_deploy.core.latents import latents_range
 
         written: list[int] = []
@@ -68,9 +68,8 @@ class _BatchWriter:
         for b0 in batch["start"].tolist():
             b = min(self.batch_size, self.stop - b0)
             t0 = time.perf_counter()
-            x = self.runner.infer(latents_range(self.seed, b0, b, self.spec.latent_dim))  # [b, C, H, W]
+            pixels = self.runner.infer_pixels(latents_range(self.seed, b0, b, self.spec.latent_dim))  # [b, H, W, C] uint8
             t1 = time.perf_counter()
-            pixels = to_uint8(x, self.spec.value_range)
             for k in range(b):
                 atomic_write_bytes(self.out / file_name(b0 + k, self.n_total, self.fmt), encode(pixels[k], self.fmt))
                 written.append(b0 + k)
