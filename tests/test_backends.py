@@ -39,6 +39,9 @@ def test_backend_conformance(name, tiny_checkpoint, tiny_onnx, reference):
     # an image does not depend on the rest of its batch
     y2 = runner.infer(z[2:5])
     assert np.abs(y2 - y[2:5]).max() <= runner.tolerance
+    # uint8 pixels straight from the backend are the host conversion of its float images
+    from gan_deploy.core.images import to_uint8
+    assert np.array_equal(runner.infer_pixels(z), to_uint8(y, art.spec.value_range))
     # the same call twice gives the same images
     assert np.array_equal(runner.infer(z[:2]), runner.infer(z[:2]))
     with pytest.raises(GanDeployError, match="bad latent batch"):

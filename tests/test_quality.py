@@ -246,7 +246,7 @@ def test_eval_cli_images_folder(cli, tiny_checkpoint, tmp_path):
     (["--reference", "no/such/folder"], "data not found"),
     (["-k", "500", "-n", "64"], "bad k"),
     (["--images", "."], "--images and a generator were both given"),
-    (["--precision", "fp16", "--backend", "onnxruntime", "-n", "64"], "--precision fp16 applies to the PyTorch backends only"),
+    (["--precision", "fp16", "--backend", "onnxruntime", "-n", "64"], "precision fp16 applies to the PyTorch backends only"),
 ])
 def test_eval_cli_bad_input_is_exit_2_and_one_line(cli, tiny_checkpoint, args, message):
     r = cli("eval", "-c", tiny_checkpoint, *args)

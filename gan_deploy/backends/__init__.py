@@ -39,18 +39,50 @@ def unavailable_reason(name: str) -> str | None:
 
 
 def backends_for(artifact: "Artifact") -> list[str]:
-    """Backends that can run this artifact on this machine, fastest first."""
+    """Backends that can run this artifact on this machine (any device), in registry order."""
     return [n for n in BACKENDS if artifact.kind in runner_class(n).accepts and unavailable_reason(n) is None]
 
 
-def pick_backend(name: str, artifact: "Artifact") -> str:
+# `auto`'s preference per device, fastest first (measured with `gan-deploy bench`). torch.compile is left out:
+# it pays seconds of compilation per batch shape, so it runs only when asked for. On a GPU, eager PyTorch (with
+# CUDA graphs) comes before onnxruntime when onnxruntime has no CUDA provider: a CPU runtime is never chosen
+# on a GPU machine while a CUDA path exists for the artifact.
+AUTO_ORDER = {"cuda": ("tensorrt", "onnxruntime", "eager"), "cpu": ("onnxruntime", "eager")}
+
+
+def choose_backend(artifact: "Artifact", device: str = "auto") -> tuple[str, str]:
+    """`auto` for `artifact` on `device`: (backend name, why), e.g. ("eager", "auto on cuda: eager; skipped
+    tensorrt (runs engines only), onnxruntime (no CUDA provider: onnxruntime-gpu is not installed)")."""
+    from gan_deploy.backends.base import resolve_device
+
+    dev = resolve_device(device)
+    kind = "cuda" if dev.startswith("cuda") else "cpu"
+    skipped: list[str] = []
+    for name in AUTO_ORDER[kind]:
+        cls = runner_class(name)
+        why = None
+        if artifact.kind not in cls.accepts:
+            why = f"runs {' or '.join(cls.accepts)} files only"
+        else:
+            why = cls.unavailable_reason() or cls.device_reason(dev)
+        if why is None:
+            said = f"; skipped {', '.join(skipped)}" if skipped else ""
+            return name, f"auto on {dev}: {name}{said}"
+        skipped.append(f"{name} ({why.split(' (Note:')[0]})")
+    if kind == "cuda":  # no CUDA path for this artifact at all: a CPU runtime, said out loud
+        for name in AUTO_ORDER["cpu"]:
+            cls = runner_class(name)
+            if artifact.kind in cls.accepts and cls.unavailable_reason() is None:
+                return name, (f"auto on {dev}: no CUDA path for this {artifact.kind} ({'; '.join(skipped)}), so {name} "
+                              f"on the CPU; for the GPU install onnxruntime-gpu, build an engine, or export your "
+                              f"generator with `export --factory` to run it with PyTorch")
+    raise BackendUnavailable("no backend can run this artifact here", artifact.describe(), expected="; ".join(skipped),
+                             hint="install onnxruntime (CPU) or onnxruntime-gpu/tensorrt (GPU)")
+
+
+def pick_backend(name: str, artifact: "Artifact", device: str = "auto") -> str:
     if name == "auto":
-        usable = backends_for(artifact)
-        # torch.compile pays seconds of compilation per batch shape: `auto` only picks it when asked for
-        usable = [n for n in usable if n != "compile"]
-        if not usable:
-            raise BackendUnavailable("no backend can run this artifact here", artifact.describe(), hint="install onnxruntime (CPU) or onnxruntime-gpu/tensorrt (GPU)")
-        return usable[0]
+        return choose_backend(artifact, device)[0]
     cls = runner_class(name)
     reason = cls.unavailable_reason()
     if reason:
@@ -58,6 +90,24 @@ def pick_backend(name: str, artifact: "Artifact") -> str:
     return name
 
 
+TORCH_BACKENDS = ("eager", "compile")  # the backends that take a `precision` option
+
+
 def make_runner(name: str, artifact: "Artifact", device: str = "auto", **options: Any) -> "Runner":
-    """The runner for backend `name` (or `auto`) on `artifact`, not yet activated."""
-    return runner_class(pick_backend(name, artifact))(artifact, device=device, **options)
+    """The runner for backend `name` (or `auto`, chosen for `device`) on `artifact`, not yet activated.
+    `runner.auto_reason` says why `auto` chose it."""
+    why = None
+    if name == "auto":
+        name, why = choose_backend(artifact, device)
+    else:
+        name = pick_backend(name, artifact, device)
+    precision = options.get("precision")
+    if precision not in (None, "fp32") and name not in TORCH_BACKENDS:
+        raise GanDeployError(f"precision {precision} applies to the PyTorch backends only", f"backend {name}",
+                             expected=f"backend {' or '.join(TORCH_BACKENDS)}",
+                             hint="ONNX files and engines carry their own precision (gan-deploy quantize, build-engine)")
+    if name not in TORCH_BACKENDS:
+        options.pop("precision", None)
+    runner = runner_class(name)(artifact, device=device, **options)
+    runner.auto_reason = why
+    return runner

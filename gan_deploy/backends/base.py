@@ -32,6 +32,7 @@ class Runner(ABC):
         self.device = resolve_device(device)
         self.options = options
         self.active = False
+        self.auto_reason: str | None = None  # set by make_runner when `auto` chose this backend
 
     @staticmethod
     def _accepts_hint(artifact: Artifact) -> str:

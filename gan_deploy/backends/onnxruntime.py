@@ -49,6 +49,12 @@ class OnnxRuntimeRunner(Runner):
                     "`pip install gan-deploy[gpu]` on GPU machines; never both)")
         return None
 
+    @classmethod
+    def device_reason(cls, device: str) -> str | None:
+        if device.startswith("cuda") and "CUDAExecutionProvider" not in _ort().get_available_providers():
+            return "no CUDA provider: this onnxruntime is the CPU build; onnxruntime-gpu has it"
+        return None
+
     def _load(self) -> None:
         ort = _ort()
         so = ort.SessionOptions()

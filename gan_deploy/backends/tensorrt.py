@@ -77,6 +77,10 @@ class TensorRTRunner(Runner):
     def unavailable_reason(cls) -> str | None:
         return unavailable_reason()
 
+    @classmethod
+    def device_reason(cls, device: str) -> str | None:
+        return None if device.startswith("cuda") else "TensorRT engines run on CUDA GPUs only"
+
     @staticmethod
     def _accepts_hint(artifact: Artifact) -> str:
         return "build an engine first: `gan-deploy build-engine --fp16` (or --int8 / --fp32)"

@@ -55,3 +55,27 @@ def cpu_peak_gflops() -> tuple[float, str]:
     peak = cores * ghz * per_cycle
     how = f"{cores} cores x {ghz:.2f} GHz x {per_cycle} FP32 FLOPs/cycle ({isa}, 2 FMA units){' on ' + model.group(1).strip() if model else ''}"
     return peak, how
+
+
+# Dense peak throughput, TFLOP/s, from NVIDIA's datasheets (SXM parts; tensor cores for tf32/fp16/bf16, without
+# sparsity). Matched by substring of torch.cuda.get_device_name(); the first match wins.
+GPU_PEAK_TFLOPS: tuple[tuple[str, dict[str, float]], ...] = (
+    ("H200", {"fp32": 67.0, "tf32": 494.7, "fp16": 989.4, "bf16": 989.4}),
+    ("H100 PCIe", {"fp32": 51.2, "tf32": 378.0, "fp16": 756.0, "bf16": 756.0}),
+    ("H100", {"fp32": 67.0, "tf32": 494.7, "fp16": 989.4, "bf16": 989.4}),
+    ("A100", {"fp32": 19.5, "tf32": 156.0, "fp16": 312.0, "bf16": 312.0}),
+    ("L40S", {"fp32": 91.6, "tf32": 183.0, "fp16": 362.0, "bf16": 362.0}),
+    ("L4", {"fp32": 30.3, "tf32": 60.0, "fp16": 121.0, "bf16": 121.0}),
+    ("A10", {"fp32": 31.2, "tf32": 62.5, "fp16": 125.0, "bf16": 125.0}),
+    ("T4", {"fp32": 8.1, "tf32": 8.1, "fp16": 65.0, "bf16": 8.1}),
+)
+
+
+def gpu_peak_tflops(gpu_name: str, precision: str) -> tuple[float, str] | None:
+    """(peak TFLOP/s for `precision`, where it comes from) for a known GPU, else None."""
+    for key, peaks in GPU_PEAK_TFLOPS:
+        if key in gpu_name:
+            p = precision if precision in peaks else "fp32"
+            kind = "CUDA cores" if p == "fp32" else "dense tensor cores"
+            return peaks[p], f"{key} {p} {kind}, NVIDIA datasheet"
+    return None

@@ -15,12 +15,14 @@ import numpy as np
 
 from gan_deploy.artifacts.artifact import Artifact
 from gan_deploy.backends import make_runner, runner_class, unavailable_reason
+from gan_deploy.backends.torch_common import TORCH_PRECISIONS
 from gan_deploy.core.errors import GanDeployError
 from gan_deploy.core.fileio import atomic_path, atomic_write_text
 from gan_deploy.core.latents import latents_range
-from gan_deploy.core.timing import LatencyStats, measure
+from gan_deploy.core.timing import LatencyStats, measure_interleaved
 
 DEFAULT_BATCH_SIZES = (1, 16, 64, 256)
+NOISY_SPREAD = 1.5  # p90/p50 above this: warn that the row is noisy
 
 
 @dataclass
@@ -28,7 +30,7 @@ class BenchRow:
     backend: str  # label: backend name, or backend:variant
     detail: str
     stats: LatencyStats
-    speedup: float | None  # mean latency of the reference / this, same batch size
+    speedup: float | None  # median latency of the reference / this, same batch size, measured interleaved
     max_abs_err: float | None  # vs the reference's images, same latents
     psnr_db: float | None
     extra: dict[str, Any] = field(default_factory=dict)
@@ -56,6 +58,35 @@ class BenchReport:
                 "skipped": self.skipped, "flops_per_image": self.flops_per_image, "cpu_peak_gflops": self.cpu_peak_gflops,
                 "cpu_peak_how": self.cpu_peak_how, "settings": self.settings}
 
+    def best_row(self) -> "BenchRow | None":
+        """The fastest row (images/s from the median) of the FP32-family rows the peak is quoted for."""
+        return max(self.rows, key=lambda r: r.stats.images_per_s, default=None)
+
+    def _peak_lines(self) -> list[str]:
+        best = self.best_row()
+        if best is None or not self.flops_per_image:
+            return []
+        achieved = best.stats.images_per_s * self.flops_per_image / 1e9  # GFLOP/s
+        gpu = self.settings.get("gpu")
+        if gpu:
+            from gan_deploy.bench.flops import gpu_peak_tflops
+
+            prec = best.backend.split(":")[1] if ":" in best.backend else "fp32"
+            peak = gpu_peak_tflops(gpu, prec)
+            if peak is None:
+                return [f"best: {best.backend} at batch {best.stats.batch_size}: {achieved / 1e3:.2f} TFLOP/s on {gpu} "
+                        "(peak unknown for this GPU)"]
+            return [f"best: {best.backend} at batch {best.stats.batch_size}: {achieved / 1e3:.2f} TFLOP/s = "
+                    f"{100 * achieved / 1e3 / peak[0]:.1f}% of {gpu}'s {peak[0]:g} TFLOP/s ({peak[1]})"]
+        fp32_rows = [r for r in self.rows if ":" not in r.backend]  # variants such as INT8 are not FP32 work
+        best = max(fp32_rows, key=lambda r: r.stats.images_per_s, default=None)
+        if best is None or not self.cpu_peak_gflops:
+            return []
+        achieved = best.stats.images_per_s * self.flops_per_image / 1e9
+        return [f"best: {best.backend} at batch {best.stats.batch_size}: {achieved:.1f} GFLOP/s = "
+                f"{100 * achieved / self.cpu_peak_gflops:.1f}% of this CPU's peak {self.cpu_peak_gflops:.0f} GFLOP/s "
+                f"({self.cpu_peak_how})"]
+
     def table(self) -> str:
         head = f"{'backend':<22} {'batch':>5} {'mean ms':>9} {'p50 ms':>9} {'p90 ms':>9} {'p99 ms':>9} {'img/s':>10} {'speedup':>8} {'max err':>9} {'PSNR dB':>8}"
         lines = [head, "-" * len(head)]
@@ -68,15 +99,15 @@ class BenchReport:
                          f"{s.images_per_s:>10,.0f} {sp:>8} {err:>9} {psnr:>8}")
         for name, why in self.skipped.items():
             lines.append(f"skipped {name}: {why}")
+        details = dict((r.backend, r.detail) for r in self.rows)
+        lines.append("rows: " + "; ".join(f"{k} = {v}" for k, v in details.items()))
+        noisy = [f"{r.backend}@{r.stats.batch_size} ({r.stats.spread:.1f}x)" for r in self.rows if r.stats.spread > NOISY_SPREAD]
+        if noisy:
+            lines.append(f"warning: p90/p50 above {NOISY_SPREAD} for {', '.join(noisy[:8])}{' ...' if len(noisy) > 8 else ''}: "
+                         "the machine was busy; rerun on a quiet machine before trusting those rows")
         if self.flops_per_image:
             lines.append(f"{self.flops_per_image / 1e6:.1f} MFLOP per image")
-            # against the FP32 peak, only FP32 rows count (variants such as INT8 are labelled backend:precision)
-            best = max((r for r in self.rows if ":" not in r.backend), key=lambda r: r.stats.images_per_s, default=None)
-            if best and self.cpu_peak_gflops and not self.settings.get("device", "cpu").startswith("cuda"):
-                achieved = best.stats.images_per_s * self.flops_per_image / 1e9
-                lines.append(f"best: {best.backend} at batch {best.stats.batch_size}: {achieved:.1f} GFLOP/s = "
-                             f"{100 * achieved / self.cpu_peak_gflops:.1f}% of this CPU's peak {self.cpu_peak_gflops:.0f} GFLOP/s "
-                             f"({self.cpu_peak_how})")
+            lines += self._peak_lines()
         lines.append(f"reference for speedup/error: {self.reference}")
         if self.gate:
             n = self.settings.get("gate_samples")
@@ -113,6 +144,9 @@ class BenchOptions:
     threads: int | None = None  # onnxruntime intra-op threads
     variants: tuple[str | Path, ...] = ()  # reduced-precision ONNX files measured with onnxruntime beside the rest
     gate_samples: int = 0  # >0: the quality gate's figures of every row on this many images
+    precisions: tuple[str, ...] | None = None  # torch backends' precisions; None: all four on CUDA, fp32 on the CPU
+    compile_mode: str | None = None  # torch.compile mode (compile.COMPILE_MODES); None: Inductor's default
+    rounds: int = 5  # interleaved measurement rounds (noise hits every backend alike)
 
 
 def bench(artifact: Artifact, opts: BenchOptions | None = None, progress: Callable[[str], None] | None = None) -> BenchReport:
@@ -143,29 +177,38 @@ def bench(artifact: Artifact, opts: BenchOptions | None = None, progress: Callab
             runnable.append(name)
     ref_name = "eager" if artifact.kind == "checkpoint" else "onnxruntime"
     options = {"threads": threads} if threads else {}
-    jobs: list[tuple[str, Any]] = [(name, make_runner(name, artifact, device, **options)) for name in runnable]
+    from gan_deploy.backends import TORCH_BACKENDS
+    from gan_deploy.backends.base import resolve_device
+
+    dev = resolve_device(device)
+    precisions = opts.precisions or (TORCH_PRECISIONS if dev.startswith("cuda") else ("fp32",))
+    jobs: list[tuple[str, Any]] = []
+    for name in runnable:
+        if name in TORCH_BACKENDS:
+            for prec in precisions:
+                jobs.append((name if prec == "fp32" else f"{name}:{prec}",
+                             make_runner(name, artifact, dev, precision=prec, compile_mode=opts.compile_mode, **options)))
+        else:
+            jobs.append((name, make_runner(name, artifact, dev, **options)))
     for v in variants or []:
-        jobs.append((f"onnxruntime:{v.precision}", make_runner("onnxruntime", v, device, **options)))
-    ref_runner = next((r for n, r in jobs if n == ref_name), None) or make_runner(ref_name, artifact, device, **options)
+        jobs.append((f"onnxruntime:{v.precision}", make_runner("onnxruntime", v, dev, **options)))
+    # the reference is strict FP32 (TF32 off on a GPU): eager when the artifact has PyTorch weights
+    ref_runner = next((r for n, r in jobs if n == ref_name), None) or make_runner(ref_name, artifact, dev, **options)
     span = artifact.spec.value_range[1] - artifact.spec.value_range[0]
     rows: list[BenchRow] = []
     for b in batch_sizes:
         z = latents_range(seed, 0, b, artifact.spec.latent_dim)
         ref_images = ref_runner.infer(z)
-        ref_stats = None
-        # the reference is measured first so every other row gets its speed-up (if it was not asked for,
-        # it only supplies the images to compare against)
-        for label, runner in sorted(jobs, key=lambda j: j[1] is not ref_runner):
-            if progress:
-                progress(f"{label} batch {b}")
-            images = runner.infer(z)
-            stats = measure(lambda: runner.infer(z), b, warmup, iters, min_time_s, max_time_s, runner.synchronize)
-            if runner is ref_runner:
-                ref_stats = stats
-            extra: dict[str, Any] = {}
-            rows.append(BenchRow(label, runner.describe(), stats,
-                                 (ref_stats.mean_ms / stats.mean_ms) if ref_stats else None,
-                                 float(np.abs(images - ref_images).max()), psnr(images, ref_images, span), extra))
+        images = {label: runner.infer(z) for label, runner in jobs}
+        timed = {label: ((lambda r=runner: r.infer(z)), runner.synchronize) for label, runner in jobs}
+        if ref_runner not in [r for _, r in jobs]:
+            timed[ref_name] = ((lambda: ref_runner.infer(z)), ref_runner.synchronize)
+        stats = measure_interleaved(timed, b, warmup, iters, opts.rounds, min_time_s, max_time_s, progress)
+        ref_p50 = stats[ref_name].p50_ms
+        for label, runner in jobs:
+            st = stats[label]
+            rows.append(BenchRow(label, runner.describe(), st, ref_p50 / st.p50_ms if st.p50_ms else None,
+                                 float(np.abs(images[label] - ref_images).max()), psnr(images[label], ref_images, span), {}))
     gate: dict[str, dict[str, Any]] = {}
     if gate_samples:
         gate = _gate_figures(jobs, ref_runner, artifact, gate_samples, progress)
@@ -175,10 +218,10 @@ def bench(artifact: Artifact, opts: BenchOptions | None = None, progress: Callab
         flops = generator_flops(artifact.torch_module(), artifact.spec.latent_shape)
     from gan_deploy.bench.flops import cpu_peak_gflops
     peak, how = cpu_peak_gflops()
-    dev = ref_runner.device
     return BenchReport(artifact.describe(), f"{ref_name} ({ref_runner.describe()})", rows, skipped, flops, peak, how,
                        {"batch_sizes": list(batch_sizes), "warmup": warmup, "iters": iters, "min_time_s": min_time_s,
-                        "seed": seed, "device": dev, "threads": threads, "gate_samples": gate_samples}, gate)
+                        "seed": seed, "device": dev, "threads": threads, "gate_samples": gate_samples,
+                        "precisions": list(precisions), "rounds": opts.rounds, "gpu": _gpu_name(dev)}, gate)
 
 
 def _gate_figures(jobs, ref_runner, artifact: Artifact, n: int, progress) -> dict[str, dict[str, Any]]:
@@ -243,3 +286,10 @@ def compare_latency(artifact: Artifact, chosen: str, batch_size: int, device: st
     rep = bench(artifact, BenchOptions(tuple(names), (batch_size,), warmup=3, iters=iters, min_time_s=0.3, max_time_s=5,
                                        seed=seed, device=device))
     return [r.to_dict() for r in rep.rows]
+
+
+def _gpu_name(device: str) -> str | None:
+    if not device.startswith("cuda"):
+        return None
+    import torch
+    return str(torch.cuda.get_device_name(torch.device(device)))

@@ -5,6 +5,8 @@ from pathlib import Path
 
 import click
 
+from gan_deploy.backends.compile import COMPILE_MODES
+from gan_deploy.backends.torch_common import TORCH_PRECISIONS
 from gan_deploy.cli.options import (
     artifact_options,
     device_option,
@@ -27,13 +29,20 @@ from gan_deploy.core.errors import GanDeployError
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="onnxruntime intra-op threads (default: all cores).")
 @click.option("--variant", "variants", multiple=True, type=click.Path(dir_okay=False, path_type=Path),
               help="Also measure this ONNX (e.g. from `quantize --int8`) with onnxruntime. Repeatable.")
+@click.option("--precisions", default=None, metavar="LIST",
+              help="Precisions of the PyTorch backends, comma-separated from: " + ", ".join(TORCH_PRECISIONS)
+                   + " (default: all of them on a GPU, fp32 on the CPU). Each is its own row, e.g. compile:fp16.")
+@click.option("--compile-mode", type=click.Choice(list(COMPILE_MODES)), default="default", show_default=True,
+              help="torch.compile mode of the compile rows (max-autotune: slower to start, often faster on a GPU).")
+@click.option("--rounds", type=click.IntRange(min=1), default=5, show_default=True,
+              help="Interleaved measurement rounds: every backend gets its share of calls in each round.")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--gate-samples", type=click.IntRange(min=0), default=0, show_default=True,
               help="Also show the quality gate's figures (NaN/Inf, saturation, PSNR, FD) of each backend on this many images; 1000 is the gate's own n.")
 @json_option
 @click.option("--plot", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Write a latency/throughput vs batch size plot (PNG).")
 def bench(checkpoint, onnx, engine, value_range, backends, batch_sizes, device, warmup, iters, min_time, max_time, threads,
-          variants, seed, gate_samples, json_out, plot) -> None:
+          variants, precisions, compile_mode, rounds, seed, gate_samples, json_out, plot) -> None:
     """Compare backends on identical latents: latency mean/p50/p90/p99, images/s, speed-up and error vs eager.
 
     Warm-up calls are not measured; on a GPU the clock is read after synchronizing. The error columns
@@ -58,10 +67,21 @@ def bench(checkpoint, onnx, engine, value_range, backends, batch_sizes, device, 
                                  hint="leave --backends out to measure every backend available here")
     opts = BenchOptions(backends=names, batch_sizes=batch_sizes, warmup=warmup, iters=iters, min_time_s=min_time,
                         max_time_s=max_time, seed=seed, device=device, threads=threads, variants=tuple(variants),
-                        gate_samples=gate_samples)
+                        gate_samples=gate_samples, precisions=_precisions(precisions), compile_mode=compile_mode,
+                        rounds=rounds)
     report = run_bench(art, opts, progress=lambda what: click.echo(f"measuring {what} ...", err=True))
     click.echo(report.table())
     if json_out:
         click.echo(f"wrote {write_bench_json(report, json_out)}")
     if plot:
         click.echo(f"wrote {write_plot(report, plot)}")
+
+
+def _precisions(text: str | None) -> tuple[str, ...] | None:
+    if text is None:
+        return None
+    names = tuple(p.strip() for p in text.split(",") if p.strip())
+    bad = [p for p in names if p not in TORCH_PRECISIONS]
+    if not names or bad:
+        raise GanDeployError("bad --precisions", repr(text), expected=f"comma-separated from {', '.join(TORCH_PRECISIONS)}")
+    return names

@@ -10,6 +10,7 @@ from pathlib import Path
 import click
 
 from gan_deploy.backends import CHOICES as BACKEND_CHOICES
+from gan_deploy.backends.torch_common import TORCH_PRECISIONS
 from gan_deploy.cli.options import value_range_option
 from gan_deploy.core.errors import GanDeployError
 
@@ -32,7 +33,7 @@ from gan_deploy.core.errors import GanDeployError
                    "PyTorch): the quantization gate's comparison.")
 @click.option("--backend", type=click.Choice(BACKEND_CHOICES), default="auto", show_default=True,
               help="Backend that generates the scored images.")
-@click.option("--precision", type=click.Choice(["fp32", "fp16", "bf16"]), default="fp32", show_default=True,
+@click.option("--precision", type=click.Choice(list(TORCH_PRECISIONS)), default="fp32", show_default=True,
               help="Compute precision of --backend eager/compile.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N (generation only; "
                                                                   "features are computed on the CPU).")

@@ -27,8 +27,15 @@ class LatencyStats:
     def from_samples(cls, batch_size: int, seconds: list[float]) -> "LatencyStats":
         a = np.asarray(seconds, dtype=np.float64) * 1e3
         mean = float(a.mean())
-        return cls(batch_size, len(a), mean, float(np.percentile(a, 50)), float(np.percentile(a, 90)),
-                   float(np.percentile(a, 99)), float(a.min()), batch_size / (mean / 1e3))
+        p50 = float(np.percentile(a, 50))
+        # images/s from the median: one stall (a page fault, another process) moves the mean, not the median
+        return cls(batch_size, len(a), mean, p50, float(np.percentile(a, 90)),
+                   float(np.percentile(a, 99)), float(a.min()), batch_size / (p50 / 1e3))
+
+    @property
+    def spread(self) -> float:
+        """p90 / p50: above ~1.5 the machine was noisy during the measurement."""
+        return self.p90_ms / self.p50_ms if self.p50_ms > 0 else float("inf")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -55,6 +62,42 @@ def measure(fn: Callable[[], Any], batch_size: int, warmup: int = 5, iters: int 
         if len(samples) >= iters and elapsed >= min_time_s:
             break
     return LatencyStats.from_samples(batch_size, samples)
+
+
+def measure_interleaved(fns: dict[str, tuple[Callable[[], Any], Callable[[], None]]], batch_size: int, warmup: int = 5,
+                        iters: int = 30, rounds: int = 5, min_time_s: float = 0.0, max_time_s: float = 30.0,
+                        progress: Callable[[str], None] | None = None) -> dict[str, LatencyStats]:
+    """Time several callables against each other: warm-up each, then `rounds` rounds in which each callable gets
+    its share of calls in turn, so a slow spell of the machine hits all of them alike. `fns`: label ->
+    (fn, synchronize). Each callable gets at least `iters` samples (and `min_time_s` of them), at most
+    `max_time_s` of measurement; ratios between the results are what to compare."""
+    for label, (fn, sync) in fns.items():
+        if progress:
+            progress(f"{label} batch {batch_size}")
+        for _ in range(warmup):
+            fn()
+        sync()
+    rounds = max(1, rounds)
+    per_round = max(1, -(-iters // rounds))
+    samples: dict[str, list[float]] = {k: [] for k in fns}
+    spent: dict[str, float] = {k: 0.0 for k in fns}
+    clock = time.perf_counter
+    while True:
+        for label, (fn, sync) in fns.items():
+            if spent[label] >= max_time_s and len(samples[label]) >= 3:
+                continue
+            for _ in range(per_round):
+                t0 = clock()
+                fn()
+                sync()
+                dt = clock() - t0
+                samples[label].append(dt)
+                spent[label] += dt
+        done = all((len(samples[k]) >= iters and spent[k] >= min_time_s) or (spent[k] >= max_time_s and len(samples[k]) >= 3)
+                   for k in fns)
+        if done:
+            break
+    return {k: LatencyStats.from_samples(batch_size, v) for k, v in samples.items()}
 
 
 class Stopwatch:

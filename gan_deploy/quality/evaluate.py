@@ -242,14 +242,9 @@ def run_eval(artifact: Any = None, backend: str = "auto", device: str = "auto", 
 
 
 def _runner(make_runner: Any, backend: str, artifact: Any, device: str, precision: str) -> Any:
-    from gan_deploy.backends import pick_backend
-
-    name = pick_backend(backend, artifact)
-    if precision != "fp32":
-        if name not in ("eager", "compile"):
-            raise GanDeployError(f"--precision {precision} applies to the PyTorch backends only", f"backend {name}", expected="--backend eager or compile", hint="ONNX and engine files carry their own precision")
-        return make_runner(name, artifact, device, precision=precision)
-    return make_runner(name, artifact, device)
+    if backend == "auto" and precision != "fp32" and artifact.kind == "checkpoint":
+        backend = "eager"  # a torch precision was asked for: the PyTorch backend, not the fastest runtime
+    return make_runner(backend, artifact, device, precision=precision)
 
 
 def _check_same_generator(scored: Any, ref: Any) -> None:
