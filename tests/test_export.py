@@ -125,3 +125,35 @@ def test_export_refuses_an_onnx_that_disagrees_with_eager(tmp_path):
     assert not out.exists()
     rep = onnx_from_module(Drifts(), GeneratorSpec(4, 1, 8, 8), out, {}, tolerance=0.02)  # within a looser tolerance
     assert 0.009 < rep.max_abs_err < 0.011 and out.exists()
+
+
+def test_factory_export_also_writes_a_torch_artifact_the_torch_backends_run(tmp_path):
+    """export --factory writes netG.safetensors + .json beside the ONNX: eager/compile (fp16, CUDA graphs on a
+    GPU) run the user's generator; a changed source file is refused rather than run with stale weights."""
+    import shutil
+
+    from gan_deploy.core.errors import StaleArtifact
+
+    src = tmp_path / "tut.py"
+    shutil.copy("examples/pytorch_dcgan_tutorial.py", src)
+    rep = onnx_from_factory(f"{src}:Generator", tmp_path / "netG.onnx", {"nz": 10, "ngf": 4})
+    assert rep.torch_artifact == tmp_path / "netG.safetensors" and rep.torch_artifact.exists()
+    assert "--backend eager" in rep.summary()
+    art = load_artifact(rep.torch_artifact)
+    assert art.kind == "checkpoint" and art.config is None and art.spec.latent_shape == (10, 1, 1)
+    assert art.spec.image_shape == (3, 64, 64)
+    z = latents_range(5, 0, 3, 10)
+    eager = make_runner("eager", art, "cpu").infer(z)
+    ort = make_runner("onnxruntime", load_artifact(onnx=tmp_path / "netG.onnx"), "cpu").infer(z)
+    assert np.abs(eager - ort).max() < 1e-4
+    # onnxruntime can also run the torch artifact (exported in memory through the factory)
+    assert np.abs(make_runner("onnxruntime", art, "cpu").infer(z) - eager).max() < 1e-4
+    src.write_text(src.read_text() + "\n# edited\n")
+    with pytest.raises(StaleArtifact, match="source code changed since it was exported"):
+        make_runner("eager", load_artifact(rep.torch_artifact), "cpu").infer(z)
+
+
+def test_factory_that_exits_is_one_line(tmp_path, cli):
+    (tmp_path / "bad.py").write_text("import sys\nsys.exit(3)\n")
+    r = cli("export", "--factory", f"{tmp_path / 'bad.py'}:G", "--latent-dim", 4, "-o", tmp_path / "x.onnx")
+    assert r.exit_code == 2 and "could not import the factory module" in r.output and "SystemExit" in r.output

@@ -59,5 +59,6 @@ class Artifact:
 
 def artifact_from_checkpoint(path: str | Path | None = None) -> Artifact:
     ck = read_checkpoint(path)
-    return Artifact("checkpoint", ck.path, GeneratorSpec.from_config(ck.config), ck.sha256, ck.config,
-                    checkpoint=ck)
+    spec = ck.spec if ck.config is None else GeneratorSpec.from_config(ck.config)
+    assert spec is not None  # a factory checkpoint always carries its spec
+    return Artifact("checkpoint", ck.path, spec, ck.sha256, ck.config, checkpoint=ck)

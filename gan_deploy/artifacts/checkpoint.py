@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:  # torch loads only when weights are read or written: describing a checkpoint needs none
     import torch
 
+from gan_deploy.artifacts.factory import FactoryRef
+from gan_deploy.artifacts.spec import GeneratorSpec
 from gan_deploy.core.errors import GanDeployError
 from gan_deploy.core.fileio import atomic_path, atomic_write_text, sha256_file
 from gan_deploy.core.resources import DEFAULT_GENERATOR, asset_path
@@ -25,9 +27,11 @@ DEFAULT_CHECKPOINT = asset_path(DEFAULT_GENERATOR)  # shipped in the wheel: gan_
 @dataclass
 class Checkpoint:
     path: Path  # the .safetensors file
-    config: GeneratorConfig
+    config: GeneratorConfig | None  # our own architectures; None for a user's generator (then `factory`)
     meta: dict[str, Any] = field(default_factory=dict)  # the whole JSON sidecar
     sha256: str = ""
+    factory: FactoryRef | None = None  # `export --factory`: how to rebuild the user's module
+    spec: GeneratorSpec | None = None  # the contract, when there is no config to derive it from
 
     def build(self) -> torch.nn.Module:
         """The generator in eval mode, weights loaded."""
@@ -58,6 +62,28 @@ def save_checkpoint(path: str | Path, model: torch.nn.Module, config: GeneratorC
     }
     atomic_write_text(sidecar_of(path), dumps(meta) + "\n")
     return Checkpoint(path, config, meta, meta["weights_sha256"])
+
+
+FACTORY_FORMAT_VERSION = 2  # sidecars with "factory" instead of "generator"
+
+
+def save_factory_checkpoint(path: str | Path, model: torch.nn.Module, fref: FactoryRef, spec: GeneratorSpec,
+                            weights_parent_sha256: str = "") -> Path:
+    """The user's generator as weights + a sidecar that names its factory (`export --factory` writes it)."""
+    import dataclasses
+
+    from safetensors.torch import save_file
+
+    path = Path(path).with_suffix(".safetensors")
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    with atomic_path(path) as tmp:
+        save_file(state, str(tmp), metadata={"format": FORMAT})
+    meta = {"format": FORMAT, "format_version": FACTORY_FORMAT_VERSION, "factory": fref.to_dict(),
+            "spec": {**dataclasses.asdict(spec), "value_range": list(spec.value_range)},
+            "weights_parent_sha256": weights_parent_sha256,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "weights_sha256": sha256_file(path)}
+    atomic_write_text(sidecar_of(path), dumps(meta) + "\n")
+    return path
 
 
 def resolve_checkpoint(path: str | Path | None) -> Path:
@@ -91,14 +117,37 @@ def read_checkpoint(path: str | Path | None = None) -> Checkpoint:
         raise GanDeployError("checkpoint has no JSON sidecar", str(side), expected="the .json written beside the weights by `gan-deploy train`",
                              hint="a bare state dict can be exported with `gan-deploy export --factory MODULE:CLASS --weights FILE`")
     hint = "re-run `gan-deploy train` or restore the file"
-    meta = read_document(side, FORMAT, FORMAT_VERSION, what="checkpoint sidecar", hint=hint)
-    gen = field(meta, "generator", side, "checkpoint sidecar", kind="dict", expected="the generator config object", hint=hint)
+    meta = read_document(side, FORMAT, FACTORY_FORMAT_VERSION, what="checkpoint sidecar", hint=hint)
     sha = field(meta, "weights_sha256", side, "checkpoint sidecar", kind="str", check=_is_sha256, expected="64 hex digits",
                 hint=hint, required=False, default="")
+    if "factory" in meta:
+        return _factory_checkpoint(p, side, meta, sha)
+    gen = field(meta, "generator", side, "checkpoint sidecar", kind="dict", expected="the generator config object", hint=hint)
     for key in ("train",):
         field(meta, key, side, "checkpoint sidecar", kind="dict", expected="a JSON object", hint=hint, required=False)
     cfg = GeneratorConfig.from_dict(gen, where=f"{side}: generator")
     return Checkpoint(p, cfg, meta, sha)
+
+
+def _factory_checkpoint(p: Path, side: Path, meta: dict[str, Any], sha: str) -> Checkpoint:
+    from gan_deploy.core.jsonio import field, is_int, is_number
+
+    what, hint = "checkpoint sidecar", "re-run `gan-deploy export --factory ...`"
+    f = field(meta, "factory", side, what, kind="dict", hint=hint)
+    ref = field(f, "ref", side, what, kind="str", check=lambda v: ":" in v, expected="'module:callable' or 'file.py:Class'", hint=hint)
+    kwargs = field(f, "kwargs", side, what, kind="dict", hint=hint, required=False, default={})
+    src = field(f, "source_sha256", side, what, kind="str", check=lambda v: v == "" or _is_sha256(v), expected="64 hex digits",
+                hint=hint, required=False, default="")
+    s = field(meta, "spec", side, what, kind="dict", hint=hint)
+    dims = {k: field(s, k, side, what, kind="int", check=lambda v: 1 <= v <= 65536, expected="an integer in 1..65536", hint=hint)
+            for k in ("latent_dim", "channels", "height", "width")}
+    rank = field(s, "latent_rank", side, what, kind="int", check=lambda v: v in (2, 4), expected="2 or 4", hint=hint)
+    vr = field(s, "value_range", side, what, kind="list", check=lambda v: len(v) == 2 and all(is_number(x) for x in v) and v[1] > v[0],
+               expected="[lo, hi] with lo < hi", hint=hint)
+    if dims["channels"] not in (1, 3) or not all(is_int(v) for v in dims.values()):
+        raise GanDeployError(f"{what} field is invalid", f"{side}: spec.channels={dims['channels']}", expected="1 or 3", hint=hint)
+    spec = GeneratorSpec(dims["latent_dim"], dims["channels"], dims["height"], dims["width"], (float(vr[0]), float(vr[1])), rank)
+    return Checkpoint(p, None, meta, sha, FactoryRef(ref, kwargs, src), spec)
 
 
 def _is_sha256(v: str) -> bool:
@@ -121,10 +170,15 @@ def load_generator(ck: Checkpoint | str | Path | None = None, verify_hash: bool 
         state = load_file(str(ck.path))
     except Exception as e:  # safetensors raises its own error types across versions
         raise GanDeployError("corrupt or unreadable safetensors file", f"{ck.path} ({e})", hint="restore the file or retrain") from None
-    model = build_generator(ck.config)
+    if ck.factory is not None:
+        from gan_deploy.artifacts.factory import build
+
+        model = build(ck.factory)  # refuses a source file changed since the export
+    else:
+        model = build_generator(ck.config)
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:
         first = str(e).splitlines()[1].strip() if len(str(e).splitlines()) > 1 else str(e)
-        raise GanDeployError("checkpoint does not fit the architecture in its config", f"{ck.path.name}: {first}", expected=f"weights of a {ck.config.arch} generator with {ck.config.to_dict()}", hint="the weights were saved by a different architecture; pair them with their own .json") from None
+        raise GanDeployError("checkpoint does not fit the architecture in its config", f"{ck.path.name}: {first}", expected=(f"weights of a {ck.config.arch} generator with {ck.config.to_dict()}" if ck.config else f"weights of {ck.factory.ref}"), hint="the weights were saved by a different architecture; pair them with their own .json") from None
     return model.eval()

@@ -1,11 +1,8 @@
 """ONNX export: PyTorch generator -> ONNX with a dynamic batch axis, checked against eager before it is kept."""
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import io
 import json
-import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +11,9 @@ from typing import Any
 import numpy as np
 
 from gan_deploy.artifacts.artifact import META_PRECISION, Artifact, artifact_from_checkpoint
+from gan_deploy.artifacts.checkpoint import save_factory_checkpoint
+from gan_deploy.artifacts.factory import FactoryRef, source_file
+from gan_deploy.artifacts.factory import build as build_factory
 from gan_deploy.artifacts.onnx import META_CONFIG, META_PARENT_KIND, META_PARENT_SHA, META_TOLERANCE, META_VALUE_RANGE, spec_from_onnx_model
 from gan_deploy.artifacts.spec import GeneratorSpec
 from gan_deploy.core.errors import GanDeployError
@@ -36,12 +36,15 @@ class ExportReport:
     batch_sizes: tuple[int, ...]
     spec: GeneratorSpec
     parent_sha256: str
+    torch_artifact: Path | None = None  # export --factory: the .safetensors the PyTorch backends run
 
     def summary(self) -> str:
         s = self.spec
         return (f"wrote {self.path} (opset {self.opset}, input {s.input_name} [N, {', '.join(map(str, s.latent_shape))}] -> "
                 f"{s.output_name} [N, {s.channels}, {s.height}, {s.width}]); onnxruntime vs eager max abs err "
-                f"{self.max_abs_err:.2e} <= {self.tolerance:.0e} at batch sizes {list(self.batch_sizes)}")
+                f"{self.max_abs_err:.2e} <= {self.tolerance:.0e} at batch sizes {list(self.batch_sizes)}"
+                + (f"\nwrote {self.torch_artifact} + .json (the same generator for the PyTorch backends: "
+                   f"gan-deploy generate -c {self.torch_artifact} --backend eager)" if self.torch_artifact else ""))
 
 
 def _torch_to_onnx(module, latent_shape: tuple[int, ...], opset: int):
@@ -72,6 +75,13 @@ def _set_meta(model, meta: dict[str, str]) -> None:
 def onnx_model_from_checkpoint(art: Artifact, opset: int = DEFAULT_OPSET):
     """In-memory ONNX model of a checkpoint artifact, with the self-describing metadata."""
     model = _torch_to_onnx(art.torch_module(), art.spec.latent_shape, opset)
+    if art.config is None:  # a user's generator (export --factory): its factory instead of our config
+        fref = art.checkpoint.factory
+        _set_meta(model, {META_VALUE_RANGE: json.dumps(list(art.spec.value_range)), META_PARENT_SHA: art.sha256,
+                          META_PARENT_KIND: "checkpoint", META_PRECISION: "fp32", "gan_deploy.factory": fref.ref,
+                          "gan_deploy.factory_kwargs": json.dumps(fref.kwargs)})
+        model.producer_name = "gan-deploy"
+        return model
     _set_meta(model, {
         META_CONFIG: json.dumps(art.config.to_dict()),
         META_VALUE_RANGE: json.dumps(list(art.spec.value_range)),
@@ -154,31 +164,6 @@ def onnx_from_checkpoint(checkpoint: str | Path | None, out: str | Path | None =
 
 # -- bring your own PyTorch generator --------------------------------------------------------------
 
-def load_factory(ref: str):
-    """`package.module:factory` or `path/to/file.py:ClassName` -> the callable."""
-    if ":" not in ref:
-        raise GanDeployError("bad --factory", repr(ref), expected="'package.module:callable' or 'path/to/file.py:ClassName'")
-    mod_ref, _, attr = ref.rpartition(":")
-    try:
-        if mod_ref.endswith(".py"):
-            path = Path(mod_ref)
-            if not path.exists():
-                raise GanDeployError("factory file not found", str(path))
-            spec = importlib.util.spec_from_file_location(f"gan_deploy_user_{path.stem}", path)
-            module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
-            sys.modules[spec.name] = module
-            spec.loader.exec_module(module)
-        else:
-            module = importlib.import_module(mod_ref)
-    except GanDeployError:
-        raise
-    except Exception as e:  # the user's code: any import error is theirs to see, on one line
-        raise GanDeployError("could not import the factory module", f"{mod_ref} ({type(e).__name__}: {e})", hint="check the path, and that its imports are installed") from None
-    if not hasattr(module, attr):
-        raise GanDeployError("factory not found in module", f"{attr!r} in {mod_ref}")
-    return getattr(module, attr)
-
-
 def load_weights(path: str | Path) -> dict[str, Any]:
     """safetensors, or a state dict read with torch.load(weights_only=True): never arbitrary unpickling."""
     import torch
@@ -207,13 +192,11 @@ def onnx_from_factory(factory: str, out: str | Path, kwargs: dict[str, Any] | No
     """Export the user's own generator: build it from the factory, load weights, probe its contract."""
     import torch
 
-    fn = load_factory(factory)
-    try:
-        module = fn(**(kwargs or {}))
-    except Exception as e:
-        raise GanDeployError("the factory raised", f"{factory}(**{kwargs}) -> {type(e).__name__}: {e}", hint="check --kwargs against the constructor's arguments") from None
-    if not isinstance(module, torch.nn.Module):
-        raise GanDeployError("the factory did not return a torch.nn.Module", type(module).__name__)
+    # a file reference is recorded absolute: the torch artifact is loaded later from another working directory
+    mod_ref, _, attr = factory.rpartition(":")
+    ref = f"{Path(mod_ref).resolve()}:{attr}" if mod_ref.endswith(".py") else factory
+    fref = FactoryRef(ref, dict(kwargs or {}), sha256_file(source_file(factory)) if ":" in factory else "")
+    module = build_factory(fref, check_source=False)
     parent = ""
     if weights is not None:
         try:
@@ -245,4 +228,12 @@ def onnx_from_factory(factory: str, out: str | Path, kwargs: dict[str, Any] | No
     spec = GeneratorSpec(z_dim, c, h, w, value_range, rank)
     meta = {META_PARENT_SHA: parent, META_PARENT_KIND: "torch-factory", "gan_deploy.factory": factory,
             "gan_deploy.factory_kwargs": json.dumps(kwargs or {})}
-    return onnx_from_module(module, spec, out, meta, opset, tolerance)
+    torch_out = Path(out).with_suffix(".safetensors")
+    if weights is not None and Path(weights).resolve() in (torch_out.resolve(), torch_out.with_suffix(".json").resolve()):
+        raise GanDeployError("--out would overwrite the weights it exports", str(torch_out), expected="a different --out name",
+                             hint="name the ONNX file differently from the weights")
+    report = onnx_from_module(module, spec, out, meta, opset, tolerance)
+    # beside the ONNX, the same generator for the PyTorch backends (fp16, CUDA graphs on a GPU): weights as
+    # safetensors + a sidecar naming the factory, its arguments and its source file's sha256
+    report.torch_artifact = save_factory_checkpoint(torch_out, module, fref, spec, parent)
+    return report

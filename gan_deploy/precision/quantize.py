@@ -373,7 +373,7 @@ def reference_runner(parent: Artifact, device: str = "cpu"):
 
 def _child_meta(parent: Artifact, parent_sha: str, precision: str, recipe: dict[str, Any]) -> dict[str, str]:
     meta = {k: v for k, v in parent.metadata.items() if k.startswith("gan_deploy.") and k != META_TOLERANCE}
-    if parent.kind == "checkpoint":
+    if parent.kind == "checkpoint" and parent.config is not None:
         meta[META_CONFIG] = json.dumps(parent.config.to_dict())
     if parent.metadata.get(META_PARENT_SHA):
         meta[META_CHECKPOINT_SHA] = parent.metadata[META_PARENT_SHA]
