@@ -73,3 +73,15 @@ def test_the_check_catches_an_upward_import(tmp_path):
     p = tmp_path / "bad.py"
     p.write_text("def f():\n    from gan_deploy.cli.options import artifact_options\n")
     assert _imports(p) == [(2, "gan_deploy.cli.options")]
+
+
+def test_public_api_resolves_and_import_stays_light():
+    import subprocess
+    import sys
+
+    import gan_deploy
+
+    for name in gan_deploy.__all__:
+        assert getattr(gan_deploy, name) is not None, name
+    code = "import sys, gan_deploy; sys.exit(any(m in sys.modules for m in ('torch', 'onnxruntime', 'onnx', 'tensorrt')))"
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
