@@ -45,8 +45,8 @@ class OnnxRuntimeRunner(Runner):
         try:
             _ort()
         except ImportError:
-            return ("onnxruntime is not installed (Note: `pip install gan-deploy[cpu]` on CPU machines, "
-                    "`pip install gan-deploy[gpu]` on GPU machines; never both)")
+            return ("onnxruntime is not installed (Note: from the clone, `pip install -e \".[cpu]\"` on CPU machines, "
+                    "`pip install -e \".[gpu]\"` on GPU machines; never both)")
         return None
 
     @classmethod
