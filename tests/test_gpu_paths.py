@@ -138,3 +138,36 @@ def test_reduced_torch_precision_passes_the_gate(tiny_checkpoint, precision):
     ref = make_runner("eager", art, "cpu")
     t = thresholds_for("fp16" if precision != "bf16" else "int8")
     assert run_gate(cand, ref, t, precision, 256).accepted
+
+
+@pytest.mark.gpu
+@needs_gpu
+def test_bench_on_cuda_has_a_row_per_precision_against_strict_fp32(cli, tiny_checkpoint, tmp_path):
+    import json
+
+    r = cli("bench", "-c", tiny_checkpoint, "--device", "cuda", "--backends", "eager", "--batch-sizes", "1,64",
+            "--iters", 5, "--warmup", 2, "--min-time", 0, "--gate-samples", 64, "--json", tmp_path / "b.json")
+    assert r.exit_code == 0, r.output
+    rep = json.loads((tmp_path / "b.json").read_text())
+    labels = {(row["backend"], row["batch_size"]) for row in rep["rows"]}
+    assert labels == {(n, b) for n in ("eager", "eager:tf32", "eager:fp16", "eager:bf16") for b in (1, 64)}
+    strict = [row for row in rep["rows"] if row["backend"] == "eager"]
+    assert all(row["max_abs_err"] == 0 for row in strict)  # the reference itself
+    assert all(g["verdict"] == "pass" for g in rep["gate"].values()), rep["gate"]
+    assert "TFLOP/s" in r.output and "CUDA graphs" in r.output
+
+
+@pytest.mark.gpu
+@needs_gpu
+@pytest.mark.parametrize("precision", TORCH_PRECISIONS)
+def test_generate_on_cuda_writes_what_the_runner_computes(cli, tiny_checkpoint, tmp_path, precision):
+    from gan_deploy.core.images import decode
+
+    r = cli("generate", "-c", tiny_checkpoint, "--device", "cuda", "--backend", "eager", "--precision", precision,
+            "-n", 10, "-b", 4, "--out", tmp_path / "o")
+    assert r.exit_code == 0, r.output
+    art = load_artifact(tiny_checkpoint)
+    runner = make_runner("eager", art, "cuda", precision=precision)
+    want = np.concatenate([runner.infer_pixels(latents_range(0, s, min(4, 10 - s), art.spec.latent_dim)) for s in range(0, 10, 4)])
+    got = np.stack([decode(tmp_path / "o" / f"{i:06d}.png") for i in range(10)])
+    assert np.array_equal(got, want)

@@ -113,14 +113,16 @@ class BenchReport:
             n = self.settings.get("gate_samples")
             lines.append("")
             lines.append(f"quality-gate figures against the reference on {n} gate latents (see `gan-deploy quantize --help`):")
-            head = f"{'backend':<22} {'NaN/Inf':>8} {'saturated':>9} {'PSNR worst':>10} {'PSNR median':>11} {'FD':>9} {'FD noise':>9} {'FD ratio':>8}"
+            head = (f"{'backend':<22} {'NaN/Inf':>8} {'saturated':>9} {'PSNR worst':>10} {'PSNR median':>11} {'FD':>9} {'FD noise':>9} "
+                    f"{'FD ratio':>8}  gate")
             lines += [head, "-" * len(head)]
             for label, g in self.gate.items():
                 def f(key: str, fmt: str) -> str:
                     v = g.get(key)
                     return "-" if v is None else format(v, fmt)
                 lines.append(f"{label:<22} {g['nonfinite']:>8} {f('saturated_rate', '.2%'):>9} {f('psnr_worst_db', '.1f'):>10} "
-                             f"{f('psnr_median_db', '.1f'):>11} {f('fd', '.3g'):>9} {f('fd_noise', '.3g'):>9} {f('fd_ratio', '.3g'):>8}")
+                             f"{f('psnr_median_db', '.1f'):>11} {f('fd', '.3g'):>9} {f('fd_noise', '.3g'):>9} {f('fd_ratio', '.3g'):>8}  "
+                             f"{g.get('verdict', '-')}")
         return "\n".join(lines)
 
 
@@ -226,7 +228,7 @@ def bench(artifact: Artifact, opts: BenchOptions | None = None, progress: Callab
 
 def _gate_figures(jobs, ref_runner, artifact: Artifact, n: int, progress) -> dict[str, dict[str, Any]]:
     """The quality gate's figures for every non-reference backend, on the gate's own latents (not the timing ones)."""
-    from gan_deploy.precision.gate import batched, gate_figures, gate_latents
+    from gan_deploy.precision.gate import batched, check_artifact, gate_figures, gate_latents, thresholds_for
 
     z = gate_latents(n, artifact.spec.latent_dim)
     ref = batched(ref_runner.infer, z, 256)
@@ -237,10 +239,21 @@ def _gate_figures(jobs, ref_runner, artifact: Artifact, n: int, progress) -> dic
             continue
         if progress:
             progress(f"gate figures of {label} on {n} images")
-        fig = gate_figures(batched(runner.infer, z, 256), ref, artifact.spec.value_range, fresh)
+        images = batched(runner.infer, z, 256)
+        fig = gate_figures(images, ref, artifact.spec.value_range, fresh)
         fig.pop("_quality", None)
+        # the verdict the gate would give this row: the same thresholds as quantize / build-engine for its precision
+        prec = label.split(":")[1] if ":" in label else getattr(runner, "precision", "fp32")
+        report = check_artifact(images, ref, thresholds_for(GATE_THRESHOLDS_FOR.get(prec, "fp32")), prec,
+                                artifact.spec.value_range, fresh)
+        fig["verdict"] = "pass" if report.accepted else "FAIL " + ",".join(report.failed)
         out[label] = fig
     return out
+
+
+# which gate thresholds a row's precision is held to: TF32 keeps FP16's 10-bit mantissa, BF16 has 7 bits (an
+# error like INT8's); torch's own FP32 rows are held to FP32's
+GATE_THRESHOLDS_FOR = {"fp32": "fp32", "tf32": "fp16", "fp16": "fp16", "bf16": "int8", "int8": "int8"}
 
 
 def write_json(report: BenchReport, path: str | Path) -> Path:
