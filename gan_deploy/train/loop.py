@@ -593,7 +593,9 @@ class _Evaluator:
     def __call__(self, model: nn.Module, step: int) -> dict[str, Any]:
         """Score `model` (an eval-mode generator, standing BN statistics): an "eval" metrics record."""
         from gan_deploy.core.timing import Stopwatch
-        from gan_deploy.quality.features import features, rescale, score_features
+        from gan_deploy.quality.distances import score_features
+        from gan_deploy.quality.evaluate import rescale
+        from gan_deploy.quality.features import features
 
         with Stopwatch() as sw:
             x = np.concatenate([model(self.z[s:s + EVAL_BATCH].to(self.device)).float().cpu().numpy()
