@@ -1,7 +1,7 @@
 """TensorRT: the sidecar checks (pure, run everywhere), the errors without TensorRT, and real engine tests
 (marked tensorrt + gpu, skipped with the reason where the library or the GPU is missing)."""
 import json
-import shutil
+import re
 import subprocess
 import sys
 
@@ -25,17 +25,20 @@ from gan_deploy.backends import BACKENDS, pick_backend
 from gan_deploy.backends.tensorrt import unavailable_reason
 from gan_deploy.core.errors import BackendUnavailable, GanDeployError, StaleArtifact
 from gan_deploy.core.fileio import sha256_file
+from gan_deploy.engine.build import builder_unavailable_reason
 
 H100 = RuntimeInfo("10.13.0.35", "NVIDIA H100 80GB HBM3", "9.0")
 SPEC = GeneratorSpec(8, 1, 16, 16, (-1.0, 1.0), 2, "z", "image")
 TRT_MISSING = unavailable_reason()
+BUILD_MISSING = builder_unavailable_reason()  # building also needs the full tensorrt (not the lean runtime)
 
 
 @pytest.fixture
-def engine(tmp_path, tiny_onnx):
-    """A fake engine file with a sidecar as build-engine writes it, for an ONNX source in tmp_path."""
+def engine(tmp_path):
+    """A fake engine file with a sidecar as build-engine writes it, for an ONNX source in tmp_path (its bytes
+    only: the checks hash it, none parses it, so these tests do not depend on the exporter)."""
     src = tmp_path / "g.onnx"
-    shutil.copy(tiny_onnx, src)
+    src.write_bytes(b"stands for the ONNX the engine was built from")
     eng = tmp_path / "g.fp16.engine"
     eng.write_bytes(b"serialized engine bytes")
     side = make_sidecar(engine_sha256=sha256_file(eng), precision="fp16", runtime=H100, profile=(1, 64, 256),
@@ -76,6 +79,49 @@ def test_other_tensorrt_version_or_gpu_is_refused_with_the_rebuild_command(engin
     with pytest.raises(StaleArtifact) as e:  # every difference at once
         check_runtime(d, RuntimeInfo("10.8.0.43", "NVIDIA L4", "8.9"))
     assert "TensorRT 10.13.0.35" in str(e.value) and "compute capability 9.0" in str(e.value)
+
+
+def test_version_compatible_engine_runs_on_this_or_a_later_tensorrt_of_its_major_version(engine):
+    _edit(engine, version_compatible=True, tensorrt_version="11.1.0.5")
+    d = read_sidecar(engine)
+    for module in ("tensorrt", "tensorrt_lean"):  # the full TensorRT and the lean runtime alike
+        for later in ("11.1.0.5", "11.1.1.0", "11.4.0.106", "11.10.0.1", "11.2"):
+            check_runtime(d, RuntimeInfo(later, H100.gpu_name, "9.0", module))
+    for other, why in [("11.1.0.4", "earlier"), ("11.0.0.1", "earlier"), ("10.13.0.35", "earlier major"), ("12.0.0.1", "next major")]:
+        with pytest.raises(StaleArtifact, match=rf"TensorRT 11\.1\.0\.5 with --version-compatible \(this machine has {re.escape(other)}; "
+                                                r"such an engine runs on the version that built it and later ones of the same major version\)"):
+            check_runtime(d, RuntimeInfo(other, H100.gpu_name, "9.0"))
+    with pytest.raises(StaleArtifact, match=r"compute capability 9\.0 .*this GPU is 8\.6 NVIDIA A10G"):  # the GPU still counts
+        check_runtime(d, RuntimeInfo("11.4.0.106", "NVIDIA A10G", "8.6"))
+    _edit(engine, tensorrt_version="11.1.0.5-rc")  # not all numbers: only the same string
+    check_runtime(read_sidecar(engine), RuntimeInfo("11.1.0.5-rc", H100.gpu_name, "9.0"))
+    with pytest.raises(StaleArtifact, match="with --version-compatible"):
+        check_runtime(read_sidecar(engine), RuntimeInfo("11.4.0.106", H100.gpu_name, "9.0"))
+
+
+def test_version_compatible_field_is_optional_and_checked(engine):
+    d = read_sidecar(engine)
+    assert d["version_compatible"] is False
+    with pytest.raises(StaleArtifact, match=r"TensorRT 10\.13\.0\.35 \(this machine has 10\.13\.1\.2\)"):  # not one: exact version
+        check_runtime(d, RuntimeInfo("10.13.1.2", H100.gpu_name, "9.0"))
+    _edit(engine, version_compatible=None)  # written before the field existed: read as false
+    assert "version_compatible" not in read_sidecar(engine)
+    check_runtime(read_sidecar(engine), H100)
+    for bad in ("yes", 1, "true"):
+        _edit(engine, version_compatible=bad)
+        with pytest.raises(GanDeployError, match=r"field has the wrong type: .*version_compatible=.*expected true or false"):
+            read_sidecar(engine)
+
+
+def test_the_lean_runtime_runs_only_version_compatible_engines(engine):
+    d = read_sidecar(engine)
+    lean = RuntimeInfo(H100.tensorrt_version, H100.gpu_name, "9.0", "tensorrt_lean")
+    with pytest.raises(StaleArtifact, match=r"no --version-compatible \(this machine has only TensorRT's lean runtime, tensorrt_lean, "
+                                            r"which runs version-compatible engines only\).*the lean runtime cannot build engines; where the "
+                                            r"full TensorRT is installed: gan-deploy build-engine --fp16 --onnx .* --version-compatible"):
+        check_runtime(d, lean)
+    _edit(engine, version_compatible=True)
+    check_runtime(read_sidecar(engine), lean)
 
 
 def test_hand_edited_sidecar_is_checked(engine):
@@ -166,7 +212,7 @@ def test_without_tensorrt_auto_falls_back_and_errors_say_how_to_install(engine, 
 @pytest.mark.parametrize("precision", ["fp32", "fp16", "int8"])
 @pytest.mark.tensorrt
 @pytest.mark.gpu
-@pytest.mark.skipif(TRT_MISSING is not None, reason=f"TensorRT/GPU unavailable: {TRT_MISSING}")
+@pytest.mark.skipif(BUILD_MISSING is not None, reason=f"cannot build TensorRT engines here: {BUILD_MISSING}")
 def test_build_load_and_run_engine(precision, tiny_checkpoint, tmp_path):
     from gan_deploy.backends import make_runner
     from gan_deploy.core.latents import latents_range
@@ -195,7 +241,7 @@ def test_build_load_and_run_engine(precision, tiny_checkpoint, tmp_path):
 
 @pytest.mark.tensorrt
 @pytest.mark.gpu
-@pytest.mark.skipif(TRT_MISSING is not None, reason=f"TensorRT/GPU unavailable: {TRT_MISSING}")
+@pytest.mark.skipif(BUILD_MISSING is not None, reason=f"cannot build TensorRT engines here: {BUILD_MISSING}")
 def test_real_engine_with_edited_sidecar_is_refused(tiny_checkpoint, tmp_path):
     from gan_deploy.engine.build import engine_from_artifact
 

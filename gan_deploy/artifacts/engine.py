@@ -1,7 +1,8 @@
 """The sidecar JSON of a TensorRT engine, and every check made on it before the engine is deserialized.
 
-A serialized engine runs only with the TensorRT version that built it and on the GPU model it was tuned
-for, and it silently keeps running after the ONNX it came from has changed. The sidecar
+A serialized engine runs only with the TensorRT version that built it (a `--version-compatible` one: also
+with later versions of the same major version) and on the GPU model it was tuned for, and it silently keeps
+running after the ONNX it came from has changed. The sidecar
 (`engines/x.fp16.engine` -> `engines/x.fp16.json`) records what the engine was built from and for, so
 loading it can refuse with a message that says what differs and the command that rebuilds it:
 
@@ -9,7 +10,8 @@ loading it can refuse with a message that says what differs and the command that
      "tensorrt_version": "10.13.0.35", "gpu_name": "NVIDIA H100 80GB HBM3", "compute_capability": "9.0",
      "profile": {"min": 1, "opt": 64, "max": 256}, "workspace_mib": 1024,
      "onnx_sha256": ... (the network TensorRT parsed), "source": {"kind", "path", "sha256"} (what the user gave),
-     "spec": {...GeneratorSpec}, "generator": {...GeneratorConfig} | null, "gate": {...}, "rebuild": "gan-deploy ..."}
+     "spec": {...GeneratorSpec}, "generator": {...GeneratorConfig} | null, "gate": {...}, "rebuild": "gan-deploy ...",
+     "version_compatible": false (optional, absent in older sidecars: false)}
 
 Everything here is pure Python (no TensorRT, no GPU), so the checks are tested on any machine.
 """
@@ -50,6 +52,11 @@ _REQUIRED: dict[str, tuple[type | tuple[type, ...], str]] = {
     "source": (dict, '{"kind": ..., "path": ..., "sha256": ...}'),
     "spec": (dict, "the generator's input/output contract"),
 }
+# key -> (type, description) of every optional sidecar field (absent in sidecars written before it existed)
+_OPTIONAL: dict[str, tuple[type | tuple[type, ...], str]] = {
+    "version_compatible": (bool, "true or false (built with BuilderFlag.VERSION_COMPATIBLE)"),
+}
+_VERSION = re.compile(r"^\d+(\.\d+)*$")
 
 
 @dataclass(frozen=True)
@@ -59,6 +66,7 @@ class RuntimeInfo:
     tensorrt_version: str
     gpu_name: str
     compute_capability: str  # "8.6"
+    module: str = "tensorrt"  # the Python module that runs engines: tensorrt, or the lean runtime tensorrt_lean
 
 
 def gpu_info(device: str = "cuda") -> tuple[str, str]:
@@ -75,7 +83,8 @@ def sidecar_path(engine: str | Path) -> Path:
 
 def make_sidecar(*, engine_sha256: str, precision: str, runtime: RuntimeInfo, profile: tuple[int, int, int],
                  onnx_sha256: str, source: dict[str, str], spec: GeneratorSpec, generator: dict[str, Any] | None,
-                 workspace_mib: int, rebuild: str, gate: dict[str, Any] | None = None) -> dict[str, Any]:
+                 workspace_mib: int, rebuild: str, gate: dict[str, Any] | None = None,
+                 version_compatible: bool = False) -> dict[str, Any]:
     mn, opt, mx = profile
     return {
         "format": SIDECAR_FORMAT, "format_version": SIDECAR_FORMAT_VERSION,
@@ -85,7 +94,8 @@ def make_sidecar(*, engine_sha256: str, precision: str, runtime: RuntimeInfo, pr
         "profile": {"min": mn, "opt": opt, "max": mx}, "workspace_mib": workspace_mib,
         "onnx_sha256": onnx_sha256, "source": source,
         "spec": {**dataclasses.asdict(spec), "value_range": list(spec.value_range)},
-        "generator": generator, "strongly_typed": True, "gate": gate, "rebuild": rebuild,
+        "generator": generator, "strongly_typed": True, "version_compatible": bool(version_compatible),
+        "gate": gate, "rebuild": rebuild,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
 
@@ -101,6 +111,9 @@ def parse_sidecar(text: str, where: str | Path = "<sidecar>") -> dict[str, Any]:
         if key not in d:
             raise GanDeployError("engine sidecar lacks a field", f"{where}: {key!r}", expected=desc, hint=hint)
         if not isinstance(d[key], typ) or isinstance(d[key], bool):
+            raise GanDeployError("engine sidecar field has the wrong type", f"{where}: {key}={d[key]!r}", expected=desc, hint=hint)
+    for key, (typ, desc) in _OPTIONAL.items():
+        if key in d and not isinstance(d[key], typ):
             raise GanDeployError("engine sidecar field has the wrong type", f"{where}: {key}={d[key]!r}", expected=desc, hint=hint)
     if d["format_version"] > SIDECAR_FORMAT_VERSION:
         raise GanDeployError("engine sidecar written by a newer gan-deploy", f"format_version {d['format_version']}", expected=f"<= {SIDECAR_FORMAT_VERSION}", hint="upgrade gan-deploy, or rebuild the engine")
@@ -168,18 +181,54 @@ def check_source(d: dict[str, Any], sha_of: Callable[[Path], str] = sha256_file)
             raise StaleArtifact(f"the {src.get('kind', 'source')} this engine was built from has changed", f"{path} sha256 {now[:12]}", expected=f"{str(src.get('sha256'))[:12]} when the engine was built", hint=_rebuild(d))
 
 
+def _version(v: str) -> tuple[int, ...] | None:
+    return tuple(int(x) for x in v.strip().split(".")) if _VERSION.match(v.strip()) else None
+
+
+def version_compatible_runs(built: str, runtime: str) -> bool:
+    """Whether TensorRT `runtime` may run a version-compatible engine built by TensorRT `built`. NVIDIA's docs:
+    such an engine runs on the version that built it and on later ones (11.0 -> 11.1 and later 11.x), never
+    on an earlier one; across a major version, APIs removed there must not be used, so only the same major
+    version is accepted here. A version that is not all numbers must match exactly."""
+    b, r = _version(built), _version(runtime)
+    if b is None or r is None:
+        return built.strip() == runtime.strip()
+    n = max(len(b), len(r))
+    b, r = b + (0,) * (n - len(b)), r + (0,) * (n - len(r))
+    return r[0] == b[0] and r >= b
+
+
 def check_runtime(d: dict[str, Any], rt: RuntimeInfo) -> None:
-    """The engine was built with this TensorRT version for this GPU. Lists every difference at once."""
+    """The engine was built with this TensorRT version (a version-compatible one: this one or an earlier one of
+    the same major version) for this GPU, and the module at hand can run it (the lean runtime runs only
+    version-compatible engines). Lists every difference at once."""
     diffs = []
-    if d["tensorrt_version"] != rt.tensorrt_version:
-        diffs.append(f"TensorRT {d['tensorrt_version']} (this machine has {rt.tensorrt_version})")
+    vc = d.get("version_compatible") is True
+    lean = rt.module != "tensorrt"
+    here = f"{rt.tensorrt_version}, {rt.module}" if lean else rt.tensorrt_version
+    if vc:
+        if not version_compatible_runs(d["tensorrt_version"], rt.tensorrt_version):
+            diffs.append(f"TensorRT {d['tensorrt_version']} with --version-compatible (this machine has {here}; such an "
+                         f"engine runs on the version that built it and later ones of the same major version)")
+    elif d["tensorrt_version"] != rt.tensorrt_version:
+        diffs.append(f"TensorRT {d['tensorrt_version']} (this machine has {here})")
+    if lean and not vc:
+        diffs.append(f"no --version-compatible (this machine has only TensorRT's lean runtime, {rt.module}, which runs "
+                     f"version-compatible engines only)")
     if d["compute_capability"] != rt.compute_capability:
         diffs.append(f"compute capability {d['compute_capability']} {d['gpu_name']} (this GPU is {rt.compute_capability} {rt.gpu_name})")
     elif d["gpu_name"] != rt.gpu_name:
         # same architecture but another model: it may run, with tactics timed for the other GPU, or fail in odd ways
         diffs.append(f"GPU {d['gpu_name']} (this GPU is {rt.gpu_name}, same compute capability)")
     if diffs:
-        raise StaleArtifact("engine was built for another setup", "; ".join(diffs), expected="the TensorRT version and GPU it was built with", hint=f"TensorRT engines are specific to both; {_rebuild(d)}")
+        expected = "the TensorRT version and GPU it was built with"
+        hint = f"TensorRT engines are specific to both; {_rebuild(d)}"
+        if vc:
+            expected = "the GPU it was built for and the TensorRT version it was built with, or a later one of the same major version"
+        if lean and not vc:
+            cmd = d.get("rebuild") or "gan-deploy build-engine --" + d["precision"]
+            hint = f"the lean runtime cannot build engines; where the full TensorRT is installed: {cmd} --version-compatible"
+        raise StaleArtifact("engine was built for another setup", "; ".join(diffs), expected=expected, hint=hint)
 
 
 def artifact_from_engine(path: str | Path) -> Artifact:

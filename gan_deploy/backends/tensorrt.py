@@ -7,12 +7,21 @@ The input shape is set per batch (the engine has one optimization profile, min..
 `cuda_graphs=True` (the default) the enqueue is captured once per batch size in a torch.cuda.CUDAGraph and
 replayed, which removes TensorRT's per-launch CPU overhead at small batches.
 
-`tensorrt` is imported only when an engine is loaded or built: `import gan_deploy` never needs it.
-Works with TensorRT 10 and 11 (the name-based tensor API; no bindings, no implicit batch).
+Two Python modules can run engines; `trt_runtime_module()` picks one for everything that deserializes or runs
+an engine: the full `tensorrt` when it imports (it also builds engines), else NVIDIA's lean runtime
+(pip `tensorrt-lean-cu12` / `tensorrt-lean-cu13`, about 45 MB; imported as `tensorrt_lean`, which re-exports
+its bindings package `tensorrt_lean_bindings`). The lean runtime has the runtime classes only (Runtime,
+ICudaEngine, IExecutionContext: no Builder, no ONNX parser) and runs only engines built with
+`build-engine --version-compatible`. A module is imported only when an engine is loaded or built:
+`import gan_deploy` never needs one. Works with TensorRT 10 and 11 (the name-based tensor API; no bindings,
+no implicit batch).
 """
 from __future__ import annotations
 
+import collections
 import functools
+import sys
+import threading
 from typing import Any
 
 import numpy as np
@@ -25,45 +34,168 @@ from gan_deploy.artifacts.engine import (
     read_sidecar,
 )
 from gan_deploy.backends.base import Runner
-from gan_deploy.core.errors import GanDeployError, StaleArtifact
+from gan_deploy.core.errors import BackendUnavailable, GanDeployError, StaleArtifact
 from gan_deploy.core.fileio import sha256_bytes
 
 INSTALL_HINT = ("`pip install gan-deploy[gpu]` on a machine with an NVIDIA GPU and driver, "
                 "or run in NVIDIA's TensorRT container (nvcr.io/nvidia/tensorrt)")
+FULL_MODULE = "tensorrt"
+# the order tried: the full TensorRT, then the lean runtime under its public name and under its bindings'
+RUNTIME_MODULES = (FULL_MODULE, "tensorrt_lean", "tensorrt_lean_bindings")
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text.splitlines()[0][:120]}" if text else type(e).__name__
+
+
+def _import_runtime_module(name: str) -> Any:
+    # one import statement per module (not importlib), so ../shared/trt-api/check sees every `trt.X` used here
+    if name == "tensorrt":
+        import tensorrt as trt
+    elif name == "tensorrt_lean":
+        import tensorrt_lean as trt
+    elif name == "tensorrt_lean_bindings":
+        import tensorrt_lean_bindings as trt
+    else:
+        raise ValueError(name)
+    return trt
+
+
+@functools.lru_cache(maxsize=1)
+def _probe() -> tuple[Any, tuple[str, ...]]:
+    """(the first of RUNTIME_MODULES that imports, or None; why each one tried before it failed)."""
+    failures: list[str] = []
+    for name in RUNTIME_MODULES:
+        try:
+            return _import_runtime_module(name), tuple(failures)
+        except Exception as e:  # ImportError, or OSError/RuntimeError when the wheel is there but its libraries are not
+            failures.append(f"{name}: {_first_line(e)}")
+    return None, tuple(failures)
+
+
+def module_name(trt: Any) -> str:
+    """`tensorrt`, `tensorrt_lean` or `tensorrt_lean_bindings`: what the module was imported as."""
+    return str(getattr(trt, "__name__", "?")).split(".")[0]
+
+
+def is_lean(trt: Any) -> bool:
+    """True for NVIDIA's lean runtime: it runs version-compatible engines only, and cannot build any."""
+    return module_name(trt) != FULL_MODULE
+
+
+def module_description(trt: Any) -> str:
+    kind = ("NVIDIA's lean runtime: it runs engines built with `build-engine --version-compatible`; building needs "
+            "the full `tensorrt`") if is_lean(trt) else "the full TensorRT"
+    return f"{module_name(trt)} {getattr(trt, '__version__', '?')} ({kind})"
+
+
+def trt_runtime_module() -> Any:
+    """The TensorRT module that deserializes and runs engines: `tensorrt` if it imports, else the lean runtime."""
+    trt, failures = _probe()
+    if trt is None:
+        raise BackendUnavailable("TensorRT is not importable", "; ".join(failures), hint=f"install it with {INSTALL_HINT}")
+    return trt
+
+
+def clear_caches() -> None:
+    """Forget which module was found (tests that change what imports; a process never needs it)."""
+    _probe.cache_clear()
+    unavailable_reason.cache_clear()
+    _LOGGERS.clear()
 
 
 @functools.lru_cache(maxsize=1)
 def unavailable_reason() -> str | None:
-    """None when TensorRT and a CUDA GPU are both usable; otherwise what is missing and how to get it."""
+    """None when a TensorRT runtime and a CUDA GPU are both usable; otherwise what is missing, which TensorRT
+    module was found (if one was), and how to get the rest."""
     missing = []
-    try:
-        import tensorrt  # noqa: F401
-    except Exception as e:  # ImportError, or OSError/RuntimeError when the wheel is there but libnvinfer is not
-        missing.append(f"TensorRT is not importable ({type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''}); "
-                       f"install it with {INSTALL_HINT}")
+    trt, failures = _probe()
+    if trt is None:
+        missing.append(f"TensorRT is not importable ({'; '.join(failures)}); install it with {INSTALL_HINT}")
     import torch
     if not torch.cuda.is_available():
         missing.append("no CUDA GPU is visible to torch (TensorRT engines run only on NVIDIA GPUs; on this machine use "
                        "--backend onnxruntime, with an INT8 model from `gan-deploy quantize --int8` for speed)")
+        if trt is not None:
+            found = f"TensorRT found: {module_description(trt)}"
+            if is_lean(trt):
+                found += f"; install the full TensorRT with {INSTALL_HINT}"
+            missing.append(found)
     return "; ".join(missing) or None
 
 
-_LOGGER = None
+class _Log:
+    """Methods of the process-wide TensorRT logger (mixed into a subclass of the module's ILogger): warnings and
+    errors go to stderr as with trt.Logger(WARNING), and the recent errors are kept so that a failed call can be
+    reported with TensorRT's own words (`errors_since(mark)`). TensorRT may log from its own threads."""
+
+    def _setup(self, trt: Any) -> None:
+        self._warning = int(trt.ILogger.WARNING)
+        self._error = int(trt.ILogger.ERROR)
+        self._lock = threading.Lock()
+        self._errors: collections.deque[tuple[int, str]] = collections.deque(maxlen=32)
+        self._count = 0
+
+    def log(self, severity: Any, msg: str) -> None:
+        level = int(severity)
+        if level <= self._warning:
+            print(f"[TensorRT] {getattr(severity, 'name', severity)}: {msg}", file=sys.stderr, flush=True)
+        if level <= self._error:
+            with self._lock:
+                self._count += 1
+                self._errors.append((self._count, " ".join(str(msg).split())))
+
+    def mark(self) -> int:
+        with self._lock:
+            return self._count
+
+    def errors_since(self, mark: int) -> str:
+        """The errors logged after `mark`, on one line ("" when none)."""
+        with self._lock:
+            return " | ".join(m for n, m in self._errors if n > mark)[:600]
+
+
+_LOGGERS: dict[str, Any] = {}
 
 
 def trt_logger():
-    """One process-wide logger: TensorRT requires it to outlive every builder and runtime made with it."""
-    global _LOGGER
-    if _LOGGER is None:
-        import tensorrt as trt
-        _LOGGER = trt.Logger(trt.Logger.WARNING)
-    return _LOGGER
+    """One process-wide logger per module: TensorRT requires it to outlive every builder and runtime made with it."""
+    trt = trt_runtime_module()
+    key = module_name(trt)
+    if key not in _LOGGERS:
+        class Logger(_Log, trt.ILogger):
+            def __init__(self) -> None:
+                trt.ILogger.__init__(self)  # pybind11: the C++ base must be initialised explicitly
+                self._setup(trt)
+
+        _LOGGERS[key] = Logger()
+    return _LOGGERS[key]
+
+
+def new_runtime(trt: Any | None = None) -> Any:
+    """A trt.Runtime, or a one-line error with TensorRT's message. Without a usable CUDA driver (or with one too old
+    for the module's CUDA) TensorRT logs the failure and hands back a wrapper of a null runtime that crashes the
+    process when used or destroyed (seen with tensorrt_lean 11.4 and no driver), so what it logged decides, and
+    that wrapper is kept alive for good."""
+    trt = trt or trt_runtime_module()
+    log = trt_logger()
+    mark = log.mark()
+    runtime = trt.Runtime(log)
+    why = log.errors_since(mark)
+    if why:
+        import ctypes
+
+        ctypes.pythonapi.Py_IncRef(ctypes.py_object(runtime))  # never freed: its destructor would segfault
+        del runtime
+        raise BackendUnavailable("TensorRT could not create its runtime", why, expected="an NVIDIA driver new enough for this TensorRT's CUDA", hint=f"TensorRT found: {module_description(trt)}")
+    return runtime
 
 
 def runtime_info(device: str = "cuda") -> RuntimeInfo:
-    import tensorrt as trt
+    trt = trt_runtime_module()
     name, cc = gpu_info(device)
-    return RuntimeInfo(str(trt.__version__), name, cc)
+    return RuntimeInfo(str(trt.__version__), name, cc, module_name(trt))
 
 
 class TensorRTRunner(Runner):
@@ -86,27 +218,43 @@ class TensorRTRunner(Runner):
         return "build an engine first: `gan-deploy build-engine --fp16` (or --int8 / --fp32)"
 
     def _load(self) -> None:
-        import tensorrt as trt
         import torch
 
         if not self.device.startswith("cuda"):
             raise GanDeployError("TensorRT engines run on a CUDA GPU", self.device, expected="--device cuda (or auto)")
+        trt = trt_runtime_module()
+        # build-engine gates an engine before writing it: it passes the plan and how it was built
+        version_compatible = bool(self.options.get("version_compatible", False))
         if self.options.get("engine_bytes") is None:
             # describing the engine (artifacts.engine) needed no TensorRT; running it needs this TensorRT and GPU
-            check_runtime(read_sidecar(self.artifact.path), runtime_info(self.device))
+            side = read_sidecar(self.artifact.path)
+            check_runtime(side, runtime_info(self.device))
+            version_compatible = side.get("version_compatible") is True
         self._torch = torch
         self._dev = torch.device(self.device)
-        data: bytes | None = self.options.get("engine_bytes")  # build-engine gates an engine before writing it
+        self.trt_module = f"{module_name(trt)} {trt.__version__}"
+        data: bytes | None = self.options.get("engine_bytes")
         if data is None:
             data = self.artifact.path.read_bytes()
             if sha256_bytes(data) != self.artifact.sha256:  # changed since artifact_from_engine checked it
                 raise StaleArtifact("engine file changed while loading", str(self.artifact.path), expected=self.artifact.sha256[:12], hint="rebuild it with `gan-deploy build-engine`")
         with torch.cuda.device(self._dev):
-            self._runtime = trt.Runtime(trt_logger())
+            self._runtime = new_runtime(trt)
+            if version_compatible:
+                # The plan carries a copy of TensorRT's lean runtime, which deserializing loads and runs (host code):
+                # NVIDIA's docs ask to allow it only for trusted plans. This one is the file build-engine wrote and
+                # its sidecar vouches for (sha256 checked above), or the plan build-engine has just built.
+                self._runtime.engine_host_code_allowed = True
+            log = trt_logger()
+            mark = log.mark()
             self.engine = self._runtime.deserialize_cuda_engine(data)
             if self.engine is None:
-                raise StaleArtifact("TensorRT could not deserialize the engine", str(self.artifact.path), expected="an engine built by this TensorRT version for this GPU", hint="rebuild it with `gan-deploy build-engine` (TensorRT's own log above says why)")
+                why = log.errors_since(mark) or "TensorRT logged no reason"
+                raise StaleArtifact("TensorRT could not deserialize the engine", f"{self.artifact.path}: {why}", expected=f"an engine built for this GPU by {self.trt_module}, or with --version-compatible by an earlier TensorRT of its major version", hint="rebuild it with `gan-deploy build-engine`")
+            mark = log.mark()
             self.context = self.engine.create_execution_context()
+            if self.context is None:  # e.g. not enough device memory for its activations
+                raise GanDeployError("TensorRT could not create an execution context", f"{self.artifact.path}: {log.errors_since(mark) or 'TensorRT logged no reason'}", hint="free GPU memory, or rebuild with a smaller --max-batch")
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
         outputs = [n for n in names if n not in inputs]
@@ -201,4 +349,5 @@ class TensorRTRunner(Runner):
 
     def describe(self) -> str:
         graphs = "CUDA graphs" if getattr(self, "cuda_graphs", self.options.get("cuda_graphs", True)) else "no CUDA graphs"
-        return f"tensorrt on {self.device} ({self.artifact.precision}, {graphs})"
+        module = f", {self.trt_module}" if getattr(self, "trt_module", None) else ""
+        return f"tensorrt on {self.device} ({self.artifact.precision}, {graphs}{module})"

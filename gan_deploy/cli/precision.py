@@ -149,12 +149,16 @@ def quantize(int8, fp16, checkpoint, onnx, value_range, out, target, calib_sampl
               help="INT8 from an FP32 model: prior latents used for calibration.")
 @click.option("--device", default="cuda", show_default=True, help="cuda or cuda:N.")
 @click.option("--no-cuda-graphs", is_flag=True, help="Gate the engine without CUDA graph replay.")
+@click.option("--version-compatible", is_flag=True,
+              help="BuilderFlag.VERSION_COMPATIBLE: the engine embeds TensorRT's lean runtime and runs on this TensorRT or a "
+                   "later one of the same major version, NVIDIA's lean runtime (tensorrt_lean) included; can be slower. "
+                   "Loading it runs code from the plan: load only engines you trust.")
 @gate_options
 @click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also write the report as JSON.")
 def build_engine(fp16, int8, fp32, checkpoint, onnx, value_range, out, min_batch, opt_batch, max_batch, workspace,
-                 timing_cache, calib_samples, device, no_cuda_graphs, gate_samples, max_nonfinite, max_saturation_increase,
-                 min_psnr_worst, min_psnr_median, max_fd_ratio, json_out) -> None:
+                 timing_cache, calib_samples, device, no_cuda_graphs, version_compatible, gate_samples, max_nonfinite,
+                 max_saturation_increase, min_psnr_worst, min_psnr_median, max_fd_ratio, json_out) -> None:
     """Build a TensorRT engine for this GPU, check it against eager FP32, write it with its sidecar JSON.
 
     Needs TensorRT and an NVIDIA GPU (`pip install gan-deploy[gpu]`). Networks are strongly typed: the
@@ -168,6 +172,7 @@ def build_engine(fp16, int8, fp32, checkpoint, onnx, value_range, out, min_batch
       gan-deploy build-engine --fp16                   # -> engines/digits_dcgan.fp16.engine
       gan-deploy build-engine --int8 --onnx models/digits_dcgan.onnx --max-batch 1024
       gan-deploy build-engine --fp32 --min-batch 1 --opt-batch 16 --max-batch 64 --workspace 512
+      gan-deploy build-engine --fp16 --version-compatible   # also runs with the lean runtime (tensorrt_lean)
       gan-deploy generate --engine engines/digits_dcgan.fp16.engine -n 10000 --out samples/
       gan-deploy bench --engine engines/digits_dcgan.fp16.engine
     """
@@ -187,12 +192,12 @@ def build_engine(fp16, int8, fp32, checkpoint, onnx, value_range, out, min_batch
     cache = None if timing_cache.lower() == "none" else ("auto" if timing_cache == "auto" else Path(timing_cache))
     opts = EngineOptions(precision=precision, out=out, profile=(min_batch, opt_batch, max_batch), workspace_mib=workspace,
                          timing_cache=cache, gate_samples=gate_samples, calib_samples=calib_samples, device=device,
-                         cuda_graphs=not no_cuda_graphs,
+                         cuda_graphs=not no_cuda_graphs, version_compatible=version_compatible,
                          thresholds=_thresholds(precision, max_nonfinite, max_saturation_increase, min_psnr_worst,
                                                 min_psnr_median, max_fd_ratio))
     report = run_build(_parent(checkpoint, onnx, value_range), opts)
     click.echo(report.summary())
     write_json(json_out, {"path": str(report.path) if report.path else None, "precision": precision,
-                           "build_s": report.build_s, "gate": report.gate.to_dict(), "recipe": report.recipe})
+                           "version_compatible": version_compatible, "build_s": report.build_s, "gate": report.gate.to_dict(), "recipe": report.recipe})
     if report.path is None:
         raise GateRejected(report.gate, f"the {precision} engine", "nothing was written")

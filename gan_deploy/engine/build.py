@@ -9,7 +9,14 @@ only mode and the flag is accepted and ignored), so one code path serves both, w
 that the CPU gate already checked. (On TensorRT 10 the FP16 builder flag would also work on the FP32 ONNX,
 but TensorRT would then pick per-layer precision itself, outside the policy the gate checks.)
 
-The engine is written only after it passes the quality gate on the GPU, with its sidecar (engine_meta.py).
+`--version-compatible` sets BuilderFlag.VERSION_COMPATIBLE (TensorRT 10 and 11): the plan then carries a copy
+of TensorRT's lean runtime, so the same or a later TensorRT of the same major version can run it, NVIDIA's
+lean runtime module (`tensorrt_lean`) included, which runs no other engines. EXCLUDE_LEAN_RUNTIME is not set:
+without the embedded copy, a runtime of another version would have to load the builder's lean runtime
+library itself (Runtime.load_runtime), which this project does not ship. Building needs the full `tensorrt`
+module (Builder, OnnxParser); the lean runtime has neither, and `builder_unavailable_reason` says so.
+
+The engine is written only after it passes the quality gate on the GPU, with its sidecar (artifacts/engine.py).
 """
 from __future__ import annotations
 
@@ -45,13 +52,16 @@ class EngineReport:
     timing_cache: str  # path and whether it was reused
     gate: GateReport
     recipe: dict[str, Any] = field(default_factory=dict)
+    version_compatible: bool = False
 
     def summary(self) -> str:
         rt = self.runtime
         head = (f"wrote {self.path} + {sidecar_path(self.path).name}" if self.path else "engine REJECTED: nothing was written")
         lines = [f"{head} ({self.precision}, {self.size_bytes / 1e6:.2f} MB, built in {self.build_s:.1f} s)",
                  f"  TensorRT {rt.tensorrt_version} on {rt.gpu_name} (compute capability {rt.compute_capability}); "
-                 f"profile batch min/opt/max {'/'.join(map(str, self.profile))}; workspace {self.workspace_mib} MiB",
+                 f"profile batch min/opt/max {'/'.join(map(str, self.profile))}; workspace {self.workspace_mib} MiB"
+                 + ("; version-compatible (runs on this TensorRT or a later one of its major version, lean runtime included)"
+                    if self.version_compatible else ""),
                  f"  timing cache: {self.timing_cache}", self.gate.summary()]
         return "\n".join(lines)
 
@@ -62,13 +72,32 @@ def default_timing_cache(rt: RuntimeInfo, folder: Path = DEFAULT_ENGINE_DIR) -> 
     return folder / f"timing_sm{rt.compute_capability.replace('.', '')}_trt{ver}.cache"
 
 
+def builder_unavailable_reason() -> str | None:
+    """None when engines can be built here (the full TensorRT and a GPU); otherwise what is missing. The lean
+    runtime alone is not enough: it has no Builder and no ONNX parser."""
+    from gan_deploy.backends.tensorrt import INSTALL_HINT, is_lean, module_description, trt_runtime_module, unavailable_reason
+
+    reason = unavailable_reason()
+    if reason:
+        return reason
+    trt = trt_runtime_module()
+    if is_lean(trt):
+        return (f"building engines needs the full TensorRT (`import tensorrt`: Builder, OnnxParser), and only "
+                f"{module_description(trt)} is importable here; install the full TensorRT with {INSTALL_HINT}")
+    return None
+
+
 def engine_from_onnx(onnx_bytes: bytes, input_name: str, latent_shape: tuple[int, ...],
                      profile: tuple[int, int, int] = DEFAULT_PROFILE, workspace_mib: int = DEFAULT_WORKSPACE_MIB,
-                     timing_cache: Path | None = None) -> tuple[bytes, str]:
-    """Parse the ONNX into a strongly typed network, build a serialized engine. Returns (plan, cache note)."""
-    import tensorrt as trt
+                     timing_cache: Path | None = None, version_compatible: bool = False) -> tuple[bytes, str]:
+    """Parse the ONNX into a strongly typed network, build a serialized engine. Returns (plan, cache note).
+    `version_compatible`: BuilderFlag.VERSION_COMPATIBLE (the plan embeds the lean runtime; see the module doc)."""
+    from gan_deploy.backends.tensorrt import INSTALL_HINT, is_lean, module_description, trt_logger, trt_runtime_module
 
-    from gan_deploy.backends.tensorrt import trt_logger
+    found = trt_runtime_module()
+    if is_lean(found):  # trt_logger() below must come from the module that builds
+        raise BackendUnavailable("cannot build a TensorRT engine here", f"only {module_description(found)} is importable", expected="the full TensorRT (`import tensorrt`: Builder, OnnxParser)", hint=f"install it with {INSTALL_HINT}")
+    import tensorrt as trt
 
     logger = trt_logger()
     builder = trt.Builder(logger)
@@ -79,6 +108,8 @@ def engine_from_onnx(onnx_bytes: bytes, input_name: str, latent_shape: tuple[int
         raise GanDeployError("TensorRT could not parse the ONNX model", "; ".join(errors)[:400] or "no parser message", expected="an ONNX model TensorRT supports", hint="check the operator against TensorRT's ONNX support matrix")
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_mib) << 20)
+    if version_compatible:
+        config.set_flag(trt.BuilderFlag.VERSION_COMPATIBLE)
     mn, opt, mx = profile
     prof = builder.create_optimization_profile()
     prof.set_shape(input_name, (mn, *latent_shape), (opt, *latent_shape), (mx, *latent_shape))
@@ -93,9 +124,10 @@ def engine_from_onnx(onnx_bytes: bytes, input_name: str, latent_shape: tuple[int
         else:  # written by another TensorRT version or GPU: start a fresh one rather than fail the build
             config.set_timing_cache(config.create_timing_cache(b""), ignore_mismatch=False)
             note = f"{timing_cache} (did not match this TensorRT/GPU: replaced)"
+    mark = logger.mark()
     plan = builder.build_serialized_network(network, config)
     if plan is None:
-        raise GanDeployError("TensorRT failed to build the engine", None, hint="TensorRT's log above says why; a larger --workspace helps when tactics were skipped")
+        raise GanDeployError("TensorRT failed to build the engine", logger.errors_since(mark) or None, hint="TensorRT's log above says more; a larger --workspace helps when tactics were skipped")
     if timing_cache is not None:
         atomic_write_bytes(timing_cache, bytes(config.get_timing_cache().serialize()))
     return bytes(plan), note
@@ -124,12 +156,13 @@ def engine_from_artifact(parent: Artifact, precision: str, out: str | Path | Non
                          profile: tuple[int, int, int] = DEFAULT_PROFILE, workspace_mib: int = DEFAULT_WORKSPACE_MIB,
                          timing_cache: str | Path | None = "auto", thresholds: GateThresholds | None = None,
                          gate_samples: int = DEFAULT_GATE_SAMPLES, calib_samples: int = 512, device: str = "cuda",
-                         cuda_graphs: bool = True, raise_on_reject: bool = True) -> EngineReport:
+                         cuda_graphs: bool = True, raise_on_reject: bool = True,
+                         version_compatible: bool = False) -> EngineReport:
     """build-engine: make the network ONNX, build, gate the engine on the GPU against eager FP32, write it."""
-    from gan_deploy.backends.tensorrt import TensorRTRunner, runtime_info, unavailable_reason
+    from gan_deploy.backends.tensorrt import TensorRTRunner, runtime_info
     from gan_deploy.precision.quantize import reference_runner
 
-    reason = unavailable_reason()
+    reason = builder_unavailable_reason()
     if reason:  # before any work: say what is missing and how to install it
         raise BackendUnavailable("cannot build a TensorRT engine here", reason)
     if precision not in ("fp32", "fp16", "int8"):
@@ -149,17 +182,18 @@ def engine_from_artifact(parent: Artifact, precision: str, out: str | Path | Non
     onnx_bytes, recipe = _network_onnx(parent, precision, calib_samples)
     t0 = time.perf_counter()
     plan, cache_note = engine_from_onnx(onnx_bytes, parent.spec.input_name, parent.spec.latent_shape, profile,
-                                        workspace_mib, cache)
+                                        workspace_mib, cache, version_compatible=version_compatible)
     build_s = time.perf_counter() - t0
 
     meta = {META_PRECISION: precision}
     cand = Artifact("engine", out, parent.spec, sha256_bytes(plan), parent.config, meta)
     # the reference runs on the CPU: eager FP32 there is true FP32 (cuDNN would use TF32 on recent GPUs)
-    with TensorRTRunner(cand, device, engine_bytes=plan, cuda_graphs=cuda_graphs) as runner:
+    with TensorRTRunner(cand, device, engine_bytes=plan, cuda_graphs=cuda_graphs,
+                        version_compatible=version_compatible) as runner:
         gate = run_gate(runner, reference_runner(parent, "cpu"), thresholds or thresholds_for(precision), precision,
                         gate_samples)
     report = EngineReport(None, precision, profile, workspace_mib, rt, build_s, len(plan), sha256_bytes(onnx_bytes),
-                          cache_note, gate, recipe)
+                          cache_note, gate, recipe, version_compatible)
     if not gate.accepted:
         if raise_on_reject:
             raise GateRejected(gate, f"the {precision} engine", "nothing was written; see `gan-deploy build-engine --help`")
@@ -167,12 +201,14 @@ def engine_from_artifact(parent: Artifact, precision: str, out: str | Path | Non
 
     src_flag = "--checkpoint" if parent.kind == "checkpoint" else "--onnx"
     rebuild = (f"gan-deploy build-engine --{precision} {src_flag} {parent.path.resolve()} --out {out} "
-               f"--min-batch {mn} --opt-batch {opt} --max-batch {mx} --workspace {workspace_mib}")
+               f"--min-batch {mn} --opt-batch {opt} --max-batch {mx} --workspace {workspace_mib}"
+               + (" --version-compatible" if version_compatible else ""))
     side = make_sidecar(engine_sha256=sha256_bytes(plan), precision=precision, runtime=rt, profile=profile,
                         onnx_sha256=report.onnx_sha256,
                         source={"kind": parent.kind, "path": str(parent.path.resolve()), "sha256": sha256_file(parent.path)},
                         spec=parent.spec, generator=parent.config.to_dict() if parent.config else None,
-                        workspace_mib=workspace_mib, rebuild=rebuild, gate=gate.to_dict())
+                        workspace_mib=workspace_mib, rebuild=rebuild, gate=gate.to_dict(),
+                        version_compatible=version_compatible)
     atomic_write_bytes(out, plan)
     atomic_write_text(sidecar_path(out), json.dumps(side, indent=2) + "\n")
     report.path = out
@@ -196,6 +232,7 @@ class EngineOptions:
     calib_samples: int = 512
     device: str = "cuda"
     cuda_graphs: bool = True
+    version_compatible: bool = False  # BuilderFlag.VERSION_COMPATIBLE: later TensorRT of the same major and the lean runtime run it
 
 
 def build_engine(parent: Artifact, opts: EngineOptions, raise_on_reject: bool = False) -> EngineReport:
@@ -203,4 +240,4 @@ def build_engine(parent: Artifact, opts: EngineOptions, raise_on_reject: bool = 
     return engine_from_artifact(parent, opts.precision, opts.out, profile=opts.profile, workspace_mib=opts.workspace_mib,
                                 timing_cache=opts.timing_cache, thresholds=opts.thresholds, gate_samples=opts.gate_samples,
                                 calib_samples=opts.calib_samples, device=opts.device, cuda_graphs=opts.cuda_graphs,
-                                raise_on_reject=raise_on_reject)
+                                raise_on_reject=raise_on_reject, version_compatible=opts.version_compatible)
