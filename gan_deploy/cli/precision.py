@@ -176,10 +176,10 @@ def build_engine(fp16, int8, fp32, checkpoint, onnx, value_range, out, min_batch
       gan-deploy generate --engine engines/digits_dcgan.fp16.engine -n 10000 --out samples/
       gan-deploy bench --engine engines/digits_dcgan.fp16.engine
     """
-    from gan_deploy.backends.tensorrt import unavailable_reason
     from gan_deploy.core.errors import BackendUnavailable
     from gan_deploy.engine.build import EngineOptions
     from gan_deploy.engine.build import build_engine as run_build
+    from gan_deploy.engine.build import builder_unavailable_reason as unavailable_reason
     from gan_deploy.precision.gate import GateRejected
 
     precision = one_of({"fp16": fp16, "int8": int8, "fp32": fp32}, "--fp16, --int8 or --fp32")
