@@ -1,4 +1,4 @@
-"""gan_deploy.train.loop and `gan-deploy train`: run folder, determinism, resume equivalence, refusals, DDP over gloo.
+"""gan_deploy.train and `gan-deploy train`: run folder, determinism, resume equivalence, refusals, DDP over gloo.
 
 Every run is tiny (width 8, latent 8, 16x16 images, tens of steps) so the whole file stays well under a minute.
 The quality score during training (--eval-every) is off in TINY (it costs ~1 s a run) and on where it is tested.
@@ -18,12 +18,15 @@ import torch
 from click.testing import CliRunner
 from safetensors.torch import load_file
 
-from gan_deploy.train import loop as train_mod
 from gan_deploy.artifacts.checkpoint import load_generator, read_checkpoint
 from gan_deploy.cli.main import main
 from gan_deploy.core.errors import GanDeployError
 from gan_deploy.core.fileio import sha256_file
-from gan_deploy.train.loop import TrainOptions, iter_metrics, options_for_resume, train
+from gan_deploy.train import TrainOptions, options_for_resume, state, train
+from gan_deploy.train.evaluator import EVAL_BOOTSTRAP
+from gan_deploy.train.losses import bce
+from gan_deploy.train.options import EVAL_MIN_SAMPLES
+from gan_deploy.train.state import iter_metrics
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = dict(width=8, latent_dim=8, image_size=16, batch_size=16, log_every=5, progress=False, eval_every=0)
@@ -126,7 +129,7 @@ def test_wgan_gp_critic_has_no_batch_norm(tmp_path):
 
 def test_ctrl_c_saves_the_finished_step_and_resume_matches(tmp_path, monkeypatch):
     full = train(tiny(tmp_path / "full", steps=12, checkpoint_every=0))
-    real_d_loss = train_mod._d_loss
+    real_d_loss = bce.d_loss
     calls = {"n": 0}
 
     def d_loss_then_interrupt(*args):  # Ctrl-C arrives in the middle of step 7, between D forward and backward
@@ -136,10 +139,10 @@ def test_ctrl_c_saves_the_finished_step_and_resume_matches(tmp_path, monkeypatch
         return real_d_loss(*args)
 
     handler_before = signal.getsignal(signal.SIGINT)
-    monkeypatch.setattr(train_mod, "_d_loss", d_loss_then_interrupt)
+    monkeypatch.setattr(bce, "d_loss", d_loss_then_interrupt)
     with pytest.raises(KeyboardInterrupt):
         train(tiny(tmp_path / "cut", steps=12, checkpoint_every=0))
-    monkeypatch.setattr(train_mod, "_d_loss", real_d_loss)
+    monkeypatch.setattr(bce, "d_loss", real_d_loss)
     # step 7 was finished, then saved; nothing of the final outputs was written
     assert sorted(p.name for p in (tmp_path / "cut" / "state").iterdir()) == ["step_00000007.json", "step_00000007.safetensors"]
     assert not (tmp_path / "cut" / "generator.safetensors").exists()
@@ -160,6 +163,23 @@ def test_other_data_sources_train(tmp_path, small_npy):
     r = train(tiny(tmp_path / "run", data=str(small_npy), steps=3, channels=3))
     assert read_checkpoint(r.checkpoint).config.channels == 3
     assert read_checkpoint(r.checkpoint).meta["train"]["dataset"] == "blobs"
+
+
+def test_the_loss_registry_is_the_one_list_of_losses():
+    from gan_deploy.cli.train import train as command
+    from gan_deploy.train import losses
+
+    choices = next(p for p in command.params if p.name == "loss").type.choices
+    assert tuple(choices) == losses.LOSSES == tuple(losses.REGISTRY)
+    for name in losses.LOSSES:
+        m = losses.get(name)
+        assert callable(m.d_loss) and callable(m.g_loss) and m.N_CRITIC >= 1 and isinstance(m.CRITIC_BATCH_NORM, bool)
+        assert m.penalty is None or callable(m.penalty)
+        assert TrainOptions(loss=name).resolved().n_critic == m.N_CRITIC
+    # the CLI reads the options (and the loss names) without loading torch
+    code = "import sys, gan_deploy.train, gan_deploy.train.options; assert 'torch' not in sys.modules, 'torch loaded'"
+    p = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
 
 
 # -- refusals ----------------------------------------------------------------------------------------------
@@ -314,7 +334,7 @@ def test_eval_records_at_step_0_every_n_steps_and_the_end(tmp_path, capsys):
     for e in recs:
         assert np.isfinite([e["fd"], e["fd_spread"]]).all() and e["fd"] > 0 and e["fd_spread"] > 0
         assert 0 <= e["precision"] <= 1 and 0 <= e["recall"] <= 1
-        assert (e["n"], e["n_reference"], e["bootstrap"]) == (64, 1797, train_mod.EVAL_BOOTSTRAP) and e["seconds"] > 0
+        assert (e["n"], e["n_reference"], e["bootstrap"]) == (64, 1797, EVAL_BOOTSTRAP) and e["seconds"] > 0
     # the final score travels with the generator and into the summary
     assert r.quality == recs[-1]
     extra = read_checkpoint(r.checkpoint).meta["train"]["extra"]
@@ -377,7 +397,7 @@ def test_trim_metrics_on_resume_keeps_scores_up_to_the_step(tmp_path):
     recs = [{"event": "eval", "step": 0, "fd": 9.0}, {"step": 5, "d_loss": 1.0}, {"event": "eval", "step": 6, "fd": 8.0},
             {"step": 10, "d_loss": 1.0}, {"event": "eval", "step": 9, "fd": 7.0}, {"event": "end", "step": 10}]
     path.write_text("".join(json.dumps(r) + "\n" for r in recs) + '{"step": 11, "d_lo')  # + a line cut short
-    train_mod._trim_metrics(path, 6)
+    state.trim_metrics(path, 6)
     assert list(iter_metrics(path)) == recs[:3]
 
 
@@ -401,7 +421,7 @@ def test_eval_refusals(tmp_path):
     assert not out.exists()
     train(tiny(out, data=str(few), steps=2))  # with the score off the same data trains
     from gan_deploy.quality.features import MIN_SAMPLES
-    assert train_mod.EVAL_MIN_SAMPLES == MIN_SAMPLES  # the torch-free copy the CLI checks against
+    assert EVAL_MIN_SAMPLES == MIN_SAMPLES  # the torch-free copy the CLI checks against
 
 
 def test_cli_eval_options(tmp_path):

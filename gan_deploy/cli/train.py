@@ -1,4 +1,4 @@
-"""`gan-deploy train`: parse the options, call gan_deploy.train.loop.train(), print the summary."""
+"""`gan-deploy train`: parse the options, call gan_deploy.train.train(), print the summary."""
 from __future__ import annotations
 
 import os
@@ -80,8 +80,8 @@ def train(ctx: click.Context, **kw: object) -> None:
     Ctrl-C finishes the current step, saves the state, and prints how to --resume.
     """
     # OMP_WAIT_POLICY=PASSIVE is set for every command in cli.py, before torch loads (below)
-    from gan_deploy.train.loop import options_for_resume
-    from gan_deploy.train.loop import train as run_training
+    from gan_deploy.train import options_for_resume
+    from gan_deploy.train import train as run_training
 
     typed = {k for k in kw if ctx.get_parameter_source(k) is not click.core.ParameterSource.DEFAULT}
     kw["channels"] = int(kw["channels"])  # type: ignore[call-overload]
