@@ -71,6 +71,14 @@ def test_run_folder_contents(tmp_path):
     t = ck.meta["train"]
     assert (t["dataset"], t["steps"], t["seed"], t["loss"], t["batch_size"]) == ("digits", 10, 0, "bce", 16)
     assert t["extra"]["arch"] == "dcgan" and t["extra"]["dataset_size"] == 1797 and t["extra"]["world_size"] == 1
+    # the record is the run's options (resolved) plus its facts; the keys checkpoints have always had stay
+    opts = TrainOptions(out=str(out), **{**TINY, "steps": 10, "sample_every": 5, "checkpoint_every": 5}).resolved().to_dict()
+    assert {k: t[k] for k in opts if k not in ("out", "resume", "overwrite", "progress", "steps")} == \
+        {k: v for k, v in opts.items() if k not in ("out", "resume", "overwrite", "progress", "steps")}
+    assert "out" not in t and "progress" not in t and t["disc_width"] == 8 and t["n_critic"] == 1
+    assert {"data", "data_source", "dataset_size", "arch", "n_critic", "gp_weight", "world_size", "global_batch_size",
+            "amp", "device", "compile", "bn_standing_stats", "wall_time_s", "images_per_s", "torch"} <= t["extra"].keys()
+    assert t["extra"]["device"] == "cpu" and t["extra"]["gp_weight"] is None and t["extra"]["torch"] == torch.__version__
     G = load_generator(r.checkpoint)
     x = G(torch.randn(3, 8))
     assert x.shape == (3, 1, 16, 16) and x.abs().max() <= 1

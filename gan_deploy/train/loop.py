@@ -48,7 +48,7 @@ import torch
 from torch import nn
 
 from gan_deploy.core.errors import GanDeployError
-from gan_deploy.nets.config import GeneratorConfig, TrainConfig
+from gan_deploy.nets.config import GeneratorConfig
 from gan_deploy.train import distributed, losses
 from gan_deploy.train.batches import Batches
 from gan_deploy.train.device import resolve_device
@@ -440,16 +440,29 @@ def _save_generator(ckpt: Path, o: TrainOptions, cfg: GeneratorConfig, ds: Any, 
         quality = {"final_fd": q["fd"], "final_fd_spread": q["fd_spread"], "final_precision": q["precision"],
                    "final_recall": q["recall"], "eval_samples": q["n"], "eval_reference_images": q["n_reference"],
                    "eval_bootstrap": q["bootstrap"], "eval_every": o.eval_every, "classifier_sha256": evaluator.clf.sha256}
-    tc = TrainConfig(dataset=ds.name, steps=step, batch_size=o.batch_size, lr=o.lr, beta1=o.beta1, beta2=o.beta2,
-                     loss=o.loss, seed=o.seed, disc_width=o.disc_width, ema_decay=o.ema_decay, extra={
-                         "data": str(o.data), "data_source": ds.source, "dataset_size": len(ds),
-                         "arch": o.arch, "n_critic": o.n_critic, "gp_weight": o.gp_weight if o.loss == "wgan-gp" else None,
-                         "world_size": ctx.world, "global_batch_size": o.batch_size * ctx.world, "amp": o.amp,
-                         "device": str(device), "compile": o.compile, "bn_standing_stats": list(BN_CALIBRATION),
-                         "wall_time_s": round(elapsed, 2), "images_per_s": round(images_per_s, 1),
-                         "torch": torch.__version__, **quality})
-    save_checkpoint(ckpt, final, cfg, train=tc.to_dict())
+    facts = {"data_source": ds.source, "dataset_size": len(ds), "world_size": ctx.world,
+             "global_batch_size": o.batch_size * ctx.world, "device": str(device), "bn_standing_stats": list(BN_CALIBRATION),
+             "wall_time_s": round(elapsed, 2), "images_per_s": round(images_per_s, 1), "torch": torch.__version__, **quality}
+    save_checkpoint(ckpt, final, cfg, train=train_record(o, ds.name, step, facts))
     return grid
+
+
+# TrainOptions fields that say how this command was invoked, not how the generator was trained
+_INVOCATION_ONLY = ("out", "resume", "overwrite", "progress")
+
+
+def train_record(o: TrainOptions, dataset: str, steps: int, facts: dict[str, Any]) -> dict[str, Any]:
+    """The checkpoint's "train" metadata: the run's options (o.to_dict(), resolved, without the invocation-only
+    ones) at the top level, with `dataset` (the data set's name) and `steps` (steps trained), and the run's facts
+    under "extra" (data source and size, processes, resolved device, wall time, images/s, torch version, final
+    quality score). "extra" also repeats data, arch, n_critic, gp_weight (None unless wgan-gp), amp and compile:
+    checkpoints written before TrainOptions was the record kept them there, and readers look there."""
+    rec = {k: v for k, v in o.to_dict().items() if k not in _INVOCATION_ONLY}
+    rec.update(dataset=dataset, steps=steps)
+    rec["extra"] = {"data": str(o.data), "arch": o.arch, "n_critic": o.n_critic,
+                    "gp_weight": o.gp_weight if o.loss == "wgan-gp" else None, "amp": o.amp, "compile": o.compile,
+                    **facts}
+    return rec
 
 
 def _fixed_latents(seed: int, latent_dim: int) -> np.ndarray:
