@@ -128,6 +128,63 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path, loss):
     assert [r for r in recs if "event" in r] == recs[-1:]  # one end record: the first run's was dropped
 
 
+def _check_optimizer_state(opt: torch.optim.Optimizer) -> int:
+    """Every state tensor shaped like its parameter has the parameter's device, dtype and strides; `step` is on
+    the parameter's device (float32) for fused/capturable Adam, else on the CPU. Returns how many were checked."""
+    n = 0
+    for group in opt.param_groups:
+        on_device = bool(group.get("fused") or group.get("capturable"))
+        for p in group["params"]:
+            for k, v in opt.state[p].items():
+                if k == "step":
+                    assert v.device == (p.device if on_device else torch.device("cpu")), (k, v.device)
+                    assert not on_device or v.dtype == torch.float32
+                else:
+                    assert (v.device, v.dtype, v.shape, v.stride()) == (p.device, p.dtype, p.shape, p.stride()), k
+                n += 1
+    return n
+
+
+def test_resume_places_optimizer_state_like_its_parameters(tmp_path, monkeypatch):
+    # channels_last conv weights: their Adam moments come back from safetensors contiguous (NCHW) and must be
+    # given the parameters' strides again (fused Adam on CUDA checks device, dtype and strides)
+    train(tiny(tmp_path / "run", steps=3, checkpoint_every=0))
+    seen = []
+    real = state.place_optimizer_state
+
+    def place_and_keep(opt):
+        real(opt)
+        seen.append(opt)
+
+    monkeypatch.setattr(state, "place_optimizer_state", place_and_keep)
+    train(options_for_resume({"out": str(tmp_path / "run"), "steps": 4}))
+    assert len(seen) == 2  # G's and D's
+    assert any(p.dim() == 4 and not p.is_contiguous() for opt in seen for g in opt.param_groups for p in g["params"])
+    assert all(_check_optimizer_state(opt) > 0 for opt in seen)
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_optimizer_state_goes_to_the_parameters_device(fused):
+    # a stand-in for CUDA: parameters on the "meta" device, the saved state on the CPU in float64 and NCHW
+    w = torch.nn.Parameter(torch.empty(4, 3, 2, 2, device="meta").to(memory_format=torch.channels_last))
+    b = torch.nn.Parameter(torch.empty(4, device="meta"))
+    opt = torch.optim.Adam([w, b], lr=1e-3)
+    opt.param_groups[0]["fused"] = fused or None  # as _build sets it on CUDA
+    saved_group = {k: v for k, v in opt.state_dict()["param_groups"][0].items()}
+    saved_group["fused"] = None  # the state was saved by a CPU run
+    meta = {"state": {"0": {}, "1": {}}, "param_groups": [json.loads(json.dumps(saved_group))]}
+    tensors = {}
+    for i, shape in enumerate([(4, 3, 2, 2), (4,)]):
+        tensors[f"opt.{i}.step"] = torch.tensor(7.0)
+        tensors[f"opt.{i}.exp_avg"] = torch.ones(shape, dtype=torch.float64)
+        tensors[f"opt.{i}.exp_avg_sq"] = torch.ones(shape, dtype=torch.float64)
+    state.optim_join(opt, tensors, meta, "opt")
+    assert opt.param_groups[0]["fused"] == (fused or None)  # this run's implementation, not the saved one
+    assert opt.param_groups[0]["betas"] == (0.9, 0.999)
+    assert _check_optimizer_state(opt) == 6
+    assert opt.state[w]["exp_avg"].device.type == "meta"
+
+
 def test_wgan_gp_critic_has_no_batch_norm(tmp_path):
     r = train(tiny(tmp_path / "run", loss="wgan-gp", steps=2))
     keys = state_of(r.out, 2).keys()
@@ -186,7 +243,7 @@ def test_the_loss_registry_is_the_one_list_of_losses():
         assert TrainOptions(loss=name).resolved().n_critic == m.N_CRITIC
     # the CLI reads the options (and the loss names) without loading torch
     code = "import sys, gan_deploy.train, gan_deploy.train.options; assert 'torch' not in sys.modules, 'torch loaded'"
-    p = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
+    p = subprocess.run([sys.executable, "-c", code], check=False, cwd=REPO, capture_output=True, text=True, timeout=60)
     assert p.returncode == 0, p.stderr
 
 
@@ -445,3 +502,118 @@ def test_cli_eval_options(tmp_path):
     assert "quality:   FD " in res.output
     assert [e["step"] for e in evals(tmp_path / "o")] == [0, 2, 4]
     assert "--eval-every" in runner.invoke(main, ["train", "--help"]).output
+
+
+# -- GPU-facing checks that run on the CPU (tests/test_train_gpu.py runs the real thing on a GPU) --------------
+
+def _fake_gpus(monkeypatch, n: int) -> None:
+    """Pretend torch sees n GPUs; any real CUDA call would still fail, so these checks must come first."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: n)
+
+
+def _torchrun_env(monkeypatch, world: int, rank: int, local_world: int | None = None) -> None:
+    for k, v in {"WORLD_SIZE": world, "RANK": rank, "LOCAL_RANK": rank, "LOCAL_WORLD_SIZE": local_world or world}.items():
+        monkeypatch.setenv(k, str(v))
+
+
+@pytest.mark.parametrize("rank", [0, 1])
+def test_more_processes_than_gpus_is_one_line_before_any_cuda_call(tmp_path, monkeypatch, rank):
+    _fake_gpus(monkeypatch, 1)
+    _torchrun_env(monkeypatch, 2, rank)
+    out = tmp_path / "x"
+    for device in ("cuda", "auto"):
+        msg = _err(tiny(out, device=device))
+        assert "more processes than GPUs on this machine: 2 processes" in msg and "for 1 GPU" in msg, msg
+        assert "--nproc-per-node 1" in msg and "--device cpu" in msg
+    msg = _err(tiny(out, device="cuda:0"))
+    assert "would put every process on one GPU" in msg and "--device cuda" in msg
+    assert not out.exists()
+
+
+def test_torchrun_environment_is_checked(tmp_path, monkeypatch, small_npy):
+    out = tmp_path / "x"
+    cases = [({"WORLD_SIZE": "abc"}, "bad WORLD_SIZE in the environment: 'abc'", "an integer >= 1"),
+             ({"WORLD_SIZE": "0"}, "bad WORLD_SIZE in the environment: '0'", "an integer >= 1"),
+             ({"WORLD_SIZE": "2", "RANK": "2"}, "bad RANK in the environment: '2'", "0 .. 1"),
+             ({"WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "-1"}, "bad LOCAL_RANK in the environment: '-1'", "0 .. 1"),
+             ({"WORLD_SIZE": "2", "RANK": "x1"}, "bad RANK", "0 .. 1"),
+             ({"RANK": "1"}, "bad RANK in the environment: '1'", "0 .. 0"),
+             ({"WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "3"}, "bad LOCAL_WORLD_SIZE", "1 .. 2")]
+    for env, text, expected in cases:
+        with monkeypatch.context() as m:
+            for k in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "LOCAL_WORLD_SIZE"):
+                m.delenv(k, raising=False)
+            for k, v in env.items():
+                m.setenv(k, v)
+            msg = _err(tiny(out, data=str(small_npy)))
+            assert text in msg and expected in msg and "torchrun" in msg, (env, msg)
+    # and on the command line: one line, no traceback
+    res = CliRunner().invoke(main, ["train", "--out", str(out), *TINY_CLI], env={"WORLD_SIZE": "abc"})
+    assert res.exit_code == 2 and "Error: bad WORLD_SIZE in the environment: 'abc'" in res.output, res.output
+    assert "Traceback" not in res.output and not out.exists()
+
+
+def test_a_compile_failure_in_the_first_step_is_one_line(tmp_path, monkeypatch):
+    class Broken:  # what torch.compile returns when Inductor fails: it raises at the first call
+        def __init__(self, model, **kw):
+            self.model = model
+
+        def __call__(self, *a, **kw):
+            raise RuntimeError("InductorError: AssertionError: expected size 256==256, stride 16==1 at dim=1\nmore")
+
+    monkeypatch.setattr(torch, "compile", Broken)
+    msg = _err(tiny(tmp_path / "x", compile=True))
+    assert msg.startswith("--compile failed in the first training step: RuntimeError: InductorError") and "more" not in msg
+    assert "drop --compile" in msg
+    res = CliRunner().invoke(main, ["train", "--out", str(tmp_path / "y"), *TINY_CLI, "--compile"])
+    assert res.exit_code == 2 and "Error: --compile failed in the first training step" in res.output, res.output
+    assert "Traceback" not in res.output
+    # without --compile a first-step failure stays what it is (a bug, with its traceback)
+    monkeypatch.setattr(bce, "d_loss", Broken(None))
+    with pytest.raises(RuntimeError, match="InductorError"):
+        train(tiny(tmp_path / "z"))
+
+
+def test_deterministic_on_the_cpu_changes_nothing_and_is_not_fixed_on_resume(tmp_path):
+    from gan_deploy.train.options import FIXED_ON_RESUME
+
+    flags = (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.deterministic,
+             torch.backends.cudnn.benchmark, torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    plain = train(tiny(tmp_path / "plain", steps=6, checkpoint_every=0))
+    det = train(tiny(tmp_path / "det", steps=6, checkpoint_every=0, deterministic=True))
+    assert same_tensors(weights(plain.checkpoint), weights(det.checkpoint))
+    assert same_tensors(state_of(plain.out, 6), state_of(det.out, 6))
+    assert read_checkpoint(det.checkpoint).meta["train"]["deterministic"] is True
+    # the process-wide torch flags are put back
+    assert flags == (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.deterministic,
+                     torch.backends.cudnn.benchmark, torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    assert "deterministic" not in FIXED_ON_RESUME
+    half = train(tiny(tmp_path / "half", steps=3, checkpoint_every=0, deterministic=True))
+    rest = train(options_for_resume({"out": str(half.out), "steps": 6, "deterministic": False}))
+    assert same_tensors(weights(plain.checkpoint), weights(rest.checkpoint))
+    res = CliRunner().invoke(main, ["train", "--out", str(tmp_path / "cli"), "--steps", "2", *TINY_CLI, "--deterministic"])
+    assert res.exit_code == 0, res.output
+    assert "--deterministic" in CliRunner().invoke(main, ["train", "--help"]).output
+
+
+def test_deterministic_mode_sets_and_restores_the_torch_flags(monkeypatch):
+    from gan_deploy.train.device import deterministic_mode
+
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    with deterministic_mode(True, "cpu"):
+        assert torch.are_deterministic_algorithms_enabled()
+        assert "CUBLAS_WORKSPACE_CONFIG" not in os.environ  # nothing for cuBLAS on a CPU run
+    assert not torch.are_deterministic_algorithms_enabled()
+    with deterministic_mode(True, "auto"):
+        assert torch.are_deterministic_algorithms_enabled() and torch.backends.cudnn.deterministic
+        assert not torch.backends.cudnn.benchmark
+        assert not torch.backends.cuda.matmul.allow_tf32 and not torch.backends.cudnn.allow_tf32
+        assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
+    assert not torch.are_deterministic_algorithms_enabled() and torch.backends.cudnn.allow_tf32
+    monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", ":16:8")  # the user's choice stays
+    with deterministic_mode(True, "cuda"):
+        assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":16:8"
+    with deterministic_mode(False, "cuda"):
+        assert not torch.are_deterministic_algorithms_enabled()
+

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -15,6 +16,46 @@ import torch
 from torch import nn
 
 from gan_deploy.core.errors import GanDeployError
+
+
+@dataclass(frozen=True)
+class Env:
+    """What torchrun put in the environment, checked: WORLD_SIZE, RANK, LOCAL_RANK, LOCAL_WORLD_SIZE."""
+
+    world: int = 1
+    rank: int = 0
+    local_rank: int = 0
+    local_world: int = 1  # processes on this machine
+
+    @property
+    def distributed(self) -> bool:
+        return self.world > 1
+
+
+_ENV_HINT = "start the processes with torchrun, or unset WORLD_SIZE, RANK, LOCAL_RANK and LOCAL_WORLD_SIZE to train in one process"
+
+
+def read_env(environ: Mapping[str, str] | None = None) -> Env:
+    """The torchrun variables of `environ` (default os.environ); a bad value is a one-line GanDeployError."""
+    env = os.environ if environ is None else environ
+
+    def number(name: str, default: int, low: int, high: int | None, what: str) -> int:
+        raw = env.get(name)
+        if raw is None or raw.strip() == "":
+            return default
+        try:
+            v = int(raw.strip())
+        except ValueError:
+            v = None
+        if v is None or v < low or (high is not None and v >= high):
+            raise GanDeployError(f"bad {name} in the environment", repr(raw), expected=what, hint=_ENV_HINT)
+        return v
+
+    world = number("WORLD_SIZE", 1, 1, None, "an integer >= 1 (the number of processes)")
+    rank = number("RANK", 0, 0, world, f"an integer in 0 .. {world - 1} (WORLD_SIZE is {world})")
+    local_world = number("LOCAL_WORLD_SIZE", world, 1, world + 1, f"an integer in 1 .. {world} (WORLD_SIZE is {world})")
+    local_rank = number("LOCAL_RANK", 0, 0, local_world, f"an integer in 0 .. {local_world - 1} (this machine's processes)")
+    return Env(world, rank, local_rank, local_world)
 
 
 @dataclass
@@ -31,10 +72,9 @@ class Dist:
         return self.rank == 0
 
 
-def init(device: torch.device) -> Dist:
+def init(device: torch.device, env: Env) -> Dist:
     """Join the process group torchrun describes in the environment (a no-op for one process)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
+    if not env.distributed:
         return Dist()
     import torch.distributed as dist
 
@@ -47,7 +87,7 @@ def init(device: torch.device) -> Dist:
             raise GanDeployError("torch.distributed gloo backend unavailable", torch.__version__, expected="a torch build with gloo", hint="run a single process")
         dist.init_process_group(backend)
         owns = True
-    return Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")), owns)
+    return Dist(dist.get_rank(), dist.get_world_size(), env.local_rank, owns)
 
 
 def destroy(ctx: Dist) -> None:

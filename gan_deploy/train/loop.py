@@ -22,8 +22,9 @@ latents from its own seed; only rank 0 writes files or prints. A resumed run mus
 Determinism: on CPU (same machine, same thread count), the same options and seed give bit-identical weights; a run
 stopped at any checkpoint (or by Ctrl-C, which is deferred to the end of the step)
 and resumed ends bit-identical to an uninterrupted one: the data order is a pure function of (seed, epoch),
-and all other randomness comes from one per-rank torch.Generator whose state is checkpointed. (GPU kernels
-are not bitwise deterministic, so on CUDA the same holds only approximately.)
+and all other randomness comes from one per-rank torch.Generator whose state is checkpointed. On CUDA that
+holds only with --deterministic (gan_deploy.train.device.deterministic_mode: deterministic kernels, no TF32);
+without it GPU runs are not bitwise reproducible.
 
 Quality during training (--eval-every N, rank 0 only): gan_deploy.train.evaluator; it draws no training
 randomness, so a run's weights are bit-identical with evals on or off; images/s excludes eval time.
@@ -34,8 +35,8 @@ Python, set it in the environment before importing torch.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
-import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -51,7 +52,7 @@ from gan_deploy.core.errors import GanDeployError
 from gan_deploy.nets.config import GeneratorConfig
 from gan_deploy.train import distributed, losses
 from gan_deploy.train.batches import Batches
-from gan_deploy.train.device import resolve_device
+from gan_deploy.train.device import deterministic_mode, resolve_device
 from gan_deploy.train.distributed import Dist
 from gan_deploy.train.ema import BN_CALIBRATION, ema_decay_at, ema_update, standing_stats
 from gan_deploy.train.evaluator import EVAL_BOOTSTRAP, Evaluator, make_evaluator, quality_text
@@ -82,15 +83,16 @@ def train(opts: TrainOptions) -> TrainResult:
     """Train a GAN on `opts.data` and write the run folder (module docstring). Raises GanDeployError for bad input."""
     o = opts.resolved()
     cfg = validate(o)
-    is_distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
-    device = resolve_device(o.device, int(os.environ.get("LOCAL_RANK", "0")), is_distributed)
-    if o.amp == "fp16" and device.type != "cuda":
-        raise GanDeployError("--amp fp16 needs a CUDA device", f"device {device}", expected="--amp bf16 or none on the CPU", hint="fp16 autocast with a gradient scaler is a GPU feature; bf16 works on recent CPUs")
-    ctx = distributed.init(device)
-    try:
-        return _train(o, cfg, device, ctx)
-    finally:
-        distributed.destroy(ctx)
+    env = distributed.read_env()  # torchrun's variables, checked
+    with deterministic_mode(o.deterministic, o.device):  # first: it sets CUBLAS_WORKSPACE_CONFIG before CUDA starts
+        device = resolve_device(o.device, env)
+        if o.amp == "fp16" and device.type != "cuda":
+            raise GanDeployError("--amp fp16 needs a CUDA device", f"device {device}", expected="--amp bf16 or none on the CPU", hint="fp16 autocast with a gradient scaler is a GPU feature; bf16 works on recent CPUs")
+        ctx = distributed.init(device, env)
+        try:
+            return _train(o, cfg, device, ctx)
+        finally:
+            distributed.destroy(ctx)
 
 
 def _train(o: TrainOptions, cfg: GeneratorConfig, device: torch.device, ctx: Dist) -> TrainResult:
@@ -129,8 +131,9 @@ def _train(o: TrainOptions, cfg: GeneratorConfig, device: torch.device, ctx: Dis
     try:
         with stop:
             while step < o.steps:
-                d_loss, fake = d_step(nets, o, batches, step)
-                g_loss = g_step(nets, o, fake)
+                with _FirstStepErrors(o, device) if step == start else contextlib.nullcontext():
+                    d_loss, fake = d_step(nets, o, batches, step)
+                    g_loss = g_step(nets, o, fake)
                 step += 1
                 ema_update(nets.ema, nets.G, ema_decay_at(step, o.ema_decay))
                 report.losses(step, d_loss, g_loss)  # a metrics.jsonl record every --log-every steps
@@ -214,8 +217,16 @@ def _build(o: TrainOptions, cfg: GeneratorConfig, device: torch.device, ctx: Dis
         torch.manual_seed(o.seed)
         G = build_generator(cfg).apply(init_weights).to(device)
         D = build_discriminator(cfg, o.disc_width, norm=loss.CRITIC_BATCH_NORM).apply(init_weights).to(device)
-    # NHWC activations: the convolutions run ~1.5-2x faster on CPU (oneDNN) and use tensor cores well on GPU
-    fmt = torch.channels_last if o.arch == "dcgan" else torch.contiguous_format
+    # NHWC activations: the convolutions run ~1.5-2x faster on CPU (oneDNN) and use tensor cores well on GPU.
+    # Except under torch.compile on CUDA: there Inductor's backward of a convolution whose channels_last tensors
+    # have ambiguous strides (size-1 dimensions: G's [B, Z, 1, 1] input, D's [B, 1, 1, 1] logits; such a tensor
+    # is both NCHW- and NHWC-contiguous) fails a stride assertion in aten.convolution_backward ("expected size
+    # 256==256, stride 16==1": the gradient of D's last [B, 256, 4, 4] input came out NCHW where NHWC was
+    # assumed). NCHW networks and data leave nothing ambiguous. What that costs on a GPU is unmeasured
+    # (benchmarks/train_speed.py measures compile vs eager); on the CPU, where Inductor handles channels_last,
+    # compiled runs keep it.
+    fmt = (torch.channels_last if o.arch == "dcgan" and not (o.compile and device.type == "cuda")
+           else torch.contiguous_format)
     G, D = G.to(memory_format=fmt), D.to(memory_format=fmt)
     ema = copy.deepcopy(G).requires_grad_(False)
     fused = device.type == "cuda"  # fused Adam: one kernel for all parameters on GPU; the CPU default is fine
@@ -312,6 +323,24 @@ def g_step(n: _Nets, o: TrainOptions, fake: torch.Tensor | None) -> torch.Tensor
     n.scalers["G"].update()
     n.D.requires_grad_(True)
     return g_loss.detach()
+
+
+class _FirstStepErrors(contextlib.AbstractContextManager):
+    """The first step is where torch.compile compiles (forward and backward) and where every op meets
+    --deterministic for the first time: their failures there are the user's options, so they become one line
+    naming the option (with the original exception chained for a traceback from Python)."""
+
+    def __init__(self, o: TrainOptions, device: torch.device):
+        self.o, self.device = o, device
+
+    def __exit__(self, kind: type[BaseException] | None, e: BaseException | None, tb: object) -> None:
+        if e is None or not isinstance(e, Exception) or isinstance(e, (GanDeployError, torch.OutOfMemoryError)):
+            return  # nothing raised, Ctrl-C, ours already, or out of memory (not the option's fault)
+        first = (str(e).strip().splitlines() or [""])[0][:300]
+        if self.o.deterministic and "deterministic" in str(e):
+            raise GanDeployError("--deterministic: an operation has no deterministic implementation", first, expected="deterministic kernels for every training op", hint="drop --deterministic (CUDA runs are then not bitwise reproducible)") from e
+        if self.o.compile:
+            raise GanDeployError("--compile failed in the first training step", f"{type(e).__name__}: {first}", expected=f"torch.compile (Inductor) to compile the networks on {self.device}", hint="drop --compile: the eager networks train the same model") from e
 
 
 # -- what a run reports ----------------------------------------------------------------------------------------------

@@ -22,7 +22,8 @@ DEFAULT_STEPS = 1500  # ~5-7 minutes on a 2-core CPU at ~200-300 images/s: recog
 # so the CLI can check --eval-samples without importing numpy; a test keeps the two equal).
 EVAL_MIN_SAMPLES = 32
 
-# Options that define the model and its optimisation: a resumed run must keep them.
+# Options that define the model and its optimisation: a resumed run must keep them. (Not deterministic: it
+# picks kernels, not the model, so a run may be resumed with or without it.)
 FIXED_ON_RESUME = ("data", "arch", "image_size", "channels", "latent_dim", "width", "disc_width", "loss",
                    "batch_size", "lr", "beta1", "beta2", "n_critic", "gp_weight", "ema_decay", "seed")
 
@@ -50,6 +51,7 @@ class TrainOptions:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     amp: str = "none"  # none | bf16 | fp16 (CUDA only, with a gradient scaler)
     compile: bool = False  # torch.compile the networks
+    deterministic: bool = False  # deterministic GPU kernels, no TF32: bit-identical runs on one GPU (slower); CPU: no change
     sample_every: int = 500  # 0 -> only at the end
     checkpoint_every: int = 500  # 0 -> only at the end
     log_every: int = 50

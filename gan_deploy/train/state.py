@@ -162,16 +162,60 @@ def optim_split(opt: torch.optim.Optimizer, prefix: str) -> tuple[dict[str, torc
     return tensors, {"param_groups": sd["param_groups"], "state": rest}
 
 
+# How an optimizer runs its step, not what it computes: this run's choice, never the saved one. (The saved
+# param_groups replace the optimizer's own in load_state_dict, so a CPU run resumed on CUDA would otherwise
+# lose fused Adam, and a CUDA run resumed on the CPU would ask for it.)
+_IMPLEMENTATION_KEYS = ("fused", "foreach", "capturable", "differentiable")
+
+
 def optim_join(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict[str, Any], prefix: str) -> None:
-    """The inverse of optim_split: load the saved state into `opt`."""
+    """The inverse of optim_split: load the saved state into `opt`, each tensor placed as its step expects
+    (place_optimizer_state)."""
     state: dict[int, dict[str, Any]] = {}
     for idx, rest in meta["state"].items():
         st = dict(rest)
         head = f"{prefix}.{idx}."
         st.update({k[len(head):]: v for k, v in tensors.items() if k.startswith(head)})
         state[int(idx)] = st
-    groups = [dict(g, betas=tuple(g["betas"])) if "betas" in g else g for g in meta["param_groups"]]
+    groups = []
+    for saved, current in zip(meta["param_groups"], opt.param_groups):
+        g = dict(saved, betas=tuple(saved["betas"])) if "betas" in saved else dict(saved)
+        g.update({k: current[k] for k in _IMPLEMENTATION_KEYS if k in current})
+        groups.append(g)
+    groups += meta["param_groups"][len(groups):]  # a count mismatch is load_state_dict's to report
     opt.load_state_dict({"state": state, "param_groups": groups})
+    place_optimizer_state(opt)
+
+
+def place_optimizer_state(opt: torch.optim.Optimizer) -> None:
+    """Put every state tensor of `opt` where its step wants it.
+
+    The tensors come back from safetensors on the CPU, contiguous (NCHW). load_state_dict moves them to their
+    parameter's device and dtype, but not to its memory layout: a channels_last parameter then has NCHW
+    moments, and fused Adam on CUDA refuses the step ("params, grads, exp_avgs, and exp_avg_sqs must have same
+    dtype, device, and layout": its kernel checks strides too). So: a state tensor shaped like its parameter
+    becomes a copy with the parameter's device, dtype (floating point) and strides (torch.empty_like); `step`
+    goes to the parameter's device as float32 for fused or capturable Adam, and stays a CPU scalar otherwise
+    (torch's convention for the plain and foreach implementations). Values are copied exactly: a resumed run
+    continues bit for bit."""
+    for group in opt.param_groups:
+        step_on_device = bool(group.get("fused") or group.get("capturable"))
+        for p in group["params"]:
+            st = opt.state.get(p)
+            if not st:
+                continue
+            for k, v in list(st.items()):
+                if not torch.is_tensor(v):
+                    continue
+                if k == "step":
+                    st[k] = (v.to(device=p.device, dtype=torch.float32) if step_on_device
+                             else v.to(device="cpu"))
+                elif v.shape == p.shape:
+                    placed = torch.empty_like(p, dtype=p.dtype if v.is_floating_point() else v.dtype)
+                    placed.copy_(v)
+                    st[k] = placed
+                else:
+                    st[k] = v.to(device=p.device)
 
 
 # -- save / load ---------------------------------------------------------------------------------------------
@@ -204,7 +248,7 @@ def save_state(out: Path, step: int, o: TrainOptions, G: nn.Module, D: nn.Module
         "format": STATE_FORMAT, "version": STATE_VERSION, "step": step, "world_size": ctx.world,
         "options": {k: v for k, v in o.to_dict().items()}, "elapsed_s": elapsed,
         "optimizers": {"G": mg, "D": md}, "scalers": {k: s.state_dict() for k, s in scalers.items()},
-        "weights_sha256": sha256_file(weights), "torch": torch.__version__,
+        "weights_sha256": sha256_file(weights), "torch": torch.__version__, "device_type": device.type,
     }
     atomic_write_text(stem.with_suffix(".json"), json.dumps(meta, indent=1, sort_keys=True) + "\n")
     for old in sorted((out / "state").glob("step_*.json")):
@@ -237,5 +281,8 @@ def load_state(path: Path, o: TrainOptions, G: nn.Module, D: nn.Module, ema: nn.
     for k, s in scalers.items():
         if s.is_enabled() and meta["scalers"].get(k):
             s.load_state_dict(meta["scalers"][k])
-    gen.set_state(t[f"rng.latent.rank{ctx.rank}"])
+    try:
+        gen.set_state(t[f"rng.latent.rank{ctx.rank}"])
+    except RuntimeError:  # a CPU generator's state is ~5 kB, a CUDA one's 16 bytes: they do not convert
+        raise GanDeployError("cannot resume on another kind of device", f"--device {o.device} ({gen.device.type})", expected=f"the kind of device the state was saved on ({meta.get('device_type', 'see ' + str(path))})", hint="resume with that --device; the latent random stream cannot move between CPU and GPU") from None
     return int(meta["step"]), float(meta["elapsed_s"])
