@@ -617,3 +617,18 @@ def test_deterministic_mode_sets_and_restores_the_torch_flags(monkeypatch):
     with deterministic_mode(False, "cuda"):
         assert not torch.are_deterministic_algorithms_enabled()
 
+
+def test_train_speed_benchmark_runs(tmp_path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("train_speed", REPO / "benchmarks" / "train_speed.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "speed.json"
+    assert bench.main(["--device", "cpu", "--modes", "eager", "--amp", "none,bf16", "--width", "8", "--latent-dim", "8",
+                       "--image-size", "16", "--batch-size", "16", "--steps", "2", "--reps", "2", "--warmup", "1",
+                       "--json", str(out)]) == 0
+    rec = json.loads(out.read_text())
+    assert [r["setting"] for r in rec["results"]] == ["eager", "eager + bf16"]
+    assert all(len(r["images_per_s"]) == 2 and r["median_images_per_s"] > 0 for r in rec["results"])
+    assert rec["compile_over_eager"] == {}  # no compiled setting asked for

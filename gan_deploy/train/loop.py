@@ -171,6 +171,32 @@ def _train(o: TrainOptions, cfg: GeneratorConfig, device: torch.device, ctx: Dis
                        report.last_eval if ctx.main else None)
 
 
+def step_runner(opts: TrainOptions) -> tuple[Callable[[int], None], int, torch.device]:
+    """One training step (D step, G step, EMA) as a function of the step number, built as train() builds it
+    (data, networks, torch.compile) but in one process, with no run folder, for timing
+    (benchmarks/train_speed.py). Returns (run_step, real images per step, device); run_step does not
+    synchronize the device: the caller does before reading a clock."""
+    o = opts.resolved()
+    cfg = validate(o)
+    ctx = Dist()
+    device = resolve_device(o.device, distributed.Env())
+    if o.amp == "fp16" and device.type != "cuda":
+        raise GanDeployError("--amp fp16 needs a CUDA device", f"device {device}", expected="--amp bf16 or none on the CPU")
+    ds = _load_data(o, ctx)
+    nets = _build(o, cfg, device, ctx)
+    _wrap(nets, o, device, ctx)
+    data = torch.from_numpy(ds.images).to(device).contiguous(memory_format=nets.fmt)
+    batches = Batches(data, o.batch_size, o.seed, ctx.rank, ctx.world)
+
+    def run_step(step: int) -> None:
+        with _FirstStepErrors(o, device) if step == 0 else contextlib.nullcontext():
+            _, fake = d_step(nets, o, batches, step)
+            g_step(nets, o, fake)
+        ema_update(nets.ema, nets.G, ema_decay_at(step + 1, o.ema_decay))
+
+    return run_step, o.n_critic * o.batch_size, device
+
+
 # -- set up ------------------------------------------------------------------------------------------------------
 
 def _load_data(o: TrainOptions, ctx: Dist) -> Any:
