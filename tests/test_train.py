@@ -247,6 +247,22 @@ def test_the_loss_registry_is_the_one_list_of_losses():
     assert p.returncode == 0, p.stderr
 
 
+def test_the_train_package_imports_only_what_it_may():
+    import ast
+
+    allowed = {"core", "nets", "data", "artifacts", "quality", "train"}
+    for path in (REPO / "gan_deploy" / "train").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            if isinstance(node, ast.ImportFrom):
+                assert node.level == 0, f"{path}: relative import"
+            for name in names:
+                parts = name.split(".")
+                if parts[0] == "gan_deploy":
+                    assert len(parts) > 1 and parts[1] in allowed, f"{path} imports {name}"
+
+
 # -- refusals ----------------------------------------------------------------------------------------------
 
 def _err(opts: TrainOptions) -> str:

@@ -130,7 +130,7 @@ def options_for_resume(given: dict[str, Any]) -> TrainOptions:
     """Options for `--resume`: the saved run's options, overlaid with those given explicitly.
 
     Changing an option that defines the model or its optimisation (FIXED_ON_RESUME) is refused; steps,
-    device, amp, compile, sample/checkpoint/log intervals and progress may change."""
+    device, amp, compile, deterministic, sample/checkpoint/log intervals and progress may change."""
     data = given.get("data", TrainOptions.data)
     out = Path(given.get("out") or default_out(data, given.get("arch", TrainOptions.arch)))
     latest = latest_state(out)
