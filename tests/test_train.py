@@ -1,4 +1,4 @@
-"""gan_deploy.train.loop and `gan-deploy train`: run folder, determinism, resume equivalence, refusals, DDP over gloo.
+"""gan_deploy.train and `gan-deploy train`: run folder, determinism, resume equivalence, refusals, DDP over gloo.
 
 Every run is tiny (width 8, latent 8, 16x16 images, tens of steps) so the whole file stays well under a minute.
 The quality score during training (--eval-every) is off in TINY (it costs ~1 s a run) and on where it is tested.
@@ -22,8 +22,11 @@ from gan_deploy.artifacts.checkpoint import load_generator, read_checkpoint
 from gan_deploy.cli.main import main
 from gan_deploy.core.errors import GanDeployError
 from gan_deploy.core.fileio import sha256_file
-from gan_deploy.train import loop as train_mod
-from gan_deploy.train.loop import TrainOptions, iter_metrics, options_for_resume, train
+from gan_deploy.train import TrainOptions, options_for_resume, state, train
+from gan_deploy.train.evaluator import EVAL_BOOTSTRAP
+from gan_deploy.train.losses import bce
+from gan_deploy.train.options import EVAL_MIN_SAMPLES
+from gan_deploy.train.state import iter_metrics
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = dict(width=8, latent_dim=8, image_size=16, batch_size=16, log_every=5, progress=False, eval_every=0)
@@ -68,6 +71,14 @@ def test_run_folder_contents(tmp_path):
     t = ck.meta["train"]
     assert (t["dataset"], t["steps"], t["seed"], t["loss"], t["batch_size"]) == ("digits", 10, 0, "bce", 16)
     assert t["extra"]["arch"] == "dcgan" and t["extra"]["dataset_size"] == 1797 and t["extra"]["world_size"] == 1
+    # the record is the run's options (resolved) plus its facts; the keys checkpoints have always had stay
+    opts = TrainOptions(out=str(out), **{**TINY, "steps": 10, "sample_every": 5, "checkpoint_every": 5}).resolved().to_dict()
+    assert {k: t[k] for k in opts if k not in ("out", "resume", "overwrite", "progress", "steps")} == \
+        {k: v for k, v in opts.items() if k not in ("out", "resume", "overwrite", "progress", "steps")}
+    assert "out" not in t and "progress" not in t and t["disc_width"] == 8 and t["n_critic"] == 1
+    assert {"data", "data_source", "dataset_size", "arch", "n_critic", "gp_weight", "world_size", "global_batch_size",
+            "amp", "device", "compile", "bn_standing_stats", "wall_time_s", "images_per_s", "torch"} <= t["extra"].keys()
+    assert t["extra"]["device"] == "cpu" and t["extra"]["gp_weight"] is None and t["extra"]["torch"] == torch.__version__
     G = load_generator(r.checkpoint)
     x = G(torch.randn(3, 8))
     assert x.shape == (3, 1, 16, 16) and x.abs().max() <= 1
@@ -117,6 +128,63 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path, loss):
     assert [r for r in recs if "event" in r] == recs[-1:]  # one end record: the first run's was dropped
 
 
+def _check_optimizer_state(opt: torch.optim.Optimizer) -> int:
+    """Every state tensor shaped like its parameter has the parameter's device, dtype and strides; `step` is on
+    the parameter's device (float32) for fused/capturable Adam, else on the CPU. Returns how many were checked."""
+    n = 0
+    for group in opt.param_groups:
+        on_device = bool(group.get("fused") or group.get("capturable"))
+        for p in group["params"]:
+            for k, v in opt.state[p].items():
+                if k == "step":
+                    assert v.device == (p.device if on_device else torch.device("cpu")), (k, v.device)
+                    assert not on_device or v.dtype == torch.float32
+                else:
+                    assert (v.device, v.dtype, v.shape, v.stride()) == (p.device, p.dtype, p.shape, p.stride()), k
+                n += 1
+    return n
+
+
+def test_resume_places_optimizer_state_like_its_parameters(tmp_path, monkeypatch):
+    # channels_last conv weights: their Adam moments come back from safetensors contiguous (NCHW) and must be
+    # given the parameters' strides again (fused Adam on CUDA checks device, dtype and strides)
+    train(tiny(tmp_path / "run", steps=3, checkpoint_every=0))
+    seen = []
+    real = state.place_optimizer_state
+
+    def place_and_keep(opt):
+        real(opt)
+        seen.append(opt)
+
+    monkeypatch.setattr(state, "place_optimizer_state", place_and_keep)
+    train(options_for_resume({"out": str(tmp_path / "run"), "steps": 4}))
+    assert len(seen) == 2  # G's and D's
+    assert any(p.dim() == 4 and not p.is_contiguous() for opt in seen for g in opt.param_groups for p in g["params"])
+    assert all(_check_optimizer_state(opt) > 0 for opt in seen)
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_optimizer_state_goes_to_the_parameters_device(fused):
+    # a stand-in for CUDA: parameters on the "meta" device, the saved state on the CPU in float64 and NCHW
+    w = torch.nn.Parameter(torch.empty(4, 3, 2, 2, device="meta").to(memory_format=torch.channels_last))
+    b = torch.nn.Parameter(torch.empty(4, device="meta"))
+    opt = torch.optim.Adam([w, b], lr=1e-3)
+    opt.param_groups[0]["fused"] = fused or None  # as _build sets it on CUDA
+    saved_group = {k: v for k, v in opt.state_dict()["param_groups"][0].items()}
+    saved_group["fused"] = None  # the state was saved by a CPU run
+    meta = {"state": {"0": {}, "1": {}}, "param_groups": [json.loads(json.dumps(saved_group))]}
+    tensors = {}
+    for i, shape in enumerate([(4, 3, 2, 2), (4,)]):
+        tensors[f"opt.{i}.step"] = torch.tensor(7.0)
+        tensors[f"opt.{i}.exp_avg"] = torch.ones(shape, dtype=torch.float64)
+        tensors[f"opt.{i}.exp_avg_sq"] = torch.ones(shape, dtype=torch.float64)
+    state.optim_join(opt, tensors, meta, "opt")
+    assert opt.param_groups[0]["fused"] == (fused or None)  # this run's implementation, not the saved one
+    assert opt.param_groups[0]["betas"] == (0.9, 0.999)
+    assert _check_optimizer_state(opt) == 6
+    assert opt.state[w]["exp_avg"].device.type == "meta"
+
+
 def test_wgan_gp_critic_has_no_batch_norm(tmp_path):
     r = train(tiny(tmp_path / "run", loss="wgan-gp", steps=2))
     keys = state_of(r.out, 2).keys()
@@ -126,7 +194,7 @@ def test_wgan_gp_critic_has_no_batch_norm(tmp_path):
 
 def test_ctrl_c_saves_the_finished_step_and_resume_matches(tmp_path, monkeypatch):
     full = train(tiny(tmp_path / "full", steps=12, checkpoint_every=0))
-    real_d_loss = train_mod._d_loss
+    real_d_loss = bce.d_loss
     calls = {"n": 0}
 
     def d_loss_then_interrupt(*args):  # Ctrl-C arrives in the middle of step 7, between D forward and backward
@@ -136,10 +204,10 @@ def test_ctrl_c_saves_the_finished_step_and_resume_matches(tmp_path, monkeypatch
         return real_d_loss(*args)
 
     handler_before = signal.getsignal(signal.SIGINT)
-    monkeypatch.setattr(train_mod, "_d_loss", d_loss_then_interrupt)
+    monkeypatch.setattr(bce, "d_loss", d_loss_then_interrupt)
     with pytest.raises(KeyboardInterrupt):
         train(tiny(tmp_path / "cut", steps=12, checkpoint_every=0))
-    monkeypatch.setattr(train_mod, "_d_loss", real_d_loss)
+    monkeypatch.setattr(bce, "d_loss", real_d_loss)
     # step 7 was finished, then saved; nothing of the final outputs was written
     assert sorted(p.name for p in (tmp_path / "cut" / "state").iterdir()) == ["step_00000007.json", "step_00000007.safetensors"]
     assert not (tmp_path / "cut" / "generator.safetensors").exists()
@@ -160,6 +228,39 @@ def test_other_data_sources_train(tmp_path, small_npy):
     r = train(tiny(tmp_path / "run", data=str(small_npy), steps=3, channels=3))
     assert read_checkpoint(r.checkpoint).config.channels == 3
     assert read_checkpoint(r.checkpoint).meta["train"]["dataset"] == "blobs"
+
+
+def test_the_loss_registry_is_the_one_list_of_losses():
+    from gan_deploy.cli.train import train as command
+    from gan_deploy.train import losses
+
+    choices = next(p for p in command.params if p.name == "loss").type.choices
+    assert tuple(choices) == losses.LOSSES == tuple(losses.REGISTRY)
+    for name in losses.LOSSES:
+        m = losses.get(name)
+        assert callable(m.d_loss) and callable(m.g_loss) and m.N_CRITIC >= 1 and isinstance(m.CRITIC_BATCH_NORM, bool)
+        assert m.penalty is None or callable(m.penalty)
+        assert TrainOptions(loss=name).resolved().n_critic == m.N_CRITIC
+    # the CLI reads the options (and the loss names) without loading torch
+    code = "import sys, gan_deploy.train, gan_deploy.train.options; assert 'torch' not in sys.modules, 'torch loaded'"
+    p = subprocess.run([sys.executable, "-c", code], check=False, cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+
+
+def test_the_train_package_imports_only_what_it_may():
+    import ast
+
+    allowed = {"core", "nets", "data", "artifacts", "quality", "train"}
+    for path in (REPO / "gan_deploy" / "train").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            if isinstance(node, ast.ImportFrom):
+                assert node.level == 0, f"{path}: relative import"
+            for name in names:
+                parts = name.split(".")
+                if parts[0] == "gan_deploy":
+                    assert len(parts) > 1 and parts[1] in allowed, f"{path} imports {name}"
 
 
 # -- refusals ----------------------------------------------------------------------------------------------
@@ -314,7 +415,7 @@ def test_eval_records_at_step_0_every_n_steps_and_the_end(tmp_path, capsys):
     for e in recs:
         assert np.isfinite([e["fd"], e["fd_spread"]]).all() and e["fd"] > 0 and e["fd_spread"] > 0
         assert 0 <= e["precision"] <= 1 and 0 <= e["recall"] <= 1
-        assert (e["n"], e["n_reference"], e["bootstrap"]) == (64, 1797, train_mod.EVAL_BOOTSTRAP) and e["seconds"] > 0
+        assert (e["n"], e["n_reference"], e["bootstrap"]) == (64, 1797, EVAL_BOOTSTRAP) and e["seconds"] > 0
     # the final score travels with the generator and into the summary
     assert r.quality == recs[-1]
     extra = read_checkpoint(r.checkpoint).meta["train"]["extra"]
@@ -377,7 +478,7 @@ def test_trim_metrics_on_resume_keeps_scores_up_to_the_step(tmp_path):
     recs = [{"event": "eval", "step": 0, "fd": 9.0}, {"step": 5, "d_loss": 1.0}, {"event": "eval", "step": 6, "fd": 8.0},
             {"step": 10, "d_loss": 1.0}, {"event": "eval", "step": 9, "fd": 7.0}, {"event": "end", "step": 10}]
     path.write_text("".join(json.dumps(r) + "\n" for r in recs) + '{"step": 11, "d_lo')  # + a line cut short
-    train_mod._trim_metrics(path, 6)
+    state.trim_metrics(path, 6)
     assert list(iter_metrics(path)) == recs[:3]
 
 
@@ -401,7 +502,7 @@ def test_eval_refusals(tmp_path):
     assert not out.exists()
     train(tiny(out, data=str(few), steps=2))  # with the score off the same data trains
     from gan_deploy.quality.features import MIN_SAMPLES
-    assert train_mod.EVAL_MIN_SAMPLES == MIN_SAMPLES  # the torch-free copy the CLI checks against
+    assert EVAL_MIN_SAMPLES == MIN_SAMPLES  # the torch-free copy the CLI checks against
 
 
 def test_cli_eval_options(tmp_path):
@@ -417,3 +518,133 @@ def test_cli_eval_options(tmp_path):
     assert "quality:   FD " in res.output
     assert [e["step"] for e in evals(tmp_path / "o")] == [0, 2, 4]
     assert "--eval-every" in runner.invoke(main, ["train", "--help"]).output
+
+
+# -- GPU-facing checks that run on the CPU (tests/test_train_gpu.py runs the real thing on a GPU) --------------
+
+def _fake_gpus(monkeypatch, n: int) -> None:
+    """Pretend torch sees n GPUs; any real CUDA call would still fail, so these checks must come first."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: n)
+
+
+def _torchrun_env(monkeypatch, world: int, rank: int, local_world: int | None = None) -> None:
+    for k, v in {"WORLD_SIZE": world, "RANK": rank, "LOCAL_RANK": rank, "LOCAL_WORLD_SIZE": local_world or world}.items():
+        monkeypatch.setenv(k, str(v))
+
+
+@pytest.mark.parametrize("rank", [0, 1])
+def test_more_processes_than_gpus_is_one_line_before_any_cuda_call(tmp_path, monkeypatch, rank):
+    _fake_gpus(monkeypatch, 1)
+    _torchrun_env(monkeypatch, 2, rank)
+    out = tmp_path / "x"
+    for device in ("cuda", "auto"):
+        msg = _err(tiny(out, device=device))
+        assert "more processes than GPUs on this machine: 2 processes" in msg and "for 1 GPU" in msg, msg
+        assert "--nproc-per-node 1" in msg and "--device cpu" in msg
+    msg = _err(tiny(out, device="cuda:0"))
+    assert "would put every process on one GPU" in msg and "--device cuda" in msg
+    assert not out.exists()
+
+
+def test_torchrun_environment_is_checked(tmp_path, monkeypatch, small_npy):
+    out = tmp_path / "x"
+    cases = [({"WORLD_SIZE": "abc"}, "bad WORLD_SIZE in the environment: 'abc'", "an integer >= 1"),
+             ({"WORLD_SIZE": "0"}, "bad WORLD_SIZE in the environment: '0'", "an integer >= 1"),
+             ({"WORLD_SIZE": "2", "RANK": "2"}, "bad RANK in the environment: '2'", "0 .. 1"),
+             ({"WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "-1"}, "bad LOCAL_RANK in the environment: '-1'", "0 .. 1"),
+             ({"WORLD_SIZE": "2", "RANK": "x1"}, "bad RANK", "0 .. 1"),
+             ({"RANK": "1"}, "bad RANK in the environment: '1'", "0 .. 0"),
+             ({"WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "3"}, "bad LOCAL_WORLD_SIZE", "1 .. 2")]
+    for env, text, expected in cases:
+        with monkeypatch.context() as m:
+            for k in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "LOCAL_WORLD_SIZE"):
+                m.delenv(k, raising=False)
+            for k, v in env.items():
+                m.setenv(k, v)
+            msg = _err(tiny(out, data=str(small_npy)))
+            assert text in msg and expected in msg and "torchrun" in msg, (env, msg)
+    # and on the command line: one line, no traceback
+    res = CliRunner().invoke(main, ["train", "--out", str(out), *TINY_CLI], env={"WORLD_SIZE": "abc"})
+    assert res.exit_code == 2 and "Error: bad WORLD_SIZE in the environment: 'abc'" in res.output, res.output
+    assert "Traceback" not in res.output and not out.exists()
+
+
+def test_a_compile_failure_in_the_first_step_is_one_line(tmp_path, monkeypatch):
+    class Broken:  # what torch.compile returns when Inductor fails: it raises at the first call
+        def __init__(self, model, **kw):
+            self.model = model
+
+        def __call__(self, *a, **kw):
+            raise RuntimeError("InductorError: AssertionError: expected size 256==256, stride 16==1 at dim=1\nmore")
+
+    monkeypatch.setattr(torch, "compile", Broken)
+    msg = _err(tiny(tmp_path / "x", compile=True))
+    assert msg.startswith("--compile failed in the first training step: RuntimeError: InductorError") and "more" not in msg
+    assert "drop --compile" in msg
+    res = CliRunner().invoke(main, ["train", "--out", str(tmp_path / "y"), *TINY_CLI, "--compile"])
+    assert res.exit_code == 2 and "Error: --compile failed in the first training step" in res.output, res.output
+    assert "Traceback" not in res.output
+    # without --compile a first-step failure stays what it is (a bug, with its traceback)
+    monkeypatch.setattr(bce, "d_loss", Broken(None))
+    with pytest.raises(RuntimeError, match="InductorError"):
+        train(tiny(tmp_path / "z"))
+
+
+def test_deterministic_on_the_cpu_changes_nothing_and_is_not_fixed_on_resume(tmp_path):
+    from gan_deploy.train.options import FIXED_ON_RESUME
+
+    flags = (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.deterministic,
+             torch.backends.cudnn.benchmark, torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    plain = train(tiny(tmp_path / "plain", steps=6, checkpoint_every=0))
+    det = train(tiny(tmp_path / "det", steps=6, checkpoint_every=0, deterministic=True))
+    assert same_tensors(weights(plain.checkpoint), weights(det.checkpoint))
+    assert same_tensors(state_of(plain.out, 6), state_of(det.out, 6))
+    assert read_checkpoint(det.checkpoint).meta["train"]["deterministic"] is True
+    # the process-wide torch flags are put back
+    assert flags == (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.deterministic,
+                     torch.backends.cudnn.benchmark, torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    assert "deterministic" not in FIXED_ON_RESUME
+    half = train(tiny(tmp_path / "half", steps=3, checkpoint_every=0, deterministic=True))
+    rest = train(options_for_resume({"out": str(half.out), "steps": 6, "deterministic": False}))
+    assert same_tensors(weights(plain.checkpoint), weights(rest.checkpoint))
+    res = CliRunner().invoke(main, ["train", "--out", str(tmp_path / "cli"), "--steps", "2", *TINY_CLI, "--deterministic"])
+    assert res.exit_code == 0, res.output
+    assert "--deterministic" in CliRunner().invoke(main, ["train", "--help"]).output
+
+
+def test_deterministic_mode_sets_and_restores_the_torch_flags(monkeypatch):
+    from gan_deploy.train.device import deterministic_mode
+
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    with deterministic_mode(True, "cpu"):
+        assert torch.are_deterministic_algorithms_enabled()
+        assert "CUBLAS_WORKSPACE_CONFIG" not in os.environ  # nothing for cuBLAS on a CPU run
+    assert not torch.are_deterministic_algorithms_enabled()
+    with deterministic_mode(True, "auto"):
+        assert torch.are_deterministic_algorithms_enabled() and torch.backends.cudnn.deterministic
+        assert not torch.backends.cudnn.benchmark
+        assert not torch.backends.cuda.matmul.allow_tf32 and not torch.backends.cudnn.allow_tf32
+        assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
+    assert not torch.are_deterministic_algorithms_enabled() and torch.backends.cudnn.allow_tf32
+    monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", ":16:8")  # the user's choice stays
+    with deterministic_mode(True, "cuda"):
+        assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":16:8"
+    with deterministic_mode(False, "cuda"):
+        assert not torch.are_deterministic_algorithms_enabled()
+
+
+def test_train_speed_benchmark_runs(tmp_path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("train_speed", REPO / "benchmarks" / "train_speed.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "speed.json"
+    assert bench.main(["--device", "cpu", "--modes", "eager", "--amp", "none,bf16", "--width", "8", "--latent-dim", "8",
+                       "--image-size", "16", "--batch-size", "16", "--steps", "2", "--reps", "2", "--warmup", "1",
+                       "--json", str(out)]) == 0
+    rec = json.loads(out.read_text())
+    assert [r["setting"] for r in rec["results"]] == ["eager", "eager + bf16"]
+    assert all(len(r["images_per_s"]) == 2 and r["median_images_per_s"] > 0 for r in rec["results"])
+    assert rec["compile_over_eager"] == {}  # no compiled setting asked for

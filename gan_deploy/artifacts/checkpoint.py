@@ -175,7 +175,7 @@ def load_generator(ck: Checkpoint | str | Path | None = None, verify_hash: bool 
 
         model = build(ck.factory)  # refuses a source file changed since the export
     else:
-        model = build_generator(ck.config)
+        model = build_generator(ck.config)  # type: ignore[arg-type]
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:

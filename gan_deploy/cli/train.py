@@ -1,4 +1,4 @@
-"""`gan-deploy train`: parse the options, call gan_deploy.train.loop.train(), print the summary."""
+"""`gan-deploy train`: parse the options, call gan_deploy.train.train(), print the summary."""
 from __future__ import annotations
 
 import os
@@ -44,7 +44,12 @@ _D = TrainOptions()  # the defaults live in TrainOptions; the options below only
 @click.option("--device", default=_D.device, show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--amp", type=click.Choice(["none", "bf16", "fp16"]), default=_D.amp, show_default=True,
               help="Mixed precision. fp16 (with a gradient scaler) needs CUDA.")
-@click.option("--compile", "compile_", is_flag=True, help="torch.compile the networks (slow start, faster steps on GPU).")
+@click.option("--compile", "compile_", is_flag=True,
+              help="torch.compile the networks (slow start; the gain on a GPU is unmeasured: benchmarks/train_speed.py).")
+@click.option("--deterministic/--no-deterministic", default=_D.deterministic,
+              help="Bit-identical runs on one GPU: deterministic cuDNN/cuBLAS kernels, no autotuning, no TF32 "
+                   "(CUBLAS_WORKSPACE_CONFIG=:4096:8 unless set). Costs speed (how much is unmeasured). Without it "
+                   "CUDA runs are not bitwise reproducible. No effect on the CPU, which is deterministic already.")
 @click.option("--sample-every", type=click.IntRange(min=0), default=_D.sample_every, show_default=True,
               help="Steps between sample grids (samples/step_N.png); 0: only at the end.")
 @click.option("--checkpoint-every", type=click.IntRange(min=0), default=_D.checkpoint_every, show_default=True,
@@ -78,10 +83,11 @@ def train(ctx: click.Context, **kw: object) -> None:
     Multi-process (torchrun): --batch-size is per process, --steps counts optimizer steps (the same on
     every process), each process trains on its own share of every epoch, only process 0 writes files.
     Ctrl-C finishes the current step, saves the state, and prints how to --resume.
+    A resumed run continues bit for bit on the CPU, and on one GPU with --deterministic.
     """
     # OMP_WAIT_POLICY=PASSIVE is set for every command in cli.py, before torch loads (below)
-    from gan_deploy.train.loop import options_for_resume
-    from gan_deploy.train.loop import train as run_training
+    from gan_deploy.train import options_for_resume
+    from gan_deploy.train import train as run_training
 
     typed = {k for k in kw if ctx.get_parameter_source(k) is not click.core.ParameterSource.DEFAULT}
     kw["channels"] = int(kw["channels"])  # type: ignore[call-overload]

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from gan_deploy.core.errors import GanDeployError
@@ -65,35 +65,6 @@ class GeneratorConfig:
 MAX_LATENT_DIM = 65536
 MAX_IMAGE_SIZE = 1024
 MAX_WIDTH = 4096
-
-
-@dataclass
-class TrainConfig:
-    """How the generator was trained; saved beside the generator config for provenance and --resume."""
-
-    dataset: str = "digits"
-    steps: int = 3000
-    batch_size: int = 64
-    lr: float = 2e-4
-    beta1: float = 0.5
-    beta2: float = 0.999
-    loss: str = "bce"  # bce | hinge | wgan-gp
-    seed: int = 0
-    disc_width: int = 64
-    ema_decay: float = 0.999
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        base = {k: v for k, v in d.items() if k in known}
-        extra = dict(base.get("extra", {}))
-        extra.update({k: v for k, v in d.items() if k not in known})
-        base["extra"] = extra
-        return cls(**base)
 
 
 def dumps(obj: dict[str, Any]) -> str:

@@ -1,0 +1,288 @@
+"""The run folder and the training state that `--resume` continues from.
+
+    out/generator.safetensors + .json         the EMA generator (artifacts.checkpoint), written at the end
+    out/samples/step_XXXXXXXX.png             sample grids
+    out/metrics.jsonl                         one JSON record a line (append_jsonl, iter_metrics, trim_metrics)
+    out/state/step_XXXXXXXX.safetensors       G, D, EMA, Adam moments, per-rank latent RNG states (tensors)
+    out/state/step_XXXXXXXX.json              options, step, elapsed, optimizer and scaler settings (written last:
+                                              a JSON means a complete pair); never pickle
+
+Only the newest state is kept. A resumed run must keep the FIXED_ON_RESUME options and the number of processes.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from gan_deploy.core.errors import GanDeployError
+from gan_deploy.core.fileio import atomic_path, atomic_write_text, sha256_file
+from gan_deploy.train.distributed import Dist, all_gather_bytes
+from gan_deploy.train.options import FIXED_ON_RESUME, TrainOptions
+
+STATE_FORMAT = "gan-deploy-train-state"
+STATE_VERSION = 1
+
+
+# -- the run folder ----------------------------------------------------------------------------------------
+
+def default_out(data: str, arch: str) -> Path:
+    from gan_deploy.data.sources import dataset_name
+
+    return Path("runs") / f"{dataset_name(data)}_{arch}"
+
+
+def run_started(out: Path) -> bool:
+    return any((out / name).exists() for name in ("generator.safetensors", "state", "metrics.jsonl"))
+
+
+def check_out(out: Path, o: TrainOptions) -> Path | None:
+    """Refuse to clobber a run (nothing is removed here); return the state file to resume from."""
+    if out.exists() and not out.is_dir():
+        raise GanDeployError("--out is a file", str(out), expected="a folder for the run", hint="pick another --out")
+    if o.resume:
+        latest = latest_state(out)
+        if latest is None:
+            raise GanDeployError("nothing to resume", str(out), expected="a run folder with a state/ checkpoint", hint="pass the run's --out folder, or drop --resume to start a new run")
+        return latest
+    if run_started(out) and not o.overwrite:
+        what = "a finished run" if (out / "generator.safetensors").exists() else "an unfinished run"
+        raise GanDeployError(f"run folder already holds {what}", str(out), expected="a new or empty folder", hint="add --resume to continue it, --overwrite to start over, or pick another --out")
+    return None
+
+
+def clear_run(out: Path) -> None:
+    """--overwrite: remove only the files a run writes; a user's other files in the folder are left alone."""
+    for name in ("generator.safetensors", "generator.json", "metrics.jsonl"):
+        (out / name).unlink(missing_ok=True)
+    for name in ("samples", "state"):
+        shutil.rmtree(out / name, ignore_errors=True)
+
+
+# -- metrics.jsonl ------------------------------------------------------------------------------------------
+
+def append_jsonl(path: Path, rec: dict[str, Any]) -> None:
+    with open(path, "a") as f:
+        f.write(json.dumps(rec) + "\n")  # one write per record: a crash cannot leave half a record behind a whole one
+
+
+def iter_metrics(path: str | Path) -> Iterator[dict[str, Any]]:
+    """The records of a metrics.jsonl (skipping a line cut short by a crash)."""
+    for line in Path(path).read_text().splitlines():
+        try:
+            yield json.loads(line)
+        except json.JSONDecodeError:
+            continue
+
+
+def trim_metrics(path: Path, step: int) -> None:
+    """On resume, drop log records after the resumed step, so the log matches the weights.
+
+    Eval records up to that step stay: they score weights the resumed run continues from (an eval at exactly
+    `step` scored the same EMA weights the resumed run starts with). "end" records go: the run goes on."""
+    if not path.exists():
+        return
+    keep = []
+    for line in path.read_text().splitlines():
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a line cut short by a crash
+        if isinstance(rec, dict) and rec.get("step", 0) <= step and rec.get("event", "eval") == "eval":
+            keep.append(line)
+    atomic_write_text(path, "".join(s + "\n" for s in keep))
+
+
+# -- reading a saved state's options (--resume) ---------------------------------------------------------------
+
+def latest_state(out: Path) -> Path | None:
+    """The newest complete state checkpoint (its JSON is written last, so a JSON means a complete pair)."""
+    found = sorted((out / "state").glob("step_*.json")) if (out / "state").is_dir() else []
+    return found[-1] if found else None
+
+
+def read_state_meta(path: Path) -> dict[str, Any]:
+    try:
+        meta = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise GanDeployError("unreadable training state", f"{path} ({e})", expected="a JSON file written by gan-deploy train", hint="delete it to resume from the previous checkpoint, or use --overwrite") from None
+    if not isinstance(meta, dict) or meta.get("format") != STATE_FORMAT:
+        raise GanDeployError("not a gan-deploy training state", str(path), expected=f'"format": "{STATE_FORMAT}"')
+    if meta.get("version", 0) > STATE_VERSION:
+        raise GanDeployError("training state written by a newer gan-deploy", str(path), expected=f"version <= {STATE_VERSION}", hint="upgrade gan-deploy")
+    return meta
+
+
+def same_setting(key: str, a: Any, b: Any) -> bool:
+    """Equality for FIXED_ON_RESUME values; data paths compare by the file they name, however spelled."""
+    if key == "data" and a != b:
+        pa, pb = Path(str(a)).expanduser(), Path(str(b)).expanduser()
+        return pa.exists() and pb.exists() and pa.resolve() == pb.resolve()
+    return a == b
+
+
+def options_for_resume(given: dict[str, Any]) -> TrainOptions:
+    """Options for `--resume`: the saved run's options, overlaid with those given explicitly.
+
+    Changing an option that defines the model or its optimisation (FIXED_ON_RESUME) is refused; steps,
+    device, amp, compile, deterministic, sample/checkpoint/log intervals and progress may change."""
+    data = given.get("data", TrainOptions.data)
+    out = Path(given.get("out") or default_out(data, given.get("arch", TrainOptions.arch)))
+    latest = latest_state(out)
+    if latest is None:
+        raise GanDeployError("nothing to resume", str(out), expected="a run folder with a state/ checkpoint", hint="pass the run's --out folder, or drop --resume to start a new run")
+    saved = read_state_meta(latest)["options"]
+    for k in FIXED_ON_RESUME:
+        if k in given and given[k] is not None and not same_setting(k, given[k], saved.get(k)):
+            raise GanDeployError(f"cannot change --{k.replace('_', '-')} when resuming", given[k], expected=f"{saved.get(k)!r} as in {latest.parent.parent}", hint="drop the option, or start a new run with --overwrite")
+    merged = {**{k: v for k, v in saved.items() if k in TrainOptions.__dataclass_fields__}, **given}
+    merged.update(out=str(out), resume=True, overwrite=False)
+    return TrainOptions(**merged)
+
+
+# -- optimizers <-> (tensors, JSON) ------------------------------------------------------------------------
+
+def optim_split(opt: torch.optim.Optimizer, prefix: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """optimizer.state_dict() -> (tensors for safetensors, the rest for JSON)."""
+    sd = opt.state_dict()
+    tensors: dict[str, torch.Tensor] = {}
+    rest: dict[str, dict[str, Any]] = {}
+    for idx, st in sd["state"].items():
+        rest[str(idx)] = {}
+        for k, v in st.items():
+            if torch.is_tensor(v):
+                tensors[f"{prefix}.{idx}.{k}"] = v.detach().cpu().contiguous()
+            else:
+                rest[str(idx)][k] = v
+    return tensors, {"param_groups": sd["param_groups"], "state": rest}
+
+
+# How an optimizer runs its step, not what it computes: this run's choice, never the saved one. (The saved
+# param_groups replace the optimizer's own in load_state_dict, so a CPU run resumed on CUDA would otherwise
+# lose fused Adam, and a CUDA run resumed on the CPU would ask for it.)
+_IMPLEMENTATION_KEYS = ("fused", "foreach", "capturable", "differentiable")
+
+
+def optim_join(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict[str, Any], prefix: str) -> None:
+    """The inverse of optim_split: load the saved state into `opt`, each tensor placed as its step expects
+    (place_optimizer_state)."""
+    state: dict[int, dict[str, Any]] = {}
+    for idx, rest in meta["state"].items():
+        st = dict(rest)
+        head = f"{prefix}.{idx}."
+        st.update({k[len(head):]: v for k, v in tensors.items() if k.startswith(head)})
+        state[int(idx)] = st
+    groups = []
+    for saved, current in zip(meta["param_groups"], opt.param_groups):
+        g = dict(saved, betas=tuple(saved["betas"])) if "betas" in saved else dict(saved)
+        g.update({k: current[k] for k in _IMPLEMENTATION_KEYS if k in current})
+        groups.append(g)
+    groups += meta["param_groups"][len(groups):]  # a count mismatch is load_state_dict's to report
+    opt.load_state_dict({"state": state, "param_groups": groups})
+    place_optimizer_state(opt)
+
+
+def place_optimizer_state(opt: torch.optim.Optimizer) -> None:
+    """Put every state tensor of `opt` where its step wants it.
+
+    The tensors come back from safetensors on the CPU, contiguous (NCHW). load_state_dict moves them to their
+    parameter's device and dtype, but not to its memory layout: a channels_last parameter then has NCHW
+    moments, and fused Adam on CUDA refuses the step ("params, grads, exp_avgs, and exp_avg_sqs must have same
+    dtype, device, and layout": its kernel checks strides too). So: a state tensor shaped like its parameter
+    becomes a copy with the parameter's device, dtype (floating point) and strides (torch.empty_like); `step`
+    goes to the parameter's device as float32 for fused or capturable Adam, and stays a CPU scalar otherwise
+    (torch's convention for the plain and foreach implementations). Values are copied exactly: a resumed run
+    continues bit for bit."""
+    for group in opt.param_groups:
+        step_on_device = bool(group.get("fused") or group.get("capturable"))
+        for p in group["params"]:
+            st = opt.state.get(p)
+            if not st:
+                continue
+            for k, v in list(st.items()):
+                if not torch.is_tensor(v):
+                    continue
+                if k == "step":
+                    st[k] = (v.to(device=p.device, dtype=torch.float32) if step_on_device
+                             else v.to(device="cpu"))
+                elif v.shape == p.shape:
+                    placed = torch.empty_like(p, dtype=p.dtype if v.is_floating_point() else v.dtype)
+                    placed.copy_(v)
+                    st[k] = placed
+                else:
+                    st[k] = v.to(device=p.device)
+
+
+# -- save / load ---------------------------------------------------------------------------------------------
+
+def save_state(out: Path, step: int, o: TrainOptions, G: nn.Module, D: nn.Module, ema: nn.Module,
+               opt_g: torch.optim.Optimizer, opt_d: torch.optim.Optimizer, scalers: dict[str, torch.amp.GradScaler],
+               gen: torch.Generator, ctx: Dist, device: torch.device, elapsed: float) -> None:
+    """Write state/step_N.safetensors then state/step_N.json (each atomic), then drop older checkpoints.
+
+    Every rank must call it: the per-rank latent generator states are gathered to rank 0."""
+    from safetensors.torch import save_file
+
+    rng = all_gather_bytes(gen.get_state(), ctx, device)  # [world] x uint8 state
+    if not ctx.main:
+        return
+    tensors: dict[str, torch.Tensor] = {}
+    for prefix, m in (("G", G), ("D", D), ("EMA", ema)):
+        tensors.update({f"{prefix}.{k}": v.detach().cpu().contiguous() for k, v in m.state_dict().items()})
+    tg, mg = optim_split(opt_g, "optG")
+    td, md = optim_split(opt_d, "optD")
+    tensors.update(tg)
+    tensors.update(td)
+    for r, s in enumerate(rng):
+        tensors[f"rng.latent.rank{r}"] = s
+    stem = out / "state" / f"step_{step:08d}"
+    weights = stem.with_suffix(".safetensors")
+    with atomic_path(weights) as tmp:
+        save_file(tensors, str(tmp), metadata={"format": STATE_FORMAT})
+    meta = {
+        "format": STATE_FORMAT, "version": STATE_VERSION, "step": step, "world_size": ctx.world,
+        "options": {k: v for k, v in o.to_dict().items()}, "elapsed_s": elapsed,
+        "optimizers": {"G": mg, "D": md}, "scalers": {k: s.state_dict() for k, s in scalers.items()},
+        "weights_sha256": sha256_file(weights), "torch": torch.__version__, "device_type": device.type,
+    }
+    atomic_write_text(stem.with_suffix(".json"), json.dumps(meta, indent=1, sort_keys=True) + "\n")
+    for old in sorted((out / "state").glob("step_*.json")):
+        if old != stem.with_suffix(".json"):
+            old.unlink(missing_ok=True)
+            old.with_suffix(".safetensors").unlink(missing_ok=True)
+
+
+def load_state(path: Path, o: TrainOptions, G: nn.Module, D: nn.Module, ema: nn.Module,
+               opt_g: torch.optim.Optimizer, opt_d: torch.optim.Optimizer, scalers: dict[str, torch.amp.GradScaler],
+               gen: torch.Generator, ctx: Dist) -> tuple[int, float]:
+    """Restore everything save_state wrote into the freshly built objects; returns (step, elapsed seconds)."""
+    from safetensors.torch import load_file
+
+    meta = read_state_meta(path)
+    saved = meta["options"]
+    for k in FIXED_ON_RESUME:
+        if not same_setting(k, getattr(o, k), saved.get(k)):
+            raise GanDeployError(f"cannot change {k} when resuming", getattr(o, k), expected=f"{saved.get(k)!r} as saved in {path}", hint="drop the option, or start a new run with --overwrite")
+    if meta["world_size"] != ctx.world:
+        raise GanDeployError("resumed with a different number of processes", ctx.world, expected=f"{meta['world_size']} as when the state was saved", hint="the data sharding and per-rank latents depend on it; use the same torchrun --nproc-per-node")
+    weights = path.with_suffix(".safetensors")
+    if not weights.exists() or sha256_file(weights) != meta["weights_sha256"]:
+        raise GanDeployError("training state weights missing or damaged", str(weights), expected=f"sha256 {meta['weights_sha256'][:12]}", hint="restore the file, or start over with --overwrite")
+    t = load_file(str(weights))
+    for prefix, m in (("G", G), ("D", D), ("EMA", ema)):
+        m.load_state_dict({k[len(prefix) + 1:]: v for k, v in t.items() if k.startswith(prefix + ".")}, strict=True)
+    optim_join(opt_g, t, meta["optimizers"]["G"], "optG")
+    optim_join(opt_d, t, meta["optimizers"]["D"], "optD")
+    for k, s in scalers.items():
+        if s.is_enabled() and meta["scalers"].get(k):
+            s.load_state_dict(meta["scalers"][k])
+    try:
+        gen.set_state(t[f"rng.latent.rank{ctx.rank}"])
+    except RuntimeError:  # a CPU generator's state is ~5 kB, a CUDA one's 16 bytes: they do not convert
+        raise GanDeployError("cannot resume on another kind of device", f"--device {o.device} ({gen.device.type})", expected=f"the kind of device the state was saved on ({meta.get('device_type', 'see ' + str(path))})", hint="resume with that --device; the latent random stream cannot move between CPU and GPU") from None
+    return int(meta["step"]), float(meta["elapsed_s"])
