@@ -20,7 +20,7 @@ def test_files_manifest_and_grid(tiny_checkpoint, tmp_path):
     runner = make_runner("onnxruntime", load_artifact(tiny_checkpoint))
     rep = generate(runner, GenerateOptions(n=23, out=tmp_path / "out", batch_size=5, seed=4, grid=tmp_path / "grid.png", progress=False))
     files = sorted(p.name for p in (tmp_path / "out").iterdir())
-    assert files[:2] == ["000000.png", "000001.png"] and len(files) == 24 and "manifest.csv" in files
+    assert files[:2] == ["000000.png", "000001.png"] and len(files) == 25 and "manifest.csv" in files and "generate.json" in files
     rows = list(csv.DictReader(open(tmp_path / "out" / "manifest.csv")))
     assert [int(r["index"]) for r in rows] == list(range(23)) and rows[5] == {"index": "5", "seed": "4", "file": "000005.png"}
     assert rep.n_written == 23 and decode(tmp_path / "out" / "000000.png").shape == (16, 16, 1)
