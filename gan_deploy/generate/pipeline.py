@@ -444,6 +444,18 @@ class Session:
                                   "free space or remove what is in the way, then resume the run" if self.opts.manifest
                              else "free space or remove what is in the way, then run again")
 
+    def conclude(self, report: GenerateReport, interrupted: bool) -> GenerateReport:
+        """Raise what stopped the run (a write error, an interrupt), else write the JSON report and return it."""
+        self.raise_error()
+        if interrupted:
+            raise GenerateInterrupted(report)
+        if self.json_out is not None:
+            import json
+
+            from gan_deploy.core.fileio import atomic_write_text
+            atomic_write_text(self.json_out, json.dumps(report.to_dict(), indent=2) + "\n")
+        return report
+
     def report(self, backend: str, detail: str, total: float, inference: float, writers: int, kind: str, interrupted: bool,
                manifest: Path | None, grid: Path | None) -> GenerateReport:
         n_done = self.done.count()
@@ -535,15 +547,7 @@ def generate(runner: Any, opts: GenerateOptions, on_batch: Callable[[int], None]
     finally:
         manifest, grid = session.finish(complete and not session.failed)
     report = session.report(runner.name, runner.describe(), seconds_total, seconds_inference, writers, kind, interrupted, manifest, grid)
-    session.raise_error()
-    if interrupted:
-        raise GenerateInterrupted(report)
-    if session.json_out is not None:
-        import json
-
-        from gan_deploy.core.fileio import atomic_write_text
-        atomic_write_text(session.json_out, json.dumps(report.to_dict(), indent=2) + "\n")
-    return report
+    return session.conclude(report, interrupted)
 
 
 def _sigterm_as_interrupt() -> Callable[[], None]:

@@ -34,7 +34,7 @@ KINDS = ("auto", "process", "thread")
 Deliver = Callable[[Task, Result], None]
 
 
-def _handle(worker: SinkWorker, task: Task, pixels: np.ndarray) -> Result:
+def handle_task(worker: SinkWorker, task: Task, pixels: np.ndarray) -> Result:
     try:
         return worker.handle(task, pixels)
     except GanDeployError as e:
@@ -117,7 +117,7 @@ class ThreadPool(_Pool):
             elif self.cancel.is_set():
                 self.results.put((task, Result(task.seq, task.lo, skipped=True)))
             else:
-                self.results.put((task, _handle(worker, task, pixels)))
+                self.results.put((task, handle_task(worker, task, pixels)))
         worker.close()
 
     def _collect(self) -> None:
@@ -174,7 +174,7 @@ def _process_main(worker: SinkWorker, shm_name: str, slot_shape: tuple[int, ...]
             elif cancel.is_set():
                 res = Result(task.seq, task.lo, skipped=True)
             else:
-                res = _handle(worker, task, slots[slot, :task.b])
+                res = handle_task(worker, task, slots[slot, :task.b])
             results.put((slot, task, res))
     finally:
         worker.close()

@@ -81,17 +81,18 @@ class ArraySink(Sink):
                 write_all(fd, self.header)
                 os.ftruncate(fd, self.size)
                 try:
-                    os.posix_fallocate(fd, 0, self.size)  # a full disk shows here, before the first batch
+                    os.posix_fallocate(fd, 0, self.size)  # a full disk (or a file size limit) shows here, before the first batch
                 except OSError as e:
-                    if e.errno == errno.ENOSPC:
-                        raise GanDeployError("not enough disk space for the array", f"{self.path} needs {self.size / 2**30:.2f} GiB",
-                                             hint="free space, or write fewer images (or a job shard) per output") from None
                     if e.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
                         raise
                 files.commit(fd, tmp, FILE)
             except BaseException:
                 files.discard(fd, tmp)
                 raise
+        except OSError as e:
+            raise GanDeployError("cannot create the array", f"{self.path}: {self.size / 2**30:.2f} GiB ({e.strerror or e})",
+                                 hint="free space, or write fewer images (or a job shard) per output" if e.errno in (errno.ENOSPC, errno.EFBIG)
+                                 else "choose another output folder") from None
         finally:
             files.close()
         self.fd = fd
