@@ -540,7 +540,8 @@ def generate(runner: Any, opts: GenerateOptions, on_batch: Callable[[int], None]
             interrupted = True
         finally:
             restore_term()
-            pool.close(cancel=not complete or session.failed)  # finishes what workers hold; skips what is queued
+            # Ctrl-C: the batches already handed out are finished (a bounded few); an error: those queued are skipped
+            pool.close(cancel=session.failed or pool.failure is not None)
             seconds_total = time.perf_counter() - t_start
             if pool.failure is not None and session.error is None:
                 session.error, session.error_kind = f"an encoder process died ({pool.failure})", "io"
