@@ -467,3 +467,21 @@ def test_cli_sinks_and_json(tiny_checkpoint, tmp_path, cli):
     assert r.exit_code == 2 and "cannot store png" in r.output
     r = cli("generate", "-c", tiny_checkpoint, "-n", 12, "--tar-shard-size", 5, "--out", tmp_path / "f")
     assert r.exit_code == 2 and "need --sink tar" in r.output
+
+
+def test_an_encoder_process_that_dies_stops_the_run_cleanly(tiny_checkpoint, tmp_path):
+    import multiprocessing
+
+    out = tmp_path / "out"
+    killed = []
+
+    def kill_one(b0):
+        if b0 >= 20 and not killed:
+            victim = multiprocessing.active_children()[0]
+            os.kill(victim.pid, signal.SIGKILL)
+            killed.append(victim.pid)
+    with pytest.raises(GanDeployError, match="an encoder process died"):
+        generate(make_runner("onnxruntime", load_artifact(tiny_checkpoint)),
+                 GenerateOptions(n=4000, out=out, batch_size=10, progress=False, writer_kind="process", writers=2), on_batch=kill_one)
+    assert killed and _listed(out) == _complete_pngs(out)
+    assert not multiprocessing.active_children()

@@ -186,3 +186,21 @@ def test_bitset_runs_match_a_bool_array():
                 got[a - start:b - start] = True
             assert (got == ref).all()
         assert bs.count() == ref.sum()
+
+
+def test_resume_redoes_what_is_missing_or_cut_short(runner, reference, tmp_path):
+    """The journal is checked against the folder: a listed file that is gone is redone, a row cut short ignored."""
+    out = tmp_path / "out"
+
+    def stop(b0):
+        if b0 >= 10:
+            raise KeyboardInterrupt
+    with pytest.raises(GenerateInterrupted):
+        generate(runner, _opts(out, "folder", writer_kind="thread"), on_batch=stop)
+    (out / "000003.png").unlink()
+    (out / "000004.png").write_bytes(b"")  # as a power cut can leave it
+    with open(out / "manifest.csv", "a") as f:
+        f.write("14,4,0000")  # a row cut short
+    rep = generate(runner, _opts(out, "folder", resume=True))
+    assert rep.n_written == N - 13
+    assert _files(out) == reference["folder"]

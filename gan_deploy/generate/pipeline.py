@@ -78,10 +78,10 @@ class GenerateReport:
 
         def rate(n: float, s: float) -> str:
             return f"{n / s:,.0f}" if s > 0 else "n/a"
-        kind = "process(es)" if self.writer_kind == "process" else "thread(s)"
+        kind = {"process": "writer process(es)", "ray": "Ray worker(s)"}.get(self.writer_kind, "writer thread(s)")
         text = (f"wrote {self.sink_detail or f'{self.n_written} {self.fmt} files to {self.out}'} with {self.backend_detail} in "
                 f"{self.seconds_total:.2f} s ({self.images_per_s:,.0f} images/s end to end; inference alone "
-                f"{rate(self.n_written, self.seconds_inference)} images/s, {self.writers} writer {kind} "
+                f"{rate(self.n_written, self.seconds_inference)} images/s, {self.writers} {kind} "
                 f"{rate(self.n_written * self.writers, self.seconds_writing)} images/s)")
         return text + (f"; {self.n_resumed} were already complete" if self.n_resumed else "")
 
@@ -255,6 +255,8 @@ class Session:
         self.cond = threading.Condition()
         self.submitted = self.committed = 0
         self.pending: dict[int, tuple[Task, Result]] = {}
+        self.inflight: dict[int, Task] = {}  # handed to a local worker, not yet back
+        self.delivered: set[int] = set()
         self.next_seq = 0
         self.broken = False  # an ordered sink's stream has a gap: nothing after it is committed
         self.error: str | None = None
@@ -353,9 +355,22 @@ class Session:
     def failed(self) -> bool:
         return self.error is not None
 
+    def handed_out(self, task: Task) -> None:
+        with self.cond:
+            self.inflight[task.seq] = task
+
+    def discard_undelivered(self, tasks: Any = None) -> None:
+        """After workers died or were stopped: what their unreported tasks may have left is removed (see Sink.discard)."""
+        with self.cond:
+            lost = list(self.inflight.values()) if tasks is None else [t for t in tasks if t.seq not in self.delivered]
+            for t in lost:
+                self.sink.discard(t.lo, t.hi, self.done)
+
     def on_result(self, task: Task, result: Result) -> None:
         """A finished task (any thread; one at a time): ordered sinks commit in task order."""
         with self.cond:
+            self.inflight.pop(task.seq, None)
+            self.delivered.add(task.seq)
             if self.sink.ordered:
                 self.pending[task.seq] = (task, result)
                 while self.next_seq in self.pending:
@@ -466,9 +481,9 @@ class Session:
 
 
 def model_inputs(artifact: Any) -> list[Path]:
-    """The command's input files: the model and its sidecar (checkpoint .json, engine .json)."""
+    """The command's input files: the model and, for a checkpoint or an engine, its .json sidecar."""
     p = Path(artifact.path)
-    return [p, p.with_suffix(".json")]
+    return [p, p.with_suffix(".json")] if artifact.kind in ("checkpoint", "engine") else [p]
 
 
 def runner_options(backend: str, artifact: Any, precision: str) -> tuple[str, dict[str, Any]]:
@@ -531,6 +546,7 @@ def generate(runner: Any, opts: GenerateOptions, on_batch: Callable[[int], None]
                 t0 = time.perf_counter()
                 pixels = runner.infer_pixels(z)  # uint8 [b, H, W, C]; a GPU backend converts on the device
                 seconds_inference += time.perf_counter() - t0
+                session.handed_out(task)
                 pool.submit(task, pixels)
                 if on_batch is not None:
                     on_batch(task.b0)
@@ -543,8 +559,10 @@ def generate(runner: Any, opts: GenerateOptions, on_batch: Callable[[int], None]
             # Ctrl-C: the batches already handed out are finished (a bounded few); an error: those queued are skipped
             pool.close(cancel=session.failed or pool.failure is not None)
             seconds_total = time.perf_counter() - t_start
-            if pool.failure is not None and session.error is None:
-                session.error, session.error_kind = f"an encoder process died ({pool.failure})", "io"
+            if pool.failure is not None:
+                session.discard_undelivered()  # the dead worker's batch: whatever of it reached the disk goes
+                if session.error is None:
+                    session.error, session.error_kind = f"an encoder process died ({pool.failure})", "io"
     finally:
         manifest, grid = session.finish(complete and not session.failed)
     report = session.report(runner.name, runner.describe(), seconds_total, seconds_inference, writers, kind, interrupted, manifest, grid)

@@ -103,7 +103,12 @@ class ThreadPool(_Pool):
     def submit(self, task: Task, pixels: np.ndarray) -> None:
         with self.cond:
             self.outstanding += 1
-        self.tasks.put((task, pixels))
+        try:
+            self.tasks.put((task, pixels))
+        except BaseException:  # Ctrl-C right here: the task was not handed out
+            with self.cond:
+                self.outstanding -= 1
+            raise
 
     def _work(self, worker: SinkWorker) -> None:
         err = _open(worker)
@@ -189,13 +194,20 @@ _MAIN_LOCK = threading.Lock()
 def _main_hidden() -> Iterator[None]:
     """Spawned workers need nothing from __main__ (their code and the sink workers live in gan_deploy): hide it
     while they start, so they neither re-import nor re-run the caller's script (no `if __name__ == "__main__"`
-    guard needed) and start faster."""
+    guard needed) and start faster. (A SinkWorker class defined in a script's __main__ cannot run in processes.)"""
     with _MAIN_LOCK:
         main = sys.modules.get("__main__")
         sys.modules["__main__"] = types.ModuleType("__main__")  # no __file__, no __spec__: nothing to import
+        # ignored signals stay ignored across exec: a Ctrl-C while a worker starts up does not kill it mid-import
+        restore = []
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                restore.append((sig, signal.signal(sig, signal.SIG_IGN)))
         try:
             yield
         finally:
+            for sig, handler in restore:
+                signal.signal(sig, handler)
             if main is not None:
                 sys.modules["__main__"] = main
 
@@ -236,8 +248,14 @@ class ProcessPool(_Pool):
                 self.cond.wait(0.1)
             slot = self.free.pop()
             self.outstanding += 1
-        np.copyto(self.slots[slot, :task.b], pixels)  # the one copy: into shared memory, read in place by the worker
-        self.tasks.put((slot, task))
+        try:
+            np.copyto(self.slots[slot, :task.b], pixels)  # the one copy: into shared memory, read in place by the worker
+            self.tasks.put((slot, task))
+        except BaseException:  # Ctrl-C right here: the task was not handed out
+            with self.cond:
+                self.free.append(slot)
+                self.outstanding -= 1
+            raise
 
     def _collect(self) -> None:
         while True:
@@ -247,11 +265,10 @@ class ProcessPool(_Pool):
                 if self._stop_collector:
                     return
                 dead = [p for p in self.procs if p.exitcode not in (None, 0)]
-                if dead and not self.closed:
+                if dead and self.failure is None:  # its batch never comes back: the run stops (the others' still do)
                     with self.cond:
                         self.failure = f"{dead[0].name} exit code {dead[0].exitcode}"
                         self.cond.notify_all()
-                    return
                 continue
             with self.cond:
                 self.free.append(slot)

@@ -140,12 +140,13 @@ def generate_ray(artifact: Artifact, opts: GenerateOptions) -> GenerateReport:
     ray_error: GanDeployError | None = None
     infer_s, detail, n_workers, t0 = 0.0, backend, 0, time.perf_counter()
     opened = False
+    tasks: list[Task] = []
     try:
         wdevice, resources, n_workers = _resources(opts.device, workers)
         session.record["device"] = wdevice.split(":")[0]
         session.open()
         opened = True
-        tasks = list(session.tasks())
+        tasks[:] = session.tasks()
         n_workers = max(1, min(n_workers, len(tasks)))  # an actor per batch at most: each one loads the model
         if wdevice == "cpu":  # one worker per CPU: one thread each
             options = {**options, "threads": int(os.environ.get("GAN_DEPLOY_THREADS", "0")) or 1}
@@ -188,6 +189,7 @@ def generate_ray(artifact: Artifact, opts: GenerateOptions) -> GenerateReport:
         if opened:
             if not complete:
                 sweep(session.out)  # named temporary files of workers stopped mid-file (we still hold the lock)
+                session.discard_undelivered(tasks)  # and files of batches they did not report
             manifest, grid = session.finish(complete and not session.failed and ray_error is None)
     if ray_error is not None:
         raise ray_error from None

@@ -151,6 +151,10 @@ class Sink(ABC):
     def close(self, complete: bool) -> None:
         """After the last commit: finish (complete) or discard what is partial (interrupted, failed)."""
 
+    def discard(self, lo: int, hi: int, done: "Bitset") -> None:
+        """Images [lo, hi) of a task whose worker died (or was stopped) before it reported: remove what it may
+        have finished but is not in `done`, so the outputs hold exactly what the manifest lists."""
+
     # -- afterwards ------------------------------------------------------------------------------------------
     @abstractmethod
     def read(self, indices: list[int]) -> np.ndarray:

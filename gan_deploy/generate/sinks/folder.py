@@ -7,7 +7,7 @@ import time
 
 import numpy as np
 
-from gan_deploy.core.fileio import FolderWriter
+from gan_deploy.core.fileio import FolderWriter, fsync_dir
 from gan_deploy.core.images import FORMATS, decode, encode_batch
 from gan_deploy.generate.sinks.base import Bitset, Layout, Result, Sink, SinkWorker, Task, file_stat, io_error
 
@@ -54,6 +54,9 @@ class FolderSink(Sink):
     def worker(self) -> SinkWorker:
         return FolderWorker(os.fspath(self.out), self.layout)
 
+    def sync(self) -> None:
+        fsync_dir(self.out)  # the links and renames so far, before the journal that lists them (file data: not fsync'd)
+
     def rows(self, lo: int, hi: int) -> str:
         seed, fmt, w = self.layout.seed, self.layout.fmt, self.layout.width
         return "".join([f"{i},{seed},{i:0{w}d}.{fmt}\n" for i in range(lo, hi)])
@@ -66,6 +69,15 @@ class FolderSink(Sink):
                 st = file_stat(folder + self.file(i))
                 if st is None or not (st.st_mode & 0o170000 == 0o100000) or st.st_size == 0:
                     done.set_range(i, i + 1, False)
+
+    def discard(self, lo: int, hi: int, done: Bitset) -> None:
+        folder = os.fspath(self.out) + os.sep
+        for a, b in list(done.runs(lo, hi, value=False)):
+            for i in range(a, b):
+                try:
+                    os.unlink(folder + self.file(i))
+                except OSError:
+                    pass
 
     def read(self, indices: list[int]) -> np.ndarray:
         return np.stack([decode(self.out / self.file(i)) for i in indices])
