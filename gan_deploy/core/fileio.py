@@ -200,7 +200,7 @@ def sweep_temp_files(folder: str | os.PathLike) -> int:
     """Remove the temporary files a killed writer left in `folder` (only TMP_PREFIX names; a symlink is removed,
     never followed). Call it only while holding the folder's lock: a live writer's temporary files look the same."""
     n = 0
-    with os.scandir(folder) as it:
+    with os.scandir(os.fspath(folder)) as it:
         for entry in it:
             if entry.name.startswith(TMP_PREFIX) and not entry.is_dir(follow_symlinks=False):
                 try:

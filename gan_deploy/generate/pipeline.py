@@ -23,7 +23,7 @@ from typing import Any, Callable, Iterator
 
 from gan_deploy.core.errors import GanDeployError
 from gan_deploy.core.latents import MAX_SEED, latents_range
-from gan_deploy.generate.journal import MANIFEST, Journal, read_journal, read_record, write_manifest, write_record
+from gan_deploy.generate.journal import MANIFEST, RECORD, Journal, read_journal, read_record, write_manifest, write_record
 from gan_deploy.generate.outdir import OutputLock, check_empty, check_paths, make_out_dir, sweep
 from gan_deploy.generate.pool import KINDS as WRITER_KINDS
 from gan_deploy.generate.pool import make_pool
@@ -256,7 +256,7 @@ class Session:
         self.submitted = self.committed = 0
         self.pending: dict[int, tuple[Task, Result]] = {}
         self.inflight: dict[int, Task] = {}  # handed to a local worker, not yet back
-        self.delivered: set[int] = set()
+        self.n_delivered = 0
         self.next_seq = 0
         self.broken = False  # an ordered sink's stream has a gap: nothing after it is committed
         self.error: str | None = None
@@ -299,6 +299,9 @@ class Session:
                 if opts.manifest:
                     write_record(self.out, self.record)
                     self.journal = Journal.create(self.out, self.sink.columns, self.sink.sync, opts.sync_every)
+                else:  # an older run's manifest would describe files this run replaces
+                    for name in (MANIFEST, RECORD):
+                        (self.out / name).unlink(missing_ok=True)
                 self.sink.prepare(resume=False)
         except BaseException:
             self.sink.close(complete=False)
@@ -362,7 +365,8 @@ class Session:
     def discard_undelivered(self, tasks: Any = None) -> None:
         """After workers died or were stopped: what their unreported tasks may have left is removed (see Sink.discard)."""
         with self.cond:
-            lost = list(self.inflight.values()) if tasks is None else [t for t in tasks if t.seq not in self.delivered]
+            # local: the tasks still out; Ray: results arrive in task order, so those after the ones delivered
+            lost = list(self.inflight.values()) if tasks is None else list(tasks[self.n_delivered:])
             for t in lost:
                 self.sink.discard(t.lo, t.hi, self.done)
 
@@ -370,7 +374,7 @@ class Session:
         """A finished task (any thread; one at a time): ordered sinks commit in task order."""
         with self.cond:
             self.inflight.pop(task.seq, None)
-            self.delivered.add(task.seq)
+            self.n_delivered += 1
             if self.sink.ordered:
                 self.pending[task.seq] = (task, result)
                 while self.next_seq in self.pending:
@@ -435,7 +439,7 @@ class Session:
                     if self.error is None:
                         self.error = f"{manifest} ({e.strerror or e})"
             if self.grid is not None:
-                first = []
+                first: list[int] = []
                 for lo, hi in self.done.runs():
                     first.extend(range(lo, min(hi, lo + GRID_IMAGES - len(first))))
                     if len(first) >= GRID_IMAGES:

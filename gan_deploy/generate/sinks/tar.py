@@ -18,7 +18,7 @@ import os
 import re
 import tarfile
 import time
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -89,7 +89,7 @@ class TarSink(Sink):
     formats = FORMATS
     ordered = True
     columns = ("index", "seed", "file", "member")
-    options: dict[str, Any] = {"shard_size": 10000, "prefix": "images"}
+    options: ClassVar[dict[str, Any]] = {"shard_size": 10000, "prefix": "images"}
 
     @classmethod
     def check_options(cls, options: dict[str, Any]) -> dict[str, Any]:
@@ -196,7 +196,8 @@ class TarSink(Sink):
         return "".join([f"{i},{seed},{self.tar_name(i // size)},{i:0{w}d}.{fmt}\n" for i in range(lo, hi)])
 
     def read(self, indices: list[int]) -> np.ndarray:
-        out, fmt, by_tar = [], self.layout.fmt, {}
+        fmt = self.layout.fmt
+        by_tar: dict[int, list[int]] = {}
         for i in indices:
             by_tar.setdefault(i // self.size, []).append(i)
         images = {}
@@ -206,8 +207,7 @@ class TarSink(Sink):
                     f = tf.extractfile(f"{self.layout.key(i)}.{fmt}")
                     assert f is not None
                     images[i] = decode_bytes(f.read(), fmt)
-        out = [images[i] for i in indices]
-        return np.stack(out)
+        return np.stack([images[i] for i in indices])
 
     def describe(self, n_images: int) -> str:
         lay = self.layout
