@@ -1,60 +1,95 @@
-"""`generate` end to end against its two bounds, and its peak memory against n.
+"""`generate` end to end against its two bounds, per sink; encoder scaling; peak memory against n.
 
-Target (issue 2): end-to-end throughput >= 80% of min(inference-only, file-writing-only) throughput at
-the chosen format, and peak memory that does not grow with n (n=100000 within 100 MB of n=1000).
+Targets (issue "generate at the speed of the hardware"): end to end >= 90% of min(inference alone, writing alone)
+in every run, for every sink; peak RSS flat in n (n=1,000 vs 1,000,000 within 100 MB) for every sink.
 
-    python benchmarks/generate_e2e.py [-n 10000] [--backend onnxruntime] [--batch-size 256] [--memory]
+* inference alone: latents -> backend -> uint8 pixels (`infer_pixels`), nothing written: what generate's main
+  process does. Measured twice: with generate's settings (onnxruntime without spin-waiting, which leaves idle
+  cycles to the writers) and with the backend at its fastest (spin-waiting, as `bench` runs it).
+* writing alone: the same `generate` (same sink, writer kind and count, journal, ring buffer), fed by a runner
+  that returns pixels made beforehand: everything but inference.
+* end to end: `generate` as the CLI runs it.
+
+    python benchmarks/generate_e2e.py [-n 10000] [--sinks folder,tar,array] [--runs 5] [--backend onnxruntime]
+                                      [--batch-size 256] [--writer-kind auto] [--writers N] [--scaling] [--memory]
+                                      [--memory-n 1000,1000000] [--checkpoint PATH] [--json out.json]
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import resource
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
+from typing import Any
+
+import numpy as np
 
 from gan_deploy.artifacts.load import load_artifact
 from gan_deploy.backends import make_runner
-from gan_deploy.core.images import to_uint8
 from gan_deploy.core.latents import latents_range
-from gan_deploy.core.timing import Stopwatch
-from gan_deploy.generate.pipeline import GenerateOptions, _Writer, generate
+from gan_deploy.generate.pipeline import GenerateOptions, choose_writers, generate
+from gan_deploy.generate.sinks import sink_class
 
 
-def inference_only(runner, n: int, b: int) -> float:
-    """images/s of latents -> backend -> uint8 pixels, nothing written (what generate's main thread does)."""
-    runner.infer(latents_range(0, 0, b, runner.spec.latent_dim))  # warm-up
-    with Stopwatch() as sw:
-        for b0 in range(0, n, b):
-            to_uint8(runner.infer(latents_range(0, b0, min(b, n - b0), runner.spec.latent_dim)), runner.spec.value_range)
-    return n / sw.seconds
+class PremadeRunner:
+    """Stands in for a backend: returns pixels made beforehand, instantly (so generate measures writing alone)."""
+
+    name = "premade"
+    device = "cpu"
+
+    def __init__(self, runner: Any, batch_size: int):
+        self.artifact, self.spec, self.options = runner.artifact, runner.spec, {}
+        z = latents_range(0, 0, batch_size, runner.spec.latent_dim)
+        self.pixels = np.ascontiguousarray(runner.infer_pixels(z))  # real images: PNG sizes as in a real run
+
+    def activate(self) -> "PremadeRunner":
+        return self
+
+    def infer_pixels(self, z: np.ndarray) -> np.ndarray:
+        return self.pixels[: len(z)]
+
+    def describe(self) -> str:
+        return "pixels made beforehand"
 
 
-def writing_only(runner, n: int, b: int, fmt: str, writers: int, out: Path) -> float:
-    """images/s of encoding + atomic file writes alone, same thread count, pixels made beforehand."""
-    pixels = to_uint8(runner.infer(latents_range(0, 0, b, runner.spec.latent_dim)), runner.spec.value_range)
-    out.mkdir(parents=True, exist_ok=True)
-    w = _Writer(out, n, fmt, writers)
-    with Stopwatch() as sw:
-        futures = [w.submit(b0, pixels[: min(b, n - b0)]) for b0 in range(0, n, b)]
-        for f in futures:
-            f.result()
-    w.close(cancel=False)
-    return n / sw.seconds
+def inference_only(runner: Any, n: int, b: int) -> float:
+    """images/s of latents -> backend -> uint8 pixels, nothing written (what generate's main process does)."""
+    runner.infer_pixels(latents_range(0, 0, b, runner.spec.latent_dim))  # warm-up
+    t0 = time.perf_counter()
+    for b0 in range(0, n, b):
+        runner.infer_pixels(latents_range(0, b0, min(b, n - b0), runner.spec.latent_dim))
+    return n / (time.perf_counter() - t0)
 
 
-def peak_rss_mb(n: int, backend: str, b: int, checkpoint: str | None) -> float:
-    """Peak resident memory of a whole `gan-deploy generate` run, in a fresh interpreter that reports its own."""
-    with tempfile.TemporaryDirectory() as d:
-        args = ["generate", "-n", str(n), "--out", d, "-b", str(b), "--backend", backend] + (["-c", checkpoint] if checkpoint else [])
-        code = ("import resource\nfrom gan_deploy.cli.main import main\n"
+def _opts(out: Path, a: argparse.Namespace, sink: str, n: int, **kw: Any) -> GenerateOptions:
+    return GenerateOptions(n=n, out=out, batch_size=a.batch_size, sink=sink, progress=False, writer_kind=a.writer_kind,
+                           writers=a.writers, fmt=None if sink == "array" else a.format, **kw)
+
+
+def writing_only(premade: PremadeRunner, a: argparse.Namespace, sink: str, out: Path, **kw: Any) -> tuple[float, Any]:
+    rep = generate(premade, _opts(out, a, sink, a.n, **kw))
+    return rep.images_per_s, rep
+
+
+def peak_rss_mb(n: int, sink: str, a: argparse.Namespace) -> tuple[float, float, float]:
+    """(peak RSS of the main process, of the largest worker process, seconds) of a whole `gan-deploy generate` run,
+    in a fresh interpreter that reports its own."""
+    with tempfile.TemporaryDirectory(dir=a.tmp) as d:
+        args = ["generate", "-n", str(n), "--out", d, "-b", str(a.batch_size), "--backend", a.backend, "--sink", sink,
+                "--writer-kind", a.writer_kind] + (["-c", a.checkpoint] if a.checkpoint else []) + (
+                   ["--writers", str(a.writers)] if a.writers else []) + (["--format", a.format] if sink != "array" else [])
+        code = ("import resource, time\nfrom gan_deploy.cli.main import main\nt = time.perf_counter()\n"
                 f"try:\n    main({args!r})\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
-                "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
-        r = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True,
-                           env={**os.environ, "TQDM_DISABLE": "1"})
-    return int(r.stdout.strip().splitlines()[-1]) / 1024  # Linux reports KiB
+                "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss,"
+                " time.perf_counter() - t)")
+        r = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True, env={**os.environ, "TQDM_DISABLE": "1"})
+    main_kb, child_kb, secs = r.stdout.strip().splitlines()[-1].split()
+    return int(main_kb) / 1024, int(child_kb) / 1024, float(secs)  # Linux reports KiB
 
 
 def main() -> None:
@@ -63,41 +98,75 @@ def main() -> None:
     ap.add_argument("--backend", default="onnxruntime")
     ap.add_argument("--batch-size", type=int, default=256)
     ap.add_argument("--format", default="png")
+    ap.add_argument("--sinks", default="folder,tar,array")
+    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--writer-kind", default="auto")
+    ap.add_argument("--writers", type=int, default=None)
     ap.add_argument("--checkpoint", default=None)
-    ap.add_argument("--memory", action="store_true", help="also compare peak RSS of n=1000 and n=100000 runs (slow)")
+    ap.add_argument("--scaling", action="store_true", help="also: writing alone with 1 vs 2 (.. cores) encoder processes, and threads")
+    ap.add_argument("--memory", action="store_true", help="also: peak RSS of whole runs at each --memory-n, per sink")
+    ap.add_argument("--memory-n", default="1000,100000")
+    ap.add_argument("--memory-sinks", default=None, help="sinks for --memory (default: --sinks)")
+    ap.add_argument("--skip-e2e", action="store_true")
+    ap.add_argument("--tmp", default=None, help="folder for the outputs (default: the system's temporary folder)")
     ap.add_argument("--json", default=None)
     a = ap.parse_args()
     art = load_artifact(a.checkpoint)
-    # the inference bound with the backend at its fastest (onnxruntime spin-waiting, as in `bench`);
-    # the end-to-end run as `gan-deploy generate` configures it (no spin-waiting, cycles left to the writers)
-    runner = make_runner(a.backend, art).activate()
+    # the inference bound at the backend's fastest (onnxruntime spin-waiting, as in `bench`) and with generate's settings
+    fastest = make_runner(a.backend, art).activate()
     gen_runner = make_runner(a.backend, art, spin=False).activate()
-    writers = min(8, 2 * (os.cpu_count() or 1))
-    res: dict = {"n": a.n, "backend": runner.describe(), "batch_size": a.batch_size, "format": a.format, "writers": writers,
-                 "cpu_count": os.cpu_count()}
-    with tempfile.TemporaryDirectory() as d:
-        res["inference_only_img_s"] = inference_only(runner, a.n, a.batch_size)
-        res["inference_only_generate_settings_img_s"] = inference_only(gen_runner, a.n, a.batch_size)
-        res["writing_only_img_s"] = writing_only(runner, a.n, a.batch_size, a.format, writers, Path(d) / "w")
-        rep = generate(gen_runner, GenerateOptions(n=a.n, out=Path(d) / "e2e", batch_size=a.batch_size, fmt=a.format, progress=False, manifest=True))
-        res["end_to_end_img_s"] = rep.images_per_s
-    bound = min(res["inference_only_img_s"], res["writing_only_img_s"])
-    res["end_to_end_vs_bound"] = res["end_to_end_img_s"] / bound
-    bound_g = min(res["inference_only_generate_settings_img_s"], res["writing_only_img_s"])
-    res["end_to_end_vs_bound_generate_settings"] = res["end_to_end_img_s"] / bound_g
-    print(f"inference only : {res['inference_only_img_s']:>9,.0f} images/s ({runner.describe()}, batch {a.batch_size}, fastest settings)")
-    print(f"inference only : {res['inference_only_generate_settings_img_s']:>9,.0f} images/s (generate's settings: no spin-waiting)")
-    print(f"writing only   : {res['writing_only_img_s']:>9,.0f} images/s ({a.format}, {writers} writer threads)")
-    print(f"end to end     : {res['end_to_end_img_s']:>9,.0f} images/s = {100 * res['end_to_end_vs_bound']:.0f}% of the slower bound "
-          f"({100 * res['end_to_end_vs_bound_generate_settings']:.0f}% with generate's own inference settings; target >= 80%)")
-    # On a CPU, inference and writing share the same cores: the ceiling is nearer 1/(1/inference + 1/writing)
-    ceiling = 1 / (1 / res["inference_only_img_s"] + 1 / res["writing_only_img_s"])
-    print(f"shared-CPU ceiling 1/(1/inf + 1/write) = {ceiling:,.0f} images/s; end to end reaches {100 * res['end_to_end_img_s'] / ceiling:.0f}% of it")
+    premade = PremadeRunner(gen_runner, a.batch_size)
+    sinks = a.sinks.split(",")
+    res: dict[str, Any] = {"n": a.n, "backend": gen_runner.describe(), "model": art.describe(), "batch_size": a.batch_size,
+                           "format": a.format, "cpu_count": os.cpu_count(), "load_avg_start": os.getloadavg(), "runs": {}}
+    print(f"{art.describe()}, backend {gen_runner.describe()}, batch {a.batch_size}, n={a.n}, {os.cpu_count()} cores, "
+          f"load average {os.getloadavg()[0]:.1f}")
+    for sink in sinks if not a.skip_e2e else []:
+        kind, writers = choose_writers(a.writer_kind, a.writers, a.n, sink_class(sink))
+        rows = []
+        for run in range(a.runs):
+            with tempfile.TemporaryDirectory(dir=a.tmp) as d:
+                inf_gen = inference_only(gen_runner, a.n, a.batch_size)
+                inf_fast = inference_only(fastest, a.n, a.batch_size)
+                write, wrep = writing_only(premade, a, sink, Path(d) / "w")
+                rep = generate(gen_runner, _opts(Path(d) / "e2e", a, sink, a.n))
+                e2e = rep.images_per_s
+            row = {"inference_generate_settings": inf_gen, "inference_fastest": inf_fast, "writing": write, "end_to_end": e2e,
+                   "vs_bound": e2e / min(inf_gen, write), "vs_bound_fastest": e2e / min(inf_fast, write),
+                   "shared_cpu_ceiling": 1 / (1 / inf_gen + 1 / write)}
+            rows.append(row)
+            print(f"{sink:>6} run {run + 1}: end to end {e2e:>9,.0f} img/s | inference alone {inf_gen:>9,.0f} (fastest {inf_fast:,.0f}) | "
+                  f"writing alone {write:>9,.0f} ({writers} {kind}s) | {100 * row['vs_bound']:5.1f}% of min "
+                  f"({100 * row['vs_bound_fastest']:.1f}% vs the fastest inference); 1/(1/inf+1/write) = {row['shared_cpu_ceiling']:,.0f}")
+        res["runs"][sink] = {"writer_kind": kind, "writers": writers, "rows": rows,
+                             "min_vs_bound": min(r["vs_bound"] for r in rows), "max_vs_bound": max(r["vs_bound"] for r in rows)}
+        print(f"{sink:>6}: end to end / min(inference, writing) over {a.runs} runs: "
+              f"{100 * res['runs'][sink]['min_vs_bound']:.1f}% .. {100 * res['runs'][sink]['max_vs_bound']:.1f}% (target >= 90% in every run)")
+    if a.scaling:
+        res["scaling"] = {}
+        cores = os.cpu_count() or 1
+        for sink in sinks:
+            line = []
+            for kind, w in [("process", k) for k in sorted({1, 2, max(1, cores - 1), cores})] + [("thread", 1), ("thread", 2 * cores)]:
+                b = argparse.Namespace(**{**vars(a), "writer_kind": kind, "writers": w})
+                with tempfile.TemporaryDirectory(dir=a.tmp) as d:
+                    rate = max(writing_only(premade, b, sink, Path(d) / f"r{k}")[0] for k in range(2))  # best of 2: start-up
+                res["scaling"][f"{sink} {w} {kind}"] = rate
+                line.append(f"{w} {kind}(es) {rate:,.0f}")
+            print(f"{sink:>6} writing alone: " + " | ".join(line) + " img/s")
     if a.memory:
-        small = peak_rss_mb(1000, a.backend, a.batch_size, a.checkpoint)
-        big = peak_rss_mb(100000, a.backend, a.batch_size, a.checkpoint)
-        res.update(peak_rss_mb_n1000=small, peak_rss_mb_n100000=big)
-        print(f"peak RSS       : n=1000 {small:.0f} MB, n=100000 {big:.0f} MB (difference {big - small:+.0f} MB, target within 100 MB)")
+        res["memory"] = {}
+        for sink in (a.memory_sinks or a.sinks).split(","):
+            figures = []
+            for n in (int(x) for x in a.memory_n.split(",")):
+                m, c, s = peak_rss_mb(n, sink, a)
+                res["memory"][f"{sink} n={n}"] = {"main_mb": m, "largest_worker_mb": c, "seconds": s}
+                figures.append((n, m, c, s))
+                print(f"{sink:>6} peak RSS n={n:>9,}: main {m:6.0f} MB, largest worker {c:5.0f} MB ({s:.0f} s, {n / s:,.0f} img/s)")
+            (n0, m0, c0, _), (n1, m1, c1, _) = figures[0], figures[-1]
+            print(f"{sink:>6} peak RSS n={n1:,} - n={n0:,}: main {m1 - m0:+.0f} MB, worker {c1 - c0:+.0f} MB (target within 100 MB)")
+    res["load_avg_end"] = os.getloadavg()
+    res["self_max_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     if a.json:
         Path(a.json).write_text(json.dumps(res, indent=2) + "\n")
 

@@ -1,4 +1,5 @@
-"""`generate --executor ray`: Ray Data workers write the same files, byte for byte, as the single-process path.
+"""`generate --executor ray`: Ray Data workers write the same files, byte for byte, as the single-process path,
+for every sink (folder, tar shards, array).
 
 One local Ray instance with 2 CPUs (so 2 workers) for the whole module."""
 from __future__ import annotations
@@ -94,3 +95,16 @@ def test_bad_arguments_fail_before_ray_starts(tiny_checkpoint, tmp_path):
         generate_ray(art, GenerateOptions(backend="nope", device="cpu", n=4, out=tmp_path / "b"))
     with pytest.raises(GanDeployError, match="Ray workers"):
         generate_ray(art, GenerateOptions(backend="onnxruntime", device="cpu", n=4, out=tmp_path / "c", ray_workers=0))
+
+
+@pytest.mark.parametrize("sink", ["tar", "array"])
+def test_ray_other_sinks_are_byte_identical(ray_local, tiny_checkpoint, tmp_path, sink):
+    from gan_deploy.generate.ray_executor import generate_ray
+
+    art = load_artifact(tiny_checkpoint)
+    opts = dict(backend="onnxruntime", device="cpu", n=N, batch_size=BATCH, seed=SEED, progress=False, sink=sink,
+                sink_options={"shard_size": 7} if sink == "tar" else {})
+    generate(make_runner("onnxruntime", art, "cpu"), GenerateOptions(out=tmp_path / "one", **opts))
+    rep = generate_ray(art, GenerateOptions(out=tmp_path / "ray", ray_workers=2, **opts))
+    assert rep.n_written == N and rep.sink == sink
+    _same_folder(tmp_path / "one", tmp_path / "ray")  # tar shards (appended by the driver in order) or the array, manifest, record

@@ -1,5 +1,11 @@
 import csv
+import errno
 import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -9,6 +15,7 @@ from gan_deploy.backends import make_runner
 from gan_deploy.core.errors import GanDeployError
 from gan_deploy.core.fileio import TMP_PREFIX
 from gan_deploy.core.images import decode
+from gan_deploy.generate.outdir import LOCK, OutputLock
 from gan_deploy.generate.pipeline import GenerateInterrupted, GenerateOptions, generate, parse_shard, shard_indices
 
 
@@ -20,7 +27,7 @@ def test_files_manifest_and_grid(tiny_checkpoint, tmp_path):
     runner = make_runner("onnxruntime", load_artifact(tiny_checkpoint))
     rep = generate(runner, GenerateOptions(n=23, out=tmp_path / "out", batch_size=5, seed=4, grid=tmp_path / "grid.png", progress=False))
     files = sorted(p.name for p in (tmp_path / "out").iterdir())
-    assert files[:2] == ["000000.png", "000001.png"] and len(files) == 24 and "manifest.csv" in files
+    assert files[:2] == ["000000.png", "000001.png"] and len(files) == 25 and "manifest.csv" in files and "generate.json" in files
     rows = list(csv.DictReader(open(tmp_path / "out" / "manifest.csv")))
     assert [int(r["index"]) for r in rows] == list(range(23)) and rows[5] == {"index": "5", "seed": "4", "file": "000005.png"}
     assert rep.n_written == 23 and decode(tmp_path / "out" / "000000.png").shape == (16, 16, 1)
@@ -141,3 +148,340 @@ def test_real_signal_stops_cleanly(tiny_checkpoint, tmp_path, signame):
     assert 100 < len(pngs) < 2000000
     assert [r["file"] for r in csv.DictReader(open(out / "manifest.csv"))] == pngs
     assert decode(out / pngs[-1]).shape == (16, 16, 1)
+
+
+# -- the defects of the issue, reproduced -----------------------------------------------------------------------
+
+
+
+def _listed(folder, name="manifest.csv"):
+    return [r["file"] for r in csv.DictReader(open(folder / name))]
+
+
+def _complete_pngs(folder):
+    """The .png files that decode completely, sorted."""
+    ok = []
+    for p in sorted(folder.glob("*.png")):
+        try:
+            decode(p)
+            ok.append(p.name)
+        except Exception:
+            pass
+    return ok
+
+
+def test_temp_files_never_follow_a_planted_symlink(tiny_checkpoint, tmp_path):
+    """Before: temporary names were predictable (.gan-deploy-tmp-000000.png) and opened with O_TRUNC, no O_EXCL: a
+    symlink planted there redirected the write outside the folder. Now names are random (or there is no name:
+    O_TMPFILE), creation is O_EXCL | O_NOFOLLOW, and a symlink at a final name is replaced, not written through."""
+    out, victim = tmp_path / "out", tmp_path / "victim.txt"
+    out.mkdir()
+    victim.write_text("precious")
+    for i in range(6):
+        (out / f"{TMP_PREFIX}{i:06d}.png").symlink_to(victim)  # the old predictable temporary names
+    (out / "000003.png").symlink_to(victim)  # and a final name
+    generate(make_runner("onnxruntime", load_artifact(tiny_checkpoint)), GenerateOptions(n=6, out=out, batch_size=2, overwrite=True, progress=False))
+    assert victim.read_text() == "precious"
+    assert not (out / "000003.png").is_symlink() and decode(out / "000003.png").shape == (16, 16, 1)
+    assert not list(out.glob(TMP_PREFIX + "*"))  # the planted ones were swept (the links, never their targets)
+
+
+def test_exclusive_temp_refuses_an_existing_name(tmp_path, monkeypatch):
+    from gan_deploy.core import fileio
+
+    victim = tmp_path / "victim"
+    victim.write_text("precious")
+    (tmp_path / "planted").symlink_to(victim)
+    monkeypatch.setattr(fileio, "temp_name", lambda suffix="": "planted")  # as if the random name were guessed
+    fd = fileio.open_dir(tmp_path)
+    with pytest.raises(FileExistsError):
+        fileio.create_temp(fd)
+    w = fileio.FolderWriter(tmp_path)
+    w.tmpfile = False  # the portable path: an exclusively created temporary name, then rename
+    with pytest.raises(FileExistsError):
+        w.write("x.png", b"data")
+    os.close(fd)
+    assert victim.read_text() == "precious" and not (tmp_path / "x.png").exists()
+
+
+@pytest.mark.parametrize("kind", ["thread", "process"])
+def test_folder_in_the_way_leaves_complete_files_and_their_manifest(tiny_checkpoint, tmp_path, kind):
+    """Before: a failed write stopped the run with files but no manifest (or the previous run's beside them)."""
+    runner = make_runner("onnxruntime", load_artifact(tiny_checkpoint))
+    out = tmp_path / "out"
+    generate(runner, GenerateOptions(n=30, out=out, batch_size=5, seed=1, progress=False))  # a previous run's manifest
+    (out / "000012.png").unlink()
+    (out / "000012.png").mkdir()  # a folder where a file should go
+    with pytest.raises(GanDeployError, match=r"writing images failed: .*000012\.png \(Is a directory\)"):
+        generate(runner, GenerateOptions(n=30, out=out, batch_size=5, seed=2, overwrite=True, progress=False, writer_kind=kind, writers=2))
+    rows = list(csv.DictReader(open(out / "manifest.csv")))
+    assert {r["seed"] for r in rows} == {"2"}  # this run's manifest, not the previous one's
+    listed = [r["file"] for r in rows]
+    assert "000012.png" not in listed and "000010.png" in listed and listed == sorted(listed)
+    for name in listed:  # every listed file is complete and is this run's (seed 2)
+        assert decode(out / name).shape == (16, 16, 1)
+    assert not list(out.glob(TMP_PREFIX + "*")) and not (out / LOCK).exists()
+
+
+def test_disk_full_leaves_complete_files_and_their_manifest(tiny_checkpoint, tmp_path, monkeypatch):
+    from gan_deploy.core import fileio
+
+    real, calls = fileio.write_all, []
+
+    def write_all(fd, data):
+        calls.append(1)
+        if len(calls) > 17:  # the manifest's header, the run record, then 15 images fit
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(fd, data)
+    monkeypatch.setattr(fileio, "write_all", write_all)
+    monkeypatch.setattr("gan_deploy.generate.journal.write_all", real)  # the manifest itself still fits
+    out = tmp_path / "out"
+    with pytest.raises(GanDeployError, match="No space left on device") as e:
+        generate(make_runner("onnxruntime", load_artifact(tiny_checkpoint)),
+                 GenerateOptions(n=40, out=out, batch_size=5, progress=False, writer_kind="thread", writers=1))
+    assert "complete images are listed" in str(e.value)
+    pngs = sorted(p.name for p in out.glob("*.png"))
+    assert pngs == _complete_pngs(out) == _listed(out) and 0 < len(pngs) < 40
+    assert not list(out.glob(TMP_PREFIX + "*"))
+
+
+def _rlimit_fsize(limit):
+    def pre():
+        import resource
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG instead of killing
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+    return pre
+
+
+def test_tar_and_array_on_a_file_size_limit(tiny_checkpoint, tmp_path):
+    """A real write error (EFBIG past RLIMIT_FSIZE) in a real process: one line, exit 2, only complete shards listed;
+    the array's space is reserved before the first batch, so it fails there, with nothing half done."""
+    base = [sys.executable, "-m", "gan_deploy", "generate", "-c", str(tiny_checkpoint), "-b", "20"]
+    out = tmp_path / "tar"
+    r = subprocess.run(base + ["-n", "2000", "--sink", "tar", "--tar-shard-size", "100", "--out", str(out)], capture_output=True, text=True,
+                       preexec_fn=_rlimit_fsize(100_000), timeout=120)  # a shard of 100 samples is ~190 kB: none fits
+    assert r.returncode == 2 and "Traceback" not in r.stderr and "writing images failed" in r.stderr, r.stderr
+    assert "File too large" in r.stderr
+    assert not list(out.glob("*.tar")) and _listed(out) == [] and not list(out.glob(TMP_PREFIX + "*"))
+    out = tmp_path / "array"
+    r = subprocess.run(base + ["-n", "2000", "--sink", "array", "--out", str(out)], capture_output=True, text=True,
+                       preexec_fn=_rlimit_fsize(100_000), timeout=120)
+    assert r.returncode == 2 and "cannot create the array" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert not (out / "images.npy").exists() and _listed(out) == []
+
+
+
+def test_second_run_into_the_same_folder_is_refused(tiny_checkpoint, tmp_path):
+    """Before: two runs into one folder both succeeded and interleaved. Now the folder is locked for the run."""
+    out = tmp_path / "out"
+    out.mkdir()
+    lock = OutputLock(out).acquire()  # another open file description: exactly what a second process has
+    try:
+        with pytest.raises(GanDeployError, match="another generate is writing into this output folder"):
+            generate(make_runner("onnxruntime", load_artifact(tiny_checkpoint)), GenerateOptions(n=4, out=out, overwrite=True, progress=False))
+    finally:
+        lock.release()
+    generate(make_runner("onnxruntime", load_artifact(tiny_checkpoint)), GenerateOptions(n=4, out=out, overwrite=True, progress=False))
+
+
+def test_second_process_into_the_same_folder_is_refused(tiny_checkpoint, tmp_path, cli):
+    out = tmp_path / "out"
+    p = subprocess.Popen([sys.executable, "-m", "gan_deploy", "generate", "-c", str(tiny_checkpoint), "-n", "2000000", "--out", str(out),
+                          "-b", "64"], stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 60
+        while time.time() < deadline and not (out / LOCK).exists():
+            time.sleep(0.05)
+        r = cli("generate", "-c", tiny_checkpoint, "-n", 10, "--out", out, "--overwrite")
+        assert r.exit_code == 2 and "another generate is writing into this output folder" in r.output and f"pid {p.pid}" in r.output
+    finally:
+        p.send_signal(signal.SIGTERM)
+        p.wait(timeout=60)
+    assert _listed(out) == _complete_pngs(out)  # the first run was not disturbed
+
+
+def test_outputs_are_checked_before_the_first_batch(tiny_checkpoint, tmp_path, cli):
+    """Before: --grid and --json could overwrite the command's own checkpoint, and were checked after all images."""
+    ck = tmp_path / "m.safetensors"
+    ck.write_bytes(tiny_checkpoint.read_bytes())
+    sidecar = ck.with_suffix(".json")
+    sidecar.write_bytes(tiny_checkpoint.with_suffix(".json").read_bytes())
+    before = ck.read_bytes(), sidecar.read_bytes()
+    out = tmp_path / "out"
+    cases = [
+        (["--grid", ck], "the sample grid would overwrite an input"),
+        (["--json", sidecar], "the JSON report would overwrite an input"),
+        (["--grid", tmp_path / "g.png", "--json", tmp_path / "g.png"], "are the same file"),
+        (["--grid", out / "000003.png"], "would be overwritten by the run's own files"),
+        (["--json", out / "manifest.csv"], "would be overwritten by the run's own files"),
+    ]
+    for extra, message in cases:
+        r = cli("generate", "-c", ck, "-n", 5, "--out", out, *extra)
+        assert r.exit_code == 2 and message in r.output, (extra, r.output)
+        errors = [line for line in r.output.splitlines() if line.startswith("Error")]
+        assert len(errors) == 1 and message in errors[0] and not out.exists()  # one line, before anything was written
+    assert (ck.read_bytes(), sidecar.read_bytes()) == before
+    with pytest.raises(GanDeployError, match="the sample grid is a folder"):
+        generate(make_runner("onnxruntime", load_artifact(ck)), GenerateOptions(n=5, out=out, grid=tmp_path, progress=False))
+    assert not out.exists()
+    (tmp_path / "g.png").symlink_to(ck)  # a symlink to the checkpoint is the checkpoint
+    r = cli("generate", "-c", ck, "-n", 5, "--out", out, "--grid", tmp_path / "g.png")
+    assert r.exit_code == 2 and "would overwrite an input" in r.output
+    # a checkpoint whose sidecar is named like the run record, inside the output folder
+    inside = tmp_path / "o2"
+    inside.mkdir()
+    (inside / "generate.safetensors").write_bytes(ck.read_bytes())
+    (inside / "generate.json").write_bytes(sidecar.read_bytes())
+    r = cli("generate", "-c", inside / "generate.safetensors", "-n", 5, "--out", inside, "--overwrite")
+    assert r.exit_code == 2 and "would overwrite an input" in r.output
+    assert (inside / "generate.json").read_bytes() == sidecar.read_bytes()
+
+
+def test_empty_shard_is_one_clear_line(tiny_checkpoint, tmp_path, cli):
+    """Before: -n 10 --shard 0/2 wrote 0 files, reported inf images/s and exited 0."""
+    r = cli("generate", "-c", tiny_checkpoint, "-n", 10, "--shard", "0/2", "--out", tmp_path / "o")
+    assert r.exit_code == 2 and "empty job shard" in r.output and "inf" not in r.output
+    assert [line for line in r.output.splitlines() if "shard" in line][0].startswith("Error") and not (tmp_path / "o").exists()
+    with pytest.raises(GanDeployError, match="at most 1 shard"):
+        generate(make_runner("onnxruntime", load_artifact(tiny_checkpoint)), GenerateOptions(n=10, out=tmp_path / "p", shard=(0, 2), progress=False))
+    rep = generate(make_runner("onnxruntime", load_artifact(tiny_checkpoint)), GenerateOptions(n=10, out=tmp_path / "q", shard=(1, 2), progress=False))
+    assert rep.n_written == 10
+
+
+def test_batch_too_large_for_memory_names_the_largest_that_fits(tiny_checkpoint, tmp_path):
+    from gan_deploy.generate.pipeline import check_memory, pixel_bytes_per_image
+
+    with pytest.raises(GanDeployError, match=r"batch too large .*expected a batch size of at most \d+"):
+        generate(make_runner("onnxruntime", load_artifact(tiny_checkpoint)), GenerateOptions(n=10, out=tmp_path / "o", batch_size=10**10, progress=False))
+    assert not (tmp_path / "o").exists()
+    per = pixel_bytes_per_image((64, 64, 3), 100, 2)
+    avail = int(1000 * per / 0.8) + 1
+    assert check_memory(1000, (64, 64, 3), 100, 2, avail) == 2
+    with pytest.raises(GanDeployError, match="at most 1000"):
+        check_memory(1001, (64, 64, 3), 100, 2, avail)
+    assert check_memory(800, (64, 64, 3), 100, 10, avail) == 5  # fewer ring slots before refusing
+
+
+def _wait_rows(manifest, k, p, timeout=60):
+    deadline = time.time() + timeout
+    while time.time() < deadline and p.poll() is None:
+        if manifest.exists() and manifest.read_text().count("\n") > k:
+            return
+        time.sleep(0.01)
+    raise AssertionError("the run finished (or never started) before it could be killed")
+
+
+def _children(pid):
+    try:
+        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
+@pytest.mark.parametrize("sink,kind", [("folder", "process"), ("tar", "thread"), ("array", "thread")])
+def test_sigkill_then_resume_is_byte_identical(tiny_checkpoint, tmp_path, cli, sink, kind):
+    """kill -9 of a real run leaves a manifest listing complete images only (and its worker processes die with it);
+    --resume finishes the run, and the result is byte for byte the uninterrupted run's."""
+    n, b, seed, size = 6000, 50, 3, 500
+    ref, out = tmp_path / "ref", tmp_path / "out"
+    generate(make_runner("onnxruntime", load_artifact(tiny_checkpoint)),  # the uninterrupted run (in this process: same bytes)
+             GenerateOptions(n=n, out=ref, batch_size=b, seed=seed, sink=sink, progress=False,
+                             sink_options={"shard_size": size} if sink == "tar" else {}))
+    cmd = [sys.executable, "-m", "gan_deploy", "generate", "-c", str(tiny_checkpoint), "-n", str(n), "-b", str(b), "--seed", str(seed),
+           "--sink", sink, "--writer-kind", kind, "--writers", "2", "--out", str(out)] + (["--tar-shard-size", str(size)] if sink == "tar" else [])
+    p = subprocess.Popen(cmd, stderr=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+    _wait_rows(out / "manifest.csv", size if sink == "tar" else 1, p)
+    workers = _children(p.pid)
+    p.kill()
+    p.wait(timeout=30)
+    rows = list(csv.DictReader(open(out / "manifest.csv")))
+    assert 0 < len(rows) < n
+    if sink == "folder":
+        for r in rows:  # every listed file is complete (and so the same as the uninterrupted run's)
+            assert (out / r["file"]).read_bytes() == (ref / r["file"]).read_bytes()
+    elif sink == "tar":
+        for name in {r["file"] for r in rows}:
+            assert (out / name).read_bytes() == (ref / name).read_bytes()
+    else:
+        a, c = np.load(out / "images.npy", mmap_mode="r"), np.load(ref / "images.npy", mmap_mode="r")
+        idx = [int(r["row"]) for r in rows]
+        assert np.array_equal(a[idx], c[idx])
+
+    def alive():
+        return [w for w in workers if Path(f"/proc/{w}").exists() and "(zombie)" not in Path(f"/proc/{w}/status").read_text()]
+    deadline = time.time() + 10
+    while time.time() < deadline and alive():
+        time.sleep(0.05)
+    assert not alive()  # the encoder processes died with the main process
+    r = cli("generate", "--out", out, "--resume")  # the model and every setting from generate.json
+    assert r.exit_code == 0, r.output
+    assert "already complete" in r.output
+    assert {q.name: q.read_bytes() for q in out.iterdir()} == {q.name: q.read_bytes() for q in ref.iterdir()}
+
+
+def test_resume_takes_the_record_and_refuses_other_settings(tiny_checkpoint, tmp_path, cli):
+    out = tmp_path / "out"
+
+    def stop(b0):
+        if b0 >= 8:
+            raise KeyboardInterrupt
+    runner = make_runner("onnxruntime", load_artifact(tiny_checkpoint))
+    with pytest.raises(GenerateInterrupted):
+        generate(runner, GenerateOptions(n=40, out=out, batch_size=4, seed=7, progress=False), on_batch=stop)
+    r = cli("generate", "-c", tiny_checkpoint, "--out", out, "--resume", "-n", 41)
+    assert r.exit_code == 2 and "differs from the interrupted run's" in r.output and "n: 41" in r.output
+    with pytest.raises(GanDeployError, match="other settings.*seed"):
+        generate(runner, GenerateOptions(n=40, out=out, batch_size=4, seed=8, resume=True, progress=False))
+    with pytest.raises(GanDeployError, match="not empty"):
+        generate(runner, GenerateOptions(n=40, out=out, batch_size=4, seed=7, progress=False))
+    r = cli("generate", "--out", out, "--resume", "--backend", "onnxruntime")  # the model and settings from generate.json
+    assert r.exit_code == 0, r.output
+    assert _listed(out) == [f"{i:06d}.png" for i in range(40)]
+    with pytest.raises(GanDeployError, match="nothing to resume"):
+        generate(runner, GenerateOptions(n=4, out=tmp_path / "none", resume=True, progress=False))
+
+
+def test_precision_option(tiny_checkpoint, tmp_path, cli):
+    from gan_deploy.generate.pipeline import run
+
+    art = load_artifact(tiny_checkpoint)
+    with pytest.raises(GanDeployError, match="precision fp16 needs a PyTorch backend"):
+        run(art, GenerateOptions(n=2, out=tmp_path / "a", backend="onnxruntime", precision="fp16", progress=False))
+    rep = run(art, GenerateOptions(n=4, out=tmp_path / "b", backend="eager", device="cpu", precision="bf16", progress=False))
+    assert rep.n_written == 4 and "bf16" in rep.backend_detail
+    r = cli("generate", "-c", tiny_checkpoint, "-n", 2, "--out", tmp_path / "c", "--backend", "onnxruntime", "--precision", "tf32")
+    assert r.exit_code == 2 and "needs a PyTorch backend" in r.output
+    r = cli("generate", "-c", tiny_checkpoint, "-n", 2, "--out", tmp_path / "d", "--precision", "fp8")
+    assert r.exit_code == 2 and "fp32" in r.output
+
+
+def test_cli_sinks_and_json(tiny_checkpoint, tmp_path, cli):
+    r = cli("generate", "-c", tiny_checkpoint, "-n", 12, "-b", 5, "--sink", "tar", "--tar-shard-size", 5, "--tar-prefix", "wds",
+            "--out", tmp_path / "t", "--json", tmp_path / "r.json", "--grid", tmp_path / "g.png")
+    assert r.exit_code == 0, r.output
+    assert "12 png samples in 3 tar shard(s)" in r.output
+    assert sorted(p.name for p in (tmp_path / "t").glob("*.tar")) == ["wds-000000.tar", "wds-000001.tar", "wds-000002.tar"]
+    import json
+    assert json.loads((tmp_path / "r.json").read_text())["sink"] == "tar" and decode(tmp_path / "g.png").ndim == 3
+    r = cli("generate", "-c", tiny_checkpoint, "-n", 12, "--sink", "array", "--format", "png", "--out", tmp_path / "a")
+    assert r.exit_code == 2 and "cannot store png" in r.output
+    r = cli("generate", "-c", tiny_checkpoint, "-n", 12, "--tar-shard-size", 5, "--out", tmp_path / "f")
+    assert r.exit_code == 2 and "need --sink tar" in r.output
+
+
+def test_an_encoder_process_that_dies_stops_the_run_cleanly(tiny_checkpoint, tmp_path):
+    import multiprocessing
+
+    out = tmp_path / "out"
+    killed = []
+
+    def kill_one(b0):
+        if b0 >= 20 and not killed:
+            victim = multiprocessing.active_children()[0]
+            os.kill(victim.pid, signal.SIGKILL)
+            killed.append(victim.pid)
+    with pytest.raises(GanDeployError, match="an encoder process died"):
+        generate(make_runner("onnxruntime", load_artifact(tiny_checkpoint)),
+                 GenerateOptions(n=4000, out=out, batch_size=10, progress=False, writer_kind="process", writers=2), on_batch=kill_one)
+    assert killed and _listed(out) == _complete_pngs(out)
+    assert not multiprocessing.active_children()

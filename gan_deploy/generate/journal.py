@@ -1,0 +1,137 @@
+"""What a generate run leaves beside its images so it can be trusted and finished: the manifest, a journal
+appended as images complete, and the run record (generate.json) that `--resume` checks against.
+
+The manifest *is* the journal: manifest.csv starts as its header line (before the first batch, replacing
+any older one), then the main process appends the rows of images only once they are complete on disk, one
+write per finished batch (or tar shard), fsync'd every `sync_every` seconds after the sink's own data.
+So whatever stops the run, kill -9 included, the file lists complete images only; a row cut short by a
+power cut is ignored when read. At the end (finished, interrupted or failed) the rows are rewritten
+sorted and without repeats, atomically: an uninterrupted run and an interrupted, resumed one leave the
+same manifest, byte for byte.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from gan_deploy.core.errors import GanDeployError
+from gan_deploy.core.fileio import O_CLOEXEC, O_NOFOLLOW, FolderWriter, write_all
+from gan_deploy.core.jsonio import read_document
+from gan_deploy.generate.sinks.base import Bitset, Sink
+
+MANIFEST = "manifest.csv"
+RECORD = "generate.json"
+RECORD_FORMAT, RECORD_VERSION = "gan-deploy-generate-run", 1
+
+
+class Journal:
+    def __init__(self, fd: int, path: Path, sync: Callable[[], None], sync_every: float):
+        self.fd, self.path, self._sync_data, self.sync_every = fd, path, sync, sync_every
+        self.last_sync = time.monotonic()
+
+    @classmethod
+    def create(cls, out: Path, columns: tuple[str, ...], sync: Callable[[], None], sync_every: float = 1.0) -> "Journal":
+        """A new manifest with only its header, in place of any older one (never beside the new images)."""
+        files = FolderWriter(out)
+        try:
+            files.write(MANIFEST, (",".join(columns) + "\n").encode(), sync=True)
+        finally:
+            files.close()
+        return cls(os.open(out / MANIFEST, os.O_WRONLY | os.O_APPEND | O_NOFOLLOW | O_CLOEXEC), out / MANIFEST, sync, sync_every)
+
+    @classmethod
+    def reopen(cls, out: Path, sync: Callable[[], None], sync_every: float = 1.0) -> "Journal":
+        """The interrupted run's journal, to append to; a last row cut short (a power cut) is cut off."""
+        fd = os.open(out / MANIFEST, os.O_RDWR | os.O_APPEND | O_NOFOLLOW | O_CLOEXEC)
+        size = os.fstat(fd).st_size
+        tail = os.pread(fd, min(size, 4096), max(0, size - 4096))
+        if tail and not tail.endswith(b"\n"):
+            os.ftruncate(fd, size - (len(tail) - 1 - tail.rfind(b"\n")) if b"\n" in tail else size)
+        return cls(fd, out / MANIFEST, sync, sync_every)
+
+    def append(self, text: str) -> None:
+        write_all(self.fd, text.encode())
+        if time.monotonic() - self.last_sync >= self.sync_every:
+            self.sync()
+
+    def sync(self) -> None:
+        self._sync_data()  # the images first: the journal must never be durable before what it lists
+        os.fsync(self.fd)
+        self.last_sync = time.monotonic()
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            try:
+                self.sync()
+            finally:
+                os.close(self.fd)
+                self.fd = -1
+
+
+def read_journal(path: Path, columns: tuple[str, ...], done: Bitset) -> int:
+    """Mark in `done` every index the journal lists (within done's range); returns the number of rows read."""
+    header = ",".join(columns)
+    try:
+        f = open(path, "rb")
+    except OSError as e:
+        raise GanDeployError("cannot read the manifest of the run to resume", f"{path} ({e.strerror})", hint="start the run again without resuming") from None
+    rows = 0
+    with f:
+        first = f.readline().decode(errors="replace").rstrip("\n")
+        if first != header:
+            raise GanDeployError("not the manifest of this kind of run", f"{path}: header {first[:80]!r}", expected=repr(header),
+                                 hint="start the run again without resuming")
+        while True:
+            lines = f.readlines(1 << 22)
+            if not lines:
+                break
+            if not lines[-1].endswith(b"\n"):
+                lines.pop()  # a row cut short: its image is redone
+            try:
+                idx = np.array([int(line.split(b",", 1)[0]) for line in lines], dtype=np.int64)
+            except ValueError:
+                raise GanDeployError("damaged manifest", str(path), expected="rows index,seed,...", hint="start the run again without resuming") from None
+            rows += len(idx)
+            k = idx[(idx >= done.start) & (idx < done.stop)] - done.start
+            np.bitwise_or.at(done.bits, k // 8, (1 << (k % 8)).astype(np.uint8))
+    return rows
+
+
+def write_manifest(out: Path, sink: Sink, done: Bitset, chunk: int = 65536) -> Path:
+    """The final manifest: a row per complete image, sorted, atomically in place of the journal."""
+    files = FolderWriter(out)
+    try:
+        fd, tmp = files.open_new()
+        try:
+            write_all(fd, (",".join(sink.columns) + "\n").encode())
+            for lo, hi in done.runs():
+                for a in range(lo, hi, chunk):
+                    write_all(fd, sink.rows(a, min(a + chunk, hi)).encode())
+            files.commit(fd, tmp, MANIFEST, sync=True)
+        except BaseException:
+            files.discard(fd, tmp)
+            raise
+        os.close(fd)
+    finally:
+        files.close()
+    return out / MANIFEST
+
+
+def write_record(out: Path, record: dict[str, Any]) -> None:
+    files = FolderWriter(out)
+    try:
+        doc = {"format": RECORD_FORMAT, "format_version": RECORD_VERSION, **record}
+        files.write(RECORD, (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode(), sync=True)
+    finally:
+        files.close()
+
+
+def read_record(out: str | Path) -> dict[str, Any]:
+    """The run record of the generate run in `out` (what --resume continues)."""
+    return read_document(Path(out) / RECORD, RECORD_FORMAT, RECORD_VERSION, what="generate run record",
+                         hint="only a folder written by `gan-deploy generate` can be resumed")

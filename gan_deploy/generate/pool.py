@@ -1,0 +1,303 @@
+"""Encoder workers: processes (or threads) that run a sink's `SinkWorker` on batches of uint8 pixels.
+
+Processes: the pixels of each batch are copied once into a slot of a shared-memory ring
+(`multiprocessing.shared_memory`, one block of n_slots batches) and a worker gets only (slot, task) through a
+queue: no pickling of pixels, no per-image hand-off. Workers are spawned (not forked: the main process has
+inference runtimes and their threads loaded), ignore SIGINT/SIGTERM (the main process stops them, after
+their batch, so every file they finish is journaled) and die with the main process (PR_SET_PDEATHSIG on
+Linux, else they notice their parent is gone). Threads: the same loop with the pixels passed directly;
+better where start-up (about 0.3 s per process) or too few cores would eat the gain.
+
+Results come back to one collector thread in the main process, which hands them to `deliver` (the
+session: commit, journal, progress) and frees the slot. The caller bounds what is in flight.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import pickle
+import queue
+import signal
+import sys
+import threading
+import time
+import traceback
+import types
+from typing import Callable, Iterator
+
+import numpy as np
+
+from gan_deploy.core.errors import GanDeployError
+from gan_deploy.generate.sinks.base import Result, SinkWorker, Task
+
+KINDS = ("auto", "process", "thread")
+Deliver = Callable[[Task, Result], None]
+
+
+def handle_task(worker: SinkWorker, task: Task, pixels: np.ndarray) -> Result:
+    try:
+        return worker.handle(task, pixels)
+    except GanDeployError as e:
+        return Result(task.seq, task.lo, error=e.one_line(), error_kind="io")
+    except OSError as e:
+        return Result(task.seq, task.lo, error=f"{e.filename or ''} ({e.strerror or e})", error_kind="io")
+    except Exception as e:  # a bug: the main process shows the worker's traceback
+        return Result(task.seq, task.lo, error=f"{type(e).__name__}: {e}\n{traceback.format_exc()}", error_kind="bug")
+
+
+def _open(worker: SinkWorker) -> str | None:
+    try:
+        worker.open()
+        return None
+    except GanDeployError as e:
+        return e.one_line()
+    except OSError as e:
+        return f"{e.filename or ''} ({e.strerror or e})"
+
+
+class _Pool:
+    kind = ""
+
+    def __init__(self, deliver: Deliver, n_workers: int):
+        self.deliver, self.n_workers = deliver, n_workers
+        self.outstanding = 0
+        self.cond = threading.Condition()
+        self.failure: str | None = None  # the pool itself broke (a worker process died)
+        self.closed = False
+
+    def _delivered(self, task: Task, result: Result) -> None:
+        try:
+            self.deliver(task, result)
+        finally:
+            with self.cond:
+                self.outstanding -= 1
+                self.cond.notify_all()
+
+    def _wait_outstanding(self, timeout: float | None = None) -> bool:
+        end = None if timeout is None else time.monotonic() + timeout
+        with self.cond:
+            while self.outstanding > 0 and self.failure is None:
+                left = None if end is None else end - time.monotonic()
+                if left is not None and left <= 0:
+                    return False
+                self.cond.wait(0.1 if left is None else min(0.1, left))
+        return True
+
+
+class ThreadPool(_Pool):
+    kind = "thread"
+
+    def __init__(self, worker: SinkWorker, n_workers: int, deliver: Deliver):
+        super().__init__(deliver, n_workers)
+        self.tasks: queue.SimpleQueue = queue.SimpleQueue()
+        self.results: queue.SimpleQueue = queue.SimpleQueue()
+        self.cancel = threading.Event()
+        blob = pickle.dumps(worker)  # each thread its own worker (and proof that it pickles, as processes need)
+        self.threads = [threading.Thread(target=self._work, args=(pickle.loads(blob),), name=f"gan-deploy-writer-{k}", daemon=True)
+                        for k in range(n_workers)]
+        self.collector = threading.Thread(target=self._collect, name="gan-deploy-collector", daemon=True)
+        for t in self.threads:
+            t.start()
+        self.collector.start()
+
+    def submit(self, task: Task, pixels: np.ndarray) -> None:
+        with self.cond:
+            self.outstanding += 1
+        try:
+            self.tasks.put((task, pixels))
+        except BaseException:  # Ctrl-C right here: the task was not handed out
+            with self.cond:
+                self.outstanding -= 1
+            raise
+
+    def _work(self, worker: SinkWorker) -> None:
+        err = _open(worker)
+        while True:
+            item = self.tasks.get()
+            if item is None:
+                break
+            task, pixels = item
+            if err is not None:
+                self.results.put((task, Result(task.seq, task.lo, error=err)))
+            elif self.cancel.is_set():
+                self.results.put((task, Result(task.seq, task.lo, skipped=True)))
+            else:
+                self.results.put((task, handle_task(worker, task, pixels)))
+        worker.close()
+
+    def _collect(self) -> None:
+        while True:
+            item = self.results.get()
+            if item is None:
+                return
+            self._delivered(*item)
+
+    def close(self, cancel: bool) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        if cancel:
+            self.cancel.set()
+        for _ in self.threads:
+            self.tasks.put(None)
+        for t in self.threads:
+            t.join()
+        self.results.put(None)
+        self.collector.join()
+
+
+def _die_with_parent(ppid: int) -> None:
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG: killed when the main process dies, kill -9 too
+        except (OSError, AttributeError):
+            pass
+    if os.getppid() != ppid:  # it died before prctl
+        os._exit(1)
+
+
+def _process_main(worker: SinkWorker, shm_name: str, slot_shape: tuple[int, ...], n_slots: int, tasks, results, cancel,
+                  ppid: int) -> None:
+    _die_with_parent(ppid)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group: the main process decides
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    from multiprocessing import shared_memory
+
+    shm = shared_memory.SharedMemory(name=shm_name)
+    slots = np.ndarray((n_slots, *slot_shape), dtype=np.uint8, buffer=shm.buf)
+    err = _open(worker)
+    try:
+        while True:
+            item = tasks.get()
+            if item is None:
+                break
+            slot, task = item
+            if err is not None:
+                res = Result(task.seq, task.lo, error=err)
+            elif cancel.is_set():
+                res = Result(task.seq, task.lo, skipped=True)
+            else:
+                res = handle_task(worker, task, slots[slot, :task.b])
+            results.put((slot, task, res))
+    finally:
+        worker.close()
+        del slots
+        shm.close()
+
+
+_MAIN_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _main_hidden() -> Iterator[None]:
+    """Spawned workers need nothing from __main__ (their code and the sink workers live in gan_deploy): hide it
+    while they start, so they neither re-import nor re-run the caller's script (no `if __name__ == "__main__"`
+    guard needed) and start faster. (A SinkWorker class defined in a script's __main__ cannot run in processes.)"""
+    with _MAIN_LOCK:
+        main = sys.modules.get("__main__")
+        sys.modules["__main__"] = types.ModuleType("__main__")  # no __file__, no __spec__: nothing to import
+        # ignored signals stay ignored across exec: a Ctrl-C while a worker starts up does not kill it mid-import
+        restore = []
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                restore.append((sig, signal.signal(sig, signal.SIG_IGN)))
+        try:
+            yield
+        finally:
+            for sig, handler in restore:
+                signal.signal(sig, handler)
+            if main is not None:
+                sys.modules["__main__"] = main
+
+
+class ProcessPool(_Pool):
+    kind = "process"
+
+    def __init__(self, worker: SinkWorker, n_workers: int, deliver: Deliver, slot_shape: tuple[int, ...], n_slots: int):
+        import multiprocessing as mp
+        from multiprocessing import shared_memory
+
+        super().__init__(deliver, n_workers)
+        ctx = mp.get_context("spawn")
+        self.slot_shape, self.n_slots = tuple(slot_shape), n_slots
+        nbytes = int(np.prod(slot_shape, dtype=np.int64)) * n_slots
+        self.shm = shared_memory.SharedMemory(create=True, size=max(1, nbytes))
+        self.slots = np.ndarray((n_slots, *slot_shape), dtype=np.uint8, buffer=self.shm.buf)
+        self.free = list(range(n_slots))
+        self.tasks = ctx.SimpleQueue()
+        self.results = ctx.Queue()
+        self.cancel = ctx.Event()
+        self.procs = [ctx.Process(target=_process_main, name=f"gan-deploy-writer-{k}", daemon=True,
+                                  args=(worker, self.shm.name, self.slot_shape, n_slots, self.tasks, self.results, self.cancel,
+                                        os.getpid()))
+                      for k in range(n_workers)]
+        with _main_hidden():
+            for p in self.procs:
+                p.start()
+        self._stop_collector = False
+        self.collector = threading.Thread(target=self._collect, name="gan-deploy-collector", daemon=True)
+        self.collector.start()
+
+    def submit(self, task: Task, pixels: np.ndarray) -> None:
+        with self.cond:
+            while not self.free:
+                if self.failure is not None:
+                    raise GanDeployError("an encoder process died", self.failure, hint="see the messages above; run again")
+                self.cond.wait(0.1)
+            slot = self.free.pop()
+            self.outstanding += 1
+        try:
+            np.copyto(self.slots[slot, :task.b], pixels)  # the one copy: into shared memory, read in place by the worker
+            self.tasks.put((slot, task))
+        except BaseException:  # Ctrl-C right here: the task was not handed out
+            with self.cond:
+                self.free.append(slot)
+                self.outstanding -= 1
+            raise
+
+    def _collect(self) -> None:
+        while True:
+            try:
+                slot, task, res = self.results.get(timeout=0.2)
+            except queue.Empty:
+                if self._stop_collector:
+                    return
+                dead = [p for p in self.procs if p.exitcode not in (None, 0)]
+                if dead and self.failure is None:  # its batch never comes back: the run stops (the others' still do)
+                    with self.cond:
+                        self.failure = f"{dead[0].name} exit code {dead[0].exitcode}"
+                        self.cond.notify_all()
+                continue
+            with self.cond:
+                self.free.append(slot)
+            self._delivered(task, res)
+
+    def close(self, cancel: bool) -> None:
+        if self.closed:
+            return
+        if cancel:
+            self.cancel.set()
+        self._wait_outstanding()  # every batch handed out comes back (done, or skipped once cancelled)
+        self.closed = True
+        for _ in self.procs:
+            self.tasks.put(None)
+        for p in self.procs:
+            p.join(timeout=30)
+            if p.is_alive():
+                p.kill()
+                p.join()
+        self._stop_collector = True
+        self.collector.join()
+        self.results.close()
+        del self.slots
+        self.shm.close()
+        self.shm.unlink()
+
+
+def make_pool(kind: str, worker: SinkWorker, n_workers: int, deliver: Deliver, slot_shape: tuple[int, ...],
+              n_slots: int) -> ThreadPool | ProcessPool:
+    if kind == "process":
+        return ProcessPool(worker, n_workers, deliver, slot_shape, n_slots)
+    return ThreadPool(worker, n_workers, deliver)

@@ -1,0 +1,234 @@
+"""The one interface every output of `generate` implements: a sink turns batches of uint8 pixels into files.
+
+A sink has two halves:
+
+* `Sink`, in the main process: creates or reopens its outputs before the first batch, says which file names it
+  owns (so no output can be one of the command's inputs), `commit`s each finished batch (returns the index
+  ranges that are now complete, which the journal then lists), checks what an interrupted run left
+  (`verify`), and reads images back (`read`: the sample grid, the tests).
+* `SinkWorker`, picklable, in each encoder process or thread (or Ray worker): `handle(task, pixels)` encodes
+  and, for sinks that write in parallel, writes. An `ordered` sink's worker only encodes and returns the
+  bytes; the main process then appends them in index order (a tar file is one sequential stream).
+
+Image i is written from the batch the one-process run computes for it ([b0, b0 + b), multiples of the
+batch size from index 0), so every sink's bytes depend only on (seed, i), whatever the sharding or executor.
+"""
+from __future__ import annotations
+
+import os
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from gan_deploy.core.errors import GanDeployError
+
+
+@dataclass(frozen=True)
+class Layout:
+    """What every sink knows of the run: images [start, stop) of n, under seed, each [H, W, C] uint8 in format fmt."""
+
+    n: int
+    start: int
+    stop: int
+    seed: int
+    fmt: str
+    shape: tuple[int, int, int]  # H, W, C
+
+    @property
+    def width(self) -> int:
+        """Digits of an image's key (file name stem): 6, or more for n > 1,000,000."""
+        return max(6, len(str(self.n - 1)))
+
+    def key(self, i: int) -> str:
+        return f"{i:0{self.width}d}"
+
+    @property
+    def image_bytes(self) -> int:
+        h, w, c = self.shape
+        return h * w * c
+
+
+@dataclass(frozen=True)
+class Task:
+    """Compute batch [b0, b0 + b) (exactly the one-process run's batch) and deliver images [lo, hi) of it."""
+
+    seq: int
+    b0: int
+    b: int
+    lo: int
+    hi: int
+
+
+@dataclass
+class Result:
+    """What a worker did with a task: images [task.lo, done) are complete (or encoded, for an ordered sink, in
+    `payload`); `error` is one line when it stopped early (`error_kind` "io": disk full, a folder in the way...)."""
+
+    seq: int
+    done: int
+    payload: Any = None
+    error: str | None = None
+    error_kind: str = "io"
+    seconds: float = 0.0
+    skipped: bool = False
+
+
+class SinkWorker(ABC):
+    """The half of a sink that runs in an encoder process or thread. Built in the main process, pickled."""
+
+    def open(self) -> None:
+        """In the worker, before its first task (open folders and files here, not in __init__)."""
+
+    @abstractmethod
+    def handle(self, task: Task, pixels: np.ndarray) -> Result:
+        """pixels: uint8 [task.b, H, W, C], the whole batch (the worker reads [lo - b0, hi - b0)). Must not keep it."""
+
+    def close(self) -> None:
+        pass
+
+
+def io_error(e: OSError, where: str) -> str:
+    return f"{where} ({e.strerror or type(e).__name__})"
+
+
+class Sink(ABC):
+    name: ClassVar[str]
+    formats: ClassVar[tuple[str, ...]]  # image formats it can store; the first is its default
+    ordered: ClassVar[bool] = False  # True: workers return bytes and commit() sees batches in task order
+    columns: ClassVar[tuple[str, ...]] = ("index", "seed", "file")  # the manifest's columns
+    options: ClassVar[dict[str, Any]] = {}  # sink-specific options and their defaults
+
+    def __init__(self, out: Path, layout: Layout, batch_size: int, options: dict[str, Any] | None = None):
+        self.out, self.layout, self.batch_size = Path(out), layout, batch_size
+        unknown = set(options or {}) - set(self.options)
+        if unknown:
+            raise GanDeployError(f"unknown option for the {self.name} sink", ", ".join(sorted(unknown)),
+                                 expected=", ".join(self.options) or "none")
+        self.opts = {**self.options, **(options or {})}
+
+    # -- before the first batch ------------------------------------------------------------------------------
+    @classmethod
+    def shard_unit(cls, batch_size: int, options: dict[str, Any]) -> int:
+        """Job shards (--shard K/N) are cut at multiples of this many images (default: whole batches)."""
+        return batch_size
+
+    @classmethod
+    def check_options(cls, options: dict[str, Any]) -> dict[str, Any]:
+        return {**cls.options, **options}
+
+    def record(self) -> dict[str, Any]:
+        """The sink's part of the run record (generate.json): what a resumed run must match."""
+        return dict(self.opts)
+
+    @abstractmethod
+    def owns(self, name: str) -> bool:
+        """Whether `name` (a file name in the output folder) is one this run may write."""
+
+    def prepare(self, resume: bool) -> None:
+        """Create (or on resume reopen and check) the outputs that exist from the start. Nothing before this."""
+
+    def verify(self, done: "Bitset") -> None:
+        """On resume: clear from `done` what the journal lists but is missing or damaged on disk."""
+
+    @abstractmethod
+    def worker(self) -> SinkWorker: ...
+
+    # -- while running (main process, one thread) ------------------------------------------------------------
+    def commit(self, task: Task, result: Result) -> list[tuple[int, int]]:
+        """Index ranges [lo, hi) now complete on disk (the journal lists them next)."""
+        return [(task.lo, result.done)] if result.done > task.lo else []
+
+    def sync(self) -> None:
+        """Make what is committed durable before the journal that lists it is (called at journal syncs)."""
+
+    @abstractmethod
+    def rows(self, lo: int, hi: int) -> str:
+        """Manifest rows (CSV, one line each) of images [lo, hi)."""
+
+    def close(self, complete: bool) -> None:
+        """After the last commit: finish (complete) or discard what is partial (interrupted, failed)."""
+
+    def discard(self, lo: int, hi: int, done: "Bitset") -> None:
+        """Images [lo, hi) of a task whose worker died (or was stopped) before it reported: remove what it may
+        have finished but is not in `done`, so the outputs hold exactly what the manifest lists."""
+
+    # -- afterwards ------------------------------------------------------------------------------------------
+    @abstractmethod
+    def read(self, indices: list[int]) -> np.ndarray:
+        """Images at these indices, uint8 [k, H, W, C], read back from the outputs."""
+
+    def describe(self, n_images: int) -> str:
+        return f"{n_images} {self.layout.fmt} images to {self.out}"
+
+
+@dataclass
+class Bitset:
+    """One bit per image of [start, stop): which are complete. n/8 bytes, so memory stays flat in n."""
+
+    start: int
+    stop: int
+    bits: np.ndarray = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.bits = np.zeros((self.stop - self.start + 7) // 8, dtype=np.uint8)
+
+    def set_range(self, lo: int, hi: int, value: bool = True) -> None:
+        lo, hi = max(lo, self.start) - self.start, min(hi, self.stop) - self.start
+        if hi <= lo:
+            return
+        a, b = lo // 8, (hi - 1) // 8
+        head = (0xFF << (lo % 8)) & 0xFF  # bit k of byte j is image 8j + k
+        tail = 0xFF >> (7 - (hi - 1) % 8)
+        edges = [(a, head & tail)] if a == b else [(a, head), (b, tail)]
+        for j, mask in edges:
+            old = int(self.bits[j])
+            self.bits[j] = (old | mask) if value else (old & ~mask & 0xFF)
+        if b > a + 1:
+            self.bits[a + 1:b] = 0xFF if value else 0
+
+    def __contains__(self, i: int) -> bool:
+        k = i - self.start
+        return 0 <= k < self.stop - self.start and bool(self.bits[k // 8] >> (k % 8) & 1)
+
+    def count(self, lo: int | None = None, hi: int | None = None) -> int:
+        if lo is None and hi is None:
+            return int(np.unpackbits(self.bits, bitorder="little").sum())
+        return sum(h - l_ for l_, h in self.runs(lo, hi))
+
+    def all(self, lo: int, hi: int) -> bool:
+        return self.count(lo, hi) == max(0, min(hi, self.stop) - max(lo, self.start))
+
+    def runs(self, lo: int | None = None, hi: int | None = None, value: bool = True, chunk: int = 1 << 20):
+        """Maximal ranges [a, b) within [lo, hi) whose bits are all `value`, in order (chunked: flat memory)."""
+        lo = self.start if lo is None else max(lo, self.start)
+        hi = self.stop if hi is None else min(hi, self.stop)
+        open_at = None
+        for c0 in range(lo, hi, chunk):
+            c1 = min(c0 + chunk, hi)
+            k0, k1 = c0 - self.start, c1 - self.start
+            bits = np.unpackbits(self.bits[k0 // 8:(k1 + 7) // 8], bitorder="little")[k0 % 8:k0 % 8 + (k1 - k0)].astype(bool)
+            if not value:
+                bits = ~bits
+            d = np.diff(bits.astype(np.int8), prepend=np.int8(0), append=np.int8(0))
+            pairs = list(zip((np.flatnonzero(d == 1) + c0).tolist(), (np.flatnonzero(d == -1) + c0).tolist()))
+            if open_at is not None:  # a run that reached the end of the previous chunk
+                if pairs and pairs[0][0] == c0:
+                    pairs[0] = (open_at, pairs[0][1])
+                else:
+                    yield open_at, c0
+                open_at = None
+            if pairs and pairs[-1][1] == c1:
+                open_at = pairs.pop()[0]
+            yield from pairs
+        if open_at is not None:
+            yield open_at, hi
+
+
+def file_stat(path: str | os.PathLike) -> os.stat_result | None:
+    try:
+        return os.stat(path, follow_symlinks=False)
+    except OSError:
+        return None

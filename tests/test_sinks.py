@@ -1,0 +1,206 @@
+"""Every sink keeps generate's promises: image i depends only on (seed, i); job shards, writer kinds and an
+interrupted-then-resumed run give the same bytes as one uninterrupted run; tar shards read back with the
+standard tarfile module (and WebDataset, when installed) and the array with np.load(mmap_mode="r")."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import tarfile
+
+import numpy as np
+import pytest
+
+from gan_deploy.artifacts.load import load_artifact
+from gan_deploy.backends import make_runner
+from gan_deploy.core.images import decode_bytes, encode_batch
+from gan_deploy.generate.pipeline import GenerateInterrupted, GenerateOptions, generate
+from gan_deploy.generate.sinks import SINKS, Bitset, sink_class
+from gan_deploy.generate.sinks.tar import ustar_header
+
+N, BATCH, SEED, TAR = 23, 5, 4, 7  # 5 batches, the last short; tar shards of 7 straddle batches
+
+
+@pytest.fixture(scope="module")
+def runner(tiny_checkpoint):
+    return make_runner("onnxruntime", load_artifact(tiny_checkpoint), "cpu")
+
+
+def _opts(out, sink, **kw):
+    base = dict(n=N, out=out, batch_size=BATCH, seed=SEED, sink=sink, progress=False)
+    if sink == "tar":
+        base["sink_options"] = {"shard_size": TAR}
+    base.update(kw)
+    return GenerateOptions(**base)
+
+
+def _files(folder):
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+@pytest.fixture(scope="module")
+def reference(runner, tmp_path_factory):
+    """One uninterrupted, unsharded run per sink (thread writers): name -> bytes of every file it leaves."""
+    base = tmp_path_factory.mktemp("ref")
+    out = {}
+    for sink in SINKS:
+        generate(runner, _opts(base / sink, sink, writer_kind="thread"))
+        out[sink] = _files(base / sink)
+    return out
+
+
+def test_registry_and_options():
+    assert list(SINKS) == ["folder", "tar", "array"]
+    for name in SINKS:
+        assert sink_class(name).name == name
+    from gan_deploy.core.errors import GanDeployError
+    with pytest.raises(GanDeployError, match="unknown sink"):
+        sink_class("zip")
+    with pytest.raises(GanDeployError, match="bad tar shard size"):
+        sink_class("tar").check_options({"shard_size": 0})
+    with pytest.raises(GanDeployError, match="bad tar shard prefix"):
+        sink_class("tar").check_options({"prefix": "../x"})
+
+
+def test_tar_shards_read_back_with_tarfile_pixel_for_pixel(reference, tmp_path):
+    files = reference["tar"]
+    assert sorted(n for n in files if n.endswith(".tar")) == [f"images-{t:06d}.tar" for t in range(4)]  # 23 samples / 7
+    folder = reference["folder"]
+    pixels = np.load(io.BytesIO(reference["array"]["images.npy"]))  # the array sink's raw pixels
+    for t in range(4):
+        with tarfile.open(fileobj=io.BytesIO(files[f"images-{t:06d}.tar"])) as tf:
+            names = tf.getnames()
+            keys = [f"{i:06d}" for i in range(t * TAR, min((t + 1) * TAR, N))]
+            assert names == [f"{k}.{ext}" for k in keys for ext in ("png", "json")]  # a sample's members adjacent, in order
+            for k in keys:
+                png = tf.extractfile(f"{k}.png").read()
+                assert png == folder[f"{k}.png"]  # the same bytes as the folder sink's file
+                assert np.array_equal(decode_bytes(png, "png"), pixels[int(k)])  # pixel for pixel
+                assert json.loads(tf.extractfile(f"{k}.json").read()) == {"index": int(k), "seed": SEED}
+                m = tf.getmember(f"{k}.png")
+                assert (m.mtime, m.uid, m.gid, m.mode) == (0, 0, 0, 0o644)
+    rows = list(csv.DictReader(io.StringIO(files["manifest.csv"].decode())))
+    assert rows[8] == {"index": "8", "seed": str(SEED), "file": "images-000001.tar", "member": "000008.png"}
+    assert len(rows) == N
+
+
+def test_tar_shards_read_with_webdataset(reference, tmp_path):
+    wds = pytest.importorskip("webdataset", reason="webdataset is not installed (pip install webdataset)")
+    for name, data in reference["tar"].items():
+        (tmp_path / name).write_bytes(data)
+    urls = [str(tmp_path / f"images-{t:06d}.tar") for t in range(4)]
+    samples = list(wds.WebDataset(urls, shardshuffle=False))
+    assert [s["__key__"] for s in samples] == [f"{i:06d}" for i in range(N)]
+    assert all(s["png"] == reference["folder"][f"{s['__key__']}.png"] for s in samples)
+    assert json.loads(samples[5]["json"]) == {"index": 5, "seed": SEED}
+
+
+def test_array_sink_is_one_mmap_npy(reference, tmp_path):
+    (tmp_path / "images.npy").write_bytes(reference["array"]["images.npy"])
+    a = np.load(tmp_path / "images.npy", mmap_mode="r")
+    assert a.shape == (N, 16, 16, 1) and a.dtype == np.uint8
+    for i in (0, 7, N - 1):
+        assert np.array_equal(a[i], decode_bytes(reference["folder"][f"{i:06d}.png"], "png"))
+    rows = list(csv.DictReader(io.StringIO(reference["array"]["manifest.csv"].decode())))
+    assert rows[3] == {"index": "3", "seed": str(SEED), "file": "images.npy", "row": "3"} and len(rows) == N
+
+
+@pytest.mark.parametrize("sink", list(SINKS))
+def test_job_shards_give_the_same_bytes(runner, reference, tmp_path, sink):
+    parts = [_files(tmp_path / f"s{k}") for k in range(3) if generate(runner, _opts(tmp_path / f"s{k}", sink, shard=(k, 3)))]
+    ref = reference[sink]
+    if sink == "array":  # each job shard's array holds its own rows: concatenated, they are the one-process array
+        rows = np.concatenate([np.load(io.BytesIO(p["images.npy"])) for p in parts])
+        assert rows.tobytes() == np.load(io.BytesIO(ref["images.npy"])).tobytes()
+        return
+    union: dict[str, bytes] = {}
+    for p in parts:
+        data = {k: v for k, v in p.items() if k not in ("manifest.csv", "generate.json")}
+        assert not set(data) & set(union)
+        union.update(data)
+    assert union == {k: v for k, v in ref.items() if k not in ("manifest.csv", "generate.json")}
+
+
+@pytest.mark.parametrize("sink", list(SINKS))
+def test_interrupted_then_resumed_is_byte_identical(runner, reference, tmp_path, sink):
+    out = tmp_path / "out"
+
+    def stop(b0):
+        if b0 >= 10:
+            raise KeyboardInterrupt
+    with pytest.raises(GenerateInterrupted) as e:
+        generate(runner, _opts(out, sink, writer_kind="thread"), on_batch=stop)
+    assert 0 < e.value.report.n_written < N
+    rep = generate(runner, _opts(out, sink, resume=True))
+    assert rep.n_resumed == e.value.report.n_written and rep.n_written == N - rep.n_resumed
+    assert _files(out) == reference[sink]  # images, manifest and run record, byte for byte
+    again = generate(runner, _opts(out, sink, resume=True))  # a finished run: nothing to do
+    assert again.n_written == 0 and "nothing to do" in again.summary()
+
+
+@pytest.mark.parametrize("sink", list(SINKS))
+def test_process_writers_give_the_same_bytes(runner, reference, tmp_path, sink):
+    rep = generate(runner, _opts(tmp_path / "p", sink, writer_kind="process", writers=2))
+    assert rep.writer_kind == "process" and rep.writers == 2
+    assert _files(tmp_path / "p") == reference[sink]
+
+
+def test_other_batch_size_same_pixels(runner, reference, tmp_path):
+    generate(runner, _opts(tmp_path / "a", "array", batch_size=3))
+    a = np.load(tmp_path / "a" / "images.npy")
+    ref = np.load(io.BytesIO(reference["array"]["images.npy"]))
+    assert np.abs(a.astype(int) - ref).max() <= 1  # float differences can flip a pixel on a rounding boundary
+
+
+def test_ustar_header_matches_tarfile():
+    for name, size in [("000001.png", 0), ("000001.json", 21), ("12345678.npy", 8**11 - 1)]:
+        ti = tarfile.TarInfo(name)
+        ti.size, ti.mtime, ti.mode = size, 0, 0o644
+        assert ustar_header(name, size) == ti.tobuf(tarfile.USTAR_FORMAT, "utf-8", "surrogateescape")
+
+
+def test_encode_batch_equals_encode():
+    from gan_deploy.core.images import encode
+    x = np.random.default_rng(0).integers(0, 256, (4, 9, 7, 3), dtype=np.uint8)
+    for fmt in ("png", "npy", "jpg"):
+        assert encode_batch(x, fmt) == [encode(im, fmt) for im in x]
+
+
+def test_bitset_runs_match_a_bool_array():
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        start = int(rng.integers(0, 20))
+        stop = start + int(rng.integers(0, 90))
+        bs, ref = Bitset(start, stop), np.zeros(stop - start, bool)
+        for _ in range(5):
+            lo = int(rng.integers(start - 3, stop + 3))
+            hi = int(rng.integers(lo, stop + 5))
+            v = bool(rng.random() < 0.7)
+            bs.set_range(lo, hi, v)
+            a, b = max(lo, start) - start, max(min(hi, stop) - start, 0)
+            if b > a:
+                ref[a:b] = v
+        for chunk in (1, 5, 1 << 20):
+            got = np.zeros_like(ref)
+            for a, b in bs.runs(chunk=chunk):
+                got[a - start:b - start] = True
+            assert (got == ref).all()
+        assert bs.count() == ref.sum()
+
+
+def test_resume_redoes_what_is_missing_or_cut_short(runner, reference, tmp_path):
+    """The journal is checked against the folder: a listed file that is gone is redone, a row cut short ignored."""
+    out = tmp_path / "out"
+
+    def stop(b0):
+        if b0 >= 10:
+            raise KeyboardInterrupt
+    with pytest.raises(GenerateInterrupted):
+        generate(runner, _opts(out, "folder", writer_kind="thread"), on_batch=stop)
+    (out / "000003.png").unlink()
+    (out / "000004.png").write_bytes(b"")  # as a power cut can leave it
+    with open(out / "manifest.csv", "a") as f:
+        f.write("14,4,0000")  # a row cut short
+    rep = generate(runner, _opts(out, "folder", resume=True))
+    assert rep.n_written == N - 13
+    assert _files(out) == reference["folder"]
