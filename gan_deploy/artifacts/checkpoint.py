@@ -176,6 +176,7 @@ def load_generator(ck: Checkpoint | str | Path | None = None, verify_hash: bool 
 
         model = build(ck.factory)  # refuses a source file changed since the export
     else:
+        assert ck.config is not None  # read_checkpoint gives a checkpoint a config or a factory
         model = build_generator(ck.config)
     try:
         model.load_state_dict(state, strict=True)

@@ -174,7 +174,7 @@ def artifact_from_onnx(path: str | Path, value_range: tuple[float, float] | None
         cfg = GeneratorConfig.from_dict(_meta_json(meta[META_CONFIG], p, META_CONFIG), where=f"{p}: {META_CONFIG}")
         if META_VALUE_RANGE not in meta and value_range is None:  # the config's range, not the default one
             import dataclasses
-            spec = dataclasses.replace(spec, value_range=tuple(cfg.value_range))
+            spec = dataclasses.replace(spec, value_range=(float(cfg.value_range[0]), float(cfg.value_range[1])))
         _check_config_matches_graph(cfg, spec, meta, p)
     else:
         cfg = None

@@ -5,6 +5,7 @@ ONNX. Variants (e.g. an INT8 or FP16 ONNX from `quantize`) are measured with onn
 """
 from __future__ import annotations
 
+import functools
 import json
 import math
 from dataclasses import dataclass, field
@@ -212,9 +213,10 @@ def bench(artifact: Artifact, opts: BenchOptions | None = None, progress: Callab
         z = latents_range(seed, 0, b, artifact.spec.latent_dim)
         ref_images = ref_runner.infer(z)
         images = {label: runner.infer(z) for label, runner in jobs}
-        timed = {label: ((lambda r=runner: r.infer(z)), runner.synchronize) for label, runner in jobs}
+        timed: dict[str, tuple[Callable[[], Any], Callable[[], None]]] = {
+            label: (functools.partial(runner.infer, z), runner.synchronize) for label, runner in jobs}
         if ref_runner not in [r for _, r in jobs]:
-            timed[ref_name] = ((lambda: ref_runner.infer(z)), ref_runner.synchronize)
+            timed[ref_name] = (functools.partial(ref_runner.infer, z), ref_runner.synchronize)
         stats = measure_interleaved(timed, b, warmup, iters, opts.rounds, min_time_s, max_time_s, progress)
         ref_p50 = stats[ref_name].p50_ms
         for label, runner in jobs:
