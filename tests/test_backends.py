@@ -57,7 +57,7 @@ def test_auto_picks_onnxruntime_on_cpu(tiny_checkpoint, tiny_onnx):
 
 
 def test_eager_refuses_onnx_with_hint(tiny_onnx):
-    with pytest.raises(GanDeployError, match="cannot run a onnx.*--backend auto"):
+    with pytest.raises(GanDeployError, match="cannot run an ONNX file.*--backend onnxruntime"):
         make_runner("eager", load_artifact(onnx=tiny_onnx))
 
 

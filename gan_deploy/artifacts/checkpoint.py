@@ -14,7 +14,7 @@ if TYPE_CHECKING:  # torch loads only when weights are read or written: describi
     import torch
 
 from gan_deploy.artifacts.factory import FactoryRef
-from gan_deploy.artifacts.spec import GeneratorSpec
+from gan_deploy.artifacts.spec import GeneratorSpec, check_spec_bounds
 from gan_deploy.core.errors import GanDeployError
 from gan_deploy.core.fileio import atomic_path, atomic_write_text, sha256_file
 from gan_deploy.core.resources import DEFAULT_GENERATOR, asset_path
@@ -147,6 +147,7 @@ def _factory_checkpoint(p: Path, side: Path, meta: dict[str, Any], sha: str) -> 
     if dims["channels"] not in (1, 3) or not all(is_int(v) for v in dims.values()):
         raise GanDeployError(f"{what} field is invalid", f"{side}: spec.channels={dims['channels']}", expected="1 or 3", hint=hint)
     spec = GeneratorSpec(dims["latent_dim"], dims["channels"], dims["height"], dims["width"], (float(vr[0]), float(vr[1])), rank)
+    check_spec_bounds(spec, f"{side}: spec", hint=hint)
     return Checkpoint(p, None, meta, sha, FactoryRef(ref, kwargs, src), spec)
 
 
@@ -175,7 +176,8 @@ def load_generator(ck: Checkpoint | str | Path | None = None, verify_hash: bool 
 
         model = build(ck.factory)  # refuses a source file changed since the export
     else:
-        model = build_generator(ck.config)  # type: ignore[arg-type]
+        assert ck.config is not None  # read_checkpoint gives a checkpoint a config or a factory
+        model = build_generator(ck.config)
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:

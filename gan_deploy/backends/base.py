@@ -15,7 +15,10 @@ from typing import Any, ClassVar
 import numpy as np
 
 from gan_deploy.artifacts.artifact import Artifact
-from gan_deploy.core.errors import GanDeployError
+from gan_deploy.artifacts.spec import kind_name, kinds_phrase
+from gan_deploy.core.errors import GanDeployError, warn
+
+WARN_FRACTION = 0.01  # NaN/Inf or out-of-range values above this share of the images so far: one warning
 
 
 class Runner(ABC):
@@ -26,17 +29,24 @@ class Runner(ABC):
 
     def __init__(self, artifact: Artifact, device: str = "auto", **options: Any):
         if artifact.kind not in self.accepts:
-            raise GanDeployError(f"backend '{self.name}' cannot run a {artifact.kind}", str(artifact.path), expected=f"one of: {', '.join(self.accepts)}", hint=self._accepts_hint(artifact))
+            raise GanDeployError(f"backend '{self.name}' cannot run {kind_name(artifact.kind)}", str(artifact.path),
+                                 expected=f"{kinds_phrase(self.accepts)} for --backend {self.name}", hint=self._accepts_hint(artifact))
         self.artifact = artifact
         self.spec = artifact.spec
         self.device = resolve_device(device)
         self.options = options
         self.active = False
         self.auto_reason: str | None = None  # set by make_runner when `auto` chose this backend
+        self.health = OutputHealth(artifact.spec.value_range, f"{self.name} on {artifact.path}")
 
-    @staticmethod
-    def _accepts_hint(artifact: Artifact) -> str:
-        return "use --backend auto to pick one that can" if artifact.kind != "checkpoint" else "export first"
+    @classmethod
+    def _accepts_hint(cls, artifact: Artifact) -> str:
+        from gan_deploy.backends import BACKENDS, runner_class
+
+        able = [n for n in BACKENDS if artifact.kind in runner_class(n).accepts]
+        if not able:
+            return "use --backend auto"
+        return f"for {kind_name(artifact.kind)} use --backend {' or '.join(able)} (or --backend auto, which picks one)"
 
     @classmethod
     def unavailable_reason(cls) -> str | None:
@@ -72,7 +82,7 @@ class Runner(ABC):
 
     def infer(self, z: np.ndarray) -> np.ndarray:
         """float32 latents [N, Z] -> float32 images [N, C, H, W] on the host, in the artifact's value range."""
-        return self.infer_impl(self._checked(z))
+        return self.health.observe(self.infer_impl(self._checked(z)))
 
     def infer_pixels(self, z: np.ndarray) -> np.ndarray:
         """float32 latents [N, Z] -> uint8 pixels [N, H, W, C] on the host, exactly `to_uint8(infer(z))`.
@@ -84,7 +94,7 @@ class Runner(ABC):
     def infer_pixels_impl(self, z: np.ndarray) -> np.ndarray:
         from gan_deploy.core.images import to_uint8
 
-        return to_uint8(self.infer_impl(z), self.spec.value_range)
+        return to_uint8(self.health.observe(self.infer_impl(z)), self.spec.value_range)
 
     @classmethod
     def device_reason(cls, device: str) -> str | None:
@@ -117,3 +127,64 @@ def resolve_device(device: str) -> str:
     if not has_cuda:
         raise GanDeployError("CUDA device requested but none is available", device, expected="a machine with an NVIDIA GPU and a CUDA build of torch", hint="use --device cpu")
     return device
+
+
+class OutputHealth:
+    """Counts what a runner's images hold that no image should: NaN/Inf (written as black pixels) and values outside
+    the declared value range (clipped: a range that does not fit the model gives black or washed-out images).
+    Warns once, when either passes WARN_FRACTION of the values seen so far. The common case costs a min and a max."""
+
+    def __init__(self, value_range: tuple[float, float], what: str):
+        lo, hi = value_range
+        slack = 0.01 * (hi - lo)  # quantized and FP16 models overshoot the range by a rounding step
+        self.lo, self.hi, self.lo_ok, self.hi_ok = lo, hi, lo - slack, hi + slack
+        self.what = what
+        self.values = 0
+        self.nonfinite = 0
+        self.out_of_range = 0
+        self.warned = False
+
+    def observe(self, images: np.ndarray) -> np.ndarray:
+        self.values += images.size
+        if images.size:
+            mn, mx = images.min(), images.max()  # NaN propagates into both
+            if mn >= self.lo_ok and mx <= self.hi_ok:
+                return images
+        finite = np.isfinite(images)
+        self.nonfinite += int(images.size - np.count_nonzero(finite))
+        self.out_of_range += int(np.count_nonzero(finite & ((images < self.lo_ok) | (images > self.hi_ok))))
+        if not self.warned and (self.nonfinite > WARN_FRACTION * self.values or self.out_of_range > WARN_FRACTION * self.values):
+            self.warned = True
+            warn(self.message())
+        return images
+
+    def check_spread(self, images: np.ndarray) -> None:
+        """A probe batch whose values all sit at one end of the declared range: the range is likely not the model's
+        ([0, 255] declared on a tanh or sigmoid model gives black images, with every value inside the range). An
+        untrained generator's near-constant mid-range output is not flagged."""
+        finite = images[np.isfinite(images)]
+        if finite.size < 2 or self.warned:
+            return
+        mn, mx, span = float(finite.min()), float(finite.max()), self.hi - self.lo
+        end = "black" if mx <= self.lo + span / 32 else "white" if mn >= self.hi - span / 32 else None
+        if end and mx - mn < span / 64 and mx > mn:
+            self.warned = True
+            warn(f"images from {self.what} span [{mn:.3g}, {mx:.3g}], at one end of the declared value range "
+                 f"[{self.lo:g}, {self.hi:g}]: they will be nearly {end}. The range is likely not the model's: pass the "
+                 "right --value-range (-1,1 for tanh, 0,1 for sigmoid) or fix the gan_deploy.value_range metadata")
+
+    def fractions(self) -> tuple[float, float]:
+        n = max(self.values, 1)
+        return self.nonfinite / n, self.out_of_range / n
+
+    def message(self) -> str:
+        nf, oor = self.fractions()
+        parts = []
+        if nf > WARN_FRACTION:
+            parts.append(f"{nf:.1%} of the image values are NaN/Inf (written as black pixels)")
+        if oor > WARN_FRACTION:
+            parts.append(f"{oor:.1%} lie outside the declared value range [{self.lo:g}, {self.hi:g}] (clipped)")
+        hint = ("the model's output range is not the declared one: pass the right --value-range (-1,1 for tanh, 0,1 for "
+                "sigmoid) or fix the gan_deploy.value_range metadata" if oor > WARN_FRACTION
+                else "the model produces NaN/Inf: check its weights (or a reduced precision that overflows)")
+        return f"images from {self.what}: {'; '.join(parts)}; {hint}"

@@ -6,8 +6,9 @@ import os
 
 import numpy as np
 
-from gan_deploy.artifacts.onnx import META_INT8_TARGET
+from gan_deploy.artifacts.onnx import FIXED_BATCH_HINT, META_INT8_TARGET
 from gan_deploy.backends.base import Runner
+from gan_deploy.core.errors import GanDeployError
 from gan_deploy.export.onnx import onnx_bytes_of
 
 
@@ -61,7 +62,7 @@ class OnnxRuntimeRunner(Runner):
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if self._simulate_qdq():
             so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
-        threads = self.options.get("threads") or int(os.environ.get("GAN_DEPLOY_THREADS", "0"))
+        threads = self.options.get("threads") or env_threads()
         if threads:
             so.intra_op_num_threads = threads
         if not self.options.get("spin", True):
@@ -71,9 +72,47 @@ class OnnxRuntimeRunner(Runner):
             so.add_session_config_entry("session.intra_op.allow_spinning", "0")
         so.log_severity_level = 3  # warnings about unused initializers etc. are noise for users
         self.providers = choose_providers(self.device)
-        self.session = ort.InferenceSession(onnx_bytes_of(self.artifact), sess_options=so, providers=self.providers)
+        try:
+            self.session = ort.InferenceSession(onnx_bytes_of(self.artifact), sess_options=so, providers=self.providers)
+        except GanDeployError:
+            raise
+        except Exception as e:  # onnxruntime's own error types (Fail, InvalidGraph, NotImplemented ...), per version
+            raise GanDeployError("onnxruntime cannot load the model", f"{self.artifact.path} ({_first_line(e)})",
+                                 expected="an ONNX model onnxruntime can run (standard ops, opset it supports, complete weights)",
+                                 hint="check the file with `python -c \"import onnx; onnx.checker.check_model('FILE', full_check=True)\"`, "
+                                      "or re-export it") from None
         self._inputs = self.spec.input_name
         self._outputs = [self.spec.output_name]
+        self._batch = self.spec.fixed_batch
+        self._probe()
+
+    def _probe(self) -> None:
+        """One inference before any real work: the images must have the shape the graph declares (a graph may
+        declare [N, 1, 8, 8] and compute [N, 1, 4, 16]), and should fill the declared value range."""
+        from gan_deploy.core.latents import latents_range
+
+        b = self._batch or 2
+        z = latents_range(0, 0, b, self.spec.latent_dim).reshape(b, *self.spec.latent_shape)
+        y = self._run(z)
+        want = (b, *self.spec.image_shape)
+        if tuple(y.shape) != want:
+            raise GanDeployError("ONNX model returns images of another shape than it declares", f"{self.artifact.path}: "
+                                 f"declares {self.spec.output_name} [N, {', '.join(map(str, self.spec.image_shape))}], "
+                                 f"returns {list(y.shape)} at batch {b}", expected=f"{list(want)}",
+                                 hint="fix the graph's output shape (or its Reshape) and re-export; the declared shape is "
+                                      "what every file and config is made for")
+        if y.dtype != np.float32:
+            raise GanDeployError("ONNX model returns the wrong element type", f"{self.artifact.path}: {y.dtype}", expected="float32")
+        self.health.observe(y)
+        self.health.check_spread(y)
+
+    def _run(self, z: np.ndarray) -> np.ndarray:
+        try:
+            return self.session.run(self._outputs, {self._inputs: z})[0]
+        except Exception as e:
+            raise GanDeployError("onnxruntime failed to run the model", f"{self.artifact.path} at batch {len(z)} ({_first_line(e)})",
+                                 expected="a model that runs on latents [N, Z]",
+                                 hint=FIXED_BATCH_HINT if self._batch else "check the model with onnxruntime directly; re-export it") from None
 
     def _simulate_qdq(self) -> bool:
         """Run a TensorRT-flavour INT8 model as plain Q/DQ arithmetic (no fused int8 kernels) on x86 CPUs without
@@ -88,7 +127,39 @@ class OnnxRuntimeRunner(Runner):
         return True
 
     def infer_impl(self, z: np.ndarray) -> np.ndarray:
-        return self.session.run(self._outputs, {self._inputs: z})[0]
+        b = self._batch
+        if b is None or len(z) == b:
+            return self._run(z)
+        # a fixed-batch graph runs only its own batch size: whole chunks of it, the last one padded with zeros
+        out = np.empty((len(z), *self.spec.image_shape), dtype=np.float32)
+        for s in range(0, len(z), b):
+            chunk = z[s:s + b]
+            if len(chunk) < b:
+                chunk = np.concatenate([chunk, np.zeros((b - len(chunk), *chunk.shape[1:]), dtype=chunk.dtype)])
+            out[s:s + b] = self._run(chunk)[: min(b, len(z) - s)]
+        return out
 
     def describe(self) -> str:
-        return f"onnxruntime ({', '.join(p.replace('ExecutionProvider', '') for p in getattr(self, 'providers', []))})"
+        fixed = f"; fixed batch {self._batch}" if getattr(self, "_batch", None) else ""
+        return f"onnxruntime ({', '.join(p.replace('ExecutionProvider', '') for p in getattr(self, 'providers', []))}{fixed})"
+
+
+def env_threads() -> int:
+    """GAN_DEPLOY_THREADS: onnxruntime's intra-op threads (0 or unset: onnxruntime's default, every core)."""
+    text = os.environ.get("GAN_DEPLOY_THREADS", "").strip()
+    if not text:
+        return 0
+    try:
+        n = int(text)
+    except ValueError:
+        n = -1
+    if not 0 <= n <= 4096:
+        raise GanDeployError("bad GAN_DEPLOY_THREADS", repr(os.environ["GAN_DEPLOY_THREADS"]),
+                             expected="an integer >= 0 (0: every core)", hint="unset it, or e.g. export GAN_DEPLOY_THREADS=2")
+    return n
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    line = text[0] if text else type(e).__name__
+    return line if len(line) <= 240 else line[:237] + "..."

@@ -15,6 +15,7 @@ from typing import Any, Callable
 import numpy as np
 
 from gan_deploy.artifacts.artifact import Artifact
+from gan_deploy.artifacts.spec import kind_name, kinds_phrase
 from gan_deploy.backends import make_runner, runner_class, unavailable_reason
 from gan_deploy.backends.torch_common import TORCH_PRECISIONS
 from gan_deploy.core.errors import GanDeployError
@@ -154,27 +155,31 @@ class BenchOptions:
 
 def bench(artifact: Artifact, opts: BenchOptions | None = None, progress: Callable[[str], None] | None = None) -> BenchReport:
     """Measure each backend (and variant) at each batch size on identical latents."""
-    from gan_deploy.artifacts.load import load_artifact
-
     opts = opts or BenchOptions()
     backends, batch_sizes, warmup, iters = opts.backends, opts.batch_sizes, opts.warmup, opts.iters
     min_time_s, max_time_s, seed, device, threads = opts.min_time_s, opts.max_time_s, opts.seed, opts.device, opts.threads
     gate_samples = opts.gate_samples
-    variants = [load_artifact(onnx=v) for v in opts.variants]
+    variants = [_load_variant(v, artifact) for v in opts.variants]
     if not batch_sizes or min(batch_sizes) < 1:
         raise GanDeployError("bad batch sizes", list(batch_sizes), expected="one or more integers >= 1")
     from gan_deploy.backends import BACKENDS
-    requested = list(backends) if backends else [n for n in BACKENDS]
+    if backends is not None and not backends:
+        raise GanDeployError("no backend named", "an empty list", expected="backends such as eager,onnxruntime",
+                             hint="leave the backends out to measure every backend available here")
+    requested = list(dict.fromkeys(backends)) if backends else [n for n in BACKENDS]
     runnable: list[str] = []
     skipped: dict[str, str] = {}
     for name in requested:
         cls = runner_class(name)
         reason = unavailable_reason(name)
         if artifact.kind not in cls.accepts:
-            reason = f"cannot run a {artifact.kind} (runs: {', '.join(cls.accepts)})"
+            reason = f"it cannot run {kind_name(artifact.kind)} (it runs {kinds_phrase(cls.accepts)})"
         if reason:
             if backends:  # asked for by name: an error, not a silent skip
-                raise GanDeployError(f"backend '{name}' cannot be benchmarked", reason)
+                able = [n for n in BACKENDS if artifact.kind in runner_class(n).accepts]
+                raise GanDeployError(f"backend '{name}' cannot be benchmarked", reason,
+                                     hint=(f"drop it from --backends (for {kind_name(artifact.kind)}: {', '.join(able)})"
+                                           if able else "leave --backends out to measure every backend that can run it"))
             skipped[name] = reason
         else:
             runnable.append(name)
@@ -197,6 +202,13 @@ def bench(artifact: Artifact, opts: BenchOptions | None = None, progress: Callab
         jobs.append((f"onnxruntime:{v.precision}", make_runner("onnxruntime", v, dev, **options)))
     # the reference is strict FP32 (TF32 off on a GPU): eager when the artifact has PyTorch weights
     ref_runner = next((r for n, r in jobs if n == ref_name), None) or make_runner(ref_name, artifact, dev, **options)
+    # every row keeps its images of the largest batch for the error columns: refuse what cannot fit before allocating
+    from gan_deploy.backends.memory import check_batch_fits
+
+    runners = len(jobs) + (ref_runner not in [r for _, r in jobs])
+    check_batch_fits(artifact, max(batch_sizes), dev, image_copies=runners + 2, activation_copies=runners, option="--batch-sizes")
+    if gate_samples:
+        check_batch_fits(artifact, gate_samples, dev, image_copies=3, activation_copies=0, option="--gate-samples")
     span = artifact.spec.value_range[1] - artifact.spec.value_range[0]
     rows: list[BenchRow] = []
     for b in batch_sizes:
@@ -226,6 +238,28 @@ def bench(artifact: Artifact, opts: BenchOptions | None = None, progress: Callab
                        {"batch_sizes": list(batch_sizes), "warmup": warmup, "iters": iters, "min_time_s": min_time_s,
                         "seed": seed, "device": dev, "threads": threads, "gate_samples": gate_samples,
                         "precisions": list(precisions), "rounds": opts.rounds, "gpu": _gpu_name(dev)}, gate)
+
+
+def _load_variant(path: str | Path, artifact: Artifact) -> Artifact:
+    """A reduced-precision ONNX measured beside the artifact: it must exist (quantize makes it) and be the same generator."""
+    from gan_deploy.artifacts.load import load_artifact
+
+    p = Path(path)
+    if not p.exists():
+        name = p.name.lower()
+        how = ("gan-deploy quantize --fp16" if "fp16" in name else
+               "gan-deploy quantize --int8" + (" --target tensorrt" if "tensorrt" in name else "") if "int8" in name else
+               "gan-deploy quantize --int8 (or --fp16)")
+        raise GanDeployError("--variant file not found", str(p), expected="a reduced-precision ONNX made by `gan-deploy quantize`",
+                             hint=f"make it first: `{how}`" + (f" --onnx ... -o {p}" if "digits_dcgan" not in name else ""))
+    v = load_artifact(onnx=p)
+    a, b = artifact.spec, v.spec
+    if (a.latent_dim, a.image_shape) != (b.latent_dim, b.image_shape):
+        raise GanDeployError("--variant is another generator", f"{p}: Z={b.latent_dim} image {'x'.join(map(str, b.image_shape))} "
+                             f"vs Z={a.latent_dim} image {'x'.join(map(str, a.image_shape))} of {artifact.path}",
+                             expected="a quantized model of the benchmarked generator",
+                             hint="pass the generator it was made from with --checkpoint / --onnx")
+    return v
 
 
 def _gate_figures(jobs, ref_runner, artifact: Artifact, n: int, progress) -> dict[str, dict[str, Any]]:

@@ -73,6 +73,18 @@ def eval_cmd(checkpoint, onnx, engine, value_range, images, reference, against_b
 
     if images is not None and (checkpoint or onnx or engine):
         raise GanDeployError("--images and a generator were both given", f"--images {images}", expected="one thing to score", hint="drop --checkpoint/--onnx/--engine, or drop --images")
+    from gan_deploy.cli.options import check_report_outputs
+
+    ins: list[Path | None] = [p for p in (checkpoint, onnx, engine) if p is not None]
+    ins += [p.with_suffix(".json") for p in ins if p is not None]
+    if images is not None:
+        ins += [images] if images.is_file() else [images / "manifest.csv"]
+    check_report_outputs({"--json": json_out}, ins)
+    if json_out is not None and images is not None and images.is_dir():
+        from gan_deploy.core.outputs import is_within
+        if is_within(json_out, images):
+            raise GanDeployError("--json would write into the scored --images folder", str(json_out),
+                                 expected="a file outside it", hint="write the report beside the folder, e.g. --json eval.json")
     artifact = against = None
     if images is None:
         # with --onnx/--engine, --checkpoint names the reference (eager) side, not what is scored

@@ -5,6 +5,7 @@ Every GanDeployError becomes a one-line `Error: ...` and exit code 2; Ctrl-C bec
 from __future__ import annotations
 
 import os
+import warnings
 from typing import Any
 
 import click
@@ -24,14 +25,38 @@ EXIT_INTERRUPTED = 130
 
 class Group(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
-        try:
-            return super().invoke(ctx)
-        except GanDeployError as e:
-            click.secho(f"Error: {e.one_line()}", err=True, fg="red")
-            ctx.exit(EXIT_USER_ERROR)
-        except KeyboardInterrupt:
-            click.echo("\nInterrupted: files written so far are complete; nothing half-written was left.", err=True)
-            ctx.exit(EXIT_INTERRUPTED)
+        with warnings.catch_warnings():
+            _show_warnings_as_lines()
+            try:
+                return super().invoke(ctx)
+            except GanDeployError as e:
+                click.secho(f"Error: {e.one_line()}", err=True, fg="red")
+                ctx.exit(EXIT_USER_ERROR)
+            except KeyboardInterrupt:
+                click.echo("\nInterrupted: files written so far are complete; nothing half-written was left.", err=True)
+                ctx.exit(EXIT_INTERRUPTED)
+
+
+def _show_warnings_as_lines() -> None:
+    """Our warnings (GanDeployWarning: NaN images, a value range that does not fit) as one `warning: ...` line each
+    on stderr, every time; libraries' warnings (torch's deprecations, pickle notices) are not the user's business
+    on the command line and are dropped (Python callers still see them)."""
+    import sys
+
+    from gan_deploy.core.errors import GanDeployWarning
+
+    if not sys.warnoptions:  # -W or PYTHONWARNINGS given: the user asked to see them
+        warnings.simplefilter("ignore")
+    warnings.simplefilter("always", GanDeployWarning)
+    previous = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None) -> None:
+        if issubclass(category, GanDeployWarning):
+            click.secho(f"warning: {message}", err=True, fg="yellow")
+        else:
+            previous(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = show
 
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -62,6 +87,10 @@ def _register() -> None:
     from gan_deploy.cli.serve import serve, triton_repo
     from gan_deploy.cli.train import train
 
+    # the group's command list shows each command's short_help; click would cut train's long first sentence to
+    # "Train a GAN generator; the run folder gets..." (its own short_help belongs in cli/train.py)
+    if not train.short_help:
+        train.short_help = "Train a GAN generator (built-in digits or your images)."
     for cmd in (train, export, quantize, build_engine, generate, bench, eval_cmd, serve, triton_repo):
         main.add_command(cmd)
 

@@ -5,6 +5,7 @@ print it on one line and exit non-zero instead of showing a traceback.
 """
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 
@@ -37,3 +38,13 @@ class BackendUnavailable(GanDeployError):
 
 class StaleArtifact(GanDeployError):
     """An artifact's recorded parent (sha256, GPU, library version) does not match what it is used with."""
+
+
+class GanDeployWarning(UserWarning):
+    """Something the user should know that does not stop the command (NaN images, a value range that does not fit
+    the model's output). The CLI prints each as one `warning: ...` line on stderr; Python callers get a warning."""
+
+
+def warn(message: str) -> None:
+    """Tell the user something is off without stopping: one line (the CLI shows it as `warning: <message>`)."""
+    warnings.warn(message.replace("\n", " "), GanDeployWarning, stacklevel=3)

@@ -31,6 +31,7 @@ index into one tensor instead of a DataLoader round trip.
 from __future__ import annotations
 
 import gzip
+import math
 import re
 import zipfile
 import zlib
@@ -281,7 +282,11 @@ def _read_idx(path: Path) -> np.ndarray:
     try:
         if path.suffix.lower() == ".gz":
             with gzip.open(path, "rb") as f:
-                raw = f.read()
+                head = f.read(4 + 4 * 4)
+                # read no more than the header declares (+1 byte to notice a longer file): a small .gz can inflate to
+                # terabytes, and a hostile header can declare them
+                declared = _idx_declared_bytes(head, path)
+                raw = head + f.read(max(declared - len(head), 0) + 1)
         else:
             raw = path.read_bytes()
     except (OSError, EOFError, zlib.error) as e:  # gzip.BadGzipFile is an OSError; damaged deflate data is zlib.error
@@ -298,11 +303,36 @@ def _read_idx(path: Path) -> np.ndarray:
         raise GanDeployError("IDX file truncated in its header", str(path), expected=f"{header} header bytes", hint="download it again")
     dims = [int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
     dtype = np.dtype(IDX_DTYPES[type_code])
-    expected = header + int(np.prod(dims, dtype=np.int64)) * dtype.itemsize
+    expected = header + math.prod(dims) * dtype.itemsize  # Python integers: a hostile header cannot overflow them
+    if dims and dims[0] == 0:
+        raise GanDeployError("IDX file holds no items", f"{path}: dimensions {dims}", expected="at least one image (or label)",
+                             hint="the file is empty or damaged; download it again")
+    if any(d == 0 for d in dims[1:]):
+        raise GanDeployError("IDX file declares an empty dimension", f"{path}: dimensions {dims}", expected="every dimension >= 1",
+                             hint="the file is damaged; download it again")
     if len(raw) != expected:
         raise GanDeployError("IDX file size does not match its header", f"{path}: {len(raw)} bytes for dimensions {dims}", expected=f"{expected} bytes", hint="the file is truncated or damaged; download it again")
     a = np.frombuffer(raw, dtype=dtype, offset=header).reshape(dims)
     return a.astype(dtype.newbyteorder("="))  # native byte order, own memory
+
+
+MAX_IDX_BYTES = 64 << 30  # an IDX data set held in memory; MNIST is 47 MB, EMNIST's largest about 700 MB
+
+
+def _idx_declared_bytes(head: bytes, path: Path) -> int:
+    """The total size an IDX header declares (header + data), refusing more than MAX_IDX_BYTES; when the header is
+    unreadable, a size that lets the full checks in _read_idx report it."""
+    if len(head) < 4 or head[0] != 0 or head[1] != 0 or head[2] not in IDX_DTYPES or not 1 <= head[3] <= 4:
+        return len(head)
+    ndim = head[3]
+    if len(head) < 4 + 4 * ndim:
+        return len(head)
+    dims = [int.from_bytes(head[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
+    total = 4 + 4 * ndim + math.prod(dims) * np.dtype(IDX_DTYPES[head[2]]).itemsize
+    if total > MAX_IDX_BYTES:
+        raise GanDeployError("IDX header declares more data than gan-deploy reads", f"{path}: dimensions {dims} ({total / 2**30:,.0f} GiB)",
+                             expected=f"at most {MAX_IDX_BYTES >> 30} GiB", hint="the file is damaged, or split it into smaller files")
+    return total
 
 
 def _idx_labels_beside(images_path: Path, n: int) -> np.ndarray | None:

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from gan_deploy.artifacts.artifact import META_PRECISION, Artifact, artifact_from_checkpoint
-from gan_deploy.artifacts.checkpoint import save_factory_checkpoint
+from gan_deploy.artifacts.checkpoint import save_factory_checkpoint, sidecar_of
 from gan_deploy.artifacts.factory import FactoryRef, source_file
 from gan_deploy.artifacts.factory import build as build_factory
 from gan_deploy.artifacts.onnx import META_CONFIG, META_PARENT_KIND, META_PARENT_SHA, META_TOLERANCE, META_VALUE_RANGE, spec_from_onnx_model
@@ -19,6 +19,7 @@ from gan_deploy.artifacts.spec import GeneratorSpec
 from gan_deploy.core.errors import GanDeployError
 from gan_deploy.core.fileio import atomic_write_bytes, sha256_file
 from gan_deploy.core.latents import latents_range
+from gan_deploy.core.outputs import check_output_file, refuse_inputs_as_outputs
 from gan_deploy.core.resources import derived_output_dir
 
 DEFAULT_OPSET = 17
@@ -126,13 +127,43 @@ def max_abs_err_vs_torch(module, onnx_bytes: bytes, spec: GeneratorSpec, batch_s
     return worst
 
 
+MIN_OPSET = 17
+
+
+def max_opset() -> int:
+    """The newest opset both torch's TorchScript exporter and the installed onnx can write."""
+    import onnx.defs
+
+    try:
+        from torch.onnx import _constants
+        torch_max = int(getattr(_constants, "ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET", 20))
+    except ImportError:
+        torch_max = 20
+    return min(torch_max, int(onnx.defs.onnx_opset_version()))
+
+
+def check_opset(opset: int) -> int:
+    top = max_opset()
+    if not isinstance(opset, int) or isinstance(opset, bool) or not MIN_OPSET <= opset <= top:
+        raise GanDeployError("unsupported ONNX opset", opset, expected=f"{MIN_OPSET}..{top} (what torch's exporter and onnx here support)",
+                             hint=f"leave --opset out (default {DEFAULT_OPSET})")
+    return opset
+
+
+def check_onnx_out(out: str | Path, inputs: list[Path | None]) -> Path:
+    """--out: an .onnx file name in a writable place that is none of the inputs (checked before any work)."""
+    p = check_output_file(out, suffix=".onnx")
+    refuse_inputs_as_outputs([p], inputs)
+    return p
+
+
 def onnx_from_module(module, spec: GeneratorSpec, out: str | Path, meta: dict[str, str], opset: int = DEFAULT_OPSET,
                      tolerance: float = DEFAULT_TOLERANCE, batch_sizes=(1, 7, 64)) -> ExportReport:
     """Export, check, verify against eager, then (and only then) write the file atomically."""
     import onnx
 
-    if opset < 17:
-        raise GanDeployError("ONNX opset too old", opset, expected="17 or newer")
+    check_opset(opset)
+    out = check_output_file(out, suffix=".onnx")
     model = _torch_to_onnx(module, spec.latent_shape, opset)
     _set_meta(model, {**meta, META_VALUE_RANGE: json.dumps(list(spec.value_range)), META_PRECISION: "fp32"})
     model.producer_name = "gan-deploy"
@@ -146,18 +177,24 @@ def onnx_from_module(module, spec: GeneratorSpec, out: str | Path, meta: dict[st
     if err > tolerance:
         raise GanDeployError("onnxruntime disagrees with eager PyTorch", f"max abs err {err:.3g}", expected=f"<= {tolerance:g}", hint="the model uses an op the exporter translates differently; nothing was written")
     _set_meta(model, {META_TOLERANCE: f"{err:.3e}"})
-    out = Path(out)
-    if out.is_dir():
-        raise GanDeployError("output path is a folder", str(out), expected="a file name ending in .onnx")
     atomic_write_bytes(out, model.SerializeToString())
     return ExportReport(out, opset, err, tolerance, tuple(batch_sizes), spec, meta.get(META_PARENT_SHA, ""))
 
 
 def onnx_from_checkpoint(checkpoint: str | Path | None, out: str | Path | None = None, opset: int = DEFAULT_OPSET,
                          tolerance: float = DEFAULT_TOLERANCE) -> ExportReport:
+    check_opset(opset)
     art = artifact_from_checkpoint(checkpoint)
     # beside the checkpoint; for the shipped one (inside the package) models/ in the working directory
     out = Path(out) if out else derived_output_dir(art.path) / art.path.with_suffix(".onnx").name
+    out = check_onnx_out(out, [art.path, sidecar_of(art.path)])
+    if art.config is None:  # a user's generator exported with --factory: its factory is in the sidecar, not a config
+        from gan_deploy.artifacts.onnx import META_FACTORY, META_FACTORY_KWARGS
+
+        fref = art.checkpoint.factory
+        meta = {META_PARENT_SHA: art.sha256, META_PARENT_KIND: "checkpoint", META_FACTORY: fref.ref,
+                META_FACTORY_KWARGS: json.dumps(fref.kwargs)}
+        return onnx_from_module(art.torch_module(), art.spec, out, meta, opset, tolerance)
     meta = {META_CONFIG: json.dumps(art.config.to_dict()), META_PARENT_SHA: art.sha256, META_PARENT_KIND: "checkpoint"}
     return onnx_from_module(art.torch_module(), art.spec, out, meta, opset, tolerance)
 
@@ -171,13 +208,26 @@ def load_weights(path: str | Path) -> dict[str, Any]:
     p = Path(path)
     if not p.exists():
         raise GanDeployError("weights file not found", str(p))
+    if p.is_dir():
+        raise GanDeployError("weights path is a folder", str(p), expected="a .safetensors or .pth file")
+    expected = "safetensors, or a state dict saved with torch.save(model.state_dict())"
+    hint = "whole pickled models are refused for safety (unpickling runs code); save model.state_dict() instead"
+    if _is_torchscript(p):
+        raise GanDeployError("weights file is a TorchScript archive, not a state dict", str(p), expected=expected,
+                             hint="load it with torch.jit.load, then torch.save(module.state_dict(), 'weights.pth')")
     try:
-        if p.suffix == ".safetensors":
-            from safetensors.torch import load_file
-            return load_file(str(p))
-        state = torch.load(str(p), map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch's notices about pickles and archives: the error below says it once
+            warnings.simplefilter("ignore")
+            if p.suffix == ".safetensors":
+                from safetensors.torch import load_file
+                return load_file(str(p))
+            state = torch.load(str(p), map_location="cpu", weights_only=True)
     except Exception as e:
-        raise GanDeployError("could not read weights", f"{p} ({type(e).__name__}: {str(e).splitlines()[0][:160]})", expected="safetensors, or a state dict saved with torch.save(model.state_dict())", hint="whole pickled models are refused for safety; save model.state_dict()") from None
+        first = (str(e).strip().splitlines() or [""])[0]
+        if type(e).__name__ == "UnpicklingError" or "weights only load failed" in first.lower():
+            raise GanDeployError("could not read weights (the file holds pickled Python objects, not only tensors)", str(p), expected=expected,
+                                 hint=hint) from None
+        raise GanDeployError("could not read weights", f"{p} ({type(e).__name__}: {first[:160]})", expected=expected, hint=hint) from None
     for key in ("state_dict", "generator", "G", "netG", "model"):  # common wrappers in tutorial checkpoints
         if isinstance(state, dict) and key in state and isinstance(state[key], dict):
             state = state[key]
@@ -186,12 +236,33 @@ def load_weights(path: str | Path) -> dict[str, Any]:
     return state
 
 
+def _is_torchscript(p: Path) -> bool:
+    """torch.jit.save archives are zip files holding code/ and constants.pkl (torch.load would dispatch to jit)."""
+    import zipfile
+
+    try:
+        if not zipfile.is_zipfile(p):
+            return False
+        with zipfile.ZipFile(p) as z:
+            names = z.namelist()
+    except (OSError, zipfile.BadZipFile):
+        return False
+    return any(n.endswith("constants.pkl") for n in names) and any("/code/" in n for n in names)
+
+
 def onnx_from_factory(factory: str, out: str | Path, kwargs: dict[str, Any] | None = None, weights: str | Path | None = None,
                       latent_dim: int | None = None, value_range: tuple[float, float] = (-1.0, 1.0),
                       opset: int = DEFAULT_OPSET, tolerance: float = DEFAULT_TOLERANCE) -> ExportReport:
     """Export the user's own generator: build it from the factory, load weights, probe its contract."""
     import torch
 
+    check_opset(opset)
+    # everything written (the ONNX file, the torch artifact and its sidecar) is checked before the user's code runs
+    out = check_output_file(out, suffix=".onnx")
+    torch_out = out.with_suffix(".safetensors")
+    mod_ref0 = factory.rpartition(":")[0]
+    code = Path(mod_ref0) if mod_ref0.endswith(".py") else None
+    refuse_inputs_as_outputs([out, torch_out, torch_out.with_suffix(".json")], [Path(weights) if weights else None, code])
     # a file reference is recorded absolute: the torch artifact is loaded later from another working directory
     mod_ref, _, attr = factory.rpartition(":")
     ref = f"{Path(mod_ref).resolve()}:{attr}" if mod_ref.endswith(".py") else factory
@@ -211,6 +282,9 @@ def onnx_from_factory(factory: str, out: str | Path, kwargs: dict[str, Any] | No
              or next((int((kwargs or {})[a]) for a in names if isinstance((kwargs or {}).get(a), int)), None))
     if z_dim is None:
         raise GanDeployError("cannot tell the latent size of the generator", factory, hint="pass --latent-dim Z")
+    from gan_deploy.artifacts.spec import MAX_LATENT_DIM
+    if not 1 <= z_dim <= MAX_LATENT_DIM:
+        raise GanDeployError("latent size out of range", z_dim, expected=f"1..{MAX_LATENT_DIM}", hint="pass --latent-dim Z")
     out_shape, rank = None, None
     for shape in ((z_dim,), (z_dim, 1, 1)):  # [N, Z] or [N, Z, 1, 1], the two layouts generators use
         try:
@@ -228,10 +302,6 @@ def onnx_from_factory(factory: str, out: str | Path, kwargs: dict[str, Any] | No
     spec = GeneratorSpec(z_dim, c, h, w, value_range, rank)
     meta = {META_PARENT_SHA: parent, META_PARENT_KIND: "torch-factory", "gan_deploy.factory": factory,
             "gan_deploy.factory_kwargs": json.dumps(kwargs or {})}
-    torch_out = Path(out).with_suffix(".safetensors")
-    if weights is not None and Path(weights).resolve() in (torch_out.resolve(), torch_out.with_suffix(".json").resolve()):
-        raise GanDeployError("--out would overwrite the weights it exports", str(torch_out), expected="a different --out name",
-                             hint="name the ONNX file differently from the weights")
     report = onnx_from_module(module, spec, out, meta, opset, tolerance)
     # beside the ONNX, the same generator for the PyTorch backends (fp16, CUDA graphs on a GPU): weights as
     # safetensors + a sidecar naming the factory, its arguments and its source file's sha256

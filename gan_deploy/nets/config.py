@@ -57,14 +57,47 @@ class GeneratorConfig:
                    check=lambda v: len(v) == 2 and all(is_number(x) for x in v) and v[1] > v[0],
                    expected="[lo, hi] with lo < hi, e.g. [-1, 1]", hint=hint, required=False, default=list(cls.value_range))
         kw["value_range"] = (float(vr[0]), float(vr[1]))
-        return cls(**kw)
+        cfg = cls(**kw)
+        cfg.check_size(where, hint)
+        return cfg
+
+    def check_size(self, where: str = "generator config", hint: str | None = None) -> None:
+        """Refuse a config whose generator could not be built (a dcgan needs a power-of-two image size) or would
+        not fit in memory: each field may be in range while their combination asks for terabytes."""
+        if self.arch == "dcgan" and (self.image_size < 8 or self.image_size & (self.image_size - 1)):
+            raise GanDeployError("generator config field is invalid", f"{where}: image_size={self.image_size}",
+                                 expected="a power of two >= 8 for the dcgan architecture (8, 16, 32, 64 ...)", hint=hint)
+        n = estimated_parameters(self)
+        if n > MAX_PARAMETERS:
+            raise GanDeployError("generator config asks for a generator too large to build", f"{where}: {self.arch} "
+                                 f"width={self.width} image_size={self.image_size} latent_dim={self.latent_dim} -> "
+                                 f"{n:.3g} parameters ({4 * n / 2**30:,.0f} GiB of float32 weights)",
+                                 expected=f"at most {MAX_PARAMETERS:.3g} parameters ({4 * MAX_PARAMETERS >> 30} GiB)",
+                                 hint=hint or "lower width or image_size")
 
 
-# Bounds on what a config may ask for: a generator of these sizes allocates at most a few GB (width 4096 at
-# 256x256 is about 3 GB of float32 weights); larger values are a damaged or hostile file, not a model.
+def estimated_parameters(cfg: GeneratorConfig) -> int:
+    """The generator's parameter count, computed from the config alone (what nets/networks.py would build)."""
+    z, c, s, w = cfg.latent_dim, cfg.channels, cfg.image_size, cfg.width
+    if cfg.arch == "mlp":
+        h = (4 * w, 8 * w, 16 * w)
+        return (z * h[0] + h[0]) + (h[0] * h[1] + h[1]) + (h[1] * h[2] + h[2]) + (h[2] + 1) * c * s * s
+    n_up = max(1, (max(s, 8) // 4).bit_length() - 1)
+    ch = w * 2 ** (n_up - 1)
+    total = z * ch * 16 + 2 * ch
+    for _ in range(n_up - 1):
+        total += ch * (ch // 2) * 16 + 2 * (ch // 2)
+        ch //= 2
+    return total + ch * c * 16 + c
+
+
+# Bounds on what a config may ask for, field by field; larger values are a damaged or hostile file, not a model.
+# Fields in range can still multiply into terabytes (dcgan width 4096 at 256x256 is 5.5e11 parameters), so the
+# parameter count the config implies is bounded too (MAX_PARAMETERS: 4 GiB of float32 weights).
 MAX_LATENT_DIM = 65536
 MAX_IMAGE_SIZE = 1024
 MAX_WIDTH = 4096
+MAX_PARAMETERS = 1 << 30
 
 
 def dumps(obj: dict[str, Any]) -> str:

@@ -23,6 +23,7 @@ def _check(cfg: GeneratorConfig) -> int:
     n_up = int(round(math.log2(cfg.image_size / 4))) if cfg.image_size >= 8 else -1
     if cfg.arch == "dcgan" and (n_up < 1 or 4 * 2**n_up != cfg.image_size):
         raise GanDeployError("dcgan image size must be a power of two", cfg.image_size, expected="8, 16, 32, 64, 128 ...", hint="resize the data set (train --image-size) or use --arch mlp")
+    cfg.check_size("generator", hint="lower --width or --image-size")  # before a terabyte allocation, not after
     return n_up
 
 

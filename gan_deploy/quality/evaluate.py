@@ -52,9 +52,15 @@ def _load_generated_folder(folder: Path) -> np.ndarray:
         raise GanDeployError("unreadable generate manifest", f"{folder / MANIFEST} ({type(e).__name__}: {e})", expected="the manifest.csv written by `gan-deploy generate` (columns index, seed, file)", hint="regenerate the folder, or delete manifest.csv to read every image in it") from None
     if not names:
         raise GanDeployError("generate manifest lists no images", str(folder / MANIFEST), expected="one row per image file")
+    base = folder.resolve()
     decoded = []
-    for name in names:
-        path = folder / name
+    for row, name in enumerate(names, start=2):
+        path = folder / (name or "")
+        # a manifest names files of its own folder; `../x`, `/etc/x` or a symlink out of it would read elsewhere
+        if not name or Path(name).is_absolute() or ".." in Path(name).parts or not path.resolve().is_relative_to(base):
+            raise GanDeployError("generate manifest names a file outside its folder", f"{folder / MANIFEST} line {row}: {name!r}",
+                                 expected="file names relative to the folder, as `gan-deploy generate` writes them",
+                                 hint="regenerate the folder, or delete manifest.csv to read every image in it")
         try:
             img = decode(path)
         except Exception as e:  # PIL and numpy raise many types for missing or damaged files

@@ -21,15 +21,19 @@ container whose TensorRT version matches `tensorrt_version` in gan_deploy.json (
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from gan_deploy.artifacts.artifact import Artifact
+from gan_deploy.artifacts.onnx import require_dynamic_batch
 from gan_deploy.artifacts.spec import GeneratorSpec
 from gan_deploy.core.errors import GanDeployError
-from gan_deploy.core.fileio import atomic_write_bytes, atomic_write_text, sha256_file
+from gan_deploy.core.fileio import TMP_PREFIX, atomic_write_bytes, atomic_write_text, sha256_file
+from gan_deploy.core.outputs import check_writable_folder, refuse_inputs_inside
 from gan_deploy.export.onnx import onnx_bytes_of
 
 INSTANCE_KINDS = {"gpu": "KIND_GPU", "cpu": "KIND_CPU"}
@@ -113,7 +117,7 @@ def _validate(text: str, where: str) -> None:
     try:
         parse_config(text)
     except ImportError:
-        return  # optional self-check: `pip install gan-deploy[triton]` enables it
+        return  # optional self-check: `pip install -e ".[triton]"` (from the clone) enables it
     except Exception as e:  # text_format.ParseError: a bug here, never the user's input
         raise GanDeployError("generated config.pbtxt does not parse as Triton's ModelConfig", f"{where}: {e}", hint="please report this") from None
 
@@ -125,24 +129,30 @@ def _check_preferred(preferred: list[int], max_batch_size: int, model: str) -> l
     return sorted(set(preferred))
 
 
-def _onnx_batch_is_dynamic(onnx_bytes: bytes) -> bool:
-    import onnx
-
-    model = onnx.load_model_from_string(onnx_bytes)
-    inits = {i.name for i in model.graph.initializer}
-    inp = next(i for i in model.graph.input if i.name not in inits)
-    d0 = inp.type.tensor_type.shape.dim[0]
-    return not d0.HasField("dim_value")
-
-
-def _prepare_model_dir(folder: Path, overwrite: bool) -> None:
-    if folder.exists():
+def _check_model_dir(folder: Path, overwrite: bool) -> None:
+    """Before anything is built: the model's folder is new, empty, or may be replaced (--overwrite)."""
+    if folder.exists() or folder.is_symlink():
         if not folder.is_dir():
             raise GanDeployError("model path in the repository is a file", str(folder), expected="a folder", hint="choose another --name or --out")
-        if any(folder.iterdir()):
-            if not overwrite:
-                raise GanDeployError("model folder already exists in the repository", str(folder), expected="a new or empty folder", hint="pass --overwrite to replace it, or choose another --name")
-            shutil.rmtree(folder)  # a stale version folder or model file must not survive beside the new one
+        if any(folder.iterdir()) and not overwrite:
+            raise GanDeployError("model folder already exists in the repository", str(folder), expected="a new or empty folder", hint="pass --overwrite to replace it, or choose another --name")
+
+
+def _swap_in(staged: Path, folder: Path) -> None:
+    """Replace `folder` by the complete `staged` one: two renames, the old folder removed only once the new one
+    is in place (a stale version folder or model file never survives beside the new one; a failure keeps the old)."""
+    old = None
+    if folder.exists():
+        old = folder.with_name(f"{TMP_PREFIX}old-{folder.name}-{os.getpid()}")
+        os.replace(folder, old)
+    try:
+        os.replace(staged, folder)
+    except BaseException:
+        if old is not None:
+            os.replace(old, folder)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def triton_repo_from_artifacts(out: str | Path, artifact: Artifact | None = None, engine: str | Path | None = None,
@@ -163,6 +173,7 @@ def triton_repo_from_artifacts(out: str | Path, artifact: Artifact | None = None
     repo = Path(out)
     if repo.exists() and not repo.is_dir():
         raise GanDeployError("repository path is a file", str(repo), expected="a folder", hint="choose another --out")
+    check_writable_folder(repo)
     report = TritonRepoReport(repo)
     plans: list[tuple[Path, str, dict[str, Any]]] = []  # checked before anything is written
 
@@ -198,9 +209,9 @@ def triton_repo_from_artifacts(out: str | Path, artifact: Artifact | None = None
     if artifact is not None:
         if artifact.kind == "engine":
             raise GanDeployError("pass the engine with --engine", str(artifact.path), expected="a checkpoint or ONNX file here")
+        if artifact.kind == "onnx":  # Triton's dynamic batcher sends any batch size up to max_batch_size
+            require_dynamic_batch(artifact, "a Triton model")
         onnx_bytes = onnx_bytes_of(artifact) if artifact.kind == "onnx" else None
-        if onnx_bytes is not None and not _onnx_batch_is_dynamic(onnx_bytes):
-            raise GanDeployError("ONNX model has a fixed batch size", str(artifact.path), expected="a dynamic first (batch) axis", hint="re-export with `gan-deploy export` (it always makes the batch axis dynamic)")
         onnx_pref = _check_preferred(preferred or [max_batch_size], max_batch_size, name)
         text = config_pbtxt(name, "onnxruntime_onnx", "onnxruntime", artifact.spec, max_batch_size, onnx_pref,
                             max_queue_delay_us, INSTANCE_KINDS[instance_kind], instances)
@@ -210,18 +221,47 @@ def triton_repo_from_artifacts(out: str | Path, artifact: Artifact | None = None
         plans.insert(0, (repo / name, text, provenance))
         report.models.insert(0, TritonModel(name, "onnxruntime_onnx", repo / name, max_batch_size, onnx_pref, text))
 
+    inputs: list[Path] = []
+    if artifact is not None:
+        inputs += [artifact.path, artifact.path.with_suffix(".json")]
+    if engine is not None:
+        inputs += [Path(engine), Path(engine).with_suffix(".json")]
     for folder, _, _ in plans:
-        _prepare_model_dir(folder, overwrite)
-    for folder, text, provenance in plans:
-        version = folder / "1"
-        if provenance["kind"] == "tensorrt_plan":
-            atomic_write_bytes(version / "model.plan", Path(engine).read_bytes())  # type: ignore[arg-type]
-        elif onnx_bytes is not None:
-            atomic_write_bytes(version / "model.onnx", onnx_bytes)
-        else:  # a checkpoint: export and verify against eager, straight into the repository
-            from gan_deploy.export.onnx import DEFAULT_OPSET, onnx_from_checkpoint
-            onnx_from_checkpoint(artifact.path, version / "model.onnx", opset or DEFAULT_OPSET)
-        atomic_write_text(folder / "gan_deploy.json", json.dumps(provenance, indent=2) + "\n")
-        # config last: a folder with a config.pbtxt is a complete model
-        atomic_write_text(folder / "config.pbtxt", text)
+        _check_model_dir(folder, overwrite)
+        refuse_inputs_inside(folder, inputs)  # --overwrite must not delete the model it is asked to publish
+    # each model is built complete in a hidden folder of the repository, then swapped in: a failure (an export that
+    # disagrees with eager, a full disk, Ctrl-C) leaves the repository as it was
+    created_repo = not repo.exists()
+    repo.mkdir(parents=True, exist_ok=True)
+    staged: list[tuple[Path, Path]] = []
+    try:
+        for folder, text, provenance in plans:
+            stage = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{folder.name}-", dir=repo))
+            staged.append((stage, folder))
+            version = stage / "1"
+            if provenance["kind"] == "tensorrt_plan":
+                atomic_write_bytes(version / "model.plan", Path(engine).read_bytes())  # type: ignore[arg-type]
+            elif onnx_bytes is not None:
+                atomic_write_bytes(version / "model.onnx", onnx_bytes)
+            else:  # a checkpoint: export and verify against eager, into the staged model
+                from gan_deploy.export.onnx import DEFAULT_OPSET, onnx_from_checkpoint
+                onnx_from_checkpoint(artifact.path, version / "model.onnx", opset or DEFAULT_OPSET)
+            atomic_write_text(stage / "gan_deploy.json", json.dumps(provenance, indent=2) + "\n")
+            # config last: a folder with a config.pbtxt is a complete model
+            atomic_write_text(stage / "config.pbtxt", text)
+            os.chmod(stage, 0o777 & ~_umask())  # mkdtemp makes it 0700; the model folder gets a folder's usual mode
+        for stage, folder in staged:
+            _swap_in(stage, folder)
+    finally:
+        for stage, _ in staged:
+            if stage.exists():
+                shutil.rmtree(stage, ignore_errors=True)
+        if created_repo and repo.exists() and not any(repo.iterdir()):
+            repo.rmdir()
     return report
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

@@ -1,0 +1,164 @@
+"""How much memory a batch needs, estimated before it is allocated, and how much there is.
+
+A batch of B images costs its latents (B x Z floats), its images (B x C x H x W floats, once per copy the caller
+keeps) and the generator's activations (every intermediate tensor of one image, times B: a rough upper bound,
+since runtimes reuse buffers). `check_batch_fits` refuses a batch that would not fit with the largest that would,
+instead of an allocator's traceback (or the machine swapping) minutes into a run.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from gan_deploy.core.errors import GanDeployError
+
+if TYPE_CHECKING:
+    from gan_deploy.artifacts.artifact import Artifact
+
+FLOAT = 4  # bytes per float32
+USABLE = 0.7  # share of the free memory a batch may take (the rest: the process, the runtime, the page cache)
+
+
+def activation_bytes_per_image(artifact: "Artifact") -> int:
+    """Bytes of every intermediate tensor of one image (float32): from the PyTorch module's layers for a
+    checkpoint, from ONNX shape inference for an ONNX file; otherwise (an engine) 8 images' worth."""
+    image = FLOAT * artifact.spec.channels * artifact.spec.height * artifact.spec.width
+    try:
+        if artifact.kind == "checkpoint":
+            return max(_torch_activations(artifact), image)
+        if artifact.kind == "onnx":
+            return max(_onnx_activations(artifact), image)
+    except GanDeployError:
+        raise
+    except Exception:  # an estimate: a model it cannot trace gets the fallback, never an error
+        pass
+    return 8 * image
+
+
+def _torch_activations(artifact: "Artifact") -> int:
+    import torch
+
+    module = artifact.torch_module()
+    total = 0
+
+    def hook(_m, _inp, out) -> None:
+        nonlocal total
+        if isinstance(out, torch.Tensor):
+            total += out.numel() * out.element_size()
+
+    leaves = [m for m in module.modules() if not list(m.children())]
+    handles = [m.register_forward_hook(hook) for m in leaves]
+    try:
+        with torch.inference_mode():
+            module(torch.zeros(1, *artifact.spec.latent_shape))
+    finally:
+        for h in handles:
+            h.remove()
+    return total
+
+
+def _onnx_activations(artifact: "Artifact") -> int:
+    import onnx
+
+    model = onnx.shape_inference.infer_shapes(onnx.load_model_from_string(artifact.onnx_bytes()))
+    size = {onnx.TensorProto.FLOAT: 4, onnx.TensorProto.FLOAT16: 2, onnx.TensorProto.UINT8: 1, onnx.TensorProto.INT8: 1,
+            onnx.TensorProto.INT64: 8, onnx.TensorProto.INT32: 4, onnx.TensorProto.BFLOAT16: 2}
+    batch = artifact.spec.fixed_batch or 1
+    total = 0
+    for vi in list(model.graph.value_info) + list(model.graph.output):
+        t = vi.type.tensor_type
+        dims = [d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim]
+        if not dims or any(d is None for d in dims[1:]):
+            continue
+        n = 1
+        for d in dims[1:]:
+            n *= int(d)  # type: ignore[arg-type]
+        if dims[0] is not None and dims[0] != batch:
+            n *= int(dims[0])  # a tensor without the batch axis (a weight reshaped at run time): counted once
+        total += n * size.get(t.elem_type, 4)
+    return total
+
+
+def batch_bytes(artifact: "Artifact", batch: int, image_copies: int = 1, activation_copies: int = 1) -> int:
+    """Estimated bytes for one batch: latents, `image_copies` float32 image arrays, `activation_copies` models' activations."""
+    s = artifact.spec
+    per_image = FLOAT * (s.latent_dim + image_copies * s.channels * s.height * s.width)
+    return batch * (per_image + activation_copies * activation_bytes_per_image(artifact))
+
+
+def available_bytes(device: str = "cpu") -> int | None:
+    """Free memory where the batch will live: the GPU's free memory for cuda[:N]; else the host's available memory
+    (MemAvailable), lowered to what a cgroup limit leaves. None when it cannot be read."""
+    if device.startswith("cuda"):
+        try:
+            import torch
+            free, _ = torch.cuda.mem_get_info(torch.device(device))
+            return int(free)
+        except Exception:
+            return None
+    avail = None
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                avail = int(line.split()[1]) * 1024
+                break
+    except (OSError, ValueError, IndexError):
+        pass
+    if avail is None:
+        try:
+            avail = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (ValueError, OSError, AttributeError):
+            return None
+    limit = _cgroup_room()
+    return min(avail, limit) if limit is not None else avail
+
+
+def _cgroup_room() -> int | None:
+    """Bytes a cgroup (v2, else v1) memory limit still leaves this process's group, if there is a limit."""
+    for limit_file, usage_file in (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
+                                   ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.usage_in_bytes")):
+        try:
+            text = Path(limit_file).read_text().strip()
+            if text == "max":
+                return None
+            limit, usage = int(text), int(Path(usage_file).read_text().strip())
+        except (OSError, ValueError):
+            continue
+        if limit >= 1 << 60:  # v1's "no limit"
+            return None
+        return max(limit - usage, 0)
+    return None
+
+
+def check_batch_fits(artifact: "Artifact", batch: int, device: str = "cpu", *, image_copies: int = 1,
+                     activation_copies: int = 1, option: str = "--batch-size") -> int:
+    """Refuse a batch size whose estimated memory exceeds what is free, naming the largest one that fits.
+    Returns the estimate in bytes (0 when the free memory cannot be read: then nothing is refused)."""
+    need = batch_bytes(artifact, batch, image_copies, activation_copies)
+    free = available_bytes(device)
+    if free is None:
+        return 0
+    room = int(free * USABLE)
+    if need > room:
+        per = max(batch_bytes(artifact, 1, image_copies, activation_copies), 1)
+        top = room // per
+        where = "GPU" if device.startswith("cuda") else "host"
+        raise GanDeployError(f"{option} {batch} needs more memory than is free", f"about {_gib(need)} for batch {batch} "
+                             f"({_gib(per)} per image: latents, images and the model's activations); {_gib(free)} free on the {where}",
+                             expected=f"{option} <= {top:,}" if top >= 1 else "a machine with more free memory",
+                             hint=f"use {option} {_round_down(top)} or smaller" if top >= 1 else "free memory or use a smaller model")
+    return need
+
+
+def _round_down(n: int) -> int:
+    """A friendly batch size at most n: the largest power of two."""
+    return 1 << (max(n, 1).bit_length() - 1)
+
+
+def _gib(n: float) -> str:
+    if n >= 1 << 30:
+        return f"{n / 2**30:,.1f} GiB"
+    if n >= 1 << 20:
+        return f"{n / 2**20:,.1f} MiB"
+    return f"{n / 1024:,.1f} KiB"
