@@ -493,6 +493,20 @@ def test_write_config_is_a_valid_ray_serve_config(cli, tiny_checkpoint, tmp_path
     assert type(built).__name__ == "Application"
 
 
+def test_start_failures_are_one_line():
+    """What Ray says about a deployment that failed (a traceback) becomes the last line that names the error."""
+    pytest.importorskip("ray.serve")
+    from types import SimpleNamespace
+
+    from gan_deploy.serve.ray_serve import _status_message
+    trace = ("The deployment failed to start 3 times in a row.\nTraceback (most recent call last):\n  File \"x.py\", line 3, in f\n"
+             "    raise StaleArtifact(...)\ngan_deploy.core.errors.StaleArtifact: the model file on this replica differs\n")
+    app = SimpleNamespace(status="DEPLOY_FAILED", message="", deployments={"GanGenerator": SimpleNamespace(message=trace)})
+    msg = _status_message(app)
+    assert msg == "gan_deploy.core.errors.StaleArtifact: the model file on this replica differs" and "\n" not in msg
+    assert _status_message(None) == "no status yet"
+
+
 def test_serve_cli_refuses_bad_options(cli, tiny_checkpoint):
     r = cli("serve", "--checkpoint", tiny_checkpoint, "--backend", "tensorrt")
     assert r.exit_code == 2 and "tensorrt" in r.output and "Traceback" not in r.output

@@ -31,7 +31,11 @@ def deployment_options(cfg: ServeConfig) -> dict[str, dict[str, Any]]:
     return {
         GENERATOR: {"num_replicas": cfg.num_replicas, "max_ongoing_requests": max(cfg.max_queued, cfg.max_batch_size) + 4,
                     "max_queued_requests": -1,
-                    "ray_actor_options": {"num_cpus": cfg.num_cpus, "num_gpus": cfg.num_gpus}, **drain},
+                    "ray_actor_options": {"num_cpus": cfg.num_cpus, "num_gpus": cfg.num_gpus},
+                    # called by the gateway only (and polled by it twice a second): its calls are no access log
+                    "logging_config": {"log_level": "WARNING", "enable_access_log": False},
+                    # a model that does not load (wrong file, no device) will not load on a 20th try either
+                    "max_constructor_retry_count": 3, **drain},
         GATEWAY: {"num_replicas": 1, "max_ongoing_requests": gateway_ongoing, "max_queued_requests": gateway_ongoing,
                   "ray_actor_options": {"num_cpus": 0}, **drain},
     }

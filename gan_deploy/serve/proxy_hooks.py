@@ -121,15 +121,11 @@ class GanDeployProxy:
         limits = self.limits[group]
         route = "/generate" if path.endswith("/generate") else "/v2"
 
-        async def refuse(status: int, reason: str, body: bytes) -> None:
+        async def refuse(status: int, reason: str, body: bytes, close: bool = True) -> None:
             key = (route, status, reason)
             self.refused[key] = self.refused.get(key, 0) + 1
-            await _answer(send, status, body, close=True)
+            await _answer(send, status, body, close=close)
         capacity, read_timeout, max_body = limits
-        if self.in_flight.get(group, 0) >= capacity:  # a full queue answers at once, before the body
-            await refuse(503, "overloaded", _error_body(503, "overloaded", f"at most {capacity} requests in flight",
-                                                         "overloaded; retry after a moment (answered by the proxy)"))
-            return
         declared = next((v for k, v in scope.get("headers", []) if k == b"content-length"), None)
         if declared is not None and declared.isdigit() and int(declared) > max_body:
             await refuse(413, "body_too_large", _error_body(413, "body_too_large", f"a body of at most {max_body} bytes",
@@ -159,9 +155,9 @@ class GanDeployProxy:
         if outcome == "too_large":
             await refuse(413, "body_too_large", _error_body(413, "body_too_large", f"a body of at most {max_body} bytes", "request body too large"))
             return
-        if self.in_flight.get(group, 0) >= capacity:  # admission is decided once the body is in
+        if self.in_flight.get(group, 0) >= capacity:  # admission, once the body is in (the connection stays usable)
             await refuse(503, "overloaded", _error_body(503, "overloaded", f"at most {capacity} requests in flight",
-                                                         "overloaded; retry after a moment (answered by the proxy)"))
+                                                         "overloaded; retry after a moment (answered by the proxy)"), close=False)
             return
         replayed = False
 

@@ -545,6 +545,7 @@ def deploy_many(apps: list[tuple[ServeConfig, str, str]], logging_config: dict |
     """Deploy apps (config, name, route prefix) at once and wait until all run; a one-line GanDeployError if
     one fails or is not up within timeout_s (replicas that cannot be placed, a constructor that raises),
     with Ray's own explanation."""
+    logging_config = logging_config or {"log_level": "WARNING", "enable_access_log": False}
     serve.run_many([serve.RunTarget(build_app(cfg), name=name, route_prefix=prefix, logging_config=logging_config)
                     for cfg, name, prefix in apps],
                    wait_for_ingress_deployment_creation=False, wait_for_applications_running=False)
@@ -582,11 +583,14 @@ def _status_message(app: Any) -> str:
         msg = str(getattr(d, "message", "") or "")
         if msg:
             parts.append(f"{dname}: {msg}")
-    text = " | ".join(p for p in parts if p) or str(getattr(app, "status", ""))
-    # Ray's messages carry tracebacks; the last line of a traceback is the error itself
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    errors = [ln for ln in lines if "Error" in ln and ":" in ln and not ln.startswith("File ")]
-    return (errors[-1] if errors else " ".join(lines))[:400]
+    text = "\n".join(p for p in parts if p) or str(getattr(app, "status", ""))
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    if any("Traceback (most recent call last)" in ln for ln in lines):
+        # a traceback ends with the exception itself: its last unindented line ("module.Type: message")
+        exc = [ln.strip() for ln in lines if not ln.startswith((" ", "\t")) and "Traceback (most recent call last)" not in ln]
+        if exc:
+            return exc[-1][:400]
+    return " ".join(ln.strip() for ln in lines)[:400]
 
 
 def start(cfg: ServeConfig, host: str = "127.0.0.1", port: int = 8000, route_prefix: str = "/", name: str = APP_NAME,
@@ -688,19 +692,24 @@ def serve_forever(cfg: ServeConfig, host: str, port: int, ray_address: str | Non
 
     stop_now = threading.Event()
     got: list[int] = []
+    started = False
 
     def _on(signum: int, _frame: Any) -> None:
         got.append(signum)
-        if len(got) > 1 and signum == signal.SIGINT:
-            raise KeyboardInterrupt  # the second Ctrl-C: no more waiting
+        if not started or (len(got) > 1 and signum == signal.SIGINT):
+            raise KeyboardInterrupt  # still starting (nothing in flight), or the second Ctrl-C: stop now
         stop_now.set()
 
+    previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+    signal.signal(signal.SIGTERM, _on)
+    signal.signal(signal.SIGINT, _on)
     try:
         url = start(cfg, host, port, route_prefix, name, ray_address=ray_address, access_log=access_log,
                     start_timeout_s=start_timeout_s, keep_alive_s=keep_alive_s)
-        # after ray.init, which installs its own handlers: `kill`, a container stop or Ctrl-C all drain
+        # again: ray.init installed its own SIGTERM handler. From here `kill`, a container stop or Ctrl-C drain.
         signal.signal(signal.SIGTERM, _on)
         signal.signal(signal.SIGINT, _on)
+        started = True
         if ready is not None:
             ready(url)
         while not stop_now.wait(3600):
@@ -708,14 +717,16 @@ def serve_forever(cfg: ServeConfig, host: str, port: int, ray_address: str | Non
         if on_signal is not None:
             on_signal(signal.Signals(got[0]).name)
         report = drain(name, cfg.drain_timeout_s)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, SystemExit):  # SystemExit: ray.init's SIGTERM handler, during start-up
         return None
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # tearing down is not to be interrupted half-way
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         t0 = time.monotonic()
         try:
             stop()
         finally:
-            signal.signal(signal.SIGINT, signal.default_int_handler)
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
     report["shutdown_s"] = round(time.monotonic() - t0, 3)
     return report
