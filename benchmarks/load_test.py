@@ -1,22 +1,31 @@
-"""Load test of `gan-deploy serve`: N concurrent clients on loopback, every response checked byte for byte.
+"""Load test of `gan-deploy serve`: concurrent clients on loopback, every image response checked byte for byte.
 
 Starts the service in-process (local Ray, 127.0.0.1, a free port) unless --url points at one already running
-on this machine, then runs N client threads, each with its own keep-alive connection, each sending requests
-for 1..--max-count images of a random (seed, start) until --requests in all or --duration seconds have
-passed, whichever comes first. Every image is compared with the file `gan-deploy generate` wrote for the
-same seed and index. Reports throughput, client-side latency p50/p90/p99, and the mean batch size the
-service actually formed (from its /metrics, before and after). With --compare-unbatched (self-started
-only) the same load also runs against a second app with max batch size 1 (no batching across clients).
+on this machine, and reports how long the start took. Then:
 
-    python benchmarks/load_test.py                        # default model if trained, else one of its size
-    python benchmarks/load_test.py --clients 32 --requests 2000 --duration 60 --json load.json
+* load: N client threads, each with its own keep-alive connection, each sending requests for 1..--max-count
+  images of a random (seed, start) until --requests in all or --duration seconds have passed, whichever
+  comes first. Every image is compared with the file `gan-deploy generate` wrote for the same seed and index.
+  Reports throughput, client-side latency p50/p90/p99 and the mean batch the service formed (its /metrics,
+  before and after). --compare-unbatched (self-started only) runs the same load against a second app with
+  max batch size 1 (no batching across clients).
+* --overload K: K asyncio clients in a closed loop (each sends its next request as soon as it has an answer)
+  for --overload-seconds against the batched app, whose queue holds --max-queued requests: reports how many
+  got 200 and 503, and the time to a 503 (p50/p99/max): how fast an overloaded service says so.
+* --slow-clients K: K connections that announce a 100-byte body and send 12 bytes stay open while the load
+  runs; reports the load's figures meanwhile and when (and with what) the slow ones were answered.
+
+    python benchmarks/load_test.py --clients 16 --requests 800 --duration 60 --compare-unbatched
+    python benchmarks/load_test.py --overload 256 --slow-clients 64 --json load.json
     python benchmarks/load_test.py --url http://127.0.0.1:8000 --onnx models/digits_dcgan.onnx
 
-Loopback only: --url must be 127.0.0.1, ::1 or localhost. Exit code 1 if any response is wrong or fails.
+Loopback only: --url must be 127.0.0.1, ::1 or localhost. Every phase is bounded in requests and seconds.
+Exit code 1 if any response is wrong or fails.
 """
 from __future__ import annotations
 
 import argparse
+import asyncio
 import base64
 import http.client
 import json
@@ -35,9 +44,10 @@ sys.path.insert(0, str(ROOT))
 
 from gan_deploy.artifacts.load import load_artifact  # noqa: E402
 from gan_deploy.backends import make_runner  # noqa: E402
-from gan_deploy.generate.pipeline import generate  # noqa: E402
+from gan_deploy.generate.pipeline import GenerateOptions, generate  # noqa: E402
 
 MAX_REQUESTS, MAX_DURATION = 100_000, 600.0  # hard bounds whatever the arguments say
+MAX_OVERLOAD_CLIENTS, MAX_SLOW_CLIENTS = 2000, 1000
 SEEDS, PER_SEED = (0, 1, 2, 3), 256  # the reference: generate's files for these seeds, indices 0..PER_SEED-1
 
 
@@ -51,7 +61,7 @@ def references(art, backend: str, folder: Path) -> dict[tuple[int, int], bytes]:
     ref = {}
     for s in SEEDS:
         out = folder / f"seed{s}"
-        generate(make_runner(backend, art, "cpu"), PER_SEED, out, batch_size=64, seed=s, progress=False)
+        generate(make_runner(backend, art, "cpu"), GenerateOptions(n=PER_SEED, out=out, batch_size=64, seed=s, progress=False))
         for i in range(PER_SEED):
             ref[(s, i)] = (out / f"{i:06d}.png").read_bytes()
     return ref
@@ -91,6 +101,9 @@ class Client(threading.Thread):
             self.statuses[resp.status] = self.statuses.get(resp.status, 0) + 1
             if resp.status != 200:
                 self.wrong.append(f"{body}: HTTP {resp.status} {data[:200]!r}")
+                if resp.getheader("connection", "").lower() == "close":
+                    conn.close()
+                    conn = http.client.HTTPConnection(self.host, self.port, timeout=60)
                 continue
             got = [data] if fmt == "png" else [base64.b64decode(im["png"]) for im in json.loads(data)["images"]]
             want = [self.ref[(seed, i)] for i in range(start, start + count)]
@@ -119,7 +132,7 @@ class Budget:
 
 def metrics(host: str, port: int, prefix: str) -> dict:
     conn = http.client.HTTPConnection(host, port, timeout=30)
-    conn.request("GET", f"{prefix}/metrics")
+    conn.request("GET", f"{prefix}/metrics?format=json")
     m = json.loads(conn.getresponse().read())
     conn.close()
     return m
@@ -134,7 +147,7 @@ def run_load(host: str, port: int, prefix: str, clients: int, requests: int, dur
     for t in threads:
         t.start()
     for t in threads:
-        t.join()
+        t.join(timeout=duration + 120)
     wall = time.perf_counter() - t0
     after = metrics(host, port, prefix)
     lat = [x for t in threads for x in t.latencies]
@@ -155,6 +168,122 @@ def run_load(host: str, port: int, prefix: str, clients: int, requests: int, dur
         "wrong": [w for t in threads for w in t.wrong][:20],
         "n_wrong": sum(len(t.wrong) for t in threads),
     }
+
+
+# -- overload: many closed-loop clients, a bounded queue ----------------------------------------------
+
+class _Conn:
+    """One keep-alive HTTP/1.1 connection (asyncio streams); reconnects when the server closes it."""
+
+    def __init__(self, host: str, port: int):
+        self.host, self.port = host, port
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def post(self, path: str, body: bytes, timeout: float) -> tuple[int, bytes, dict]:
+        """(status, body, headers); status -1 on a failure (the connection is then dropped)."""
+        try:
+            if self.writer is None:
+                self.reader, self.writer = await asyncio.wait_for(asyncio.open_connection(self.host, self.port), timeout)
+            assert self.reader is not None
+            self.writer.write(b"POST %s HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n"
+                              % (path.encode(), self.host.encode(), len(body)) + body)
+            head = await asyncio.wait_for(self.reader.readuntil(b"\r\n\r\n"), timeout)
+            lines = head.decode("latin-1").split("\r\n")
+            status = int(lines[0].split()[1])
+            headers = {k.strip().lower(): v.strip() for k, _, v in (ln.partition(":") for ln in lines[1:] if ln)}
+            data = await asyncio.wait_for(self.reader.readexactly(int(headers.get("content-length", "0"))), timeout)
+            if headers.get("connection", "").lower() == "close":
+                self.close()
+            return status, data, headers
+        except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError, ValueError, IndexError, AssertionError):
+            self.close()
+            return -1, b"", {}
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+        self.reader = self.writer = None
+
+
+def run_overload(host: str, port: int, prefix: str, clients: int, seconds: float, ref: dict, honor_retry_after: bool) -> dict:
+    """`clients` closed-loop clients for `seconds`, each on its own keep-alive connection: a 1-image PNG request,
+    wait for the answer, repeat (after a 503: at once, or after its Retry-After with honor_retry_after)."""
+    path = f"{prefix}/generate"
+    ok_t: list[float] = []
+    refused_t: list[float] = []
+    other: dict[int, int] = {}
+    wrong: list[str] = []
+    json_503 = retry_after = 0
+
+    async def client(k: int, deadline: float) -> None:
+        nonlocal json_503, retry_after
+        rng = random.Random(1000 + k)
+        conn = _Conn(host, port)
+        while time.perf_counter() < deadline:
+            seed, i = rng.choice(SEEDS), rng.randrange(PER_SEED)
+            body = json.dumps({"seed": seed, "indices": [i], "format": "png"}).encode()
+            t0 = time.perf_counter()
+            status, data, headers = await conn.post(path, body, 60)
+            dt = time.perf_counter() - t0
+            if status == 200:
+                ok_t.append(dt)
+                if data != ref[(seed, i)]:
+                    wrong.append(f"{body!r}: image differs from generate's file")
+            elif status == 503:
+                refused_t.append(dt)
+                json_503 += headers.get("content-type", "").startswith("application/json")
+                retry_after += "retry-after" in headers
+                if honor_retry_after:
+                    await asyncio.sleep(min(float(headers.get("retry-after", "1")), max(0.0, deadline - time.perf_counter())))
+            else:
+                other[status] = other.get(status, 0) + 1
+                if len(wrong) < 20:
+                    wrong.append(f"HTTP {status}: {data[:160]!r}")
+        conn.close()
+
+    async def main() -> float:
+        t0 = time.perf_counter()
+        await asyncio.gather(*(client(k, t0 + seconds) for k in range(clients)))
+        return time.perf_counter() - t0
+
+    wall = asyncio.run(main())
+    return {"clients": clients, "honor_retry_after": honor_retry_after, "seconds": wall, "ok": len(ok_t),
+            "refused_503": len(refused_t), "other": other, "ok_per_s": len(ok_t) / wall, "refused_per_s": len(refused_t) / wall,
+            "time_to_503_ms": {q: 1000 * percentile(refused_t, float(q[1:])) for q in ("p50", "p90", "p99")} | {"max": 1000 * max(refused_t, default=float("nan"))},
+            "time_to_200_ms": {q: 1000 * percentile(ok_t, float(q[1:])) for q in ("p50", "p90", "p99")},
+            "json_503s": json_503, "retry_after_503s": retry_after, "wrong": wrong[:20], "n_wrong": len(wrong)}
+
+
+# -- slow clients -------------------------------------------------------------------------------------
+
+def open_slow_clients(host: str, port: int, prefix: str, k: int) -> list[tuple[socket.socket, float]]:
+    """k connections that announce a 100-byte body and send 12 bytes of it, then nothing."""
+    out = []
+    for _ in range(k):
+        s = socket.create_connection((host, port), timeout=30)
+        s.sendall(b"POST %s/generate HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n"
+                  % (prefix.encode(), host.encode()) + b'{"count": 1,')
+        out.append((s, time.perf_counter()))
+    return out
+
+
+def collect_slow_clients(slow: list[tuple[socket.socket, float]], limit_s: float) -> dict:
+    """What each slow connection got (status line) and after how long; closes them."""
+    answers: dict[str, int] = {}
+    waited: list[float] = []
+    deadline = time.perf_counter() + limit_s
+    for s, t_open in slow:
+        try:
+            s.settimeout(max(0.1, deadline - time.perf_counter()))
+            head = s.recv(4096)
+            line = head.split(b"\r\n")[0].decode("latin-1") or "closed"
+            waited.append(time.perf_counter() - t_open)
+        except OSError as e:
+            line = type(e).__name__
+        answers[line] = answers.get(line, 0) + 1
+        s.close()
+    return {"answers": answers, "answered_after_s": {"min": min(waited, default=float("nan")), "max": max(waited, default=float("nan"))}}
 
 
 def default_model(tmp: Path, checkpoint: str | None, onnx: str | None):
@@ -187,13 +316,22 @@ def main() -> int:
     ap.add_argument("--max-count", type=int, default=4, help="images per request: uniform in 1..max-count")
     ap.add_argument("--max-batch-size", type=int, default=64)
     ap.add_argument("--batch-wait-ms", type=float, default=5.0)
+    ap.add_argument("--max-queued", type=int, default=64, help="the batched app's queue (self-started only)")
     ap.add_argument("--compare-unbatched", action="store_true", help="also run against max batch size 1")
+    ap.add_argument("--overload", type=int, default=0, metavar="K", help=f"then K closed-loop clients (at most {MAX_OVERLOAD_CLIENTS})")
+    ap.add_argument("--overload-seconds", type=float, default=10.0)
+    ap.add_argument("--honor-retry-after", action="store_true", help="overload clients wait Retry-After after a 503 (default: retry at once)")
+    ap.add_argument("--slow-clients", type=int, default=0, metavar="K", help=f"K slow connections during a load run (at most {MAX_SLOW_CLIENTS})")
+    ap.add_argument("--read-timeout", type=float, default=10.0, help="the service's body read timeout (self-started only)")
     ap.add_argument("--json", help="write the figures here")
     a = ap.parse_args()
     requests, duration = min(a.requests, MAX_REQUESTS), min(a.duration, MAX_DURATION)
+    overload, slow_k = min(a.overload, MAX_OVERLOAD_CLIENTS), min(a.slow_clients, MAX_SLOW_CLIENTS)
+    overload_s = min(a.overload_seconds, MAX_DURATION)
     if not 1 <= a.max_count <= PER_SEED or a.clients < 1:
         ap.error(f"--max-count must be in 1..{PER_SEED} and --clients >= 1")
 
+    results: dict = {}
     with tempfile.TemporaryDirectory() as tmp:
         art = default_model(Path(tmp), a.checkpoint, a.onnx)
         print(f"model: {art.describe()}", file=sys.stderr)
@@ -206,45 +344,80 @@ def main() -> int:
                 ap.error("--url must be on loopback (127.0.0.1, ::1 or localhost): this is a local load test")
             host, port, apps["batched"] = u.hostname, u.port or 80, u.path.rstrip("/")
         else:
-            from ray import serve as ray_serve
-
-            from gan_deploy import serve
+            from gan_deploy.serve import ray_serve as serve
             from gan_deploy.serve.api import ServeConfig
             with socket.socket() as s:
                 s.bind(("127.0.0.1", 0))
                 host, port = "127.0.0.1", s.getsockname()[1]
+            sp = art.spec
             common = dict(artifact_kind=art.kind, artifact_path=str(art.path.resolve()), artifact_sha256=art.sha256,
-                          backend=a.backend, device="cpu", max_images_per_request=max(256, a.max_count),
-                          max_queued=4 * a.clients, num_cpus=0.5)
+                          value_range=sp.value_range if art.kind == "onnx" else None, backend=a.backend, device="cpu",
+                          max_images_per_request=max(256, a.max_count), num_cpus=0.5, read_timeout_s=a.read_timeout,
+                          model={"describe": art.describe(), "image_shape": [sp.height, sp.width, sp.channels]})
             print("starting Ray Serve ...", file=sys.stderr)
-            serve.start(ServeConfig(**common, max_batch_size=a.max_batch_size, batch_wait_ms=a.batch_wait_ms), host, port,
-                        name="batched")
+            t0 = time.perf_counter()
+            serve.start(ServeConfig(**common, max_batch_size=a.max_batch_size, batch_wait_ms=a.batch_wait_ms, max_queued=a.max_queued),
+                        host, port, name="batched")
+            results["startup_s"] = time.perf_counter() - t0
+            print(f"started in {results['startup_s']:.1f} s (Ray, Serve, gateway and generator, model loaded and warmed)", file=sys.stderr)
             started = True
             if a.compare_unbatched:
-                ray_serve.run(serve.build_app(ServeConfig(**common, max_batch_size=1, batch_wait_ms=0.0)), name="unbatched",
-                              route_prefix="/unbatched")
+                t0 = time.perf_counter()
+                serve.deploy(ServeConfig(**common, max_batch_size=1, batch_wait_ms=0.0, max_queued=a.max_queued),
+                             name="unbatched", route_prefix="/unbatched")
+                serve.wait_for_http(f"http://{host}:{port}/unbatched")
+                results["second_app_startup_s"] = time.perf_counter() - t0
                 apps["unbatched"] = "/unbatched"
         try:
-            results = {}
+            results["load"] = {}
             for name, prefix in apps.items():
                 print(f"load: {a.clients} clients, <= {requests} requests, <= {duration:g} s, 1..{a.max_count} images "
                       f"per request -> {name} ...", file=sys.stderr)
-                results[name] = run_load(host, port, prefix, a.clients, requests, duration, a.max_count, ref)
+                results["load"][name] = run_load(host, port, prefix, a.clients, requests, duration, a.max_count, ref)
+            if slow_k:
+                print(f"slow clients: {slow_k} connections announce 100 bytes and send 12, while {a.clients} clients load "
+                      f"the batched app ...", file=sys.stderr)
+                slow = open_slow_clients(host, port, apps["batched"], slow_k)
+                time.sleep(0.5)
+                during = run_load(host, port, apps["batched"], a.clients, min(requests, 400), min(duration, 20.0), a.max_count, ref)
+                results["slow_clients"] = {"k": slow_k, "load_meanwhile": during,
+                                           **collect_slow_clients(slow, a.read_timeout + 30)}
+            if overload:
+                print(f"overload: {overload} closed-loop clients for {overload_s:g} s against a queue of "
+                      f"{a.max_queued} ...", file=sys.stderr)
+                results["overload"] = run_overload(host, port, apps["batched"], overload, overload_s, ref, a.honor_retry_after)
+                results["overload"]["healthz_after"] = metrics(host, port, apps["batched"])["ready"]
         finally:
             if started:
                 serve.stop()
 
+    if "startup_s" in results:
+        print(f"start-up: {results['startup_s']:.1f} s")
     print(f"{'app':<10} {'requests':>8} {'images/s':>9} {'req/s':>7} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} "
           f"{'mean batch':>10} {'max batch':>9} {'calls':>6} {'wrong':>5}")
-    for name, r in results.items():
+    rows = list(results["load"].items()) + ([("w/ slow", results["slow_clients"]["load_meanwhile"])] if "slow_clients" in results else [])
+    for name, r in rows:
         print(f"{name:<10} {r['requests_ok']:>8} {r['images_per_s']:>9.0f} {r['requests_per_s']:>7.0f} "
               f"{r['latency_ms']['p50']:>8.1f} {r['latency_ms']['p90']:>8.1f} {r['latency_ms']['p99']:>8.1f} "
               f"{r['mean_formed_batch']:>10.2f} {r['max_formed_batch']:>9} {r['backend_calls']:>6} {r['n_wrong']:>5}")
         for w in r["wrong"][:5]:
             print(f"  wrong: {w}")
+    if "slow_clients" in results:
+        sc = results["slow_clients"]
+        print(f"slow clients: {sc['k']} answered {sc['answers']} after {sc['answered_after_s']['min']:.1f}-{sc['answered_after_s']['max']:.1f} s")
+    if "overload" in results:
+        o = results["overload"]
+        t = o["time_to_503_ms"]
+        print(f"overload: {o['clients']} clients ({'honouring Retry-After' if o['honor_retry_after'] else 'retrying at once'}), {o['seconds']:.1f} s: {o['ok']} x 200 ({o['ok_per_s']:.0f}/s), "
+              f"{o['refused_503']} x 503 ({o['refused_per_s']:.0f}/s, {o['json_503s']} JSON, {o['retry_after_503s']} with Retry-After), "
+              f"other {o['other']}; time to 503 p50 {t['p50']:.1f} ms, p90 {t['p90']:.1f} ms, p99 {t['p99']:.1f} ms, max {t['max']:.1f} ms; "
+              f"time to 200 p50 {o['time_to_200_ms']['p50']:.0f} ms, p99 {o['time_to_200_ms']['p99']:.0f} ms")
+        for w in o["wrong"][:5]:
+            print(f"  wrong: {w}")
     if a.json:
-        Path(a.json).write_text(json.dumps({"model": art.describe(), "backend": a.backend, "results": results}, indent=2) + "\n")
-    return 1 if any(r["n_wrong"] for r in results.values()) else 0
+        Path(a.json).write_text(json.dumps({"model": art.describe(), "backend": a.backend, **results}, indent=2) + "\n")
+    n_wrong = sum(r["n_wrong"] for _, r in rows) + results.get("overload", {}).get("n_wrong", 0)
+    return 1 if n_wrong else 0
 
 
 if __name__ == "__main__":

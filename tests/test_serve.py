@@ -1,23 +1,54 @@
-"""`gan-deploy serve`: the request contract (no Ray needed), then the Ray Serve service itself, started once
-per module on a free loopback port with a tiny generator, checked against `generate`'s files byte for byte."""
+"""`gan-deploy serve`: the request contract, the gateway and the proxy hook without Ray (fast), then the Ray
+Serve service itself, started once per module on a free loopback port with a tiny generator and checked
+against `generate`'s files byte for byte, then `gan-deploy serve` as a process (drain on SIGTERM, refusal at
+start-up). Every network use is loopback; every loop is bounded in count and time.
+
+The issue's seven defects, and where each is checked:
+1 slow clients            test_gateway_reads_the_body_before_taking_a_slot, test_proxy_hook_*, test_slow_clients_do_not_lock_anyone_out
+2 health behind inference test_health_and_readiness_answer_at_once_under_overload
+3 plain-text 500s         test_parse_bad_requests (strict JSON), test_gateway_every_error_is_json_and_counted, test_bad_requests_*
+4 slow overload answers   test_gateway_*overload*, test_proxy_hook_*, test_overload_answers_503_fast_then_recovers
+5 no drain                test_sigterm_drains_in_flight_requests_and_exits_0
+6 start-up hangs          test_start_refuses_unplaceable_replicas_at_once
+7 observability           test_metrics_*, test_ray_binds_loopback_only, test_disconnects_are_counted_not_logged
+"""
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
 import json
+import os
+import signal
 import socket
+import subprocess
+import sys
 import threading
+import time
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from gan_deploy.core.latents import MAX_SEED, latents_for
-from gan_deploy.serve.api import ImageRequest, Metrics, RequestError, ServeConfig, chunks, parse_request, prometheus_text, request_latents
+from gan_deploy.serve.api import (
+    ImageRequest,
+    Metrics,
+    RequestError,
+    ServeConfig,
+    chunks,
+    etag,
+    parse_request,
+    parse_v2_infer,
+    prometheus_text,
+    request_latents,
+)
 
 MAX_IMAGES = 32
+ROOT = Path(__file__).resolve().parent.parent
 
 
 # -- the contract, without Ray -------------------------------------------------------------------------
@@ -36,44 +67,62 @@ def test_parse_valid_requests(body, seeds, indices):
     assert req.fmt == body.get("format", "base64")
 
 
-BAD = [  # (body, status, field named in the error)
-    (b"not json", 400, None),
-    (b"[1, 2]", 400, None),
-    (b"\xff\xfe", 400, None),
-    ({}, 400, None),
-    ({"seed": 1, "count": 2, "colour": "red"}, 400, "colour"),
-    ({"seed": 1, "start": 2, "indices": [1]}, 400, "start"),
-    ({"seeds": [1], "seed": 2}, 400, "seed"),
-    ({"start_seed": 1}, 400, "count"),
-    ({"seed": "1", "count": 2}, 422, "seed"),
-    ({"seed": True, "count": 1}, 422, "seed"),
-    ({"seed": 1.0, "count": 1}, 422, "seed"),
-    ({"seed": -1, "count": 1}, 422, "seed"),
-    ({"seed": MAX_SEED + 1, "count": 1}, 422, "seed"),
-    ({"seeds": [1, -2]}, 422, "seeds[1]"),
-    ({"seeds": "1,2"}, 422, "seeds"),
-    ({"seeds": []}, 422, "seeds"),
-    ({"indices": [0, -5]}, 422, "indices[1]"),
-    ({"start": -1, "count": 1}, 422, "start"),
-    ({"count": 0}, 422, "count"),
-    ({"start": MAX_SEED, "count": 2}, 422, "count"),
-    ({"count": 1, "format": "gif"}, 422, "format"),
-    ({"count": 2, "format": "png"}, 422, "format"),
-    ({"count": MAX_IMAGES + 1}, 413, "count"),
-    ({"indices": list(range(MAX_IMAGES + 1))}, 413, "indices"),
-    ({"seeds": list(range(10 * MAX_IMAGES))}, 413, "seeds"),
+BAD = [  # (body, status, field named in the error, reason)
+    (b"not json", 400, None, "bad_json"),
+    (b"[1, 2]", 400, None, "not_object"),
+    (b"\xff\xfe", 400, None, "bad_json"),
+    ({}, 400, None, "no_images"),
+    ({"seed": 1, "count": 2, "colour": "red"}, 400, "colour", "unknown_field"),
+    ({"seed": 1, "start": 2, "indices": [1]}, 400, "start", "conflicting_fields"),
+    ({"seeds": [1], "seed": 2}, 400, "seed", "conflicting_fields"),
+    ({"start_seed": 1}, 400, "count", "missing_field"),
+    ({"seed": "1", "count": 2}, 422, "seed", "wrong_type"),
+    ({"seed": True, "count": 1}, 422, "seed", "wrong_type"),
+    ({"seed": 1.0, "count": 1}, 422, "seed", "wrong_type"),
+    ({"seed": -1, "count": 1}, 422, "seed", "out_of_range"),
+    ({"seed": MAX_SEED + 1, "count": 1}, 422, "seed", "out_of_range"),
+    ({"seed": 10**25, "count": 1}, 422, "seed", "out_of_range"),
+    ({"seeds": [1, -2]}, 422, "seeds[1]", "out_of_range"),
+    ({"seeds": "1,2"}, 422, "seeds", "wrong_type"),
+    ({"seeds": []}, 422, "seeds", "out_of_range"),
+    ({"indices": [0, -5]}, 422, "indices[1]", "out_of_range"),
+    ({"start": -1, "count": 1}, 422, "start", "out_of_range"),
+    ({"count": 0}, 422, "count", "out_of_range"),
+    ({"start": MAX_SEED, "count": 2}, 422, "count", "out_of_range"),
+    ({"count": 1, "format": "gif"}, 422, "format", "out_of_range"),
+    ({"count": 2, "format": "png"}, 422, "format", "out_of_range"),
+    ({"count": MAX_IMAGES + 1}, 413, "count", "too_many_images"),
+    ({"indices": list(range(MAX_IMAGES + 1))}, 413, "indices", "too_many_images"),
+    ({"seeds": list(range(10 * MAX_IMAGES))}, 413, "seeds", "too_many_images"),
+    # defect 3: these were plain-text 500s (the 422 body for NaN could not even be encoded)
+    (b'{"seed": NaN, "count": 1}', 400, None, "bad_number"),
+    (b'{"seed": Infinity, "count": 1}', 400, None, "bad_number"),
+    (b'{"seeds": [-Infinity]}', 400, None, "bad_number"),
+    (b'{"seed": 1e400, "count": 1}', 400, None, "bad_number"),
+    (b'{"seed": ' + b"7" * 5000 + b', "count": 1}', 400, None, "bad_number"),
+    (b'{"seeds": ' + b"[" * 2000 + b"]" * 2000 + b"}", 400, None, "too_deep"),
+    (b'{"seeds": [[[[[[[[[[1]]]]]]]]]]}', 400, None, "too_deep"),
 ]
 
 
-@pytest.mark.parametrize("body, status, field", BAD)
-def test_parse_bad_requests(body, status, field):
+@pytest.mark.parametrize("body, status, field, reason", BAD)
+def test_parse_bad_requests(body, status, field, reason):
     raw = body if isinstance(body, bytes) else json.dumps(body)
     with pytest.raises(RequestError) as info:
         parse_request(raw, MAX_IMAGES)
     e = info.value
-    assert (e.status, e.field) == (status, field)
-    err = json.loads(json.dumps(e.body()))["error"]  # the body must be JSON-serializable as it is
-    assert err["status"] == status and err["expected"] and err["message"]
+    assert (e.status, e.field, e.reason) == (status, field, reason)
+    err = json.loads(e.body_bytes())["error"]  # strict JSON (no NaN), whatever the value was
+    assert err["status"] == status and err["expected"] and err["message"] and err["reason"] == reason
+    json.dumps(e.body(), allow_nan=False)
+
+
+def test_strings_that_look_nested_are_not_nesting():
+    req = parse_request(b'{"seeds": [1], "format": "base64"}', MAX_IMAGES)
+    assert req.seeds == [1]
+    with pytest.raises(RequestError) as info:  # brackets inside a string do not count as nesting
+        parse_request(json.dumps({"format": "[[[[[[[[[[[[[[["}), MAX_IMAGES)
+    assert info.value.reason == "out_of_range"
 
 
 def test_latents_are_generates_latents():
@@ -84,21 +133,437 @@ def test_latents_are_generates_latents():
     assert chunks(5, 2) == [(0, 2), (2, 4), (4, 5)] and chunks(2, 8) == [(0, 2)]
 
 
+def test_etag_is_a_function_of_model_pairs_and_format():
+    a = etag("ab" * 32, ImageRequest([1, 2], [3, 4], "png"))
+    assert a == etag("ab" * 32, ImageRequest([1, 2], [3, 4], "png")) and a.startswith('"') and a.endswith('"')
+    others = {etag("cd" * 32, ImageRequest([1, 2], [3, 4], "png")), etag("ab" * 32, ImageRequest([1, 2], [3, 4], "array")),
+              etag("ab" * 32, ImageRequest([2, 1], [3, 4], "png")), etag("ab" * 32, ImageRequest([1, 2], [4, 3], "png"))}
+    assert a not in others and len(others) == 4
+
+
+def test_parse_v2_infer():
+    body = {"id": "r1", "inputs": [{"name": "seed", "shape": [2], "datatype": "INT64", "data": [7, 8]},
+                                   {"name": "index", "shape": [2, 1], "datatype": "INT64", "data": [[3], [0]]}]}
+    req, rid = parse_v2_infer(json.dumps(body), MAX_IMAGES)
+    assert (req.seeds, req.indices, req.fmt, rid) == ([7, 8], [3, 0], "v2", "r1")
+    req, _ = parse_v2_infer(json.dumps({"inputs": [{"name": "seed", "shape": [1], "datatype": "INT64", "data": [5]}]}), MAX_IMAGES)
+    assert (req.seeds, req.indices) == ([5], [0])
+    for bad, status in ((b'{"inputs": [{"name": "seed", "shape": [1], "datatype": "FP32", "data": [1.5]}]}', 422),
+                        (b'{"inputs": [{"name": "seed", "shape": [3], "datatype": "INT64", "data": [1]}]}', 422),
+                        (b'{"inputs": [{"name": "z", "shape": [1], "datatype": "INT64", "data": [1]}]}', 400),
+                        (b'{"inputs": [{"name": "seed", "shape": [1], "datatype": "INT64", "data": [NaN]}]}', 400),
+                        (b'{"outputs": []}', 400)):
+        with pytest.raises(RequestError) as info:
+            parse_v2_infer(bad, MAX_IMAGES)
+        assert info.value.status == status, bad
+
+
+def _parse_prometheus(text: str) -> dict[str, list]:
+    parser = pytest.importorskip("prometheus_client.parser")
+    return {f.name: f.samples for f in parser.text_string_to_metric_families(text)}
+
+
 def test_metrics_percentiles_and_prometheus():
     m = Metrics()
     for k in range(1, 101):
-        m.record_request(200, 2, k / 1000)
+        m.record_request(200, 2, k / 1000, queue_s=k / 10_000)
+        m.record_http("/generate", "POST", 200)
     m.record_request(422)
+    m.record_http("/generate", "POST", 422, "out_of_range")
+    m.record_http("/generate", "POST", 500, "internal")
+    m.record_http("/weird/path", "DELETE", 404, "not_found")
+    m.record_disconnect("/generate")
     for size in (1, 3, 64, 5000):
-        m.record_batch(size)
-    s = m.snapshot(in_flight=0)
-    assert s["requests"] == {"200": 100, "422": 1} and s["images"] == 200
+        m.record_batch(size, 0.01)
+    s = m.snapshot(in_flight=0, capacity=64, ready=1, draining=0)
+    assert s["requests"] == {"200": 100, "422": 1} and s["images"] == 200 and s["disconnects"] == 1
     assert (s["latency_ms"]["p50"], s["latency_ms"]["p99"]) == pytest.approx((50, 99))
     assert s["mean_batch_size"] == pytest.approx((1 + 3 + 64 + 5000) / 4) and s["max_batch_size_formed"] == 5000
     assert s["batch_size_histogram"] == {"le_1": 1, "le_4": 1, "le_64": 1, "larger": 1}
     text = prometheus_text(s)
-    assert 'gan_deploy_requests_total{code="422"} 1' in text and 'gan_deploy_batch_size_bucket{le="4"} 2' in text
-    assert 'gan_deploy_batch_size_bucket{le="+Inf"} 4' in text and "gan_deploy_batch_size_count 4" in text
+    assert 'gan_deploy_http_requests_total{route="/generate",method="POST",code="422"} 1' in text
+    assert 'gan_deploy_http_errors_total{code="500",reason="internal"} 1' in text
+    assert 'gan_deploy_http_requests_total{route="other",method="other",code="404"} 1' in text  # bounded label values
+    assert 'gan_deploy_batch_size_images_bucket{le="4"} 2' in text and 'gan_deploy_batch_size_images_bucket{le="+Inf"} 4' in text
+    assert 'gan_deploy_request_latency_seconds{quantile="0.5"} 0.05' in text and 'quantile="0.50"' not in text
+    fams = _parse_prometheus(text)  # the whole exposition parses
+    assert fams["gan_deploy_batch_size_images"][-1].value == 4  # _count
+    assert {"gan_deploy_queue_duration_seconds", "gan_deploy_compute_duration_seconds", "gan_deploy_request_duration_seconds",
+            "gan_deploy_http_errors", "gan_deploy_client_disconnects", "gan_deploy_in_flight_requests"} <= set(fams)
+
+
+# -- the gateway and the proxy hook, without Ray ---------------------------------------------------------
+
+class _FakeResponse:
+    """Stands for a DeploymentResponse: awaitable, cancellable."""
+
+    def __init__(self, coro):
+        self._task = asyncio.ensure_future(coro)
+        self.cancelled = False
+
+    def __await__(self):
+        return self._task.__await__()
+
+    def cancel(self):
+        self.cancelled = True
+        self._task.cancel()
+
+
+class _FakeMethod:
+    def __init__(self, fn):
+        self.fn = fn
+
+    def remote(self, *args):
+        return _FakeResponse(self.fn(*args))
+
+
+class FakeGenerator:
+    """The generator deployment's handle: `generate` returns a canned answer after `delay` seconds."""
+
+    def __init__(self, delay: float = 0.0, fail: str | None = None, ready: bool = True):
+        self.delay, self.fail, self.up = delay, fail, ready
+        self.calls = 0
+
+        async def generate(seeds, indices, fmt):
+            self.calls += 1
+            await asyncio.sleep(self.delay)
+            if self.fail == "backend":
+                return {"error": {"type": "RuntimeError", "message": "CUDA error: out of memory"}}
+            if self.fail == "unavailable":
+                raise RuntimeError("ActorDiedError: the replica died")
+            if self.fail == "malformed":
+                return {"nonsense": True}
+            return {"body": b"PNG" * len(seeds), "media_type": "image/png", "headers": {}, "queue_s": 0.001, "batches": [(len(seeds), 0.002)]}
+
+        async def state():
+            if not self.up:
+                raise RuntimeError("no replica")
+            return {"ready": True, "backend": "fake", "replica": "r0", "in_flight": 0}
+
+        self.generate = _FakeMethod(generate)
+        self.state = _FakeMethod(state)
+
+
+def _gateway(generator, **over):
+    pytest.importorskip("ray.serve", reason="Ray Serve is not installed")
+    from gan_deploy.serve.ray_serve import GatewayDeployment
+    cfg = ServeConfig("checkpoint", "/nowhere.safetensors", "ab" * 32, max_images_per_request=MAX_IMAGES,
+                      **{"max_queued": 2, "read_timeout_s": 0.5, "request_timeout_s": 5.0, **over})
+    return GatewayDeployment.func_or_class(cfg.to_dict(), generator)
+
+
+def _request(method: str, path: str, chunks_: list[tuple[float, bytes]] | None = None, headers=None, declared: int | None = None):
+    """A starlette Request whose body arrives as (delay, bytes) chunks; then the client waits (no disconnect)."""
+    from starlette.requests import Request
+    chunks_ = list(chunks_ or [])
+    total = declared if declared is not None else sum(len(c) for _, c in chunks_)
+    hdrs = [(b"content-type", b"application/json")] + ([(b"content-length", str(total).encode())] if chunks_ or declared else [])
+    hdrs += [(k.encode(), v.encode()) for k, v in (headers or {}).items()]
+    scope = {"type": "http", "method": method, "path": path, "root_path": "", "headers": hdrs, "query_string": b"",
+             "http_version": "1.1", "scheme": "http", "server": ("127.0.0.1", 8000), "client": ("127.0.0.1", 1)}
+    if "?" in path:
+        scope["path"], qs = path.split("?", 1)
+        scope["query_string"] = qs.encode()
+
+    sent = 0
+
+    async def receive():
+        nonlocal sent
+        if chunks_:
+            delay, data = chunks_.pop(0)
+            await asyncio.sleep(delay)
+            sent += len(data)
+            return {"type": "http.request", "body": data, "more_body": bool(chunks_) or sent < total}
+        await asyncio.sleep(3600)  # a client that stopped sending (or is waiting for its answer)
+        return {"type": "http.disconnect"}
+    return Request(scope, receive)
+
+
+def _run(coro, timeout=20):
+    return asyncio.run(asyncio.wait_for(coro, timeout))
+
+
+def test_gateway_reads_the_body_before_taking_a_slot():
+    """Defect 1: a client that announces 100 bytes and sends 12 gets 408 after --read-timeout and, while it
+    dawdles, holds no queue slot: others are admitted (max_queued 2, here 3 slow clients)."""
+    async def main():
+        gw = _gateway(FakeGenerator(delay=0.05))
+        slow = [asyncio.ensure_future(gw(_request("POST", "/generate", [(0, b'{"count": 1,')], declared=100))) for _ in range(3)]
+        await asyncio.sleep(0.1)
+        assert gw.in_flight == 0
+        t0 = time.perf_counter()
+        fast = await gw(_request("POST", "/generate", [(0, b'{"count": 1}')]))
+        assert fast.status_code == 200 and time.perf_counter() - t0 < 0.4
+        answers = await asyncio.gather(*slow)
+        for r in answers:
+            err = json.loads(r.body)["error"]
+            assert r.status_code == 408 and err["reason"] == "body_timeout" and r.headers["connection"] == "close"
+        big = await gw(_request("POST", "/generate", [(0, b"{}")], declared=10**6))  # refused before reading it
+        assert big.status_code == 413 and json.loads(big.body)["error"]["reason"] == "body_too_large"
+        huge = await gw(_request("GET", "/healthz", headers={"x-big": "a" * 9000}))
+        assert huge.status_code == 431 and json.loads(huge.body)["error"]["reason"] == "headers_too_large"
+        m = gw.snapshot()
+        assert m["requests"]["408"] == 3 and m["requests"]["200"] == 1
+        gw._watcher.cancel()
+    _run(main())
+
+
+def test_gateway_overload_is_a_json_503_at_once():
+    """Defect 4: past max_queued x replicas in flight, a 503 with Retry-After, in milliseconds."""
+    async def main():
+        gw = _gateway(FakeGenerator(delay=0.5))
+        held = [asyncio.ensure_future(gw(_request("POST", "/generate", [(0, b'{"count": 1}')]))) for _ in range(2)]
+        await asyncio.sleep(0.05)
+        times, answers = [], []
+        for _ in range(20):
+            t0 = time.perf_counter()
+            answers.append(await gw(_request("POST", "/generate", [(0, b'{"count": 1}')])))
+            times.append(time.perf_counter() - t0)
+        assert all(r.status_code == 503 and r.headers["retry-after"] == "1" for r in answers)
+        assert json.loads(answers[0].body)["error"]["reason"] == "overloaded" and max(times) < 0.1
+        ready = await gw(_request("GET", "/readyz"))
+        assert ready.status_code == 503 and json.loads(ready.body)["error"]["reason"] == "overloaded"
+        assert [r.status_code for r in await asyncio.gather(*held)] == [200, 200]
+        assert (await gw(_request("GET", "/readyz"))).status_code == 200
+        gw._watcher.cancel()
+    _run(main())
+
+
+def test_gateway_every_error_is_json_and_counted():
+    """Defect 3: every answer other than 200 is JSON with a reason and counted, 500s included."""
+    async def main():
+        cases = [(FakeGenerator(fail="backend"), 500, "backend_failed"), (FakeGenerator(fail="unavailable"), 503, "unavailable"),
+                 (FakeGenerator(fail="malformed"), 500, "internal")]
+        for gen, status, reason in cases:
+            gw = _gateway(gen)
+            r = await gw(_request("POST", "/generate", [(0, b'{"count": 1}')]))
+            assert r.status_code == status and r.headers["content-type"] == "application/json"
+            assert json.loads(r.body)["error"]["reason"] == reason
+            snap = gw.snapshot()
+            assert {"code": str(status), "reason": reason, "count": 1} in snap["errors"]
+            assert snap["requests"][str(status)] == 1
+            gw._watcher.cancel()
+        gw = _gateway(FakeGenerator(delay=10), request_timeout_s=0.3)
+        r = await gw(_request("POST", "/generate", [(0, b'{"count": 1}')]))
+        assert r.status_code == 504 and json.loads(r.body)["error"]["reason"] == "request_timeout"
+        for body in (b'{"seed": NaN, "count": 1}', b'{"count": 1e400}', b"[" * 3000 + b"]" * 3000):
+            r = await gw(_request("POST", "/generate", [(0, body)]))
+            assert r.status_code == 400 and json.loads(r.body)["error"]["reason"] in ("bad_number", "too_deep")
+        for method, path, status in (("GET", "/generate", 405), ("GET", "/nope", 404), ("POST", "/metrics", 405),
+                                     ("GET", "/metrics?format=xml", 422), ("GET", "/v2/models/other", 404)):
+            r = await gw(_request(method, path))
+            assert r.status_code == status and json.loads(r.body)["error"]["status"] == status
+        text = (await gw(_request("GET", "/metrics"))).body.decode()
+        fams = _parse_prometheus(text)
+        codes = {s.labels["code"] for s in fams["gan_deploy_http_errors"]}
+        assert {"400", "404", "405", "422", "504"} <= codes
+        gw._watcher.cancel()
+    _run(main())
+
+
+def test_gateway_readiness_liveness_and_drain():
+    """Defects 2 and 5 without Ray: liveness always answers; readiness needs a warmed generator replica and
+    fails while draining; drain() refuses new requests and waits for in-flight ones."""
+    async def main():
+        gen = FakeGenerator(delay=0.4, ready=False)
+        gw = _gateway(gen)
+        await asyncio.sleep(0.05)
+        assert (await gw(_request("GET", "/healthz"))).status_code == 200
+        r = await gw(_request("GET", "/readyz"))
+        assert r.status_code == 503 and json.loads(r.body)["error"]["reason"] == "not_ready"
+        gen.up = True
+        for _ in range(40):  # the gateway polls the generator every 0.5 s
+            if (await gw(_request("GET", "/readyz"))).status_code == 200:
+                break
+            await asyncio.sleep(0.05)
+        assert (await gw(_request("GET", "/readyz"))).status_code == 200
+        inflight = asyncio.ensure_future(gw(_request("POST", "/generate", [(0, b'{"count": 1}')])))
+        await asyncio.sleep(0.05)
+        drained = asyncio.ensure_future(gw.drain(5.0))
+        await asyncio.sleep(0.05)
+        refused = await gw(_request("POST", "/generate", [(0, b'{"count": 1}')]))
+        assert refused.status_code == 503 and json.loads(refused.body)["error"]["reason"] == "draining"
+        assert refused.headers["connection"] == "close"
+        assert (await gw(_request("GET", "/readyz"))).status_code == 503
+        assert (await inflight).status_code == 200
+        report = await drained
+        assert report["in_flight_left"] == 0 and report["waited_s"] < 1.0
+        gw._watcher.cancel()
+    _run(main())
+
+
+def _asgi_app_answering(status: int, body: bytes, ctype: bytes, headers=(), seen=None, delay: float = 0.0, scopes=None):
+    async def app(scope, receive, send):
+        if scopes is not None:
+            scopes.append(scope)
+        if seen is not None and scope["method"] == "POST":
+            seen.append((await receive()).get("body"))
+        await asyncio.sleep(delay)
+        await send({"type": "http.response.start", "status": status, "headers": [(b"content-type", ctype), *headers]})
+        await send({"type": "http.response.body", "body": body})
+    return app
+
+
+async def _call_asgi(app, method: str, path: str, chunks_, declared=None):
+    sent = []
+
+    async def receive():
+        if chunks_:
+            delay, data = chunks_.pop(0)
+            await asyncio.sleep(delay)
+            return {"type": "http.request", "body": data, "more_body": bool(chunks_)}
+        await asyncio.sleep(3600)
+        return {"type": "http.disconnect"}
+
+    async def send(msg):
+        sent.append(msg)
+    headers = [(b"content-length", str(declared).encode())] if declared is not None else []
+    await app({"type": "http", "method": method, "path": path, "headers": headers}, receive, send)
+    start = next(m for m in sent if m["type"] == "http.response.start")
+    body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+    return start["status"], dict(start["headers"]), body
+
+
+def test_proxy_hook_turns_rays_plain_errors_into_json():
+    from gan_deploy.serve.proxy_hooks import GanDeployProxy
+    mw = GanDeployProxy(_asgi_app_answering(503, b"Request dropped due to backpressure (num_queued_requests=9).", b"text/plain"))
+    status, headers, body = _run(_call_asgi(mw, "POST", "/generate", [(0, b"{}")]))
+    err = json.loads(body)["error"]
+    assert status == 503 and headers[b"content-type"] == b"application/json" and headers[b"retry-after"] == b"1"
+    assert err["reason"] == "overloaded" and "Ray Serve" in err["message"]
+    mw = GanDeployProxy(_asgi_app_answering(200, b"\x89PNG", b"image/png"))
+    assert _run(_call_asgi(mw, "POST", "/generate", [(0, b"{}")]))[2] == b"\x89PNG"  # everything else passes untouched
+
+
+def test_proxy_hook_admits_before_ray_routes():
+    """Defects 1 and 4 in Ray's proxy: once the gateway's limits header was seen (and stripped), a full queue
+    is answered there at once, and bodies are read there first (slow ones get 408 and never count)."""
+    from gan_deploy.serve.proxy_hooks import COUNTS_HEADER, LIMITS_HEADER, GanDeployProxy, decode_counts, limits_header
+    seen: list = []
+    scopes: list = []
+    value = limits_header(["/p/generate", "/p/v2/models/m/infer"], 2, 0.3, 100).encode()
+    mw = GanDeployProxy(_asgi_app_answering(200, b"ok", b"image/png", [(LIMITS_HEADER, value)], seen, delay=0.3, scopes=scopes))
+
+    async def main():
+        status, headers, _ = await _call_asgi(mw, "GET", "/p/readyz", [])
+        assert status == 200 and LIMITS_HEADER not in headers  # learnt, and not passed on to the client
+        slow = asyncio.ensure_future(_call_asgi(mw, "POST", "/p/generate", [(0, b'{"count"'), (5, b": 1}")], declared=12))
+        held = [asyncio.ensure_future(_call_asgi(mw, "POST", "/p/generate", [(0, b'{"count": 1}')])) for _ in range(2)]
+        await asyncio.sleep(0.05)
+        t0 = time.perf_counter()
+        status, headers, body = await _call_asgi(mw, "POST", "/p/v2/models/m/infer", [(0, b"{}")])  # same gateway, same limit
+        assert status == 503 and headers[b"retry-after"] == b"1" and time.perf_counter() - t0 < 0.05
+        assert json.loads(body)["error"]["reason"] == "overloaded"
+        assert [s for s, _, _ in await asyncio.gather(*held)] == [200, 200]
+        status, _, body = await slow
+        assert status == 408 and json.loads(body)["error"]["reason"] == "body_timeout"
+        status, _, body = await _call_asgi(mw, "POST", "/p/generate", [(0, b"x" * 50)], declared=500)
+        assert status == 413
+        assert seen == [b'{"count": 1}', b'{"count": 1}']  # the app got whole bodies, and only the admitted ones
+        # what the proxy answered itself travels to the gateway with the next request it forwards
+        await _call_asgi(mw, "GET", "/p/metrics", [])
+        header = dict(scopes[-1]["headers"])[COUNTS_HEADER].decode()
+        proxy_id, counts = decode_counts(header, mw.token)
+        assert counts == {("/v2", 503, "overloaded"): 1, ("/generate", 408, "body_timeout"): 1, ("/generate", 413, "body_too_large"): 1}
+        assert decode_counts(header, "another-token") is None  # a client cannot forge them past the token
+    _run(main())
+
+
+def test_write_config_is_a_valid_ray_serve_config(cli, tiny_checkpoint, tmp_path):
+    """`--write-config` writes what `serve deploy` / KubeRay take, from the same options, without starting Ray."""
+    yaml = pytest.importorskip("yaml")
+    out = tmp_path / "serve.yaml"
+    r = cli("serve", "--checkpoint", tiny_checkpoint, "--host", "0.0.0.0", "--port", 8123, "--replicas", 3, "--max-queued", 16,
+            "--read-timeout", 4, "--drain-timeout", 12, "--write-config", out)
+    assert r.exit_code == 0, r.output
+    conf = yaml.safe_load(out.read_text())
+    assert conf["http_options"]["port"] == 8123 and conf["http_options"]["host"] == "0.0.0.0"
+    app = conf["applications"][0]
+    assert app["import_path"] == "gan_deploy.serve.ray_serve:app_builder"
+    c = app["args"]["config"]
+    assert c["num_replicas"] == 3 and c["max_queued"] == 16 and c["read_timeout_s"] == 4 and os.path.isabs(c["artifact_path"])
+    deps = {d["name"]: d for d in app["deployments"]}
+    assert deps["GanGenerator"]["num_replicas"] == 3 and deps["GanGenerator"]["graceful_shutdown_timeout_s"] == 12
+    pytest.importorskip("ray.serve")
+    from ray.serve.schema import ServeDeploySchema
+
+    from gan_deploy.serve.ray_serve import app_builder
+    ServeDeploySchema.model_validate(conf)
+    built = app_builder(app["args"])  # what `serve deploy` imports and calls
+    assert type(built).__name__ == "Application"
+
+
+def test_start_failures_are_one_line():
+    """What Ray says about a deployment that failed (a traceback) becomes the last line that names the error."""
+    pytest.importorskip("ray.serve")
+    from types import SimpleNamespace
+
+    from gan_deploy.serve.ray_serve import _status_message
+    trace = ("The deployment failed to start 3 times in a row.\nTraceback (most recent call last):\n  File \"x.py\", line 3, in f\n"
+             "    raise StaleArtifact(...)\ngan_deploy.core.errors.StaleArtifact: the model file on this replica differs\n")
+    app = SimpleNamespace(status="DEPLOY_FAILED", message="", deployments={"GanGenerator": SimpleNamespace(message=trace)})
+    msg = _status_message(app)
+    assert msg == "gan_deploy.core.errors.StaleArtifact: the model file on this replica differs" and "\n" not in msg
+    assert _status_message(None) == "no status yet"
+
+
+def test_serve_cli_refuses_bad_options(cli, tiny_checkpoint):
+    r = cli("serve", "--checkpoint", tiny_checkpoint, "--backend", "tensorrt")
+    assert r.exit_code == 2 and "tensorrt" in r.output and "Traceback" not in r.output
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        r = cli("serve", "--checkpoint", tiny_checkpoint, "--backend", "eager", "--port", s.getsockname()[1])
+    assert r.exit_code == 2 and "cannot listen" in r.output
+
+
+# -- `gan-deploy serve` as a process ----------------------------------------------------------------
+
+def _serve_process(args: list[str], tmp_path: Path, extra_env: dict[str, str] | None = None) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+           "PYTHONUNBUFFERED": "1", "GAN_DEPLOY_THREADS": "1"}
+    env.pop("RAY_ADDRESS", None)  # a new local Ray, unless extra_env says otherwise
+    env.update(extra_env or {})
+    log = open(tmp_path / "serve.log", "wb")
+    return subprocess.Popen([sys.executable, "-m", "gan_deploy", "serve", *args], cwd=tmp_path, env=env, stdout=log,
+                            stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def _wait_for(url: str, proc: subprocess.Popen, log: Path, seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"serve exited {proc.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            if http(f"{url}/readyz", timeout=2)[0] == 200:
+                return
+        except OSError:
+            pass
+        time.sleep(0.25)
+    pytest.fail(f"serve did not become ready in {seconds} s:\n{log.read_text()[-3000:]}")
+
+
+@pytest.mark.slow  # a `gan-deploy serve` process (it refuses before starting Ray; runs before this module's Ray starts)
+def test_start_refuses_unplaceable_replicas_at_once(tiny_checkpoint, tmp_path):
+    """Defect 6: --num-gpus 1 where Ray has no GPU: a one-line error and exit 2 within 30 s, not a hang."""
+    pytest.importorskip("ray.serve")
+    import importlib.util
+    if importlib.util.find_spec("torch") and __import__("torch").cuda.is_available():
+        pytest.skip("this machine has a GPU: --num-gpus 1 can be placed")
+    t0 = time.monotonic()
+    proc = _serve_process(["--checkpoint", str(tiny_checkpoint), "--backend", "eager", "--port", str(_free_port()),
+                           "--num-gpus", "1"], tmp_path)
+    try:
+        rc = proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
+    elapsed = time.monotonic() - t0
+    out = (tmp_path / "serve.log").read_text()
+    errors = [ln for ln in out.splitlines() if ln.startswith("Error:")]
+    assert rc == 2 and len(errors) == 1 and "GPU" in errors[0] and "Traceback" not in out, out[-2000:]
+    assert elapsed < 30, elapsed
 
 
 # -- the service ---------------------------------------------------------------------------------------
@@ -109,57 +574,67 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def http(url: str, body=None, method: str | None = None, timeout: float = 60):
+def http(url: str, body=None, method: str | None = None, timeout: float = 60, headers=None):
     """(status, headers, body bytes); a 4xx/5xx is an answer here, not an exception."""
     data = body if body is None or isinstance(body, bytes) else json.dumps(body).encode()
     req = urllib.request.Request(url, data=data, method=method or ("POST" if data is not None else "GET"),
-                                 headers={"Content-Type": "application/json"})
+                                 headers={"Content-Type": "application/json", **(headers or {})})
     try:
         with urllib.request.urlopen(req, timeout=timeout) as r:
-            return r.status, dict(r.headers), r.read()
+            return r.status, {k.lower(): v for k, v in r.headers.items()}, r.read()
     except urllib.error.HTTPError as e:
-        return e.code, dict(e.headers), e.read()
+        return e.code, {k.lower(): v for k, v in e.headers.items()}, e.read()
 
 
 SEED, N_REF, BATCH_REF = 5, 40, 7
 
 
 @pytest.fixture(scope="module")
-def reference(tiny_onnx, tmp_path_factory):
+def reference(tiny_checkpoint, tmp_path_factory):
     """generate's files for --seed SEED -n N_REF, and for --seed s -n 1 (s = 11, 12, 13): name -> bytes."""
     from gan_deploy.artifacts.load import load_artifact
     from gan_deploy.backends import make_runner
     from gan_deploy.generate.pipeline import GenerateOptions, generate
 
-    art = load_artifact(onnx=tiny_onnx)
+    art = load_artifact(tiny_checkpoint)
     out = tmp_path_factory.mktemp("ref")
-    generate(make_runner("onnxruntime", art, "cpu"), GenerateOptions(n=N_REF, out=out / "main", batch_size=BATCH_REF, seed=SEED, progress=False))
+    generate(make_runner("eager", art, "cpu"), GenerateOptions(n=N_REF, out=out / "main", batch_size=BATCH_REF, seed=SEED, progress=False))
     files = {("main", p.name): p.read_bytes() for p in (out / "main").glob("*.png")}
     for s in (11, 12, 13):
-        generate(make_runner("onnxruntime", art, "cpu"), GenerateOptions(n=1, out=out / f"s{s}", seed=s, progress=False))
+        generate(make_runner("eager", art, "cpu"), GenerateOptions(n=1, out=out / f"s{s}", seed=s, progress=False))
         files[("seed", s)] = (out / f"s{s}" / "000000.png").read_bytes()
     return files
 
 
-@pytest.fixture(scope="module")
-def service(tiny_onnx):
-    """One Ray instance, two apps: "/" (batching: 80 ms wait) and "/tight" (2 queued requests, 2.5 s wait)."""
-    pytest.importorskip("ray.serve", reason="Ray Serve is not installed: pip install 'gan-deploy[serve]'")
-    import ray
-    from ray import serve as ray_serve
+def _config(art, **over) -> ServeConfig:
+    s = art.spec
+    base = dict(artifact_kind="checkpoint", artifact_path=str(art.path), artifact_sha256=art.sha256, backend="eager",
+                device="cpu", max_images_per_request=MAX_IMAGES, num_cpus=0.5,
+                model={"describe": art.describe(), "image_shape": [s.height, s.width, s.channels]})
+    return ServeConfig(**{**base, **over})
 
+
+@pytest.fixture(scope="module")
+def service(tiny_checkpoint):
+    """One local Ray (loopback only), two apps: "/" (batching: 80 ms wait, 2 s read timeout) and "/tight"
+    (2 queued requests, 2.5 s batch wait)."""
+    pytest.importorskip("ray.serve", reason="Ray Serve is not installed: pip install 'gan-deploy[serve]'")
     from gan_deploy.artifacts.load import load_artifact
     from gan_deploy.serve import ray_serve as service
 
-    art = load_artifact(onnx=tiny_onnx)
-    common = dict(artifact_kind="onnx", artifact_path=str(art.path), artifact_sha256=art.sha256, backend="onnxruntime",
-                  device="cpu", max_images_per_request=MAX_IMAGES, num_cpus=0.5)
-    main = ServeConfig(**common, max_batch_size=16, batch_wait_ms=80, max_queued=32)
-    tight = ServeConfig(**common, max_batch_size=64, batch_wait_ms=2500, max_queued=2)
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    art = load_artifact(tiny_checkpoint)
+    main = _config(art, max_batch_size=16, batch_wait_ms=80, max_queued=32, read_timeout_s=2.0)
+    tight = _config(art, max_batch_size=64, batch_wait_ms=2500, max_queued=2)
+    service.init_local_ray("127.0.0.1", num_cpus=2, log_to_driver=False)
     try:
-        url = service.start(main, "127.0.0.1", _free_port(), name="main")
-        ray_serve.run(service.build_app(tight), name="tight", route_prefix="/tight")
+        t0 = time.monotonic()
+        port = _free_port()
+        service.serve.start(http_options=service.http_options(main, "127.0.0.1", port), logging_config={"log_level": "WARNING"})
+        service.deploy_many([(main, "main", "/"), (tight, "tight", "/tight")], {"log_level": "WARNING"})
+        url = f"http://127.0.0.1:{port}"
+        service.wait_for_http(url)
+        service.wait_for_http(f"{url}/tight")
+        print(f"\nserve started in {time.monotonic() - t0:.1f} s", file=sys.stderr)
         yield url
     finally:
         service.stop()
@@ -171,17 +646,21 @@ def _b64_images(body: bytes) -> list[bytes]:
 
 @pytest.mark.slow  # a Ray Serve application
 def test_images_are_generates_files(service, reference):
-    status, _, body = http(f"{service}/generate", {"seed": SEED, "start": 3, "count": 10})
+    status, headers, body = http(f"{service}/generate", {"seed": SEED, "start": 3, "count": 10})
     assert status == 200
     got = json.loads(body)
     assert [(im["seed"], im["index"]) for im in got["images"]] == [(SEED, i) for i in range(3, 13)]
     assert _b64_images(body) == [reference[("main", f"{i:06d}.png")] for i in range(3, 13)]
+    assert headers["etag"].startswith('"') and "immutable" in headers["cache-control"]
+    again = http(f"{service}/generate", {"seed": SEED, "start": 3, "count": 10})
+    assert again[1]["etag"] == headers["etag"] and again[2] == body  # a pure function of (model, pairs, format)
 
     status, _, body = http(f"{service}/generate", {"seed": SEED, "indices": [39, 0, 7, 39]})
     assert _b64_images(body) == [reference[("main", f"{i:06d}.png")] for i in (39, 0, 7, 39)]
 
     status, headers, body = http(f"{service}/generate", {"seed": SEED, "indices": [21], "format": "png"})
     assert status == 200 and headers["content-type"] == "image/png" and body == reference[("main", "000021.png")]
+    assert "x-gan-deploy-limits" not in headers  # the proxy hook's header stays inside
 
     from PIL import Image
     status, headers, body = http(f"{service}/generate", {"seed": SEED, "start": 30, "count": 5, "format": "array"})
@@ -189,6 +668,14 @@ def test_images_are_generates_files(service, reference):
     assert status == 200 and arr.dtype == np.uint8 and arr.shape == (5, 16, 16, 1)
     want = np.stack([np.asarray(Image.open(io.BytesIO(reference[("main", f"{i:06d}.png")])))[:, :, None] for i in range(30, 35)])
     assert np.array_equal(arr, want)
+
+    v2 = {"id": "q7", "inputs": [{"name": "seed", "shape": [2], "datatype": "INT64", "data": [SEED, SEED]},
+                                 {"name": "index", "shape": [2], "datatype": "INT64", "data": [30, 34]}]}
+    status, _, body = http(f"{service}/v2/models/gan_generator/infer", v2)
+    out = json.loads(body)
+    assert status == 200 and out["id"] == "q7" and out["outputs"][0]["shape"] == [2, 16, 16, 1]
+    assert np.array_equal(np.array(out["outputs"][0]["data"], dtype=np.uint8).reshape(2, 16, 16, 1), want[[0, 4]])
+    assert http(f"{service}/v2/health/ready")[0] == 200 and http(f"{service}/v2/models/gan_generator")[0] == 200
 
 
 @pytest.mark.slow  # a Ray Serve application
@@ -200,11 +687,11 @@ def test_seeds_are_image_zero_of_each_seed(service, reference):
 
 @pytest.mark.slow  # a Ray Serve application
 def test_concurrent_requests_are_batched_and_correct(service, reference):
-    before = json.loads(http(f"{service}/metrics")[2])
+    before = json.loads(http(f"{service}/metrics?format=json")[2])
     barrier = threading.Barrier(8)
 
     def one(i: int):
-        barrier.wait()
+        barrier.wait(timeout=30)
         return i, http(f"{service}/generate", {"seed": SEED, "indices": [i], "format": "png"})
 
     with ThreadPoolExecutor(8) as pool:
@@ -214,7 +701,7 @@ def test_concurrent_requests_are_batched_and_correct(service, reference):
     # a request larger than the batch is cut into batch-sized pieces, and still comes back whole and in order
     status, _, body = http(f"{service}/generate", {"seed": SEED, "start": 0, "count": MAX_IMAGES})
     assert status == 200 and _b64_images(body) == [reference[("main", f"{i:06d}.png")] for i in range(MAX_IMAGES)]
-    after = json.loads(http(f"{service}/metrics")[2])
+    after = json.loads(http(f"{service}/metrics?format=json")[2])
     batches = after["batches"] - before["batches"]
     images = after["batch_images"] - before["batch_images"]
     assert images == 8 + MAX_IMAGES
@@ -225,71 +712,222 @@ def test_concurrent_requests_are_batched_and_correct(service, reference):
 
 
 @pytest.mark.slow  # a Ray Serve application
-def test_bad_requests_get_4xx_and_the_service_keeps_running(service, reference):
-    for body, status, field in BAD:
+def test_bad_requests_are_json_counted_and_the_service_keeps_running(service, reference):
+    """Defect 3 through the whole stack: NaN, 1e400, 5000 digits, deep nesting: 400 JSON, counted."""
+    before = json.loads(http(f"{service}/metrics?format=json")[2])
+    for body, status, field, reason in BAD:
         got, headers, raw = http(f"{service}/generate", body)
-        assert got == status, (body, raw)
+        assert got == status and headers["content-type"] == "application/json", (body[:60], raw[:200])
         err = json.loads(raw)["error"]
-        assert (err["status"], err["field"]) == (status, field) and err["expected"]
+        assert (err["status"], err["field"], err["reason"]) == (status, field, reason) and err["expected"]
     got, _, raw = http(f"{service}/generate", b'{"seeds": [' + b"1, " * 20000 + b"1]}")
-    assert got == 413 and "too large" in json.loads(raw)["error"]["message"]
-    assert http(f"{service}/generate", method="GET")[0] == 405
-    assert http(f"{service}/nope")[0] == 404
-    assert http(f"{service}/metrics", b"{}", method="POST")[0] == 405
+    assert got == 413 and json.loads(raw)["error"]["reason"] == "body_too_large"
+    for method, path, status in (("GET", "/generate", 405), ("GET", "/nope", 404), ("POST", "/metrics", 405)):
+        got, headers, raw = http(f"{service}{path}", b"{}" if method == "POST" else None, method=method)
+        assert got == status and json.loads(raw)["error"]["status"] == status
     assert http(f"{service}/healthz")[0] == 200
     status, _, body = http(f"{service}/generate", {"seed": SEED, "indices": [2], "format": "png"})
     assert status == 200 and body == reference[("main", "000002.png")]
+    after = json.loads(http(f"{service}/metrics?format=json")[2])
+    counted = {s: n - before["requests"].get(s, 0) for s, n in after["requests"].items()}
+    assert counted["400"] >= sum(1 for b in BAD if b[1] == 400) and counted["422"] >= sum(1 for b in BAD if b[1] == 422)
 
 
 @pytest.mark.slow  # a Ray Serve application
-def test_overload_answers_503_then_recovers(service, reference):
+def test_slow_clients_do_not_lock_anyone_out(service, reference):
+    """Defect 1: 64 connections that announce 100 bytes and send 12 stay open; everyone else gets answers,
+    and the slow ones get a JSON 408 after the read timeout (2 s here)."""
+    slow = []
+    try:
+        for _ in range(64):
+            s = socket.create_connection(("127.0.0.1", int(service.rsplit(":", 1)[1])), timeout=10)
+            s.sendall(b"POST /generate HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n"
+                      b'{"count": 1,')
+            slow.append(s)
+        time.sleep(0.3)
+        t0 = time.monotonic()
+        for i in range(3):
+            status, _, body = http(f"{service}/generate", {"seed": SEED, "indices": [i], "format": "png"}, timeout=10)
+            assert status == 200 and body == reference[("main", f"{i:06d}.png")]
+        assert time.monotonic() - t0 < 5
+        assert http(f"{service}/readyz", timeout=5)[0] == 200
+        deadline = time.monotonic() + 15
+        for s in slow:
+            s.settimeout(max(0.1, deadline - time.monotonic()))
+            head = s.recv(4096)
+            while b"\r\n\r\n" not in head:
+                head += s.recv(4096)
+            assert head.startswith(b"HTTP/1.1 408"), head[:100]
+            assert b"body_timeout" in head or b"content-type: application/json" in head.lower()
+    finally:
+        for s in slow:
+            s.close()
+
+
+@pytest.mark.slow  # a Ray Serve application
+def test_overload_answers_503_fast_then_recovers(service, reference):
+    """Defect 4: two requests fit /tight (max_queued 2) and wait 2.5 s for company; every other request gets
+    a JSON 503 with Retry-After at once, whichever layer answers it."""
     url = f"{service}/tight"
     barrier = threading.Barrier(6)
 
     def one(i: int):
-        barrier.wait()
-        return i, http(f"{url}/generate", {"seed": SEED, "indices": [i], "format": "png"})
+        barrier.wait(timeout=30)
+        t0 = time.perf_counter()
+        return i, http(f"{url}/generate", {"seed": SEED, "indices": [i], "format": "png"}), time.perf_counter() - t0
 
     with ThreadPoolExecutor(6) as pool:
-        results = list(pool.map(one, range(6)))
-    statuses = sorted(s for _, (s, _, _) in results)
-    # two requests fit (max_queued=2) and wait 2.5 s for company; the other four arrive meanwhile
+        first = pool.submit(lambda: [pool.submit(one, i) for i in range(6)]).result()
+        results = [f.result() for f in first]
+        # while the two are held: a burst of 40 more, all refused quickly
+        burst_at = time.perf_counter()
+        with ThreadPoolExecutor(20) as burst_pool:
+            burst = list(burst_pool.map(lambda i: (http(f"{url}/generate", {"count": 1}, timeout=10), time.perf_counter()), range(40)))
+    statuses = sorted(s for _, (s, _, _), _ in results)
     assert statuses == [200, 200, 503, 503, 503, 503], statuses
-    for i, (status, headers, body) in results:
+    for i, (status, headers, body), seconds in results:
         if status == 200:
-            assert body == reference[("main", f"{i:06d}.png")]
+            assert body == reference[("main", f"{i:06d}.png")] and seconds > 2.0
         else:
-            assert headers.get("retry-after") == "1" and json.loads(body)["error"]["status"] == 503
+            assert headers.get("retry-after") == "1" and json.loads(body)["error"]["reason"] == "overloaded"
+            assert seconds < 1.0, seconds
+    late = [(s, t) for (s, _, _), t in burst]
+    refused = [t - burst_at for s, t in late if s == 503]
+    assert len(refused) >= 30 and max(refused) < 2.0, refused  # 40 requests, all answered while the two still wait
     assert http(f"{url}/healthz")[0] == 200
-    status, _, body = http(f"{url}/generate", {"seed": SEED, "indices": [3], "format": "png"})
+    status, headers, body = http(f"{url}/generate", {"seed": SEED, "indices": [3], "format": "png"})
     assert status == 200 and body == reference[("main", "000003.png")]
-    m = json.loads(http(f"{url}/metrics")[2])
-    assert m["requests"]["503"] == 4 and m["in_flight"] == 0
+    m = json.loads(http(f"{url}/metrics?format=json")[2])
+    assert m["requests"].get("503", 0) >= 4 and m["in_flight"] == 0
 
 
 @pytest.mark.slow  # a Ray Serve application
-def test_healthz_and_metrics(service):
-    status, _, body = http(f"{service}/healthz")
-    h = json.loads(body)
-    assert status == 200 and h["status"] == "ok" and "onnxruntime" in h["backend"] and len(h["sha256"]) == 64
+def test_health_and_readiness_answer_at_once_under_overload(service):
+    """Defect 2: with /tight's queue full and requests being refused, /healthz and /readyz answer in
+    milliseconds (readiness: 503 'overloaded' while full, 200 once it drains)."""
+    url = f"{service}/tight"
+    stop = time.monotonic() + 2.0
+    with ThreadPoolExecutor(8) as pool:
+        held = [pool.submit(http, f"{url}/generate", {"count": 1}) for _ in range(2)]
+        time.sleep(0.3)
+        flood = [pool.submit(lambda: [http(f"{url}/generate", {"count": 1}, timeout=10) for _ in range(15)]) for _ in range(4)]
+        times, ready_codes = [], []
+        while time.monotonic() < stop:
+            t0 = time.perf_counter()
+            status, _, _ = http(f"{url}/healthz", timeout=5)
+            times.append(time.perf_counter() - t0)
+            assert status == 200
+            t0 = time.perf_counter()
+            ready_codes.append(http(f"{url}/readyz", timeout=5)[0])
+            times.append(time.perf_counter() - t0)
+            time.sleep(0.05)
+        [f.result() for f in flood + held]
+    times.sort()
+    assert times[len(times) // 2] < 0.1 and times[-1] < 1.0, times
+    assert 503 in ready_codes
+    assert http(f"{url}/readyz")[0] == 200
+
+
+@pytest.mark.slow  # a Ray Serve application
+def test_metrics_are_prometheus_by_default(service):
+    """Defect 7: Prometheus text by default, standard names, quantile="0.5", queue vs compute histograms,
+    error counters; JSON with ?format=json."""
     http(f"{service}/generate", {"count": 2})
     http(f"{service}/generate", {"count": -2})
-    m = json.loads(http(f"{service}/metrics")[2])
-    assert m["requests"]["200"] >= 1 and m["requests"]["422"] >= 1 and m["images"] >= 2
-    assert m["batches"] >= 1 and m["mean_batch_size"] >= 1 and m["latency_ms"]["p99"] >= m["latency_ms"]["p50"] > 0
-    assert m["config"]["max_batch_size"] == 16 and not any(k.startswith("_") for k in m)
-    status, headers, text = http(f"{service}/metrics?format=prometheus")
-    assert status == 200 and headers["content-type"].startswith("text/plain")
-    assert f'gan_deploy_requests_total{{code="200"}} {m["requests"]["200"] + 0}'.split(" ")[0] in text.decode()
-    assert 'gan_deploy_request_latency_seconds{quantile="0.99"}' in text.decode()
+    status, headers, text = http(f"{service}/metrics")
+    assert status == 200 and headers["content-type"].startswith("text/plain; version=0.0.4")
+    fams = _parse_prometheus(text.decode())
+    gen = {s.labels["code"]: s.value for s in fams["gan_deploy_generate_requests"]}
+    assert gen["200"] >= 1 and gen["422"] >= 1
+    assert any(s.labels.get("quantile") == "0.5" for s in fams["gan_deploy_request_latency_seconds"])
+    for name in ("gan_deploy_queue_duration_seconds", "gan_deploy_compute_duration_seconds", "gan_deploy_batch_size_images"):
+        assert [s for s in fams[name] if s.name.endswith("_count")][0].value >= 1
+    assert any(s.labels["reason"] == "out_of_range" for s in fams["gan_deploy_http_errors"])
+    m = json.loads(http(f"{service}/metrics?format=json")[2])
+    assert m["requests"]["200"] >= 1 and m["images"] >= 2 and m["batches"] >= 1 and m["latency_ms"]["p99"] >= m["latency_ms"]["p50"] > 0
+    assert m["config"]["max_batch_size"] == 16 and not any(k.startswith("_") for k in m) and m["ready"] == 1
     assert json.loads(http(f"{service}/")[2])["max_images_per_request"] == MAX_IMAGES
 
 
-def test_serve_cli_refuses_bad_options(cli, tiny_onnx):
-    r = cli("serve", "--onnx", tiny_onnx, "--backend", "eager")
-    assert r.exit_code == 2 and "cannot run a onnx" in r.output
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        s.listen()
-        r = cli("serve", "--onnx", tiny_onnx, "--port", s.getsockname()[1])
-    assert r.exit_code == 2 and "cannot listen" in r.output
+@pytest.mark.slow  # a Ray Serve application
+def test_disconnects_are_counted_not_logged(service, capfd):
+    """Defect 7: a client that leaves mid-request is one counter increment, not a traceback in the logs."""
+    import ray
+    log_dir = Path(ray._private.worker._global_node.get_logs_dir_path()) / "serve"
+
+    def log_lines() -> int:
+        return sum(len(p.read_text(errors="replace").splitlines()) for p in log_dir.glob("*.log"))
+
+    url = f"{service}/tight"
+    before_m = json.loads(http(f"{url}/metrics?format=json")[2])["disconnects"]
+    before_l = log_lines()
+    port = int(service.rsplit(":", 1)[1])
+    for _ in range(3):  # well inside the 2.5 s batch window, then gone
+        s = socket.create_connection(("127.0.0.1", port), timeout=5)
+        s.sendall(b'POST /tight/generate HTTP/1.1\r\nHost: x\r\nContent-Length: 14\r\n\r\n{"count": 16}\n')
+        time.sleep(0.3)
+        s.close()
+    deadline = time.monotonic() + 10
+    while json.loads(http(f"{url}/metrics?format=json")[2])["disconnects"] < before_m + 3 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert json.loads(http(f"{url}/metrics?format=json")[2])["disconnects"] >= before_m + 3
+    assert json.loads(http(f"{url}/metrics?format=json")[2])["in_flight"] == 0  # and their slots are free again
+    time.sleep(0.5)
+    assert log_lines() - before_l <= 3
+    assert "Traceback" not in capfd.readouterr().err
+
+
+@pytest.mark.slow  # a Ray Serve application
+def test_ray_binds_loopback_only(service):
+    """Defect 7: with the service on 127.0.0.1, every socket the local Ray listens on is loopback too."""
+    import ray
+    psutil = pytest.importorskip("psutil")  # Ray ships it
+    assert ray.nodes()[0]["NodeManagerAddress"] == "127.0.0.1"
+    procs = psutil.Process().children(recursive=True)
+    listening = []
+    for p in procs:
+        try:
+            listening += [c.laddr for c in p.net_connections(kind="inet") if c.status == psutil.CONN_LISTEN]
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            pass
+    assert listening, "found no Ray sockets"
+    import ipaddress
+    outside = [a for a in listening if not ipaddress.ip_address(a.ip.removeprefix("::ffff:")).is_loopback]
+    assert not outside, outside
+
+
+@pytest.mark.slow  # a Ray Serve application, deployed by `gan-deploy serve` in a subprocess
+def test_sigterm_drains_in_flight_requests_and_exits_0(service, tiny_checkpoint, tmp_path):
+    """Defect 5: SIGTERM: new requests are refused (503 draining), the in-flight one still gets its 200, and
+    the process exits 0 well within --drain-timeout. The process joins this module's Ray (RAY_ADDRESS, as on
+    a cluster: one Ray start less) with its own app, and on exit removes only that app."""
+    import ray
+    url = f"{service}/drain"
+    proc = _serve_process(["--checkpoint", str(tiny_checkpoint), "--backend", "eager", "--num-cpus", "0.5",
+                           "--app-name", "drain", "--route-prefix", "/drain", "--batch-wait-ms", "3000",
+                           "--max-batch-size", "64", "--drain-timeout", "20"], tmp_path,
+                          {"RAY_ADDRESS": ray.get_runtime_context().gcs_address})
+    try:
+        _wait_for(url, proc, tmp_path / "serve.log", 120)
+        with ThreadPoolExecutor(2) as pool:
+            inflight = pool.submit(http, f"{url}/generate", {"seed": SEED, "count": 2}, None, 30)
+            time.sleep(0.8)  # it now waits (3 s batch window) inside the service
+            t_term = time.monotonic()
+            proc.send_signal(signal.SIGTERM)
+            time.sleep(0.5)
+            refused = http(f"{url}/generate", {"count": 1}, timeout=5)
+            assert refused[0] == 503 and json.loads(refused[2])["error"]["reason"] == "draining"
+            assert refused[1].get("connection") == "close"
+            status, _, body = inflight.result(timeout=30)
+        assert status == 200 and json.loads(body)["count"] == 2
+        rc = proc.wait(timeout=60)
+        out = (tmp_path / "serve.log").read_text()
+        assert rc == 0, out[-3000:]
+        assert time.monotonic() - t_term < 30
+        assert "draining" in out and "stopped: drained in" in out and "Traceback" not in out
+        assert http(f"{url}/generate", {"count": 1})[0] == 404  # its app is gone ...
+        assert http(f"{service}/generate", {"count": 1})[0] == 200  # ... and only its app
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)

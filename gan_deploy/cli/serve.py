@@ -4,6 +4,7 @@ Ray and tritonclient are imported inside the commands only: `gan-deploy --help` 
 """
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import click
@@ -16,7 +17,8 @@ from gan_deploy.core.errors import GanDeployError
 @artifact_options
 @backend_option
 @device_option
-@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (0.0.0.0: every interface).")
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on (0.0.0.0: every interface). On loopback, the local Ray binds loopback too.")
 @click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True)
 @click.option("--max-batch-size", type=click.IntRange(min=1), default=64, show_default=True,
               help="Most images per backend call; requests are merged up to this.")
@@ -24,31 +26,56 @@ from gan_deploy.core.errors import GanDeployError
               help="How long a batch waits for more requests before it runs.")
 @click.option("--max-images-per-request", type=click.IntRange(min=1), default=256, show_default=True)
 @click.option("--max-queued", type=click.IntRange(min=1), default=64, show_default=True,
-              help="Most /generate requests a replica holds at once; more are answered 503.")
-@click.option("--replicas", type=click.IntRange(min=1), default=1, show_default=True, help="Replicas (on a Ray cluster: across nodes).")
+              help="Most /generate requests admitted per replica at once; more are answered 503 at once.")
+@click.option("--replicas", type=click.IntRange(min=1), default=1, show_default=True, help="Generator replicas (on a Ray cluster: across nodes).")
 @click.option("--num-cpus", type=click.FloatRange(min=0), default=1.0, show_default=True, help="CPUs Ray reserves per replica.")
 @click.option("--num-gpus", type=click.FloatRange(min=0), default=None, help="GPUs Ray reserves per replica (default: 1 with a CUDA device, else 0).")
+@click.option("--read-timeout", type=click.FloatRange(min=0.1), default=10.0, show_default=True,
+              help="Seconds the whole request body may take to arrive (slower: 408).")
+@click.option("--request-timeout", type=click.FloatRange(min=0.1), default=60.0, show_default=True,
+              help="Seconds from arrival to answer (longer: 504).")
+@click.option("--max-body-bytes", type=click.IntRange(min=64), default=None,
+              help="Largest request body (default: 4096 + 64 x --max-images-per-request).")
+@click.option("--max-header-bytes", type=click.IntRange(min=256, max=16384), default=8192, show_default=True,
+              help="Largest request header block (larger: 431; the HTTP server itself refuses more than 16 KiB).")
+@click.option("--keep-alive-timeout", type=click.IntRange(min=1), default=5, show_default=True,
+              help="Seconds an idle keep-alive connection stays open.")
+@click.option("--drain-timeout", type=click.FloatRange(min=0), default=30.0, show_default=True,
+              help="On SIGTERM or Ctrl-C: seconds in-flight requests get to finish before shutdown.")
+@click.option("--start-timeout", type=click.FloatRange(min=1), default=120.0, show_default=True,
+              help="Seconds the replicas may take to start (placement, model load, warm-up) before giving up.")
 @click.option("--ray-address", default=None, help="Ray cluster to run on (default: $RAY_ADDRESS, else a new local Ray).")
+@click.option("--app-name", default="gan-deploy", show_default=True, help="Ray Serve application name (several can share a cluster).")
+@click.option("--route-prefix", default="/", show_default=True, help="URL prefix of the app (e.g. /gan: /gan/generate).")
 @click.option("--access-log", is_flag=True, help="Log every request (off by default: it costs throughput).")
+@click.option("--write-config", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write the equivalent Ray Serve config file (for `serve deploy` or a KubeRay RayService) and exit.")
 def serve(checkpoint, onnx, engine, value_range, backend, device, host, port, max_batch_size, batch_wait_ms,
-          max_images_per_request, max_queued, replicas, num_cpus, num_gpus, ray_address, access_log) -> None:
+          max_images_per_request, max_queued, replicas, num_cpus, num_gpus, read_timeout, request_timeout, max_body_bytes,
+          max_header_bytes, keep_alive_timeout, drain_timeout, start_timeout, ray_address, app_name, route_prefix, access_log,
+          write_config) -> None:
     """Serve the generator over HTTP, batching concurrent requests into one backend call.
 
     POST /generate with a JSON body naming images by (seed, index), exactly as `generate` does: the image
     for (S, i) is byte-identical to file i of `gan-deploy generate --seed S`. Answers PNG bytes, base64
-    PNGs in JSON, or a .npy array. GET /healthz and /metrics (JSON, or ?format=prometheus). Bad requests
-    get a JSON 400/413/422 naming the field; an overloaded replica answers 503. Stop with Ctrl-C.
+    PNGs in JSON, or a .npy array, with an ETag. GET /healthz (liveness), /readyz (readiness), /metrics
+    (Prometheus text, or ?format=json); KServe v2 under /v2. Every error is JSON with a reason; an
+    overloaded service answers 503 with Retry-After at once. SIGTERM or Ctrl-C drains, then stops.
 
     \b
     Examples:
       gan-deploy serve --onnx models/digits_dcgan.onnx --port 8000
       curl -s localhost:8000/generate -d '{"seed": 7, "start": 0, "count": 4}'
       curl -s localhost:8000/generate -d '{"seeds": [7], "format": "png"}' -o seed7.png
+      gan-deploy serve --onnx /shared/g.onnx --host 0.0.0.0 --replicas 4 --write-config serve.yaml  # serve deploy / KubeRay
       RAY_ADDRESS=auto gan-deploy serve --device cuda --replicas 4 --host 0.0.0.0   # a Ray cluster
     """
     import os
 
     from gan_deploy.serve.api import ServeConfig
+
+    if not route_prefix.startswith("/") or (len(route_prefix) > 1 and route_prefix.endswith("/")):
+        raise GanDeployError("bad --route-prefix", repr(route_prefix), expected="'/' or a path such as /gan (no trailing slash)")
 
     art = load_artifact_from_options(checkpoint, onnx, engine, value_range)
     if art.kind == "engine":  # the engine's optimization profile bounds every batch it can run
@@ -57,7 +84,7 @@ def serve(checkpoint, onnx, engine, value_range, backend, device, host, port, ma
         if max_batch_size > top:
             raise GanDeployError("--max-batch-size exceeds the engine's profile", max_batch_size, expected=f"<= {top}, the engine's max batch", hint="lower --max-batch-size, or rebuild the engine with a larger max batch")
     address = ray_address or os.environ.get("RAY_ADDRESS")
-    if not address:  # local: settle backend, device and port here: a one-line error, not a Ray traceback
+    if not address and write_config is None:  # local: settle backend, device and port here: a one-line error, not a Ray traceback
         from gan_deploy.backends import make_runner
         from gan_deploy.serve.api import check_port_free
         runner = make_runner(backend, art, device)  # checks the backend takes this artifact; loads nothing
@@ -67,22 +94,41 @@ def serve(checkpoint, onnx, engine, value_range, backend, device, host, port, ma
         raise GanDeployError("--max-batch-size can never fill", max_batch_size, expected=f"<= --max-images-per-request x --max-queued ({max_images_per_request * max_queued})")
     if num_gpus is None:
         num_gpus = 1.0 if device.startswith("cuda") else 0.0
+    spec = art.spec
     cfg = ServeConfig(art.kind, os.path.abspath(art.path), art.sha256, art.spec.value_range if art.kind == "onnx" else None,
                       backend, device, max_batch_size, batch_wait_ms, max_images_per_request, max_queued, replicas,
-                      num_cpus, num_gpus)
+                      num_cpus, num_gpus, read_timeout_s=read_timeout, request_timeout_s=request_timeout,
+                      max_body_bytes=max_body_bytes or 0, max_header_bytes=max_header_bytes, drain_timeout_s=drain_timeout,
+                      model={"describe": art.describe(), "image_shape": [spec.height, spec.width, spec.channels]})
+    if write_config is not None:
+        from gan_deploy.serve.config_file import write_serve_config
+        click.echo(write_serve_config(write_config, cfg, host, port, keep_alive_timeout, app_name, route_prefix))
+        return
     try:
         from gan_deploy.serve import ray_serve as service
     except ImportError as e:
         raise GanDeployError("Ray Serve is not installed", f"{e.name}", hint="pip install 'gan-deploy[serve]'") from None
 
+    t0 = time.monotonic()
+
     def ready(url: str) -> None:
-        click.echo(f"serving {art.describe()} with {backend} on {device} at {url}", err=True)
+        click.echo(f"serving {art.describe()} with {backend} on {device} at {url} (started in {time.monotonic() - t0:.1f} s)", err=True)
         click.echo(f"  try: curl -s {url}/generate -d '{{\"seed\": 0, \"start\": 0, \"count\": 4}}'   "
-                   f"(health: {url}/healthz, metrics: {url}/metrics); Ctrl-C stops", err=True)
+                   f"(health: {url}/healthz, readiness: {url}/readyz, metrics: {url}/metrics); Ctrl-C drains and stops", err=True)
+
+    def on_signal(name: str) -> None:
+        click.echo(f"{name}: draining (in-flight requests get up to {drain_timeout:g} s) ...", err=True)
 
     click.echo("starting Ray Serve ...", err=True)
-    service.serve_forever(cfg, host, port, ray_address=address, access_log=access_log, ready=ready)
-    click.echo("stopped", err=True)
+    report = service.serve_forever(cfg, host, port, ray_address=address, access_log=access_log, ready=ready, on_signal=on_signal,
+                                   start_timeout_s=start_timeout, keep_alive_s=keep_alive_timeout, name=app_name,
+                                   route_prefix=route_prefix)
+    if report is None:
+        click.echo("stopped", err=True)
+    elif report.get("in_flight_left"):
+        click.echo(f"stopped; {report['in_flight_left']} request(s) were still in flight after {drain_timeout:g} s", err=True)
+    else:
+        click.echo(f"stopped: drained in {report['waited_s']:.1f} s, shut down in {report['shutdown_s']:.1f} s", err=True)
 
 
 @click.command("triton-repo", short_help="Model repository for NVIDIA Triton (ONNX and TensorRT plan).")

@@ -1,4 +1,4 @@
-"""The online service's contract, free of any serving engine: request parsing, responses, metrics.
+"""The online service's contract, free of any serving engine: request parsing, responses, limits, metrics.
 
 `gan_deploy.serve.ray_serve` runs this on Ray Serve; keeping the contract here means it is tested without Ray and
 `import gan_deploy.serve.api` stays cheap.
@@ -18,14 +18,24 @@ plus an optional "format":
     "png":    the PNG file's bytes themselves (image/png); one image per request
     "array":  a .npy file of uint8 pixels [N, H, W, C] (np.load(..., allow_pickle=False) reads it)
 
-Errors are JSON {"error": {"status", "field", "value", "expected", "message"}}: 400 malformed request
-(not JSON, not an object, unknown or conflicting fields), 413 too many images or too large a body,
-422 a field of the wrong type or out of range, 503 overloaded (retry later), 404/405 wrong route or method.
+A response is a pure function of (model sha256, the pairs, format): it carries an ETag derived from exactly
+those, and Cache-Control that lets any cache keep it.
+
+Every answer other than a 200 is JSON {"error": {"status", "reason", "field", "value", "expected", "message"}}
+(`reason` is a fixed machine-readable word, see REASONS): 400 malformed request (not JSON, not an object,
+NaN/Infinity/out-of-range floats, absurdly long numbers, nesting deeper than any request needs, unknown or
+conflicting fields), 408 the body did not arrive in time, 413 too many images or too large a body, 422 a
+field of the wrong type or out of range, 431 headers too large, 500 internal failure, 503 overloaded,
+draining or not ready (with Retry-After), 504 the request took longer than the request timeout, 404/405
+wrong route or method.
 """
 from __future__ import annotations
 
 import base64
+import bisect
+import hashlib
 import io
+import ipaddress
 import json
 import math
 import socket
@@ -44,18 +54,62 @@ MAX_INDEX = MAX_SEED  # indices share the seed's range: latents_for hashes both 
 RESPONSE_FORMATS = ("base64", "png", "array")
 FIELDS = ("seed", "start", "count", "indices", "seeds", "start_seed", "format")
 EXAMPLE = '{"seed": 0, "start": 0, "count": 4}'
+MAX_JSON_DEPTH = 8  # a valid request nests 2 deep ({"seeds": [...]}); KServe v2 bodies 3
+MAX_NUMBER_CHARS = 40  # the largest valid number (2**63-1) has 19 digits; a 5000-digit one is malformed
+RETRY_AFTER_S = 1
+CACHE_CONTROL = "public, max-age=31536000, immutable"
+
+# every `reason` an error body can carry (the JSON error's fixed vocabulary; metrics count by it)
+REASONS = (
+    "bad_json", "bad_number", "too_deep", "not_object", "unknown_field", "conflicting_fields", "missing_field",
+    "no_images", "wrong_type", "out_of_range", "too_many_images", "body_too_large", "headers_too_large",
+    "body_timeout", "request_timeout", "overloaded", "draining", "not_ready", "not_found", "method_not_allowed",
+    "backend_failed", "unavailable", "internal",
+)
 
 
 class RequestError(Exception):
-    """A bad request: the HTTP status and what the JSON error body says about it."""
+    """A bad (or unanswerable) request: the HTTP status and what the JSON error body says about it."""
 
-    def __init__(self, status: int, field: str | None, value: Any, expected: str, message: str):
+    def __init__(self, status: int, field: str | None, value: Any, expected: str, message: str, reason: str | None = None,
+                 headers: dict[str, str] | None = None):
         super().__init__(message)
         self.status, self.field, self.value, self.expected, self.message = status, field, value, expected, message
+        self.reason = reason or _DEFAULT_REASON.get(status, "internal")
+        self.headers = dict(headers or {})
+        if status in (503, 429) and "Retry-After" not in self.headers:
+            self.headers["Retry-After"] = str(RETRY_AFTER_S)
 
     def body(self) -> dict[str, Any]:
-        return {"error": {"status": self.status, "field": self.field, "value": self.value,
+        return {"error": {"status": self.status, "reason": self.reason, "field": self.field, "value": _preview(self.value),
                           "expected": self.expected, "message": self.message}}
+
+    def body_bytes(self) -> bytes:
+        return json_bytes(self.body())
+
+
+_DEFAULT_REASON = {400: "bad_json", 404: "not_found", 405: "method_not_allowed", 408: "body_timeout", 413: "body_too_large",
+                   422: "out_of_range", 431: "headers_too_large", 500: "internal", 503: "overloaded", 504: "request_timeout"}
+
+
+def json_bytes(obj: Any) -> bytes:
+    """Strict JSON (no NaN/Infinity, which are not JSON); anything unencodable becomes its repr, never an exception."""
+    try:
+        return json.dumps(obj, allow_nan=False, separators=(",", ":")).encode()
+    except (TypeError, ValueError):
+        return json.dumps(_jsonable(obj), allow_nan=False, separators=(",", ":")).encode()
+
+
+def _jsonable(v: Any) -> Any:
+    if isinstance(v, dict):
+        return {str(k): _jsonable(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_jsonable(x) for x in v]
+    if isinstance(v, float) and not math.isfinite(v):
+        return repr(v)
+    if v is None or isinstance(v, (bool, int, float, str)):
+        return v
+    return repr(v)
 
 
 @dataclass(frozen=True)
@@ -74,66 +128,143 @@ def _preview(value: Any, limit: int = 80) -> Any:
     """The offending value as it goes into an error body: short, and always JSON-serializable."""
     if isinstance(value, (bytes, bytearray)):
         value = bytes(value[:limit]).decode("utf-8", "replace")
-    if isinstance(value, (list, dict)):
-        text = json.dumps(value)
-        return value if len(text) <= limit else text[:limit] + "..."
+    if isinstance(value, float) and not math.isfinite(value):
+        return repr(value)
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) > 10**30:
+        return str(value)[:limit]
+    if isinstance(value, (list, dict, tuple)):
+        text = json_bytes(value).decode()
+        return _jsonable(value) if len(text) <= limit else text[:limit] + "..."
     if isinstance(value, str) and len(value) > limit:
         return value[:limit] + "..."
-    return value
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return repr(value)[:limit]
 
 
 def _int(v: Any, label: str, lo: int, hi: int, what: str) -> int:
     # bool is a subclass of int in Python, but `true` is not a seed
     if not isinstance(v, int) or isinstance(v, bool):
-        raise RequestError(422, label, _preview(v), f"an integer {what}", f"{label} must be an integer, got {type(v).__name__}")
+        raise RequestError(422, label, v, f"an integer {what}", f"{label} must be an integer, got {type(v).__name__}", "wrong_type")
     if not lo <= v <= hi:
-        raise RequestError(422, label, v, f"an integer {what}", f"{label} = {v} is out of range")
+        raise RequestError(422, label, v, f"an integer {what}", f"{label} = {v} is out of range", "out_of_range")
     return v
+
+
+def _too_many(name: str, value: Any, max_images: int) -> RequestError:
+    return RequestError(413, name, value, f"at most {max_images} images per request",
+                        "too many images in one request; split it into several requests", "too_many_images")
 
 
 def _count(data: dict[str, Any], max_images: int) -> int:
     n = _int(data["count"], "count", 1, MAX_INDEX, ">= 1")
     if n > max_images:
-        raise RequestError(413, "count", n, f"at most {max_images} images per request",
-                           "too many images in one request; split it into several requests")
+        raise _too_many("count", n, max_images)
     return n
 
 
 def _int_list(data: dict[str, Any], name: str, max_images: int, what: str) -> list[int]:
     v = data[name]
     if not isinstance(v, list):
-        raise RequestError(422, name, _preview(v), f"a list of integers {what}", f"{name} must be a list")
+        raise RequestError(422, name, v, f"a list of integers {what}", f"{name} must be a list", "wrong_type")
     if not v:
-        raise RequestError(422, name, v, f"a non-empty list of integers {what}", f"{name} is empty")
+        raise RequestError(422, name, v, f"a non-empty list of integers {what}", f"{name} is empty", "out_of_range")
     if len(v) > max_images:  # checked before the elements, so a huge list costs nothing more
-        raise RequestError(413, name, f"{len(v)} items", f"at most {max_images} images per request",
-                           "too many images in one request; split it into several requests")
+        raise _too_many(name, f"{len(v)} items", max_images)
     return [_int(x, f"{name}[{k}]", 0, MAX_SEED, what) for k, x in enumerate(v)]
+
+
+# -- strict JSON ---------------------------------------------------------------------------------------
+
+class _BadNumber(ValueError):
+    def __init__(self, text: str, why: str):
+        super().__init__(why)
+        self.text, self.why = text, why
+
+
+def _parse_int(text: str) -> int:
+    if len(text) > MAX_NUMBER_CHARS:  # also keeps int() below Python's 4300-digit conversion limit
+        raise _BadNumber(text, f"a number of {len(text)} digits")
+    return int(text)
+
+
+def _parse_float(text: str) -> float:
+    if len(text) > MAX_NUMBER_CHARS:
+        raise _BadNumber(text, f"a number of {len(text)} characters")
+    v = float(text)
+    if not math.isfinite(v):  # 1e400 overflows to inf: no JSON number means infinity
+        raise _BadNumber(text, f"{text} is out of the range of a double")
+    return v
+
+
+def _parse_constant(text: str) -> Any:  # NaN, Infinity, -Infinity: Python's json accepts them, JSON does not
+    raise _BadNumber(text, f"{text} is not a JSON number")
+
+
+def _nesting_depth_exceeds(text: str, limit: int) -> bool:
+    """Whether [ and { nest deeper than `limit` outside strings (checked before parsing, so a deep body costs
+    one linear scan and no recursion)."""
+    if text.count("[") + text.count("{") <= limit:
+        return False
+    depth, in_string, escaped = 0, False, False
+    for ch in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_string = False
+        elif ch == '"':
+            in_string = True
+        elif ch in "[{":
+            depth += 1
+            if depth > limit:
+                return True
+        elif ch in "]}":
+            depth -= 1
+    return False
+
+
+def loads_strict(body: bytes | str, example: str = EXAMPLE) -> Any:
+    """JSON text -> Python, refusing what is not JSON or could not be answered in JSON (RequestError 400):
+    NaN/Infinity, numbers that overflow a double, numbers longer than any valid one, nesting past MAX_JSON_DEPTH."""
+    try:
+        text = body.decode("utf-8") if isinstance(body, (bytes, bytearray)) else body
+    except UnicodeDecodeError:
+        raise RequestError(400, None, body, f"a JSON object such as {example}", "request body is not UTF-8 text", "bad_json") from None
+    if _nesting_depth_exceeds(text, MAX_JSON_DEPTH):
+        raise RequestError(400, None, text, f"JSON nested at most {MAX_JSON_DEPTH} deep", "request body is nested too deeply", "too_deep")
+    try:
+        return json.loads(text, parse_int=_parse_int, parse_float=_parse_float, parse_constant=_parse_constant)
+    except _BadNumber as e:
+        raise RequestError(400, None, e.text, "finite JSON numbers of at most 40 characters", f"malformed number: {e.why}", "bad_number") from None
+    except RecursionError:
+        raise RequestError(400, None, text, f"JSON nested at most {MAX_JSON_DEPTH} deep", "request body is nested too deeply", "too_deep") from None
+    except (json.JSONDecodeError, ValueError) as e:
+        raise RequestError(400, None, text, f"a JSON object such as {example}",
+                           f"request body is not valid JSON ({getattr(e, 'msg', type(e).__name__)})", "bad_json") from None
 
 
 def parse_request(body: bytes | str, max_images: int) -> ImageRequest:
     """A request body -> the images it asks for; RequestError (with its HTTP status) when it is bad."""
-    try:
-        data = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise RequestError(400, None, _preview(body), f"a JSON object such as {EXAMPLE}",
-                           f"request body is not valid JSON ({getattr(e, 'msg', type(e).__name__)})") from None
+    data = loads_strict(body)
     if not isinstance(data, dict):
-        raise RequestError(400, None, _preview(data), f"a JSON object such as {EXAMPLE}", "request body must be a JSON object")
+        raise RequestError(400, None, data, f"a JSON object such as {EXAMPLE}", "request body must be a JSON object", "not_object")
     unknown = sorted(set(data) - set(FIELDS))
     if unknown:
         raise RequestError(400, unknown[0], data[unknown[0]] if _is_small(data[unknown[0]]) else "...",
-                           f"only the fields {', '.join(FIELDS)}", f"unknown field {unknown[0]!r}")
+                           f"only the fields {', '.join(FIELDS)}", f"unknown field {unknown[0]!r}", "unknown_field")
     fmt = data.get("format", "base64")
     if fmt not in RESPONSE_FORMATS:
-        raise RequestError(422, "format", _preview(fmt), f"one of {', '.join(RESPONSE_FORMATS)}", "unknown response format")
+        raise RequestError(422, "format", fmt, f"one of {', '.join(RESPONSE_FORMATS)}", "unknown response format", "out_of_range")
     keys = set(data) - {"format"}
 
     def conflict(mode: str, allowed: set[str]) -> None:
         extra = sorted(keys - allowed)
         if extra:
-            raise RequestError(400, extra[0], _preview(data[extra[0]]), f"with {mode!r} only the fields {', '.join(sorted(allowed | {'format'}))}",
-                               f"field {extra[0]!r} cannot be combined with {mode!r}")
+            raise RequestError(400, extra[0], data[extra[0]], f"with {mode!r} only the fields {', '.join(sorted(allowed | {'format'}))}",
+                               f"field {extra[0]!r} cannot be combined with {mode!r}", "conflicting_fields")
 
     seed_what = f"0 <= seed <= {MAX_SEED}"
     if "seeds" in data:
@@ -143,11 +274,11 @@ def parse_request(body: bytes | str, max_images: int) -> ImageRequest:
     elif "start_seed" in data:
         conflict("start_seed", {"start_seed", "count"})
         if "count" not in data:
-            raise RequestError(400, "count", None, "an integer >= 1 with 'start_seed'", "missing field 'count'")
+            raise RequestError(400, "count", None, "an integer >= 1 with 'start_seed'", "missing field 'count'", "missing_field")
         s0 = _int(data["start_seed"], "start_seed", 0, MAX_SEED, seed_what)
         n = _count(data, max_images)
         if s0 + n - 1 > MAX_SEED:
-            raise RequestError(422, "count", n, f"start_seed + count - 1 <= {MAX_SEED}", "seeds run past the largest seed")
+            raise RequestError(422, "count", n, f"start_seed + count - 1 <= {MAX_SEED}", "seeds run past the largest seed", "out_of_range")
         seeds, indices = list(range(s0, s0 + n)), [0] * n
     elif "indices" in data:
         conflict("indices", {"indices", "seed"})
@@ -160,20 +291,71 @@ def parse_request(body: bytes | str, max_images: int) -> ImageRequest:
         i0 = _int(data["start"], "start", 0, MAX_INDEX, f"0 <= start <= {MAX_INDEX}") if "start" in data else 0
         n = _count(data, max_images)
         if i0 + n - 1 > MAX_INDEX:
-            raise RequestError(422, "count", n, f"start + count - 1 <= {MAX_INDEX}", "indices run past the largest index")
+            raise RequestError(422, "count", n, f"start + count - 1 <= {MAX_INDEX}", "indices run past the largest index", "out_of_range")
         seeds, indices = [seed] * n, list(range(i0, i0 + n))
     else:
-        raise RequestError(400, None, _preview(data), f"one of 'count', 'indices', 'seeds' or 'start_seed', e.g. {EXAMPLE}",
-                           "the request names no images")
+        raise RequestError(400, None, data, f"one of 'count', 'indices', 'seeds' or 'start_seed', e.g. {EXAMPLE}",
+                           "the request names no images", "no_images")
     if fmt == "png" and len(indices) != 1:
         raise RequestError(422, "format", fmt, "'png' with exactly one image; 'base64' or 'array' for several",
-                           f"format 'png' returns one PNG file, but {len(indices)} images were asked for")
+                           f"format 'png' returns one PNG file, but {len(indices)} images were asked for", "out_of_range")
     return ImageRequest(seeds, indices, fmt)
 
 
 def _is_small(v: Any) -> bool:
     return isinstance(v, (int, float, bool, type(None))) or (isinstance(v, str) and len(v) <= 80)
 
+
+# -- KServe v2 / Open Inference Protocol ----------------------------------------------------------------
+
+V2_INT_TYPES = ("INT64", "INT32", "UINT64", "UINT32")
+
+
+def parse_v2_infer(body: bytes | str, max_images: int) -> tuple[ImageRequest, str | None]:
+    """An Open Inference Protocol (KServe v2) infer request -> the images and the request id.
+
+    Inputs: "seed" (INT64 [N] or [N, 1]) and optionally "index" (same shape; default 0 for every seed, like
+    {"seeds": [...]}). The output "image" is UINT8 [N, H, W, C], the same pixels as format "array"."""
+    example = '{"inputs": [{"name": "seed", "shape": [2], "datatype": "INT64", "data": [7, 7]}, {"name": "index", ...}]}'
+    data = loads_strict(body, example)
+    if not isinstance(data, dict) or not isinstance(data.get("inputs"), list):
+        raise RequestError(400, "inputs", data, example, "an infer request is an object with a list 'inputs'", "not_object")
+    request_id = data.get("id")
+    if request_id is not None and not isinstance(request_id, str):
+        raise RequestError(422, "id", request_id, "a string", "'id' must be a string", "wrong_type")
+    tensors: dict[str, list[int]] = {}
+    for k, t in enumerate(data["inputs"]):
+        label = f"inputs[{k}]"
+        if not isinstance(t, dict) or t.get("name") not in ("seed", "index"):
+            raise RequestError(400, label, t, "inputs named 'seed' and (optionally) 'index'", "unknown input", "unknown_field")
+        name = t["name"]
+        if name in tensors:
+            raise RequestError(400, label, name, "each input once", f"input {name!r} given twice", "conflicting_fields")
+        if t.get("datatype") not in V2_INT_TYPES:
+            raise RequestError(422, f"{label}.datatype", t.get("datatype"), f"one of {', '.join(V2_INT_TYPES)}", "seeds and indices are integers", "wrong_type")
+        values = t.get("data")
+        if isinstance(values, list) and values and isinstance(values[0], list):  # row-major nested form [[s], [t]]
+            values = [x for row in values for x in (row if isinstance(row, list) else [row])]
+        if not isinstance(values, list) or not values:
+            raise RequestError(422, f"{label}.data", values, "a non-empty list of integers", "'data' must be a non-empty list", "wrong_type")
+        if len(values) > max_images:
+            raise _too_many(f"{label}.data", f"{len(values)} items", max_images)
+        shape = t.get("shape")
+        if not (isinstance(shape, list) and all(isinstance(d, int) and not isinstance(d, bool) for d in shape)
+                and shape in ([len(values)], [len(values), 1])):
+            raise RequestError(422, f"{label}.shape", shape, f"[{len(values)}] or [{len(values)}, 1]", "shape does not match the data", "out_of_range")
+        tensors[name] = [_int(x, f"{label}.data[{j}]", 0, MAX_SEED, f"0 <= {name} <= {MAX_SEED}") for j, x in enumerate(values)]
+    if "seed" not in tensors:
+        raise RequestError(400, "inputs", None, "an input named 'seed'", "missing input 'seed'", "missing_field")
+    seeds = tensors["seed"]
+    indices = tensors.get("index", [0] * len(seeds))
+    if len(indices) != len(seeds):
+        raise RequestError(422, "inputs", f"{len(seeds)} seeds, {len(indices)} indices", "as many indices as seeds",
+                           "'seed' and 'index' differ in length", "out_of_range")
+    return ImageRequest(seeds, indices, "v2"), request_id
+
+
+# -- latents, pieces, responses -----------------------------------------------------------------------
 
 def request_latents(req: ImageRequest, latent_dim: int) -> np.ndarray:
     """Latents [N, Z] float32 of the request's images, in order; row k depends only on (seeds[k], indices[k])."""
@@ -194,7 +376,15 @@ def chunks(n: int, size: int) -> list[tuple[int, int]]:
     return [(a, min(a + size, n)) for a in range(0, n, size)]
 
 
-def render(req: ImageRequest, pixels: np.ndarray) -> tuple[bytes, str, dict[str, str]]:
+def etag(model_sha256: str, req: ImageRequest) -> str:
+    """A strong validator of the response: the response is a pure function of exactly these inputs."""
+    h = hashlib.sha256(f"gan-deploy/1\0{model_sha256}\0{req.fmt}\0".encode())
+    h.update(np.asarray(req.seeds, dtype=np.uint64).tobytes())
+    h.update(np.asarray(req.indices, dtype=np.uint64).tobytes())
+    return f'"{h.hexdigest()[:40]}"'
+
+
+def render(req: ImageRequest, pixels: np.ndarray, model_name: str = "") -> tuple[bytes, str, dict[str, str]]:
     """uint8 pixels [N, H, W, C] -> (body, content type, extra headers) in the requested format.
 
     PNG bytes come from `images.encode`, the very function `generate` writes its files with."""
@@ -205,16 +395,28 @@ def render(req: ImageRequest, pixels: np.ndarray) -> tuple[bytes, str, dict[str,
         buf = io.BytesIO()
         np.save(buf, np.ascontiguousarray(pixels), allow_pickle=False)
         return buf.getvalue(), "application/x-npy", {"X-Gan-Count": str(len(req))}
+    if req.fmt == "v2":
+        out = {"model_name": model_name, "outputs": [{"name": "image", "datatype": "UINT8", "shape": list(pixels.shape),
+                                                       "data": pixels.reshape(-1).tolist()}]}
+        return json_bytes(out), "application/json", {}
     images = [{"seed": s, "index": i, "png": base64.b64encode(encode(pixels[k], "png")).decode("ascii")}
               for k, (s, i) in enumerate(zip(req.seeds, req.indices))]
     body = {"format": "png", "count": len(images), "shape": list(pixels.shape[1:]), "images": images}
     return json.dumps(body).encode(), "application/json", {}
 
 
+def header_bytes(headers: list[tuple[bytes, bytes]]) -> int:
+    """Size of a request's header block as sent (name: value CRLF per header)."""
+    return sum(len(k) + len(v) + 4 for k, v in headers)
+
+
 # -- metrics -------------------------------------------------------------------------------------------
 
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
-LATENCY_WINDOW = 10_000  # percentiles over the most recent successful requests
+SECONDS_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+LATENCY_WINDOW = 10_000  # summary quantiles over the most recent successful requests
+QUANTILES = (0.5, 0.9, 0.99)
+ROUTES = ("/generate", "/healthz", "/readyz", "/metrics", "/", "/v2")  # route label values; anything else is "other"
 
 
 def _percentile(sorted_values: list[float], q: float) -> float:
@@ -225,97 +427,228 @@ def _percentile(sorted_values: list[float], q: float) -> float:
     return sorted_values[k]
 
 
+def _fmt_float(v: float) -> str:
+    """A number as Prometheus writes it: 0.5 not 0.50, +Inf, integers without a fraction."""
+    if v == math.inf:
+        return "+Inf"
+    if v == -math.inf:
+        return "-Inf"
+    if isinstance(v, int) or (isinstance(v, float) and v.is_integer() and abs(v) < 1e15):
+        return str(int(v))
+    return repr(float(v))
+
+
+class Histogram:
+    """Cumulative-bucket histogram (Prometheus semantics: bucket le=b counts observations <= b)."""
+
+    def __init__(self, buckets: tuple[float, ...]):
+        self.buckets = tuple(buckets)
+        self.counts = [0] * (len(self.buckets) + 1)  # the last one: above the largest bound
+        self.sum = 0.0
+        self.count = 0
+
+    def observe(self, v: float) -> None:
+        self.counts[bisect.bisect_left(self.buckets, v)] += 1
+        self.sum += v
+        self.count += 1
+
+    def snapshot(self) -> dict[str, Any]:
+        cumulative, out = 0, {}
+        for b, c in zip(self.buckets, self.counts):
+            cumulative += c
+            out[_fmt_float(b)] = cumulative
+        out["+Inf"] = self.count
+        return {"buckets": out, "sum": self.sum, "count": self.count}
+
+
 @dataclass
 class Metrics:
-    """Per-replica counters. Updated from the replica's event loop and its inference thread, hence the lock."""
+    """Service-wide counters, kept by the one gateway every request passes through (so they never jump between
+    replicas). Batch figures come from the generator replicas with each response: each backend call is reported
+    once, by the request whose piece led the batch, so they are summed over every replica too."""
 
     requests: dict[str, int] = field(default_factory=dict)  # HTTP status -> count, /generate only
     images: int = 0  # images returned with a 200
     batches: int = 0  # backend calls
     batch_images: int = 0  # images over all backend calls (mean formed batch = batch_images / batches)
-    batch_hist: dict[int, int] = field(default_factory=dict)  # upper bucket bound -> batches of that size or less
     max_batch: int = 0
+    disconnects: int = 0  # clients that went away before their answer
     started: float = field(default_factory=time.time)
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
         self._latencies: deque[float] = deque(maxlen=LATENCY_WINDOW)
-        self._latency_sum = 0.0
-        self._latency_count = 0
+        self.http: dict[tuple[str, str, str], int] = {}  # (route, method, code) -> count, every route
+        self.errors: dict[tuple[str, str], int] = {}  # (code, reason) -> count, every non-200 answer
+        self.batch_size = Histogram(BATCH_BUCKETS)
+        self.request_seconds = Histogram(SECONDS_BUCKETS)  # successful /generate, in the gateway
+        self.queue_seconds = Histogram(SECONDS_BUCKETS)  # arrival in a replica -> its last piece's batch starts
+        self.compute_seconds = Histogram(SECONDS_BUCKETS)  # one backend call (per batch)
+        self.disconnect_routes: dict[str, int] = {}
+        self.proxies: dict[str, dict[tuple[str, int, str], int]] = {}  # proxy id -> what it answered itself (cumulative)
 
-    def record_request(self, status: int, images: int = 0, seconds: float | None = None) -> None:
+    def set_proxy_counts(self, proxy_id: str, counts: dict[tuple[str, int, str], int]) -> None:
+        """The latest cumulative counts of requests a proxy (proxy_hooks) answered without forwarding them."""
+        with self._lock:
+            old = self.proxies.get(proxy_id, {})
+            # cumulative per proxy: never let a late, older report lower a counter
+            self.proxies[proxy_id] = {k: max(n, old.get(k, 0)) for k, n in {**old, **counts}.items()}
+
+    def record_http(self, route: str, method: str, status: int, reason: str | None = None) -> None:
+        route = route if route in ROUTES else "other"
+        method = method if method in ("GET", "HEAD", "POST") else "other"
+        with self._lock:
+            key = (route, method, str(status))
+            self.http[key] = self.http.get(key, 0) + 1
+            if status >= 400 or reason:
+                ek = (str(status), reason or _DEFAULT_REASON.get(status, "internal"))
+                self.errors[ek] = self.errors.get(ek, 0) + 1
+
+    def record_request(self, status: int, images: int = 0, seconds: float | None = None, queue_s: float | None = None) -> None:
+        """One /generate answer (any status)."""
         with self._lock:
             key = str(status)
             self.requests[key] = self.requests.get(key, 0) + 1
             self.images += images
             if seconds is not None:
                 self._latencies.append(seconds)
-                self._latency_sum += seconds
-                self._latency_count += 1
+                self.request_seconds.observe(seconds)
+            if queue_s is not None:
+                self.queue_seconds.observe(max(0.0, queue_s))
 
-    def record_batch(self, size: int) -> None:
+    def record_batch(self, size: int, compute_s: float | None = None) -> None:
         with self._lock:
             self.batches += 1
             self.batch_images += size
             self.max_batch = max(self.max_batch, size)
-            bound = next((b for b in BATCH_BUCKETS if size <= b), math.inf)
-            key = int(bound) if bound != math.inf else -1  # -1: larger than the largest bucket
-            self.batch_hist[key] = self.batch_hist.get(key, 0) + 1
+            self.batch_size.observe(size)
+            if compute_s is not None:
+                self.compute_seconds.observe(compute_s)
+
+    def record_disconnect(self, route: str) -> None:
+        with self._lock:
+            self.disconnects += 1
+            route = route if route in ROUTES else "other"
+            self.disconnect_routes[route] = self.disconnect_routes.get(route, 0) + 1
 
     def snapshot(self, **extra: Any) -> dict[str, Any]:
         with self._lock:
             lat = sorted(self._latencies)
+            http, errors, requests = dict(self.http), dict(self.errors), dict(self.requests)
+            for counts in self.proxies.values():
+                for (route, status, reason), n in counts.items():
+                    hk, ek = (route if route in ROUTES else "other", "POST", str(status)), (str(status), reason)
+                    http[hk] = http.get(hk, 0) + n
+                    errors[ek] = errors.get(ek, 0) + n
+                    requests[str(status)] = requests.get(str(status), 0) + n
+            legacy_hist: dict[str, int] = {}
+            for b, c in zip(BATCH_BUCKETS, self.batch_size.counts):
+                if c:
+                    legacy_hist[f"le_{b}"] = c
+            if self.batch_size.counts[-1]:
+                legacy_hist["larger"] = self.batch_size.counts[-1]
             d = {
                 "uptime_s": round(time.time() - self.started, 3),
-                "requests": dict(self.requests),
-                "requests_total": sum(self.requests.values()),
+                "started": self.started,
+                "requests": requests,
+                "requests_total": sum(requests.values()),
+                "http_requests": [{"route": r, "method": m, "code": c, "count": n} for (r, m, c), n in sorted(http.items())],
+                "errors": [{"code": c, "reason": r, "count": n} for (c, r), n in sorted(errors.items())],
+                "errors_total": sum(errors.values()),
+                "answered_by_proxy": sum(sum(c.values()) for c in self.proxies.values()),
+                "disconnects": self.disconnects,
                 "images": self.images,
                 "batches": self.batches,
                 "batch_images": self.batch_images,
                 "mean_batch_size": self.batch_images / self.batches if self.batches else 0.0,
                 "max_batch_size_formed": self.max_batch,
-                "batch_size_histogram": {("le_" + str(k) if k > 0 else "larger"): v for k, v in sorted(self.batch_hist.items(), key=lambda kv: kv[0] if kv[0] > 0 else math.inf)},
+                "batch_size_histogram": legacy_hist,
                 "latency_ms": {
                     "window": len(lat),
                     "p50": 1000 * _percentile(lat, 50), "p90": 1000 * _percentile(lat, 90),
                     "p99": 1000 * _percentile(lat, 99), "max": 1000 * (lat[-1] if lat else 0.0),
                     "mean": 1000 * (sum(lat) / len(lat) if lat else 0.0),
                 },
+                "histograms": {"batch_size": self.batch_size.snapshot(), "request_seconds": self.request_seconds.snapshot(),
+                               "queue_seconds": self.queue_seconds.snapshot(), "compute_seconds": self.compute_seconds.snapshot()},
+                "_quantiles": [(q, _percentile(lat, 100 * q)) for q in QUANTILES],
+                "_disconnect_routes": dict(self.disconnect_routes),
             }
-            d["_latency_sum_s"], d["_latency_count"] = self._latency_sum, self._latency_count
         d.update(extra)
         return d
 
 
+def public_json(snap: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in snap.items() if not k.startswith("_")}
+
+
+def _label(v: Any) -> str:
+    return str(v).replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
 def prometheus_text(snap: dict[str, Any], prefix: str = "gan_deploy") -> str:
     """A `Metrics.snapshot()` in the Prometheus text exposition format (version 0.0.4)."""
-    lines = [f"# HELP {prefix}_requests_total /generate requests by HTTP status.", f"# TYPE {prefix}_requests_total counter"]
-    lines += [f'{prefix}_requests_total{{code="{c}"}} {n}' for c, n in sorted(snap["requests"].items())]
-    lines += [f"# HELP {prefix}_images_total Images returned.", f"# TYPE {prefix}_images_total counter",
-              f"{prefix}_images_total {snap['images']}"]
-    lines += [f"# HELP {prefix}_batch_size Images per backend call (batches formed across requests).",
-              f"# TYPE {prefix}_batch_size histogram"]
-    cumulative = 0
-    for k in BATCH_BUCKETS:
-        cumulative += snap["batch_size_histogram"].get(f"le_{k}", 0)
-        lines.append(f'{prefix}_batch_size_bucket{{le="{k}"}} {cumulative}')
-    lines += [f'{prefix}_batch_size_bucket{{le="+Inf"}} {snap["batches"]}',
-              f"{prefix}_batch_size_sum {snap['batch_images']}", f"{prefix}_batch_size_count {snap['batches']}"]
-    lines += [f"# HELP {prefix}_request_latency_seconds Latency of successful /generate requests in the replica "
-              f"(percentiles over the last {LATENCY_WINDOW}).", f"# TYPE {prefix}_request_latency_seconds summary"]
-    for q in ("p50", "p90", "p99"):
-        lines.append(f'{prefix}_request_latency_seconds{{quantile="0.{q[1:]}"}} {snap["latency_ms"][q] / 1000:.6f}')
-    lines += [f"{prefix}_request_latency_seconds_sum {snap['_latency_sum_s']:.6f}",
-              f"{prefix}_request_latency_seconds_count {snap['_latency_count']}"]
-    if "in_flight" in snap:
-        lines += [f"# HELP {prefix}_in_flight_requests /generate requests in this replica now.",
-                  f"# TYPE {prefix}_in_flight_requests gauge", f"{prefix}_in_flight_requests {snap['in_flight']}"]
-    return "\n".join(lines) + "\n"
+    out: list[str] = []
+
+    def head(name: str, kind: str, help_text: str) -> None:
+        out.append(f"# HELP {prefix}_{name} {help_text}")
+        out.append(f"# TYPE {prefix}_{name} {kind}")
+
+    def sample(name: str, value: float, **labels: Any) -> None:
+        lab = ",".join(f'{k}="{_label(v)}"' for k, v in labels.items())
+        out.append(f"{prefix}_{name}{{{lab}}} {_fmt_float(value)}" if lab else f"{prefix}_{name} {_fmt_float(value)}")
+
+    def histogram(name: str, h: dict[str, Any], help_text: str) -> None:
+        head(name, "histogram", help_text)
+        for le, n in h["buckets"].items():
+            sample(f"{name}_bucket", n, le=le)
+        sample(f"{name}_sum", round(h["sum"], 9))
+        sample(f"{name}_count", h["count"])
+
+    head("http_requests_total", "counter", "HTTP requests answered, by route, method and status code.")
+    for r in snap["http_requests"]:
+        sample("http_requests_total", r["count"], route=r["route"], method=r["method"], code=r["code"])
+    head("http_errors_total", "counter", "Answers other than 200, by status code and reason (500s included).")
+    for e in snap["errors"]:
+        sample("http_errors_total", e["count"], code=e["code"], reason=e["reason"])
+    head("generate_requests_total", "counter", "/generate answers by status code.")
+    for c, n in sorted(snap["requests"].items()):
+        sample("generate_requests_total", n, code=c)
+    head("client_disconnects_total", "counter", "Requests whose client went away before the answer.")
+    sample("client_disconnects_total", snap["disconnects"])
+    head("images_total", "counter", "Images returned in 200 answers.")
+    sample("images_total", snap["images"])
+    head("backend_calls_total", "counter", "Backend calls (batches formed across requests).")
+    sample("backend_calls_total", snap["batches"])
+    hs = snap["histograms"]
+    histogram("batch_size_images", hs["batch_size"], "Images per backend call (batches formed across requests).")
+    histogram("request_duration_seconds", hs["request_seconds"], "Time from arrival at the gateway to the answer, successful /generate.")
+    histogram("queue_duration_seconds", hs["queue_seconds"], "Time a /generate request waited in a replica before its last batch started.")
+    histogram("compute_duration_seconds", hs["compute_seconds"], "Time of one backend call (one batch).")
+    head("request_latency_seconds", "summary", f"Latency of successful /generate requests (quantiles over the last {LATENCY_WINDOW}).")
+    for q, v in snap["_quantiles"]:
+        sample("request_latency_seconds", round(v, 9), quantile=_fmt_float(q))
+    sample("request_latency_seconds_sum", round(hs["request_seconds"]["sum"], 9))
+    sample("request_latency_seconds_count", hs["request_seconds"]["count"])
+    for name, key, help_text in (("in_flight_requests", "in_flight", "/generate requests admitted and not yet answered."),
+                                 ("queue_capacity_requests", "capacity", "Most /generate requests admitted at once (all replicas)."),
+                                 ("ready", "ready", "1 when the service takes traffic (model loaded and warmed, not draining)."),
+                                 ("draining", "draining", "1 while draining before shutdown."),
+                                 ("generator_replicas", "replicas", "Generator replicas configured.")):
+        if key in snap:
+            head(name, "gauge", help_text)
+            sample(name, float(snap[key]))
+    if "build" in snap:
+        head("build_info", "gauge", "Version, model and backend of this service (value 1).")
+        sample("build_info", 1, **snap["build"])
+    head("start_time_seconds", "gauge", "Unix time the gateway started.")
+    sample("start_time_seconds", round(snap["started"], 3))
+    return "\n".join(out) + "\n"
 
 
 @dataclass
 class ServeConfig:
-    """Everything a replica needs to build its runner and enforce its limits (sent to Ray, so plain data)."""
+    """Everything the deployments need to build their runner and enforce their limits (sent to Ray, so plain data)."""
 
     artifact_kind: str  # checkpoint | onnx | engine
     artifact_path: str  # absolute: replicas may run with another working directory, or on another node
@@ -326,24 +659,51 @@ class ServeConfig:
     max_batch_size: int = 64  # images per backend call
     batch_wait_ms: float = 5.0  # how long a batch waits for more requests once its first image arrived
     max_images_per_request: int = 256
-    max_queued: int = 64  # /generate requests a replica holds at once; more get 503
+    max_queued: int = 64  # /generate requests admitted per replica at once; more get 503 at once
     num_replicas: int = 1
     num_cpus: float = 1.0  # per replica (Ray resource)
     num_gpus: float = 0.0  # per replica (Ray resource); 1 for a GPU backend
+    read_timeout_s: float = 10.0  # the whole body must arrive within this (slow clients get 408)
+    request_timeout_s: float = 60.0  # arrival -> answer (504 past it)
+    max_body_bytes: int = 0  # 0: derived from max_images_per_request (the longest valid body, with slack)
+    max_header_bytes: int = 8192  # request headers larger than this get 431
+    drain_timeout_s: float = 30.0  # SIGTERM: in-flight requests get this long to finish
+    model_name: str = "gan_generator"  # the model's name on the KServe v2 routes (/v2/models/<name>)
+    model: dict[str, Any] = field(default_factory=dict)  # describe, sha256, image_shape: answered without loading it
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        d = asdict(self)
+        if d["value_range"] is not None:
+            d["value_range"] = list(d["value_range"])
+        return d
 
     @property
-    def max_body_bytes(self) -> int:
+    def body_limit(self) -> int:
+        if self.max_body_bytes:
+            return self.max_body_bytes
         # the longest valid body: a list of max_images_per_request 19-digit seeds, plus slack for spaces
-        return 4096 + 32 * self.max_images_per_request
+        # (a KServe v2 body with seeds and indices is about twice that)
+        return 4096 + 64 * self.max_images_per_request
+
+    @property
+    def capacity(self) -> int:
+        """/generate requests admitted at once over all replicas."""
+        return self.max_queued * self.num_replicas
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def check_port_free(host: str, port: int) -> None:
     """Refuse an address already in use before starting anything (Ray's proxy would only log the failure)."""
     from gan_deploy.core.errors import GanDeployError
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((host, port))

@@ -1,17 +1,20 @@
 """`gan-deploy serve`: the generator as an HTTP service on Ray Serve, batching requests across clients.
 
 Ray Serve owns the HTTP proxy, routing, replicas and scale-out (the same app runs on a Ray cluster with
-more replicas, unchanged); this module owns what is specific to a generator:
+more replicas, unchanged, or from the config file `serve_config()` writes). The app has two deployments:
 
-* batching: every request is cut into pieces of at most `max_batch_size` images, and `@serve.batch`
-  (with `batch_size_fn` counting images, not requests) merges pieces of concurrent requests into one
-  backend call of at most `max_batch_size` images, waiting at most `batch_wait_ms` for company;
-* the request contract, errors and metrics of `gan_deploy.serve.api`; images are byte-identical to the
-  files `gan-deploy generate` writes for the same (seed, index) — on backends whose output for one image
-  does not depend on the rest of its batch (onnxruntime and eager on CPU are checked by the tests);
-* bounds: at most `max_images_per_request` images and `max_body_bytes` per request, at most `max_queued`
-  /generate requests in a replica (more get a JSON 503 with Retry-After), and Ray's own
-  `max_queued_requests` in front as a second line (Ray answers 503 itself when its queue is full).
+* `GanGateway` (the ingress, one replica, no inference, no CPU reserved): everything HTTP. It reads and
+  bounds the body (size, `read_timeout_s`) *before* the request takes a queue slot, so slow clients cost a
+  coroutine, not capacity; parses and validates; answers /healthz, /readyz and /metrics at once, never
+  behind inference; admits at most `max_queued` x replicas /generate requests and answers the rest a JSON
+  503 with Retry-After in milliseconds; bounds every request by `request_timeout_s`; drains on request
+  (`drain()`); keeps the service-wide metrics (so counters never jump between replicas).
+* `GanGenerator` (`num_replicas`, the model's CPUs/GPUs): a runner built and warmed once, and batching:
+  every request is cut into pieces of at most `max_batch_size` images, and `@serve.batch` (with
+  `batch_size_fn` counting images, not requests) merges pieces of concurrent requests into one backend call
+  of at most `max_batch_size` images, waiting at most `batch_wait_ms` for company. Images are byte-identical
+  to the files `gan-deploy generate` writes for the same (seed, index), on backends whose output for one
+  image does not depend on the rest of its batch (onnxruntime and eager on CPU are checked by the tests).
 
 This module imports Ray; `import gan_deploy` and `gan-deploy --help` never import it.
 """
@@ -20,32 +23,72 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 from ray import serve
-from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import Response
 
 from gan_deploy import __version__
+from gan_deploy.core.errors import GanDeployError
 from gan_deploy.serve.api import (
+    CACHE_CONTROL,
     FIELDS,
     RESPONSE_FORMATS,
+    ImageRequest,
     Metrics,
     RequestError,
     ServeConfig,
     check_port_free,
     chunks,
+    etag,
+    header_bytes,
+    is_loopback,
+    json_bytes,
     parse_request,
+    parse_v2_infer,
     prometheus_text,
+    public_json,
     render,
     request_latents,
 )
+from gan_deploy.serve.config_file import APP_NAME, GATEWAY, GENERATOR, deployment_options, http_options, serve_config  # noqa: F401
+from gan_deploy.serve.proxy_hooks import TOKEN_ENV, decode_counts, limits_header
 
-APP_NAME = "gan-deploy"
-RETRY_AFTER_S = "1"
+PROXY_CALLBACK = "gan_deploy.serve.proxy_hooks:middlewares"
+LIMITS_HEADER = "x-gan-deploy-limits"
+STATE_PERIOD_S = 0.5  # the gateway asks a generator replica for its state this often
+READY_STALE_S = 5.0  # ... and calls the service not ready when no replica answered for this long
+logger = logging.getLogger("ray.serve")
+
+
+def _replica_grpc_on_loopback() -> None:
+    """Ray Serve replicas open an inter-deployment gRPC server on "[::]:0" (every interface), hard-coded. In
+    Ray's single-machine mode (every Ray process on loopback: `local_ray_env`), bind it to 127.0.0.1 like the
+    rest: replicas are reached at their node address, which is 127.0.0.1 there. Runs where this module is
+    imported, i.e. in each replica before Ray starts that server; a no-op with any other Ray layout."""
+    if os.environ.get("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER") != "0":
+        return
+    try:
+        from ray.serve._private import replica as ray_replica
+    except ImportError:
+        return
+    original = getattr(ray_replica, "add_port_to_grpc_server", None)
+    if original is None or getattr(original, "_gan_deploy_loopback", False):
+        return
+
+    def add_port_to_grpc_server(server: Any, address: str) -> int:
+        return original(server, "127.0.0.1:" + address[len("[::]:"):] if address.startswith("[::]:") else address)
+
+    add_port_to_grpc_server._gan_deploy_loopback = True  # type: ignore[attr-defined]
+    ray_replica.add_port_to_grpc_server = add_port_to_grpc_server
+
+
+_replica_grpc_on_loopback()
 
 
 def _images_in(pieces: list[np.ndarray]) -> int:
@@ -53,14 +96,18 @@ def _images_in(pieces: list[np.ndarray]) -> int:
     return sum(len(z) for z in pieces)
 
 
-def _error(status: int, field: str | None, value: Any, expected: str, message: str,
-           headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse(RequestError(status, field, value, expected, message).body(), status_code=status, headers=headers)
+def _json(status: int, obj: Any, headers: dict[str, str] | None = None) -> Response:
+    return Response(json_bytes(obj), status_code=status, media_type="application/json", headers=headers)
 
 
-@serve.deployment(name="GanGenerator")
+def _error_response(e: RequestError, extra_headers: dict[str, str] | None = None) -> Response:
+    return Response(e.body_bytes(), status_code=e.status, media_type="application/json",
+                    headers={**e.headers, **(extra_headers or {})})
+
+
+@serve.deployment(name=GENERATOR)
 class GeneratorDeployment:
-    """One replica: a runner built once, a batch queue, admission control and metrics."""
+    """One generator replica: a runner built once, a batch queue. Called by the gateway, never over HTTP."""
 
     def __init__(self, config: dict[str, Any]):
         from gan_deploy.artifacts.load import load_artifact
@@ -85,8 +132,11 @@ class GeneratorDeployment:
             self._pool.submit(self.runner.infer, latents_range(0, 0, n, self.spec.latent_dim)).result()
         self._infer_pieces.set_max_batch_size(cfg.max_batch_size)
         self._infer_pieces.set_batch_wait_timeout_s(cfg.batch_wait_ms / 1000.0)
-        self.metrics = Metrics()
         self.in_flight = 0
+        try:
+            self.replica = serve.get_replica_context().replica_id.unique_id
+        except Exception:  # outside a replica (unit use)
+            self.replica = "local"
 
     # -- batching --------------------------------------------------------------------------------------
     def _pixels(self, z: np.ndarray) -> np.ndarray:
@@ -94,148 +144,589 @@ class GeneratorDeployment:
         return to_uint8(self.runner.infer(z), self.spec.value_range)  # [N, H, W, C] uint8
 
     @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.005, batch_size_fn=_images_in)
-    async def _infer_pieces(self, pieces: list[np.ndarray]) -> list[np.ndarray]:
-        """Pieces of one or more requests -> one backend call -> each piece's pixels."""
+    async def _infer_pieces(self, pieces: list[np.ndarray]) -> list[tuple[np.ndarray, float, float, int]]:
+        """Pieces of one or more requests -> one backend call -> each piece's (pixels, start, end, size): size
+        is the batch's image count on the first piece and 0 on the others, so each call is counted once."""
         z = np.concatenate(pieces)
-        pixels = await asyncio.get_running_loop().run_in_executor(self._pool, self._pixels, z)
-        self.metrics.record_batch(len(z))
-        bounds = np.cumsum([len(p) for p in pieces])[:-1]
-        return np.split(pixels, bounds)
-
-    # -- HTTP ------------------------------------------------------------------------------------------
-    async def __call__(self, request: Request) -> Response:
-        path = request.scope["path"][len(request.scope.get("root_path", "")):] or "/"
-        method = request.method
-        if path == "/generate":
-            if method != "POST":
-                return _error(405, None, method, "POST with a JSON body", "use POST /generate", {"Allow": "POST"})
-            return await self._generate(request)
-        if path in ("/healthz", "/metrics", "/"):
-            if method not in ("GET", "HEAD"):
-                return _error(405, None, method, "GET", f"use GET {path}", {"Allow": "GET, HEAD"})
-            if path == "/healthz":
-                return JSONResponse({"status": "ok", "model": self.artifact.describe(), "backend": self.runner.describe(),
-                                     "sha256": self.artifact.sha256, "version": __version__})
-            if path == "/metrics":
-                snap = self.snapshot()
-                if request.query_params.get("format") == "prometheus":
-                    return Response(prometheus_text(snap), media_type="text/plain; version=0.0.4")
-                return JSONResponse({k: v for k, v in snap.items() if not k.startswith("_")})
-            return JSONResponse(self.describe())
-        return _error(404, None, path, "one of /generate (POST), /healthz, /metrics, /", "no such route")
-
-    def snapshot(self) -> dict[str, Any]:
-        return self.metrics.snapshot(in_flight=self.in_flight, config={
-            "backend": self.runner.name, "max_batch_size": self.cfg.max_batch_size, "batch_wait_ms": self.cfg.batch_wait_ms,
-            "max_images_per_request": self.cfg.max_images_per_request, "max_queued": self.cfg.max_queued})
-
-    def describe(self) -> dict[str, Any]:
-        s = self.spec
-        return {"service": "gan-deploy", "version": __version__, "model": self.artifact.describe(),
-                "image_shape": [s.height, s.width, s.channels], "fields": list(FIELDS), "formats": list(RESPONSE_FORMATS),
-                "max_images_per_request": self.cfg.max_images_per_request,
-                "routes": {"POST /generate": "images; see docs/serving.md", "GET /healthz": "liveness",
-                           "GET /metrics": "JSON, or ?format=prometheus"}}
-
-    async def _generate(self, request: Request) -> Response:
         t0 = time.perf_counter()
-        if self.in_flight >= self.cfg.max_queued:
-            self.metrics.record_request(503)
-            return _error(503, None, self.in_flight, f"at most {self.cfg.max_queued} requests queued per replica",
-                          "overloaded; retry after a moment", {"Retry-After": RETRY_AFTER_S})
+        pixels = await asyncio.get_running_loop().run_in_executor(self._pool, self._pixels, z)
+        t1 = time.perf_counter()
+        bounds = np.cumsum([len(p) for p in pieces])[:-1]
+        return [(p, t0, t1, len(z) if k == 0 else 0) for k, p in enumerate(np.split(pixels, bounds))]
+
+    async def generate(self, seeds: list[int], indices: list[int], fmt: str) -> dict[str, Any]:
+        """The images of a validated request, rendered: {"body", "media_type", "headers", "queue_s", "batches"}
+        or {"error": ...} when the backend failed (the replica keeps running)."""
+        t_arrive = time.perf_counter()
         self.in_flight += 1
         try:
-            try:
-                req = parse_request(await self._body(request), self.cfg.max_images_per_request)
-            except RequestError as e:
-                self.metrics.record_request(e.status)
-                return JSONResponse(e.body(), status_code=e.status)
+            req = ImageRequest(seeds, indices, fmt)
             z = request_latents(req, self.spec.latent_dim)
             try:
                 parts = await asyncio.gather(*(self._infer_pieces(z[a:b]) for a, b in chunks(len(req), self.cfg.max_batch_size)))
             except Exception as e:  # a backend failure answers 500 and leaves the service running
-                self.metrics.record_request(500)
-                return _error(500, None, type(e).__name__, "a working backend", f"inference failed: {e}")
-            pixels = parts[0] if len(parts) == 1 else np.concatenate(parts)
+                return {"error": {"type": type(e).__name__, "message": str(e).splitlines()[0][:300] if str(e) else ""}}
+            pixels = parts[0][0] if len(parts) == 1 else np.concatenate([p[0] for p in parts])
             # PNG encoding of a large response is milliseconds of CPU: off the event loop (zlib drops the GIL)
-            body, media_type, headers = await asyncio.to_thread(render, req, pixels)
-            self.metrics.record_request(200, len(req), time.perf_counter() - t0)
-            return Response(body, media_type=media_type, headers=headers)
+            body, media_type, headers = await asyncio.to_thread(render, req, pixels, self.cfg.model_name)
+            return {"body": body, "media_type": media_type, "headers": headers,
+                    "queue_s": max(p[1] for p in parts) - t_arrive,
+                    "batches": [(p[3], p[2] - p[1]) for p in parts if p[3]]}
         finally:
             self.in_flight -= 1
 
+    async def state(self) -> dict[str, Any]:
+        """Cheap (the gateway polls it): this replica is up, its model loaded and warmed (the constructor returned)."""
+        return {"ready": True, "replica": self.replica, "in_flight": self.in_flight, "backend": self.runner.describe(),
+                "model": self.artifact.describe(), "sha256": self.artifact.sha256}
+
+
+@serve.deployment(name=GATEWAY)
+class GatewayDeployment:
+    """The HTTP ingress: limits, validation, admission, health, metrics, drain. No model, no inference."""
+
+    def __init__(self, config: dict[str, Any], generator: Any):
+        self.cfg = ServeConfig(**config)
+        self.generator = generator
+        self.metrics = Metrics()
+        self.in_flight = 0  # admitted /generate requests not yet answered
+        self.draining = False
+        self.gen_state: dict[str, Any] | None = None
+        self.gen_ok_at = -1e9
+        self.model = dict(self.cfg.model)
+        self._token = os.environ.get(TOKEN_ENV) or None
+        self._watcher = asyncio.get_running_loop().create_task(self._watch_generator())
+
+    # -- readiness -------------------------------------------------------------------------------------
+    async def _watch_generator(self) -> None:
+        while True:
+            resp = self.generator.state.remote()
+            try:
+                self.gen_state = await asyncio.wait_for(resp, timeout=2.0)
+                self.gen_ok_at = time.monotonic()
+            except asyncio.CancelledError:
+                resp.cancel()
+                raise
+            except BaseException:  # not up yet, restarting, or gone: readiness says so
+                resp.cancel()
+            await asyncio.sleep(STATE_PERIOD_S)
+
+    @property
+    def model_ready(self) -> bool:
+        return time.monotonic() - self.gen_ok_at < READY_STALE_S
+
+    def readiness(self) -> tuple[bool, RequestError | None]:
+        if self.draining:
+            return False, RequestError(503, None, None, "another instance", "the service is draining before shutdown", "draining")
+        if not self.model_ready:
+            return False, RequestError(503, None, None, "a moment", "no generator replica is up (loading or warming the model)", "not_ready")
+        if self.in_flight >= self.cfg.capacity:
+            return False, RequestError(503, None, self.in_flight, f"fewer than {self.cfg.capacity} requests in flight", "the queue is full", "overloaded")
+        return True, None
+
+    async def drain(self, timeout_s: float | None = None) -> dict[str, Any]:
+        """Stop admitting (new requests get 503 + Connection: close, /readyz 503), then wait until every admitted
+        request was answered or `timeout_s` passed. Returns what was left."""
+        timeout_s = self.cfg.drain_timeout_s if timeout_s is None else timeout_s
+        self.draining = True
+        t0 = time.monotonic()
+        while self.in_flight > 0 and time.monotonic() - t0 < timeout_s:
+            await asyncio.sleep(0.02)
+        return {"in_flight_left": self.in_flight, "waited_s": round(time.monotonic() - t0, 3)}
+
+    # -- HTTP ------------------------------------------------------------------------------------------
+    async def __call__(self, request: Request) -> Response:
+        t0 = time.perf_counter()
+        scope = request.scope
+        counts = request.headers.get("x-gan-deploy-proxy")
+        if counts is not None:
+            decoded = decode_counts(counts, self._token)
+            if decoded is not None:
+                self.metrics.set_proxy_counts(*decoded)
+        path = scope["path"][len(scope.get("root_path", "")):] or "/"
+        method = request.method
+        route = "/v2" if path.startswith("/v2") else path
+        reason: str | None = None
+        try:
+            try:
+                resp, reason = await asyncio.wait_for(self._dispatch(request, path, method, t0), self.cfg.request_timeout_s)
+            except asyncio.TimeoutError:
+                raise RequestError(504, None, f"{self.cfg.request_timeout_s:g} s", f"an answer within {self.cfg.request_timeout_s:g} s",
+                                   "the request took longer than the request timeout", "request_timeout") from None
+        except RequestError as e:
+            resp, reason = _error_response(e, {"Connection": "close"} if self.draining or e.status in (408, 413, 431) else None), e.reason
+        except (ClientDisconnect, asyncio.CancelledError):
+            # the client went away: nobody will read an answer; one counter, no traceback in the logs
+            self.metrics.record_disconnect(route)
+            if route == "/generate":
+                self.metrics.record_request(499)
+            raise asyncio.CancelledError from None
+        except Exception as e:  # a bug: still a JSON 500, counted, one line in the log
+            logger.warning(f"gan-deploy: internal error on {method} {path}: {type(e).__name__}: {e}")
+            err = RequestError(500, None, type(e).__name__, "a working service", f"internal error: {e}", "internal")
+            resp, reason = _error_response(err), err.reason
+        if (route == "/generate" or (route == "/v2" and path.endswith("/infer"))) and resp.status_code != 200:
+            self.metrics.record_request(resp.status_code)
+        # for proxy_hooks (which strips it): admission in Ray's proxy, before the request is routed
+        root = scope.get("root_path", "")
+        resp.headers[LIMITS_HEADER] = limits_header([f"{root}/generate", f"{root}/v2/models/{self.cfg.model_name}/infer"],
+                                                    self.cfg.capacity, self.cfg.read_timeout_s, self.cfg.body_limit)
+
+        self.metrics.record_http(route, method, resp.status_code, reason)
+        return resp
+
+    async def _dispatch(self, request: Request, path: str, method: str, t0: float) -> tuple[Response, str | None]:
+        size = header_bytes(request.scope.get("headers", []))
+        if size > self.cfg.max_header_bytes:
+            raise RequestError(431, None, f"{size} bytes", f"request headers of at most {self.cfg.max_header_bytes} bytes",
+                               "request headers too large", "headers_too_large")
+        if path == "/generate":
+            if method != "POST":
+                raise RequestError(405, None, method, "POST with a JSON body", "use POST /generate", "method_not_allowed", {"Allow": "POST"})
+            return await self._generate(request, t0, kserve=False), None
+        if path.startswith("/v2"):
+            return await self._v2(request, path, method, t0)
+        if path in ("/healthz", "/readyz", "/metrics", "/"):
+            if method not in ("GET", "HEAD"):
+                raise RequestError(405, None, method, "GET", f"use GET {path}", "method_not_allowed", {"Allow": "GET, HEAD"})
+            if path == "/healthz":  # liveness: this process answers; nothing here waits for the model
+                return _json(200, {"status": "ok", "ready": self.readiness()[0], "version": __version__,
+                                   "model": self.model.get("describe"), "sha256": self.cfg.artifact_sha256,
+                                   "backend": (self.gen_state or {}).get("backend", self.cfg.backend)}), None
+            if path == "/readyz":
+                ok, why = self.readiness()
+                if not ok:
+                    assert why is not None
+                    raise why
+                return _json(200, {"status": "ready", "in_flight": self.in_flight, "capacity": self.cfg.capacity}), None
+            if path == "/metrics":
+                snap = self.snapshot()
+                fmt = request.query_params.get("format", "prometheus")
+                if fmt == "json":
+                    return _json(200, public_json(snap)), None
+                if fmt != "prometheus":
+                    raise RequestError(422, "format", fmt, "prometheus (default) or json", "unknown metrics format", "out_of_range")
+                return Response(prometheus_text(snap), media_type="text/plain; version=0.0.4; charset=utf-8"), None
+            return _json(200, self.describe()), None
+        raise RequestError(404, None, path, "one of POST /generate, GET /healthz, /readyz, /metrics, /, /v2/...", "no such route", "not_found")
+
+    def _admit(self) -> None:
+        if self.draining:
+            raise RequestError(503, None, None, "another instance", "the service is draining before shutdown", "draining")
+        if self.in_flight >= self.cfg.capacity:
+            raise RequestError(503, None, self.in_flight, f"at most {self.cfg.capacity} requests in flight "
+                               f"({self.cfg.max_queued} per replica x {self.cfg.num_replicas})", "overloaded; retry after a moment", "overloaded")
+
+    async def _generate(self, request: Request, t0: float, kserve: bool) -> Response:
+        self._admit()  # a full queue answers at once, before waiting for the body
+        body = await self._body(request)
+        req, request_id = parse_v2_infer(body, self.cfg.max_images_per_request) if kserve else \
+            (parse_request(body, self.cfg.max_images_per_request), None)
+        self._admit()  # and again: admission is decided once the body is in
+        tag = etag(self.cfg.artifact_sha256, req)
+        self.in_flight += 1
+        try:
+            resp = self.generator.generate.remote(req.seeds, req.indices, req.fmt)
+            try:
+                result = await resp
+            except BaseException as e:
+                resp.cancel()
+                if isinstance(e, (asyncio.CancelledError, KeyboardInterrupt)):
+                    raise
+                raise RequestError(503, None, type(e).__name__, "a generator replica that is up",
+                                   f"no generator replica could answer: {str(e).splitlines()[0][:200] if str(e) else type(e).__name__}",
+                                   "unavailable") from None
+        finally:
+            self.in_flight -= 1
+        if "error" in result:
+            raise RequestError(500, None, result["error"]["type"], "a working backend",
+                               f"inference failed: {result['error']['message']}", "backend_failed")
+        for size, seconds in result["batches"]:
+            self.metrics.record_batch(size, seconds)
+        self.metrics.record_request(200, len(req), time.perf_counter() - t0, result["queue_s"])
+        body_out = result["body"]
+        if kserve and request_id is not None:  # the id goes back verbatim; the pixels were rendered by the replica
+            body_out = body_out[:-1] + b',"id":' + json_bytes(request_id) + b"}"
+        headers = {**result["headers"], "ETag": tag, "Cache-Control": CACHE_CONTROL}
+        if self.draining:
+            headers["Connection"] = "close"
+        return Response(body_out, media_type=result["media_type"], headers=headers)
+
     async def _body(self, request: Request) -> bytes:
-        """The request body, refusing (413) more than max_body_bytes without reading it all."""
-        limit = self.cfg.max_body_bytes
-        declared = request.headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > limit:
-            raise RequestError(413, None, f"{declared} bytes", f"a body of at most {limit} bytes", "request body too large")
+        """The whole request body, bounded in size (413) and in time (408): read before the request takes a
+        queue slot, so a client that announces 100 bytes and sends 12 only holds its own connection."""
+        limit, timeout = self.cfg.body_limit, self.cfg.read_timeout_s
+        declared = request.headers.get("content-length")
+        if declared is not None:
+            if not declared.strip().isdigit():
+                raise RequestError(400, "Content-Length", declared, "a byte count", "malformed Content-Length header", "bad_json")
+            if int(declared) > limit:
+                raise RequestError(413, None, f"{declared} bytes", f"a body of at most {limit} bytes", "request body too large", "body_too_large")
         body = bytearray()
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > limit:
-                raise RequestError(413, None, f"more than {limit} bytes", f"a body of at most {limit} bytes", "request body too large")
+
+        async def read() -> None:
+            async for chunk in request.stream():
+                body.extend(chunk)
+                if len(body) > limit:
+                    raise RequestError(413, None, f"more than {limit} bytes", f"a body of at most {limit} bytes", "request body too large", "body_too_large")
+        try:
+            await asyncio.wait_for(read(), timeout)
+        except asyncio.TimeoutError:
+            got = f"{len(body)} of {declared} bytes" if declared is not None else f"{len(body)} bytes"
+            raise RequestError(408, None, got, f"the whole body within {timeout:g} s (--read-timeout)",
+                               "the request body arrived too slowly", "body_timeout") from None
         return bytes(body)
 
+    # -- KServe v2 / Open Inference Protocol -------------------------------------------------------------
+    async def _v2(self, request: Request, path: str, method: str, t0: float) -> tuple[Response, str | None]:
+        name = self.cfg.model_name
+        parts = [p for p in path.split("/") if p]  # ["v2", ...]
+        get_routes = {("v2",), ("v2", "health", "live"), ("v2", "health", "ready"), ("v2", "models", name),
+                      ("v2", "models", name, "ready")}
+        key = tuple(parts)
+        if key == ("v2", "models", name, "infer"):
+            if method != "POST":
+                raise RequestError(405, None, method, "POST", f"use POST /v2/models/{name}/infer", "method_not_allowed", {"Allow": "POST"})
+            return await self._generate(request, t0, kserve=True), None
+        if key not in get_routes:
+            if len(parts) >= 3 and parts[1] == "models" and parts[2] != name:
+                raise RequestError(404, "model", parts[2], f"the model {name!r}", "no such model", "not_found")
+            raise RequestError(404, None, path, f"/v2, /v2/health/live|ready, /v2/models/{name}[/ready|/infer]", "no such route", "not_found")
+        if method not in ("GET", "HEAD"):
+            raise RequestError(405, None, method, "GET", f"use GET {path}", "method_not_allowed", {"Allow": "GET, HEAD"})
+        if key == ("v2",):
+            return _json(200, {"name": "gan-deploy", "version": __version__, "extensions": []}), None
+        if key == ("v2", "health", "live"):
+            return _json(200, {"live": True}), None
+        if key in (("v2", "health", "ready"), ("v2", "models", name, "ready")):
+            ok, why = self.readiness()
+            if not ok:
+                assert why is not None
+                raise why
+            return _json(200, {"ready": True}) if key[1] == "health" else _json(200, {"name": name, "ready": True}), None
+        h, w, c = self.model.get("image_shape", [0, 0, 0])
+        return _json(200, {"name": name, "versions": ["1"], "platform": "gan-deploy",
+                           "inputs": [{"name": "seed", "datatype": "INT64", "shape": [-1]},
+                                      {"name": "index", "datatype": "INT64", "shape": [-1]}],
+                           "outputs": [{"name": "image", "datatype": "UINT8", "shape": [-1, h, w, c]}]}), None
 
-# -- building and running -----------------------------------------------------------------------------
+    # -- views ---------------------------------------------------------------------------------------------
+    def snapshot(self) -> dict[str, Any]:
+        return self.metrics.snapshot(
+            in_flight=self.in_flight, capacity=self.cfg.capacity, ready=int(self.readiness()[0]), draining=int(self.draining),
+            replicas=self.cfg.num_replicas,
+            build={"version": __version__, "model_sha256": self.cfg.artifact_sha256[:16], "backend": self.cfg.backend},
+            config={"backend": self.cfg.backend, "max_batch_size": self.cfg.max_batch_size, "batch_wait_ms": self.cfg.batch_wait_ms,
+                    "max_images_per_request": self.cfg.max_images_per_request, "max_queued": self.cfg.max_queued,
+                    "replicas": self.cfg.num_replicas, "read_timeout_s": self.cfg.read_timeout_s,
+                    "request_timeout_s": self.cfg.request_timeout_s, "max_body_bytes": self.cfg.body_limit,
+                    "max_header_bytes": self.cfg.max_header_bytes})
+
+    def describe(self) -> dict[str, Any]:
+        return {"service": "gan-deploy", "version": __version__, "model": self.model.get("describe"),
+                "sha256": self.cfg.artifact_sha256, "image_shape": self.model.get("image_shape"),
+                "fields": list(FIELDS), "formats": list(RESPONSE_FORMATS),
+                "max_images_per_request": self.cfg.max_images_per_request,
+                "routes": {"POST /generate": "images; see docs/serving.md", "GET /healthz": "liveness",
+                           "GET /readyz": "readiness (model warmed, not draining, queue not full)",
+                           "GET /metrics": "Prometheus text, or ?format=json",
+                           f"POST /v2/models/{self.cfg.model_name}/infer": "KServe v2 / Open Inference Protocol"}}
+
+
+# -- the application ---------------------------------------------------------------------------------
 
 def build_app(cfg: ServeConfig):
     """The Ray Serve application for `cfg` (not yet running)."""
-    # Ray's own limits sit in front of ours: enough concurrency that a full batch (in requests) and our
-    # own overload answer (JSON 503, from the replica that knows its queue) are reachable, and a router
-    # queue that sheds load with Ray's plain 503 only in bursts far beyond that. Ray's router counts a
-    # request as queued until it has picked a replica, so a limit as tight as ours would fire on any burst.
-    max_ongoing = max(cfg.max_queued, cfg.max_batch_size) + 16
-    max_router_queue = 4 * max_ongoing
-    return GeneratorDeployment.options(
-        num_replicas=cfg.num_replicas, max_ongoing_requests=max_ongoing, max_queued_requests=max_router_queue,
-        ray_actor_options={"num_cpus": cfg.num_cpus, "num_gpus": cfg.num_gpus},
-    ).bind(cfg.to_dict())
+    from ray.serve.config import BackpressureConfig
+
+    opts = deployment_options(cfg)
+    generator = GeneratorDeployment.options(**opts[GENERATOR]).bind(cfg.to_dict())
+    return GatewayDeployment.options(**opts[GATEWAY], backpressure_config=BackpressureConfig(retry_after_s=1)).bind(
+        cfg.to_dict(), generator)
+
+
+def app_builder(args: dict[str, Any]):
+    """`import_path` of the config file: `gan_deploy.serve.ray_serve:app_builder` with args {"config": {...}}."""
+    return build_app(ServeConfig(**args["config"]))
+
+
+# -- starting, draining, stopping -------------------------------------------------------------------
+
+_saved_env: dict[str, str | None] = {}
+_owns_ray = False  # this process started the local Ray (stop() shuts it down), rather than connecting to a cluster
+_apps: list[str] = []  # apps start() deployed (stop() deletes them from a cluster it does not own)
+
+
+def local_ray_env(host: str) -> dict[str, str]:
+    """Environment for a local Ray the service starts: Ray's proxy loads proxy_hooks (JSON for Ray's own error
+    answers); with a loopback host, every Ray process binds loopback too (Ray's single-machine mode)."""
+    import secrets
+
+    import gan_deploy
+
+    env = {"RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH": os.environ.get("RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH", PROXY_CALLBACK),
+           # what the proxy answered itself reaches the gateway's metrics only with this (a client cannot forge it)
+           TOKEN_ENV: os.environ.get(TOKEN_ENV) or secrets.token_hex(16)}
+    # Ray's processes (proxy, controller, replicas) import the gan_deploy this process runs, not whichever
+    # one an installed distribution points at
+    root = os.path.dirname(os.path.dirname(os.path.abspath(gan_deploy.__file__)))
+    paths = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    env["PYTHONPATH"] = os.pathsep.join([root] + [p for p in paths if os.path.abspath(p) != root])
+    if is_loopback(host):
+        env["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    return env
+
+
+def init_local_ray(host: str, **kwargs: Any) -> None:
+    """`ray.init()` of a new local Ray with `local_ray_env(host)`; `stop()` restores the environment."""
+    import ray
+
+    env = local_ray_env(host)
+    for k, v in env.items():
+        _saved_env.setdefault(k, os.environ.get(k))
+        os.environ[k] = v
+    if env.get("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER") == "0":
+        try:  # read once at import in this process; the processes Ray starts read it from the environment
+            from ray._private import ray_constants
+            ray_constants.ENABLE_RAY_CLUSTER = False
+        except (ImportError, AttributeError):
+            pass
+    kwargs.setdefault("include_dashboard", False)
+    kwargs.setdefault("logging_level", logging.WARNING)
+    ray.init(**kwargs)
+    globals()["_owns_ray"] = True
+
+
+def local_resources() -> dict[str, float]:
+    """What a new local Ray would find on this machine (Ray's own detection, without starting Ray): "GPU"
+    (NVIDIA GPUs, honouring CUDA_VISIBLE_DEVICES) and "CPU"; a resource Ray's internals could not tell is left out."""
+    found: dict[str, float] = {}
+    try:
+        from ray._private.accelerators import get_accelerator_manager_for_resource
+        manager = get_accelerator_manager_for_resource("GPU")
+        if manager is not None:
+            n = manager.get_current_node_num_accelerators()
+            visible = manager.get_current_process_visible_accelerator_ids()
+            found["GPU"] = float(min(n, len(visible)) if visible is not None else n)
+    except Exception:  # private API: only a shortcut; check_resources after ray.init has the last word
+        pass
+    try:
+        from ray._private.utils import get_num_cpus
+        found["CPU"] = float(get_num_cpus())
+    except Exception:
+        pass
+    return found
+
+
+def check_resources(cfg: ServeConfig, total: dict[str, float] | None = None, where: str = "in the Ray cluster") -> None:
+    """Refuse at once what this Ray cluster can never place (e.g. --num-gpus 1 on a machine without a GPU)."""
+    import ray
+
+    total = ray.cluster_resources() if total is None else total
+    for res, per in (("GPU", cfg.num_gpus), ("CPU", cfg.num_cpus)):
+        if res not in total:
+            continue
+        need, have = per * cfg.num_replicas, float(total.get(res, 0.0))
+        if need > have + 1e-9:
+            flag = f"--num-{res.lower()}s"
+            raise GanDeployError(f"not enough {res}s for the generator replicas",
+                                 f"{need:g} needed ({flag} {per:g} x --replicas {cfg.num_replicas}), {have:g} {where}",
+                                 expected=f"at most {have:g}",
+                                 hint=f"lower {flag} or --replicas" + (" (--num-gpus 0 runs on the CPU)" if res == "GPU" else ""))
+
+
+def deploy(cfg: ServeConfig, name: str = APP_NAME, route_prefix: str = "/", logging_config: dict | None = None,
+           timeout_s: float = 120.0) -> None:
+    """Deploy the app and wait until it runs (see deploy_many)."""
+    deploy_many([(cfg, name, route_prefix)], logging_config, timeout_s)
+
+
+def deploy_many(apps: list[tuple[ServeConfig, str, str]], logging_config: dict | None = None, timeout_s: float = 120.0) -> None:
+    """Deploy apps (config, name, route prefix) at once and wait until all run; a one-line GanDeployError if
+    one fails or is not up within timeout_s (replicas that cannot be placed, a constructor that raises),
+    with Ray's own explanation."""
+    logging_config = logging_config or {"log_level": "WARNING", "enable_access_log": False}
+    serve.run_many([serve.RunTarget(build_app(cfg), name=name, route_prefix=prefix, logging_config=logging_config)
+                    for cfg, name, prefix in apps],
+                   wait_for_ingress_deployment_creation=False, wait_for_applications_running=False)
+    deadline = time.monotonic() + timeout_s
+    pending = [name for _, name, _ in apps]
+    while pending:
+        statuses = serve.status().applications
+        for name in list(pending):
+            app = statuses.get(name)
+            status = str(getattr(app, "status", "")) if app is not None else ""
+            if status.endswith("RUNNING"):
+                pending.remove(name)
+                continue
+            failed = status.endswith(("DEPLOY_FAILED", "UNHEALTHY"))
+            if failed or time.monotonic() > deadline:
+                why = _status_message(app)
+                for n in pending:
+                    try:
+                        serve.delete(n, _blocking=False)
+                    except Exception:
+                        pass
+                if not failed:
+                    raise GanDeployError("the service did not start in time", f"{timeout_s:g} s ({why})",
+                                         hint="raise --start-timeout, or check the replicas' resources (--num-cpus, --num-gpus)")
+                raise GanDeployError("the service failed to start", why)
+        if pending:
+            time.sleep(0.2)
+
+
+def _status_message(app: Any) -> str:
+    if app is None:
+        return "no status yet"
+    parts = [str(getattr(app, "message", "") or "")]
+    for dname, d in (getattr(app, "deployments", None) or {}).items():
+        msg = str(getattr(d, "message", "") or "")
+        if msg:
+            parts.append(f"{dname}: {msg}")
+    text = "\n".join(p for p in parts if p) or str(getattr(app, "status", ""))
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    if any("Traceback (most recent call last)" in ln for ln in lines):
+        # a traceback ends with the exception itself: its last unindented line ("module.Type: message")
+        exc = [ln.strip() for ln in lines if not ln.startswith((" ", "\t")) and "Traceback (most recent call last)" not in ln]
+        if exc:
+            return exc[-1][:400]
+    return " ".join(ln.strip() for ln in lines)[:400]
 
 
 def start(cfg: ServeConfig, host: str = "127.0.0.1", port: int = 8000, route_prefix: str = "/", name: str = APP_NAME,
-          ray_address: str | None = None, access_log: bool = False) -> str:
+          ray_address: str | None = None, access_log: bool = False, start_timeout_s: float = 120.0,
+          keep_alive_s: int = 5) -> str:
     """Start Ray (local, or connect to `ray_address` / $RAY_ADDRESS), Serve's proxy on host:port, and the app.
 
-    Returns the app's base URL. Ray stays up for further apps (tests run two); `stop()` tears it down."""
+    Returns the app's base URL. Ray stays up for further apps (tests run two); `stop()` tears down what this
+    process started: a local Ray entirely; on a cluster only the app."""
     import ray
 
     if not ray.is_initialized():
         address = ray_address or os.environ.get("RAY_ADDRESS")
         if not address:
             check_port_free(host, port)  # Ray's proxy would fail later, in a log nobody reads
-        ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING)
+            check_resources(cfg, local_resources(), "on this machine")  # seconds before Ray would have started
+            init_local_ray(host)
+            check_resources(cfg)  # a local Ray's resources are fixed (a cluster may scale up: the start timeout covers it)
+        else:
+            ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING)
+    _apps.append(name)
+    logging.getLogger("ray.serve").setLevel(logging.WARNING)  # Serve's INFO lines in this process
     logging_config = {"log_level": "WARNING", "enable_access_log": access_log}
-    serve.start(http_options={"host": host, "port": port}, logging_config=logging_config)
-    serve.run(build_app(cfg), name=name, route_prefix=route_prefix, logging_config=logging_config)
-    return f"http://{host}:{port}{route_prefix.rstrip('/')}"
+    serve.start(http_options=http_options(cfg, host, port, keep_alive_s), logging_config=logging_config)
+    try:  # Serve may already run on a cluster, with its own HTTP address: that is where the app is
+        from ray.serve.context import _get_global_client
+        running = _get_global_client().http_config
+        host, port = running.host or host, running.port or port
+    except Exception:
+        pass
+    deploy(cfg, name, route_prefix, logging_config, start_timeout_s)
+    url = f"http://{host}:{port}{route_prefix.rstrip('/')}"
+    wait_for_http(url, timeout_s=min(30.0, start_timeout_s))
+    return url
+
+
+def wait_for_http(url: str, timeout_s: float = 30.0) -> None:
+    """Until GET {url}/readyz answers 200 through Ray's proxy: the proxy has the app's routes, a generator
+    replica answered the gateway, and the proxy learnt the admission limits (proxy_hooks)."""
+    import http.client
+    from urllib.parse import urlsplit
+
+    u = urlsplit(url)
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(u.hostname or "", u.hostname or "127.0.0.1")
+    deadline, last = time.monotonic() + timeout_s, "no answer"
+    while time.monotonic() < deadline:
+        try:
+            conn = http.client.HTTPConnection(host, u.port or 80, timeout=5)
+            conn.request("GET", f"{u.path}/readyz")
+            resp = conn.getresponse()
+            resp.read()
+            conn.close()
+            if resp.status == 200:
+                return
+            last = f"HTTP {resp.status}"
+        except OSError as e:
+            last = f"{type(e).__name__}: {e}"
+        time.sleep(0.1)
+    raise GanDeployError("the service does not answer over HTTP", f"{url}/readyz: {last}", hint="see Ray's logs under /tmp/ray/session_latest/logs")
+
+
+def drain(name: str = APP_NAME, timeout_s: float = 30.0) -> dict[str, Any]:
+    """Ask the app's gateway to stop admitting and wait (at most timeout_s) for its in-flight requests."""
+    handle = serve.get_app_handle(name)
+    return handle.drain.remote(timeout_s).result(timeout_s=timeout_s + 15)
 
 
 def stop() -> None:
+    """Tear down what this process started: the local Ray it started (Serve, every app, Ray), or else only its
+    apps on the cluster it connected to (other apps and Serve itself keep running); then disconnect."""
     import ray
-    serve.shutdown()
-    ray.shutdown()
+    try:
+        if ray.is_initialized():  # serve.shutdown() would start a Ray just to find nothing
+            if _owns_ray:
+                serve.shutdown()
+            else:
+                for name in _apps:
+                    serve.delete(name)
+    finally:
+        _apps.clear()
+        if ray.is_initialized():
+            ray.shutdown()
+        globals()["_owns_ray"] = False
+        for k, v in _saved_env.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        _saved_env.clear()
 
 
 def serve_forever(cfg: ServeConfig, host: str, port: int, ray_address: str | None = None, access_log: bool = False,
-                  ready=None) -> None:
-    """Run until Ctrl-C (or SIGTERM); `ready(url)` is called once the service answers."""
+                  ready: Callable[[str], None] | None = None, on_signal: Callable[[str], None] | None = None,
+                  start_timeout_s: float = 120.0, keep_alive_s: int = 5, name: str = APP_NAME,
+                  route_prefix: str = "/") -> dict[str, Any] | None:
+    """Run until SIGTERM or Ctrl-C, then drain: stop admitting, let in-flight requests finish (at most
+    cfg.drain_timeout_s), shut Serve and Ray down. A second Ctrl-C stops at once. Returns the drain's report."""
     import signal
 
-    def _term(*_: object) -> None:
-        raise KeyboardInterrupt
+    stop_now = threading.Event()
+    got: list[int] = []
+    started = False
 
-    url = start(cfg, host, port, ray_address=ray_address, access_log=access_log)
-    # after ray.init, which installs its own SIGTERM handler: `kill` or a container stop gets the same
-    # clean shutdown as Ctrl-C (Serve's proxy and replicas are detached actors: they must be shut down)
-    signal.signal(signal.SIGTERM, _term)
+    def _on(signum: int, _frame: Any) -> None:
+        got.append(signum)
+        if not started or (len(got) > 1 and signum == signal.SIGINT):
+            raise KeyboardInterrupt  # still starting (nothing in flight), or the second Ctrl-C: stop now
+        stop_now.set()
+
+    previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+    signal.signal(signal.SIGTERM, _on)
+    signal.signal(signal.SIGINT, _on)
     try:
+        url = start(cfg, host, port, route_prefix, name, ray_address=ray_address, access_log=access_log,
+                    start_timeout_s=start_timeout_s, keep_alive_s=keep_alive_s)
+        # again: ray.init installed its own SIGTERM handler. From here `kill`, a container stop or Ctrl-C drain.
+        signal.signal(signal.SIGTERM, _on)
+        signal.signal(signal.SIGINT, _on)
+        started = True
         if ready is not None:
             ready(url)
-        while True:
-            time.sleep(3600)
-    except KeyboardInterrupt:
-        pass
+        while not stop_now.wait(3600):
+            pass
+        if on_signal is not None:
+            on_signal(signal.Signals(got[0]).name)
+        report = drain(name, cfg.drain_timeout_s)
+    except (KeyboardInterrupt, SystemExit):  # SystemExit: ray.init's SIGTERM handler, during start-up
+        return None
     finally:
-        stop()
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # tearing down is not to be interrupted half-way
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        t0 = time.monotonic()
+        try:
+            stop()
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+    report["shutdown_s"] = round(time.monotonic() - t0, 3)
+    return report

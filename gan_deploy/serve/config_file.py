@@ -1,0 +1,98 @@
+"""The service's Ray Serve options, and the config file that deploys it without `gan-deploy serve`.
+
+`gan-deploy serve ... --write-config serve.yaml` writes a Ray Serve config with the same two deployments, the
+same limits and the same numbers `gan-deploy serve` itself runs with; deploy it with `serve deploy serve.yaml`
+on a running Ray cluster, `serve run serve.yaml`, or paste it under `serveConfigV2` of a KubeRay RayService.
+No Ray is needed to write it; when Ray is installed the file is checked against Ray's own `ServeDeploySchema`
+before it is written.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from gan_deploy.core.errors import GanDeployError
+from gan_deploy.serve.api import ServeConfig
+
+APP_NAME = "gan-deploy"
+GATEWAY, GENERATOR = "GanGateway", "GanGenerator"
+IMPORT_PATH = "gan_deploy.serve.ray_serve:app_builder"
+
+
+def deployment_options(cfg: ServeConfig) -> dict[str, dict[str, Any]]:
+    """Ray Serve options of both deployments."""
+    # The generator never sees more than the gateway admits (max_queued x replicas); its own limit leaves
+    # room for the gateway's state polls. The gateway holds cheap coroutines: slow clients, bodies being
+    # read, requests waiting for images; Ray's router queue in front of it is a last line (its 503 carries
+    # Retry-After, and proxy_hooks makes it JSON where Ray loads that).
+    gateway_ongoing = max(1024, 4 * cfg.capacity + 256)
+    drain = {"graceful_shutdown_timeout_s": cfg.drain_timeout_s, "graceful_shutdown_wait_loop_s": 0.5}
+    return {
+        GENERATOR: {"num_replicas": cfg.num_replicas, "max_ongoing_requests": max(cfg.max_queued, cfg.max_batch_size) + 4,
+                    "max_queued_requests": -1,
+                    "ray_actor_options": {"num_cpus": cfg.num_cpus, "num_gpus": cfg.num_gpus},
+                    # called by the gateway only (and polled by it twice a second): its calls are no access log
+                    "logging_config": {"log_level": "WARNING", "enable_access_log": False},
+                    # a model that does not load (wrong file, no device) will not load on a 20th try either
+                    "max_constructor_retry_count": 3, **drain},
+        GATEWAY: {"num_replicas": 1, "max_ongoing_requests": gateway_ongoing, "max_queued_requests": gateway_ongoing,
+                  "ray_actor_options": {"num_cpus": 0}, **drain},
+    }
+
+
+def http_options(cfg: ServeConfig, host: str, port: int, keep_alive_s: int = 5) -> dict[str, Any]:
+    # Ray's own end-to-end timeout is a backstop behind ours (which answers a JSON 504 first)
+    return {"host": host, "port": port, "request_timeout_s": cfg.request_timeout_s + 5, "keep_alive_timeout_s": keep_alive_s}
+
+
+def serve_config(cfg: ServeConfig, host: str, port: int, name: str = APP_NAME, route_prefix: str = "/",
+                 keep_alive_s: int = 5) -> dict[str, Any]:
+    """A Ray Serve config equivalent to what `gan-deploy serve` starts."""
+    opts = deployment_options(cfg)
+    opts[GATEWAY]["backpressure_config"] = {"status_code": 503, "retry_after_s": 1}
+    return {
+        "proxy_location": "EveryNode",
+        "http_options": http_options(cfg, host, port, keep_alive_s),
+        "logging_config": {"log_level": "WARNING", "enable_access_log": False},
+        "applications": [{
+            "name": name, "route_prefix": route_prefix, "import_path": IMPORT_PATH,
+            "args": {"config": cfg.to_dict()},
+            "deployments": [{"name": n, **o} for n, o in opts.items()],
+        }],
+    }
+
+
+def check_with_ray_schema(config: dict[str, Any]) -> bool:
+    """Validate with Ray's ServeDeploySchema when Ray Serve is installed; False when it is not."""
+    try:
+        from ray.serve.schema import ServeDeploySchema
+    except ImportError:
+        return False
+    try:
+        ServeDeploySchema.model_validate(config)
+    except Exception as e:  # pydantic's ValidationError: the first problem on one line
+        raise GanDeployError("the Ray Serve config does not validate", str(e).splitlines()[0][:300]) from None
+    return True
+
+
+def write_serve_config(path: str | Path, cfg: ServeConfig, host: str, port: int, keep_alive_s: int = 5,
+                       name: str = APP_NAME, route_prefix: str = "/") -> str:
+    """Write the config (YAML if PyYAML is installed, else JSON, which YAML readers also read); a summary line."""
+    config = serve_config(cfg, host, port, name, route_prefix, keep_alive_s)
+    checked = check_with_ray_schema(config)
+    header = ("# Ray Serve config written by `gan-deploy serve --write-config` (same deployments and limits as\n"
+              "# `gan-deploy serve`): `serve deploy <file>` on a running Ray cluster, or serveConfigV2 of a KubeRay\n"
+              "# RayService. The model file must be at artifact_path on every node, with this sha256.\n")
+    try:
+        import yaml
+        text = header + yaml.safe_dump(config, sort_keys=False, default_flow_style=False)
+    except ImportError:
+        text = json.dumps(config, indent=2) + "\n"
+    from gan_deploy.core.fileio import atomic_write_text
+    path = Path(path)
+    if path.is_dir():
+        raise GanDeployError("--write-config is a folder", str(path), expected="a file name such as serve.yaml")
+    atomic_write_text(path, text)
+    how = "checked against Ray's ServeDeploySchema" if checked else "not checked (Ray Serve is not installed)"
+    return f"wrote Ray Serve config {path} ({how}); deploy it with: serve deploy {path}"
