@@ -13,7 +13,7 @@ from gan_deploy.core.fileio import sha256_file
 from gan_deploy.serve.triton import parse_config, triton_repo_from_artifacts
 
 pb = pytest.importorskip("tritonclient.grpc.model_config_pb2",
-                         reason="tritonclient is not installed: pip install 'gan-deploy[triton]'")
+                         reason="tritonclient is not installed: pip install -e '.[triton]' (from the clone)")
 
 
 def _config(folder):
