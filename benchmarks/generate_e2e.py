@@ -57,13 +57,34 @@ class PremadeRunner:
         return "pixels made beforehand"
 
 
-def inference_only(runner: Any, n: int, b: int) -> float:
-    """images/s of latents -> backend -> uint8 pixels, nothing written (what generate's main process does)."""
+def cpu_seconds() -> float:
+    """CPU time (user + system) of this process, its threads and its reaped children (worker processes)."""
+    s, c = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return s.ru_utime + s.ru_stime + c.ru_utime + c.ru_stime
+
+
+class Cpu:
+    """CPU microseconds per image of a block: a figure the other load on a shared machine disturbs less than wall time."""
+
+    def __init__(self, n: int):
+        self.n, self.us = n, 0.0
+
+    def __enter__(self) -> "Cpu":
+        self.t0 = cpu_seconds()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.us = 1e6 * (cpu_seconds() - self.t0) / self.n
+
+
+def inference_only(runner: Any, n: int, b: int) -> tuple[float, float]:
+    """(images/s, CPU us/image) of latents -> backend -> uint8 pixels, nothing written (generate's main process)."""
     runner.infer_pixels(latents_range(0, 0, b, runner.spec.latent_dim))  # warm-up
     t0 = time.perf_counter()
-    for b0 in range(0, n, b):
-        runner.infer_pixels(latents_range(0, b0, min(b, n - b0), runner.spec.latent_dim))
-    return n / (time.perf_counter() - t0)
+    with Cpu(n) as cpu:
+        for b0 in range(0, n, b):
+            runner.infer_pixels(latents_range(0, b0, min(b, n - b0), runner.spec.latent_dim))
+    return n / (time.perf_counter() - t0), cpu.us
 
 
 def _opts(out: Path, a: argparse.Namespace, sink: str, n: int, **kw: Any) -> GenerateOptions:
@@ -71,9 +92,11 @@ def _opts(out: Path, a: argparse.Namespace, sink: str, n: int, **kw: Any) -> Gen
                            writers=a.writers, fmt=None if sink == "array" else a.format, **kw)
 
 
-def writing_only(premade: PremadeRunner, a: argparse.Namespace, sink: str, out: Path, **kw: Any) -> tuple[float, Any]:
-    rep = generate(premade, _opts(out, a, sink, a.n, **kw))
-    return rep.images_per_s, rep
+def writing_only(premade: PremadeRunner, a: argparse.Namespace, sink: str, out: Path, **kw: Any) -> tuple[float, float]:
+    """(images/s, CPU us/image) of generate fed with pixels made beforehand: everything but inference."""
+    with Cpu(a.n) as cpu:
+        rep = generate(premade, _opts(out, a, sink, a.n, **kw))
+    return rep.images_per_s, cpu.us
 
 
 def peak_rss_mb(n: int, sink: str, a: argparse.Namespace) -> tuple[float, float, float]:
@@ -88,8 +111,11 @@ def peak_rss_mb(n: int, sink: str, a: argparse.Namespace) -> tuple[float, float,
                 "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss,"
                 " time.perf_counter() - t)")
         r = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True, env={**os.environ, "TQDM_DISABLE": "1"})
-    main_kb, child_kb, secs = r.stdout.strip().splitlines()[-1].split()
-    return int(main_kb) / 1024, int(child_kb) / 1024, float(secs)  # Linux reports KiB
+        main_kb, child_kb, secs = r.stdout.strip().splitlines()[-1].split()
+        figures = int(main_kb) / 1024, int(child_kb) / 1024, float(secs)  # Linux reports KiB
+        print(f"{sink:>6} peak RSS n={n:>9,}: main {figures[0]:6.0f} MB, largest worker {figures[1]:5.0f} MB "
+              f"({figures[2]:.0f} s, {n / figures[2]:,.0f} img/s; removing the output...)", flush=True)
+    return figures
 
 
 def main() -> None:
@@ -126,18 +152,23 @@ def main() -> None:
         rows = []
         for run in range(a.runs):
             with tempfile.TemporaryDirectory(dir=a.tmp) as d:
-                inf_gen = inference_only(gen_runner, a.n, a.batch_size)
-                inf_fast = inference_only(fastest, a.n, a.batch_size)
-                write, wrep = writing_only(premade, a, sink, Path(d) / "w")
-                rep = generate(gen_runner, _opts(Path(d) / "e2e", a, sink, a.n))
+                inf_gen, cpu_inf = inference_only(gen_runner, a.n, a.batch_size)
+                inf_fast, _ = inference_only(fastest, a.n, a.batch_size)
+                write, cpu_write = writing_only(premade, a, sink, Path(d) / "w")
+                with Cpu(a.n) as cpu:
+                    rep = generate(gen_runner, _opts(Path(d) / "e2e", a, sink, a.n))
                 e2e = rep.images_per_s
+            cores = os.cpu_count() or 1
             row = {"inference_generate_settings": inf_gen, "inference_fastest": inf_fast, "writing": write, "end_to_end": e2e,
                    "vs_bound": e2e / min(inf_gen, write), "vs_bound_fastest": e2e / min(inf_fast, write),
-                   "shared_cpu_ceiling": 1 / (1 / inf_gen + 1 / write)}
+                   "shared_cpu_ceiling": 1 / (1 / inf_gen + 1 / write), "cpu_us_inference": cpu_inf, "cpu_us_writing": cpu_write,
+                   "cpu_us_end_to_end": cpu.us, "cpu_bound_img_s": 1e6 * cores / (cpu_inf + cpu_write), "load_avg": os.getloadavg()[0]}
             rows.append(row)
             print(f"{sink:>6} run {run + 1}: end to end {e2e:>9,.0f} img/s | inference alone {inf_gen:>9,.0f} (fastest {inf_fast:,.0f}) | "
                   f"writing alone {write:>9,.0f} ({writers} {kind}s) | {100 * row['vs_bound']:5.1f}% of min "
-                  f"({100 * row['vs_bound_fastest']:.1f}% vs the fastest inference); 1/(1/inf+1/write) = {row['shared_cpu_ceiling']:,.0f}")
+                  f"({100 * row['vs_bound_fastest']:.1f}% vs the fastest inference); 1/(1/inf+1/write) = {row['shared_cpu_ceiling']:,.0f} | "
+                  f"CPU us/img: inference {cpu_inf:.0f}, writing {cpu_write:.0f}, end to end {cpu.us:.0f} | load {row['load_avg']:.1f}",
+                  flush=True)
         res["runs"][sink] = {"writer_kind": kind, "writers": writers, "rows": rows,
                              "min_vs_bound": min(r["vs_bound"] for r in rows), "max_vs_bound": max(r["vs_bound"] for r in rows)}
         print(f"{sink:>6}: end to end / min(inference, writing) over {a.runs} runs: "
@@ -150,10 +181,10 @@ def main() -> None:
             for kind, w in [("process", k) for k in sorted({1, 2, max(1, cores - 1), cores})] + [("thread", 1), ("thread", 2 * cores)]:
                 b = argparse.Namespace(**{**vars(a), "writer_kind": kind, "writers": w})
                 with tempfile.TemporaryDirectory(dir=a.tmp) as d:
-                    rate = max(writing_only(premade, b, sink, Path(d) / f"r{k}")[0] for k in range(2))  # best of 2: start-up
-                res["scaling"][f"{sink} {w} {kind}"] = rate
-                line.append(f"{w} {kind}(es) {rate:,.0f}")
-            print(f"{sink:>6} writing alone: " + " | ".join(line) + " img/s")
+                    rate, us = max(writing_only(premade, b, sink, Path(d) / f"r{k}") for k in range(2))  # best of 2
+                res["scaling"][f"{sink} {w} {kind}"] = {"img_s": rate, "cpu_us": us}
+                line.append(f"{w} {kind}(es) {rate:,.0f} ({us:.0f} us CPU/img)")
+            print(f"{sink:>6} writing alone: " + " | ".join(line) + " img/s", flush=True)
     if a.memory:
         res["memory"] = {}
         for sink in (a.memory_sinks or a.sinks).split(","):
@@ -162,7 +193,6 @@ def main() -> None:
                 m, c, s = peak_rss_mb(n, sink, a)
                 res["memory"][f"{sink} n={n}"] = {"main_mb": m, "largest_worker_mb": c, "seconds": s}
                 figures.append((n, m, c, s))
-                print(f"{sink:>6} peak RSS n={n:>9,}: main {m:6.0f} MB, largest worker {c:5.0f} MB ({s:.0f} s, {n / s:,.0f} img/s)")
             (n0, m0, c0, _), (n1, m1, c1, _) = figures[0], figures[-1]
             print(f"{sink:>6} peak RSS n={n1:,} - n={n0:,}: main {m1 - m0:+.0f} MB, worker {c1 - c0:+.0f} MB (target within 100 MB)")
     res["load_avg_end"] = os.getloadavg()

@@ -124,21 +124,21 @@ def test_formats(tiny_checkpoint, tmp_path):
     assert np.array_equal(decode(png / "000002.png"), decode(tmp_path / "n" / "000002.npy"))
 
 
-@pytest.mark.parametrize("signame", ["SIGINT", "SIGTERM"])
-def test_real_signal_stops_cleanly(tiny_checkpoint, tmp_path, signame):
-    """Ctrl-C (SIGINT) or a scheduler's SIGTERM on the real CLI process: exit 130, only complete files."""
-    import signal
-    import subprocess
-    import sys
-    import time
-
+@pytest.mark.parametrize("signame,kind", [("SIGINT", "thread"), ("SIGTERM", "thread"), ("SIGINT to the group", "process")])
+def test_real_signal_stops_cleanly(tiny_checkpoint, tmp_path, signame, kind):
+    """Ctrl-C (SIGINT; a terminal sends it to the whole process group, encoder processes included) or a scheduler's
+    SIGTERM on the real CLI process: exit 130, only complete files, all of them listed."""
     out = tmp_path / "out"
     p = subprocess.Popen([sys.executable, "-m", "gan_deploy", "generate", "-c", str(tiny_checkpoint), "-n", "2000000",
-                          "--out", str(out), "-b", "64"], stderr=subprocess.PIPE, text=True)
+                          "--out", str(out), "-b", "64", "--writer-kind", kind], stderr=subprocess.PIPE, text=True,
+                         start_new_session=True)
     deadline = time.time() + 60
     while time.time() < deadline and not (out.exists() and len(list(out.glob("*.png"))) > 100):
         time.sleep(0.05)
-    p.send_signal(getattr(signal, signame))
+    if signame == "SIGINT to the group":
+        os.killpg(p.pid, signal.SIGINT)
+    else:
+        p.send_signal(getattr(signal, signame))
     err = p.communicate(timeout=60)[1]
     assert p.returncode == 130, err
     assert "Interrupted" in err and "Traceback" not in err
