@@ -75,7 +75,7 @@ def input_options(f: Callable) -> Callable:
     return f
 
 
-@click.command("quantize", short_help="INT8 (Q/DQ) or FP16 ONNX, accepted only if it passes the quality gate.")
+@click.command("quantize", short_help="INT8 (Q/DQ, mixed INT8/FP32 if need be) or FP16 ONNX, accepted only if it passes the quality gate.")
 @click.option("--int8", "int8", is_flag=True, help="INT8 Q/DQ model, per-channel weights, calibrated on prior latents.")
 @click.option("--fp16", "fp16", is_flag=True, help="FP16 model with FP32 inputs/outputs; overflow-prone ops kept FP32.")
 @input_options
@@ -86,18 +86,36 @@ def input_options(f: Callable) -> Callable:
                    "biases: what TensorRT parses; runs on CPU too, slowly).")
 @click.option("--calib-samples", type=click.IntRange(min=16), default=512, show_default=True,
               help="Latents from the generator's prior used to calibrate activation ranges (no data set needed).")
-@click.option("--calib-method", type=click.Choice(["minmax", "percentile", "entropy"]), default="minmax", show_default=True)
+@click.option("--calib-method", type=click.Choice(["auto", "minmax", "percentile", "entropy"]), default="auto", show_default=True,
+              help="Activation ranges. auto: minmax; if its model fails the gate, percentile and entropy too, and the "
+                   "one the gate's figures favour (recorded in the model's recipe).")
 @click.option("--no-rewrite", is_flag=True,
               help="Keep ConvTranspose as is (onnxruntime then runs it dequantized in FP32: slower than FP32).")
+@click.option("--no-mixed", is_flag=True,
+              help="INT8: if full INT8 fails the gate, stop (no sensitivity analysis, no mixed INT8/FP32 model).")
+@click.option("--policy", "policy_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="INT8: calibration method and nodes kept FP32 from this file (the --json of an earlier "
+                   "`quantize --int8`, or a policy); no search. E.g. the TensorRT flavour of a searched model.")
+@click.option("--report", is_flag=True,
+              help="INT8: only the sensitivity report (each unit's damage alone in INT8 on the gate's figures): a "
+                   "table, and a PNG bar chart (--plot). Writes no model.")
+@click.option("--plot", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="With --report: the bar chart. Default: beside the input, NAME.int8-sensitivity.png.")
+@click.option("--sensitivity-samples", type=click.IntRange(min=32), default=128, show_default=True,
+              help="INT8 mixed search / --report: gate latents each unit's damage is measured on.")
+@click.option("--speed-rounds", type=click.IntRange(min=1), default=5, show_default=True,
+              help="INT8 mixed: interleaved FP32/INT8 timing rounds (onnxruntime, batch 64).")
+@click.option("--min-speedup", type=click.FloatRange(min=0), default=1.0, show_default=True,
+              help="INT8 mixed: write the model only if it is at least this many times as fast as FP32.")
 @click.option("--evaluator", type=click.Choice(["auto", "onnxruntime", "reference"]), default="auto", show_default=True,
               help="FP16: what runs the model for the gate: onnxruntime where it has FP16 kernels, else ONNX's "
                    "reference evaluator (slow; at most 64 images).")
 @gate_options
 @click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Also write the report (recipe, gate figures) as JSON.")
-def quantize(int8, fp16, checkpoint, onnx, value_range, out, target, calib_samples, calib_method, no_rewrite, evaluator,
-             gate_samples, max_nonfinite, max_saturation_increase, min_psnr_worst, min_psnr_median, max_fd_ratio,
-             json_out) -> None:
+              help="Also write the report (recipe, policy, gate figures, sensitivity, speed) as JSON.")
+def quantize(int8, fp16, checkpoint, onnx, value_range, out, target, calib_samples, calib_method, no_rewrite, no_mixed,
+             policy_file, report, plot, sensitivity_samples, speed_rounds, min_speedup, evaluator, gate_samples, max_nonfinite,
+             max_saturation_increase, min_psnr_worst, min_psnr_median, max_fd_ratio, json_out) -> None:
     """Make an INT8 or FP16 ONNX model and accept it only if its images match eager FP32's.
 
     The gate runs the new model and eager FP32 on the same latents and checks NaN/Inf, saturated pixels,
@@ -105,31 +123,59 @@ def quantize(int8, fp16, checkpoint, onnx, value_range, out, target, calib_sampl
     that fails is not written; the report says which check failed and the exit code is 2.
 
     INT8 rewrites each stride-2 transposed convolution exactly into four 2x2 convolutions + DepthToSpace, so
-    every layer has a quantized kernel (onnxruntime has none for ConvTranspose).
+    every layer has a quantized kernel (onnxruntime has none for ConvTranspose). When full INT8 fails the
+    gate, the damage each node (weighted layers one by one, other operators in blocks) does alone in INT8 is
+    measured on the gate's figures, and the most damaging are kept in FP32 until the gate passes; the report
+    names them and why, and times the result against FP32. A mixed model slower than FP32 is not written.
 
     \b
     Examples:
       gan-deploy quantize --int8                       # -> models/digits_dcgan.int8.onnx
       gan-deploy quantize --fp16 --onnx models/digits_dcgan.onnx
-      gan-deploy quantize --int8 --target tensorrt     # the Q/DQ form TensorRT builds from
+      gan-deploy quantize --int8 --onnx models/stylegan2_tiny.onnx --json sg.int8.json   # mixed if need be
+      gan-deploy quantize --int8 --onnx models/stylegan2_tiny.onnx --report    # table + PNG, no model
+      gan-deploy quantize --int8 --target tensorrt --onnx models/stylegan2_tiny.onnx --policy sg.int8.json
       gan-deploy quantize --int8 --min-psnr-worst 25 --json q.json
       gan-deploy bench --onnx models/digits_dcgan.int8.onnx
     """
     from gan_deploy.precision.gate import GateRejected
-    from gan_deploy.precision.quantize import QuantizeOptions
+    from gan_deploy.precision.quantize import QuantizeOptions, default_out, int8_sensitivity
     from gan_deploy.precision.quantize import quantize as run_quantize
 
     precision = one_of({"int8": int8, "fp16": fp16}, "--int8 or --fp16")
+    int8_only = [f for f, v in (("--report", report), ("--policy", policy_file), ("--no-mixed", no_mixed), ("--plot", plot)) if v]
+    if precision != "int8" and int8_only:
+        raise GanDeployError("option only applies to --int8", " ".join(int8_only), expected="--int8")
+    if plot and not report:
+        raise GanDeployError("--plot is the bar chart of --report", str(plot), expected="--report as well")
+    if report and policy_file:
+        raise GanDeployError("--report measures every unit; a policy fixes them", "--report --policy", expected="one of them")
+    thresholds = _thresholds(precision, max_nonfinite, max_saturation_increase, min_psnr_worst, min_psnr_median, max_fd_ratio)
+    parent = _parent(checkpoint, onnx, value_range)
+
+    def progress(msg: str) -> None:
+        click.echo(msg, err=True)
+
+    if report:
+        png = plot or default_out(parent, "int8", target).with_name(parent.path.name.split(".")[0] + ".int8-sensitivity.png")
+        sens = int8_sensitivity(parent, target=target, calib_samples=calib_samples, calib_method=calib_method,
+                                rewrite=not no_rewrite, thresholds=thresholds, samples=sensitivity_samples, plot=png,
+                                progress=progress)
+        click.echo(sens.summary(top=None))
+        write_json(json_out, sens.to_dict())
+        return
     opts = QuantizeOptions(precision=precision, out=out, target=target, calib_samples=calib_samples,
                            calib_method=calib_method, rewrite=not no_rewrite, evaluator=evaluator, gate_samples=gate_samples,
-                           thresholds=_thresholds(precision, max_nonfinite, max_saturation_increase, min_psnr_worst,
-                                                  min_psnr_median, max_fd_ratio))
-    report = run_quantize(_parent(checkpoint, onnx, value_range), opts)
-    click.echo(report.summary())
-    write_json(json_out, report.to_dict())
-    if not report.accepted:
-        raise GateRejected(report.gate, f"the {precision} model", "nothing was written; change a threshold only "
+                           thresholds=thresholds, mixed=not no_mixed, policy=policy_file, sensitivity_samples=sensitivity_samples,
+                           speed_rounds=speed_rounds, min_speedup=min_speedup, progress=progress)
+    result = run_quantize(parent, opts)
+    click.echo(result.summary())
+    write_json(json_out, result.to_dict())
+    if not result.accepted:
+        raise GateRejected(result.gate, f"the {precision} model", "nothing was written; change a threshold only "
                            "after looking at the images (gan-deploy generate --onnx ...)")
+    if result.path is None:
+        raise GanDeployError(f"no {precision} model was written", result.note, hint="see the report above")
 
 
 @click.command("build-engine", short_help="TensorRT engine (FP16/INT8/FP32) with a sidecar, gated against eager FP32.")

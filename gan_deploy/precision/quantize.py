@@ -22,12 +22,13 @@ gan_deploy.parent_sha256 = sha256 of the FP32 ONNX it came from. A rejected arti
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import logging
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
@@ -50,12 +51,12 @@ from gan_deploy.core.fileio import atomic_write_bytes, sha256_bytes
 from gan_deploy.core.latents import latents_range
 from gan_deploy.core.resources import derived_output_dir
 from gan_deploy.export.onnx import onnx_bytes_of
+from gan_deploy.precision.calibrate import CALIB_METHODS
 from gan_deploy.precision.gate import DEFAULT_GATE_SAMPLES, GateRejected, GateReport, GateThresholds, run_gate, thresholds_for
 
 CALIB_SEED = 7919  # calibration latents; the gate uses gate.GATE_SEED so it never sees them
 DEFAULT_CALIB_SAMPLES = 512
 CALIB_BATCH = 64
-CALIB_METHODS = ("minmax", "percentile", "entropy")
 INT8_TARGETS = ("onnxruntime", "tensorrt")
 
 # -- FP16 ------------------------------------------------------------------------------------------
@@ -216,6 +217,65 @@ def fp16_model(model, keep_fp32_ops: frozenset[str] = KEEP_FP32_OPS):
 
 # -- INT8 ------------------------------------------------------------------------------------------
 
+KEEP_PRECISIONS = ("fp32",)  # what nodes kept out of INT8 run in (FP16 islands inside a Q/DQ model: not done)
+
+
+@dataclass
+class Int8Policy:
+    """What an INT8 model quantizes, whatever the flavour: the calibration method and the nodes kept out of INT8.
+
+    `exclude` names nodes of the graph the quantizer sees (after BatchNorm folding and the ConvTranspose rewrite,
+    see `prepare_int8`): onnxruntime's quantizer (`nodes_to_exclude`) then leaves them in FP32 with FP32 weights, and
+    puts no Q/DQ pair on their inputs or outputs for their sake (a tensor they share with a quantized node is still
+    quantized for that node). The same policy gives the onnxruntime flavour and the TensorRT flavour, so a search run
+    for one can be applied to the other (`quantize --policy`). `reasons` says why each node was kept.
+    """
+
+    calib_method: str = "minmax"  # CALIB_METHODS
+    exclude: tuple[str, ...] = ()
+    keep: str = "fp32"  # KEEP_PRECISIONS
+    reasons: dict[str, str] = field(default_factory=dict)
+    source: str = "default"  # default | search | the file it was read from
+
+    @property
+    def mixed(self) -> bool:
+        return bool(self.exclude)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"version": 1, "calib_method": self.calib_method, "keep": self.keep, "exclude": list(self.exclude),
+                "reasons": dict(self.reasons), "source": self.source}
+
+    @classmethod
+    def from_dict(cls, d: Any, where: str = "<policy>") -> "Int8Policy":
+        if isinstance(d, dict) and "recipe" in d and isinstance(d["recipe"], dict) and "policy" in d["recipe"]:
+            d = d["recipe"]["policy"]  # a `quantize --json` report: its model's policy
+        if not isinstance(d, dict) or not isinstance(d.get("exclude", []), list):
+            raise GanDeployError("not an INT8 policy", where, expected='a JSON object {"calib_method": ..., "exclude": [node names]}',
+                                 hint="use the JSON that `quantize --int8 --json FILE` wrote")
+        method, keep = d.get("calib_method", "minmax"), d.get("keep", "fp32")
+        if method not in CALIB_METHODS:
+            raise GanDeployError("INT8 policy has an unknown calibration method", f"{where}: {method!r}", expected=" or ".join(CALIB_METHODS))
+        if keep not in KEEP_PRECISIONS:
+            raise GanDeployError("INT8 policy keeps nodes in an unsupported precision", f"{where}: {keep!r}", expected=" or ".join(KEEP_PRECISIONS))
+        if not all(isinstance(n, str) for n in d.get("exclude", [])):
+            raise GanDeployError("INT8 policy: exclude must list node names", where, expected="strings")
+        return cls(method, tuple(d.get("exclude", [])), keep, {str(k): str(v) for k, v in dict(d.get("reasons", {})).items()},
+                   str(d.get("source", where)))
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Int8Policy":
+        p = Path(path)
+        try:
+            d = json.loads(p.read_text())
+        except FileNotFoundError:
+            raise GanDeployError("policy file not found", str(p)) from None
+        except (OSError, ValueError) as e:
+            raise GanDeployError("cannot read the policy file", f"{p} ({type(e).__name__}: {str(e)[:120]})", expected="JSON") from None
+        pol = cls.from_dict(d, str(p))
+        pol.source = str(p)
+        return pol
+
+
 class PriorLatents:
     """onnxruntime CalibrationDataReader: batches of latents from the generator's prior (no data set needed)."""
 
@@ -237,67 +297,196 @@ class PriorLatents:
 
 @contextlib.contextmanager
 def _quiet_quantizer() -> Iterator[None]:
-    """onnxruntime's quantizer logs advice ("consider pre-processing") through the root logger: not for users."""
+    """onnxruntime's quantizer logs advice ("consider pre-processing") through the root logger, and its calibrators
+    print progress to stdout: not for users."""
     previous = logging.root.manager.disable
     logging.disable(logging.WARNING)
     try:
-        yield
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
     finally:
         logging.disable(previous)
 
 
-def int8_model(model, spec: GeneratorSpec, target: str = "onnxruntime", calib_samples: int = DEFAULT_CALIB_SAMPLES,
-               calib_seed: int = CALIB_SEED, calib_method: str = "minmax", rewrite: bool = True,
-               reduce_range: bool | None = None):
-    """FP32 ONNX -> Q/DQ INT8 ONNX (per-channel weights). Returns (model, recipe dict)."""
-    import onnx
-    from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
+def quantizable_op_types() -> frozenset[str]:
+    """The operator types onnxruntime's static quantizer quantizes by default (its QDQ and QLinear registries)."""
+    from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
 
+    return frozenset(QDQRegistry) | frozenset(QLinearOpsRegistry)
+
+
+def prepare_int8(model, rewrite: bool = True):
+    """The graph the quantizer sees: BatchNorm folded, ConvTranspose rewritten (`rewrite.py`), every node named
+    (policies and the sensitivity report refer to nodes by name). Returns (model, recipe entries)."""
     from gan_deploy.precision.rewrite import conv_from_conv_transpose, fold_batchnorms
 
-    if target not in INT8_TARGETS:
-        raise GanDeployError("unknown INT8 target", repr(target), expected=f"one of {', '.join(INT8_TARGETS)}")
-    if calib_method not in CALIB_METHODS:
-        raise GanDeployError("unknown calibration method", repr(calib_method), expected=f"one of {', '.join(CALIB_METHODS)}")
-    if calib_samples < CALIB_BATCH // 4:
-        raise GanDeployError("too few calibration samples", calib_samples, expected=f">= {CALIB_BATCH // 4}", hint="512 is the default")
     model, n_bn = fold_batchnorms(model)
-    recipe: dict[str, Any] = {"batchnorm_folded": n_bn, "calibration": {
-        "samples": calib_samples, "seed": calib_seed, "method": calib_method,
-        "data": "latents from the generator's prior: standard normal, gan_deploy.core.latents"}}
+    recipe: dict[str, Any] = {"batchnorm_folded": n_bn}
     if rewrite:
         model, rw = conv_from_conv_transpose(model)
         recipe["rewrite"] = {"rewritten": rw.rewritten, "kept": rw.kept}
-    class Reader(PriorLatents, CalibrationDataReader):  # onnxruntime checks the base class
-        pass
+    n_untied = untie_biases(model)
+    if n_untied:
+        recipe["untied_biases"] = n_untied
+    seen: set[str] = set()
+    for k, node in enumerate(model.graph.node):
+        if not node.name or node.name in seen:
+            node.name = f"{node.op_type}_{k}_{node.output[0] if node.output else ''}"
+        seen.add(node.name)
+    return model, recipe
 
-    reader = Reader(spec, calib_samples, calib_seed)
+
+BIAS_INPUT = {"Conv": 2, "ConvTranspose": 2, "Gemm": 2}
+
+
+def untie_biases(model) -> int:
+    """Give every Conv/ConvTranspose/Gemm its own bias initializer, in place. Returns how many were untied.
+
+    The PyTorch exporter stores equal tensors once (later uses read it through Identity nodes): biases that are
+    still at their initial value (StyleGAN's style affines all start at 1, mapping layers at 0) end up shared.
+    onnxruntime's quantizer then quantizes the shared bias once, to INT32 with the *first* layer's scale
+    (input scale x weight scale), and every other quantized layer's fused kernel reads those integers with its
+    own scale: measured on the tiny variant of the StyleGAN2-style example, two style affines quantized together gave 23.6 dB worst
+    PSNR where each alone gave 41 dB (the unfused Q/DQ graph, which dequantizes the bias with the right scale,
+    was fine). A private copy per layer costs a few hundred bytes per layer and makes each bias scale its own.
+    """
+    from onnx import numpy_helper
+
+    g = model.graph
+    inits = {i.name: i for i in g.initializer}
+    ident = {n.output[0]: n.input[0] for n in g.node if n.op_type == "Identity" and n.input and n.output}
+
+    def source(name: str) -> str:
+        seen = 0
+        while name in ident and seen < 16:
+            name, seen = ident[name], seen + 1
+        return name
+
+    uses: dict[str, int] = {}
+    for n in g.node:
+        if n.op_type == "Identity":
+            continue
+        for i in n.input:
+            if i:
+                s = source(i)
+                uses[s] = uses.get(s, 0) + 1
+    untied = 0
+    for n in g.node:
+        k = BIAS_INPUT.get(n.op_type)
+        if k is None or len(n.input) <= k or not n.input[k]:
+            continue
+        src = source(n.input[k])
+        if src not in inits:
+            continue
+        if uses.get(src, 0) > 1:
+            copy = numpy_helper.from_array(numpy_helper.to_array(inits[src]).copy(), f"{src}__untied_{untied}")
+            g.initializer.append(copy)
+            n.input[k] = copy.name
+            untied += 1
+        elif n.input[k] != src:
+            n.input[k] = src  # the only user: read the initializer itself, not an Identity of it
+    if untied:
+        from gan_deploy.precision.rewrite import _drop_unused
+
+        _drop_unused(model)
+    return untied
+
+
+def _default_reduce_range(target: str) -> bool:
+    # onnxruntime's u8s8 kernels on x86 without VNNI sum pairs of u8 x s8 products in int16 and saturate:
+    # measured on an AVX2 EPYC, the tiny test generator lost 10-20 dB PSNR against the same Q/DQ graph run
+    # unfused. 7-bit weights (reduce_range) make the pair sum fit. TensorRT (s8s8 on tensor cores) needs none.
+    from gan_deploy.core.hardware import has_int8_dot_product, is_x86
+
+    return target != "tensorrt" and is_x86() and not has_int8_dot_product()
+
+
+def _ort_has_calibration_cache() -> bool:
+    import inspect
+
+    from onnxruntime.quantization import quantize_static
+
+    return "calibration_cache_path" in inspect.signature(quantize_static).parameters
+
+
+def quantize_prepared(prepared, spec: GeneratorSpec, target: str, policy: Int8Policy, calibration,
+                      reduce_range: bool | None = None, use_cache: bool | None = None):
+    """A prepared FP32 graph (`prepare_int8`) -> Q/DQ INT8 model under `policy`, with the activation ranges of
+    `calibration` (`calibrate.calibrate`) for `policy.calib_method`. Returns (model, recipe entries)."""
+    import onnx
+    from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    if target not in INT8_TARGETS:
+        raise GanDeployError("unknown INT8 target", repr(target), expected=f"one of {', '.join(INT8_TARGETS)}")
+    names = {n.name for n in prepared.graph.node}
+    unknown = [n for n in policy.exclude if n not in names]
+    if unknown:
+        raise GanDeployError("the INT8 policy names nodes this model does not have", ", ".join(unknown[:3]) + (" ..." if len(unknown) > 3 else ""),
+                             expected="node names of the same generator's prepared graph", hint="make the policy from this model (quantize --int8 --json)")
     trt = target == "tensorrt"
     if reduce_range is None:
-        # onnxruntime's u8s8 kernels on x86 without VNNI sum pairs of u8 x s8 products in int16 and saturate:
-        # measured on an AVX2 EPYC, the tiny test generator lost 10-20 dB PSNR against the same Q/DQ graph run
-        # unfused. 7-bit weights (reduce_range) make the pair sum fit. TensorRT (s8s8 on tensor cores) needs none.
-        from gan_deploy.core.hardware import has_int8_dot_product, is_x86
-        reduce_range = not trt and is_x86() and not has_int8_dot_product()
-    recipe["reduce_range"] = bool(reduce_range)
-    extra = {
+        reduce_range = _default_reduce_range(target)
+    extra: dict[str, Any] = {
         "WeightSymmetric": True,
         "ActivationSymmetric": trt,  # TensorRT: zero point 0 only
         "QuantizeBias": not trt,  # TensorRT's parser rejects INT32 DequantizeLinear; it quantizes biases itself
     }
-    if calib_method == "percentile":
-        extra["CalibPercentile"] = 99.999  # type: ignore[assignment]
-    method = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
-              "entropy": CalibrationMethod.Entropy}[calib_method]
-    recipe.update(target=target, weights="int8 symmetric per-channel",
-                  activations="int8 symmetric per-tensor" if trt else "uint8 asymmetric per-tensor",
-                  bias="fp32" if trt else "int32")
+    if use_cache is None:
+        use_cache = _ort_has_calibration_cache()
+
+    class Reader(PriorLatents, CalibrationDataReader):  # onnxruntime checks the base class
+        pass
+
     with tempfile.TemporaryDirectory(prefix="gan-deploy-q-") as d, _quiet_quantizer():
         out = Path(d) / "int8.onnx"
-        quantize_static(model, out, reader, quant_format=QuantFormat.QDQ, per_channel=True, reduce_range=bool(reduce_range),
+        kw: dict[str, Any] = {}
+        if use_cache:  # onnxruntime >= 1.32: our ranges as its calibration cache, no calibration run of its own
+            kw["calibration_cache_path"] = calibration.write_ort_cache(policy.calib_method, Path(d) / "calibration.json")
+            reader = None
+        else:  # older: a token calibration run, overridden tensor by tensor with our ranges
+            extra["TensorQuantOverrides"] = calibration.overrides(policy.calib_method)
+            reader = Reader(spec, CALIB_BATCH // 4)
+        # quantize_static rewrites the tensors of a ModelProto it calibrates on into external data: give it a copy
+        quantize_static(onnx.ModelProto.FromString(prepared.SerializeToString()), out, reader, quant_format=QuantFormat.QDQ,
+                        per_channel=True, reduce_range=bool(reduce_range),
                         activation_type=QuantType.QInt8 if trt else QuantType.QUInt8, weight_type=QuantType.QInt8,
-                        calibrate_method=method, extra_options=extra)
+                        nodes_to_exclude=list(policy.exclude), calibrate_method=CalibrationMethod.MinMax, extra_options=extra, **kw)
         q = onnx.load(str(out))
+    recipe: dict[str, Any] = {"reduce_range": bool(reduce_range), "target": target, "weights": "int8 symmetric per-channel",
+                              "activations": "int8 symmetric per-tensor" if trt else "uint8 asymmetric per-tensor",
+                              "bias": "fp32" if trt else "int32"}
+    if policy.mixed:
+        recipe["kept_fp32"] = list(policy.exclude)
+    recipe["policy"] = policy.to_dict()
+    return q, recipe
+
+
+def calibration_recipe(calibration, method: str) -> dict[str, Any]:
+    from gan_deploy.precision.calibrate import summary_of
+
+    return {"samples": calibration.samples, "seed": calibration.seed, "method": method,
+            "data": "latents from the generator's prior: standard normal, gan_deploy.core.latents", **summary_of(calibration)}
+
+
+def int8_model(model, spec: GeneratorSpec, target: str = "onnxruntime", calib_samples: int = DEFAULT_CALIB_SAMPLES,
+               calib_seed: int = CALIB_SEED, calib_method: str = "minmax", rewrite: bool = True,
+               reduce_range: bool | None = None, policy: Int8Policy | None = None):
+    """FP32 ONNX -> Q/DQ INT8 ONNX (per-channel weights), all of it or as `policy` says. Returns (model, recipe)."""
+    from gan_deploy.precision.calibrate import calibrate
+
+    if target not in INT8_TARGETS:
+        raise GanDeployError("unknown INT8 target", repr(target), expected=f"one of {', '.join(INT8_TARGETS)}")
+    policy = policy or Int8Policy(calib_method)
+    if policy.calib_method not in CALIB_METHODS:
+        raise GanDeployError("unknown calibration method", repr(policy.calib_method), expected=f"one of {', '.join(CALIB_METHODS)}",
+                             hint="'auto' chooses by the quality gate: only `quantize` (int8_onnx_from_onnx) does that")
+    if calib_samples < CALIB_BATCH // 4:
+        raise GanDeployError("too few calibration samples", calib_samples, expected=f">= {CALIB_BATCH // 4}", hint="512 is the default")
+    prepared, recipe = prepare_int8(model, rewrite)
+    cal = calibrate(prepared, spec, calib_samples, calib_seed)
+    q, part = quantize_prepared(prepared, spec, target, policy, cal, reduce_range)
+    recipe["calibration"] = calibration_recipe(cal, policy.calib_method)
+    recipe.update(part)
     return q, recipe
 
 
@@ -306,13 +495,18 @@ def int8_model(model, spec: GeneratorSpec, target: str = "onnxruntime", calib_sa
 @dataclass
 class PrecisionReport:
     precision: str  # int8 | fp16
-    path: Path | None  # None: rejected, nothing written
+    path: Path | None  # None: nothing written (rejected by the gate, or `note` says why)
     parent: str
     parent_sha256: str  # the FP32 ONNX's
     gate: GateReport
     recipe: dict[str, Any]
     size_bytes: int
     parent_size_bytes: int
+    attempts: dict[str, GateReport] = field(default_factory=dict)  # int8: full INT8 per calibration method tried
+    sensitivity: Any = None  # int8 mixed search: sensitivity.SensitivityReport
+    search: Any = None  # int8 mixed search: sensitivity.SearchResult
+    speed: dict[str, Any] | None = None  # int8 mixed: sensitivity.speed_vs_fp32
+    note: str | None = None  # why nothing was written when the gate accepted, or what the search concluded
 
     @property
     def accepted(self) -> bool:
@@ -320,8 +514,15 @@ class PrecisionReport:
 
     def summary(self) -> str:
         what = f"{self.precision}" + (f" ({self.recipe['target']} flavour)" if "target" in self.recipe else "")
-        head = (f"wrote {self.path} ({what}, {self.size_bytes / 1e6:.2f} MB vs FP32 {self.parent_size_bytes / 1e6:.2f} MB)"
-                if self.path else f"{what} model REJECTED: nothing was written")
+        kept = self.recipe.get("kept_fp32") or []
+        if kept:
+            what += f", mixed: {len(kept)} node(s) kept FP32"
+        if self.path:
+            head = f"wrote {self.path} ({what}, {self.size_bytes / 1e6:.2f} MB vs FP32 {self.parent_size_bytes / 1e6:.2f} MB)"
+        elif self.gate.accepted:
+            head = f"{what} model passes the gate but was NOT written: {self.note}"
+        else:
+            head = f"{what} model REJECTED: nothing was written"
         lines = [head, f"  from {self.parent} (FP32 ONNX sha256 {self.parent_sha256[:12]})"]
         if "rewrite" in self.recipe:
             rw = self.recipe["rewrite"]
@@ -331,17 +532,51 @@ class PrecisionReport:
             c = self.recipe["calibration"]
             lines.append(f"  calibration: {c['samples']} prior latents (seed {c['seed']}), {c['method']}; "
                          f"weights {self.recipe['weights']}, activations {self.recipe['activations']}")
+            if c.get("chosen_by"):
+                lines.append(f"  calibration chosen by the gate's figures ({c['chosen_by']['rule']}):")
+                for m, d in c["chosen_by"]["methods"].items():
+                    lines.append(f"    {m:<10} full INT8 {'ACCEPTED' if d['accepted'] else 'REJECTED'}, damage {d['damage']}: {d['figures']}")
         if "fp32_nodes" in self.recipe:
-            kept = self.recipe["fp32_nodes"]
-            lines.append(f"  fp16: {self.recipe['fp16_nodes']} nodes FP16, kept FP32: {', '.join(kept) or 'none'}; "
+            fkept = self.recipe["fp32_nodes"]
+            lines.append(f"  fp16: {self.recipe['fp16_nodes']} nodes FP16, kept FP32: {', '.join(fkept) or 'none'}; "
                          f"checked with {self.recipe['checked_with']}")
+        if self.sensitivity is not None:
+            sens = self.sensitivity
+            lines.append(f"  full INT8 failed the gate: mixed precision search over {len(sens.rows)} units "
+                         f"({sens.quantizable_nodes} quantizable nodes), damage of each alone on {sens.n_images} gate latents "
+                         f"in {sens.seconds:.0f} s")
+        if self.search is not None:
+            steps = ", ".join(f"{st.kept_units} -> {'ok' if st.accepted else 'fail'}" for st in self.search.steps)
+            lines.append(f"  search (units kept FP32 -> gate on {self.gate.n_images} latents): {steps}")
+        mixed = self.recipe.get("mixed")
+        if mixed:
+            lines.append(f"  kept in FP32 ({len(mixed['units'])} unit(s), most damaging first; damage = share of a gate "
+                         "limit the unit uses alone in INT8):")
+            for u in mixed["units"]:
+                lines.append(f"    {u['unit']} ({u['op_type']}{', ' + str(len(u['nodes'])) + ' nodes' if len(u['nodes']) > 1 else ''}): "
+                             f"{u['reason']}")
+        if self.speed:
+            sp = self.speed
+            lines.append(f"  speed vs FP32 (onnxruntime CPU, batch {sp['batch']}, {sp['rounds']} interleaved rounds, median of "
+                         f"p50): FP32 {sp['fp32_ms']:.1f} ms, INT8 {sp['int8_ms']:.1f} ms: {sp['speedup']:.2f}x")
+        if self.note and (self.path or not self.gate.accepted):
+            lines.append(f"  note: {self.note}")
         lines.append(self.gate.summary())
         return "\n".join(lines)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"precision": self.precision, "path": str(self.path) if self.path else None, "accepted": self.accepted,
-                "parent": self.parent, "parent_sha256": self.parent_sha256, "size_bytes": self.size_bytes,
-                "parent_size_bytes": self.parent_size_bytes, "recipe": self.recipe, "gate": self.gate.to_dict()}
+        d = {"precision": self.precision, "path": str(self.path) if self.path else None, "accepted": self.accepted,
+             "parent": self.parent, "parent_sha256": self.parent_sha256, "size_bytes": self.size_bytes,
+             "parent_size_bytes": self.parent_size_bytes, "recipe": self.recipe, "gate": self.gate.to_dict(), "note": self.note}
+        if self.attempts:
+            d["full_int8"] = {m: g.to_dict() for m, g in self.attempts.items()}
+        if self.sensitivity is not None:
+            d["sensitivity"] = self.sensitivity.to_dict()
+        if self.search is not None:
+            d["search"] = self.search.to_dict()
+        if self.speed is not None:
+            d["speed"] = self.speed
+        return d
 
 
 def default_out(parent: Artifact, precision: str, target: str | None = None) -> Path:
@@ -426,14 +661,15 @@ def _check_out(out: Path, parent: Artifact) -> Path:
 
 def reduced_precision_model(parent: Artifact, precision: str, *, target: str = "onnxruntime",
                             calib_samples: int = DEFAULT_CALIB_SAMPLES, calib_seed: int = CALIB_SEED,
-                            calib_method: str = "minmax", rewrite: bool = True):
+                            calib_method: str = "minmax", rewrite: bool = True, policy: Int8Policy | None = None):
     """The parent's FP32 ONNX (a checkpoint is exported in memory) as an INT8 Q/DQ or FP16 model, in memory,
-    with its metadata. Returns (model, recipe, FP32 ONNX bytes). `quantize` and `build-engine` share it."""
+    with its metadata. Returns (model, recipe, FP32 ONNX bytes). `quantize` and `build-engine` share it.
+    INT8: all of it, or as `policy` says (its calibration method wins over `calib_method`)."""
     from gan_deploy.export.onnx import _set_meta
 
     model, data = _fp32_parent(parent)
     if precision == "int8":
-        m, recipe = int8_model(model, parent.spec, target, calib_samples, calib_seed, calib_method, rewrite)
+        m, recipe = int8_model(model, parent.spec, target, calib_samples, calib_seed, calib_method, rewrite, policy=policy)
     elif precision == "fp16":
         m, info = fp16_model(model)
         recipe = {"fp16_nodes": info.fp16_nodes, "fp32_nodes": info.fp32_nodes, "casts": info.casts, "io": "fp32"}
@@ -444,19 +680,292 @@ def reduced_precision_model(parent: Artifact, precision: str, *, target: str = "
     return m, recipe, data
 
 
+class _Int8Maker:
+    """One parent, prepared and calibrated once: INT8 candidates under any policy, with their metadata, and runners."""
+
+    def __init__(self, parent: Artifact, target: str, calib_samples: int, calib_seed: int, rewrite: bool, out: Path):
+        from gan_deploy.precision.calibrate import calibrate
+
+        if target not in INT8_TARGETS:
+            raise GanDeployError("unknown INT8 target", repr(target), expected=f"one of {', '.join(INT8_TARGETS)}")
+        if calib_samples < CALIB_BATCH // 4:
+            raise GanDeployError("too few calibration samples", calib_samples, expected=f">= {CALIB_BATCH // 4}", hint="512 is the default")
+        self.parent, self.target, self.out = parent, target, out
+        model, self.data = _fp32_parent(parent)
+        self.parent_sha = sha256_bytes(self.data)
+        self.prepared, self.base_recipe = prepare_int8(model, rewrite)
+        self.calibration = calibrate(self.prepared, parent.spec, calib_samples, calib_seed)
+
+    def model(self, policy: Int8Policy, extra_recipe: dict[str, Any] | None = None):
+        """(Q/DQ model with gan_deploy metadata, recipe)."""
+        from gan_deploy.export.onnx import _set_meta
+
+        q, part = quantize_prepared(self.prepared, self.parent.spec, self.target, policy, self.calibration)
+        recipe = {**self.base_recipe, "calibration": calibration_recipe(self.calibration, policy.calib_method), **part,
+                  **(extra_recipe or {})}
+        _set_meta(q, _child_meta(self.parent, self.parent_sha, "int8", recipe))
+        q.producer_name = "gan-deploy"
+        return q, recipe
+
+    def runner(self, model):
+        from gan_deploy.backends import make_runner
+
+        return make_runner("onnxruntime", _candidate_artifact(self.parent, model, self.out), "cpu").activate()
+
+    def check(self, bench, model) -> GateReport:
+        r = self.runner(model)
+        try:
+            return bench.check(r)
+        finally:
+            r.close()
+
+    def fp32_runner(self):
+        """The FP32 model the INT8 one replaces, in onnxruntime: what its speed is compared with."""
+        from gan_deploy.backends import make_runner
+
+        if self.parent.kind == "onnx":
+            return make_runner("onnxruntime", self.parent, "cpu").activate()
+        art = Artifact("onnx", self.out.with_suffix(".fp32.onnx"), self.parent.spec, self.parent_sha, self.parent.config,
+                       dict(self.parent.metadata))
+        art._onnx_bytes = self.data
+        return make_runner("onnxruntime", art, "cpu").activate()
+
+
+def _damage(report: GateReport) -> float:
+    from gan_deploy.precision.sensitivity import shares
+
+    v = shares(report, report.thresholds).values()
+    return max(v) if v else 0.0
+
+
+def _fmt_damage(v: float) -> str:
+    return "inf" if v == float("inf") else f"{v:.3g}"
+
+
 def int8_onnx_from_onnx(parent: Artifact, out: str | Path | None = None, *, target: str = "onnxruntime",
                         calib_samples: int = DEFAULT_CALIB_SAMPLES, calib_seed: int = CALIB_SEED,
-                        calib_method: str = "minmax", rewrite: bool = True, thresholds: GateThresholds | None = None,
-                        gate_samples: int = DEFAULT_GATE_SAMPLES, raise_on_reject: bool = True) -> PrecisionReport:
-    """Quantize the parent's FP32 ONNX (a checkpoint is exported in memory) to Q/DQ INT8, gate it, write it."""
-    from gan_deploy.backends import make_runner
+                        calib_method: str = "auto", rewrite: bool = True, thresholds: GateThresholds | None = None,
+                        gate_samples: int = DEFAULT_GATE_SAMPLES, raise_on_reject: bool = True, mixed: bool = True,
+                        policy: Int8Policy | None = None, sensitivity_samples: int | None = None,
+                        speed_rounds: int | None = None, min_speedup: float = 1.0,
+                        progress: Callable[[str], None] | None = None) -> PrecisionReport:
+    """Quantize the parent's FP32 ONNX (a checkpoint is exported in memory) to Q/DQ INT8, gate it, write it.
 
+    1. Full INT8, calibrated with `calib_method`; "auto": minmax, and only if that fails the gate percentile and
+       entropy too; the method whose model the gate likes best (passing, then lowest damage) is kept and the
+       figures of each are recorded in the recipe.
+    2. If no full INT8 model passes and `mixed`: the per-unit sensitivity analysis (`sensitivity.py`) ranks what
+       INT8 damages, and the search keeps the most damaging units in FP32 until the gate passes. For the
+       onnxruntime flavour the result is timed against FP32 (`speed_vs_fp32`) and written only if it is at least
+       `min_speedup` times as fast; the TensorRT flavour runs unfused on CPU, so its speed is TensorRT's to show.
+    `policy` (e.g. `Int8Policy.load` of an earlier run's JSON) skips both: that calibration, those nodes kept FP32.
+    """
+    from gan_deploy.precision import sensitivity as sn
+
+    if calib_method != "auto" and calib_method not in CALIB_METHODS:
+        raise GanDeployError("unknown calibration method", repr(calib_method), expected=f"auto or one of {', '.join(CALIB_METHODS)}")
     out = _check_out(Path(out) if out else default_out(parent, "int8", target), parent)
-    q, recipe, data = reduced_precision_model(parent, "int8", target=target, calib_samples=calib_samples,
-                                              calib_seed=calib_seed, calib_method=calib_method, rewrite=rewrite)
-    with make_runner("onnxruntime", _candidate_artifact(parent, q, out), "cpu") as runner:
-        gate = run_gate(runner, reference_runner(parent), thresholds or thresholds_for("int8"), "int8", gate_samples)
-    return _finish(parent, data, q, "int8", recipe, out, gate, raise_on_reject)
+    say = progress or (lambda _msg: None)
+    t = thresholds or thresholds_for("int8")
+    maker = _Int8Maker(parent, target, calib_samples, calib_seed, rewrite, out)
+    reference = reference_runner(parent)
+    bench = sn.GateBench(reference, t, gate_samples)
+
+    if policy is not None:  # a given policy: no choice, no search
+        q, recipe = maker.model(policy)
+        gate = maker.check(bench, q)
+        if not policy.mixed or not gate.accepted:
+            return _finish(parent, maker.data, q, "int8", recipe, out, gate, raise_on_reject)
+        return _mixed_finish(maker, q, recipe, gate, {}, None, None, speed_rounds, min_speedup, raise_on_reject, say)
+
+    methods = CALIB_METHODS if calib_method == "auto" else (calib_method,)
+    n_sens = sensitivity_samples or sn.DEFAULT_SENSITIVITY_SAMPLES
+    sbench = sn.GateBench(reference, t, n_sens) if mixed or len(methods) > 1 else None
+    # full INT8 per method: the first on the gate's latents (today's model when it passes); the others, tried only
+    # when it fails, are compared on the first n_sens gate latents and confirmed on all of them if they pass there
+    attempts: dict[str, tuple[Any, dict[str, Any], GateReport]] = {}
+    small: dict[str, GateReport] = {}
+    for i, m in enumerate(methods):
+        q, recipe = maker.model(Int8Policy(m))
+        if i == 0:
+            attempts[m] = (q, recipe, maker.check(bench, q))
+            if attempts[m][2].accepted:
+                break
+            say(f"full INT8, {m} calibration: REJECTED on {gate_samples} gate latents - {sn.brief(attempts[m][2])}")
+            if len(methods) == 1:
+                break
+            small[m] = maker.check(sbench, q)
+            continue
+        small[m] = maker.check(sbench, q)
+        say(f"full INT8, {m} calibration, first {n_sens} gate latents: "
+            f"{'ACCEPTED' if small[m].accepted else 'REJECTED'} - {sn.brief(small[m])}")
+        attempts[m] = (q, recipe, maker.check(bench, q) if small[m].accepted else small[m])
+    passing = [m for m in attempts if attempts[m][2].accepted]
+    if passing:
+        best = min(passing, key=lambda m: (_damage(attempts[m][2]), methods.index(m)))
+    else:
+        best = min(small or attempts, key=lambda m: (_damage((small or {m: attempts[m][2]})[m]), methods.index(m)))
+    if calib_method == "auto" and len(attempts) > 1:
+        chosen = {"rule": f"auto: a method whose full INT8 model passes the gate, else the lowest damage (largest share of a "
+                          f"gate limit) on the first {n_sens} gate latents",
+                  "methods": {m: {"accepted": attempts[m][2].accepted, "n_images": g.n_images,
+                                  "damage": _fmt_damage(_damage(g)), "figures": sn.brief(g)}
+                              for m, g in (small or {k: v[2] for k, v in attempts.items()}).items()}}
+    elif calib_method == "auto":
+        chosen = {"rule": "auto: minmax passed the gate", "methods": {}}
+    else:
+        chosen = None
+    q, recipe, gate = attempts[best]
+    if chosen is not None:
+        recipe["calibration"]["chosen_by"] = chosen
+        from gan_deploy.export.onnx import _set_meta
+        _set_meta(q, {META_RECIPE: json.dumps(recipe)})
+    full_reports = {m: g for m, (_, _, g) in attempts.items()}
+    if gate.accepted or not mixed:
+        rep = _finish(parent, maker.data, q, "int8", recipe, out, gate, raise_on_reject)
+        rep.attempts = full_reports
+        return rep
+
+    # -- mixed precision: what does INT8 damage, and how much of it must stay FP32? --
+    assert sbench is not None
+    method = best
+    base = maker.check(sbench, maker.prepared)  # nothing quantized: if FP32 itself fails these thresholds, nothing can pass
+    if not base.accepted:
+        return _mixed_fail(parent, maker, q, recipe, gate, full_reports, raise_on_reject,
+                           f"no mixed model can pass: the FP32 model itself fails these thresholds ({', '.join(base.failed)})")
+    units = sn.units_of(maker.prepared)
+    all_nodes = [n for u in units for n in u.nodes]
+    say(f"mixed precision: damage of {len(units)} units ({len(all_nodes)} quantizable nodes) alone in INT8, "
+        f"{method} calibration, first {n_sens} gate latents ...")
+
+    def alone(nodes: tuple[str, ...]) -> GateReport | None:
+        keep = set(nodes)
+        m_, _ = maker.model(Int8Policy(method, tuple(n for n in all_nodes if n not in keep)))
+        if not any(n.op_type == "QuantizeLinear" for n in m_.graph.node):
+            return None
+        return maker.check(sbench, m_)
+
+    sens = sn.analyse(units, alone, small.get(method) or maker.check(sbench, q), t, calib_method=method, target=target,
+                      n_images=n_sens, progress=say)
+    models: dict[int, tuple[Any, dict[str, Any]]] = {}
+
+    def policy_for(k: int) -> Int8Policy:
+        rows = sens.rows[:k]
+        reasons = {n: f"{r.unit.name}: {r.reason()}" for r in rows for n in r.unit.nodes}
+        return Int8Policy(method, tuple(n for r in rows for n in r.unit.nodes), "fp32", reasons, "search")
+
+    def keep_k(k: int) -> GateReport:
+        models[k] = maker.model(policy_for(k))
+        pre = maker.check(sbench, models[k][0])  # the first gate latents: an image that fails there fails the gate too
+        return maker.check(bench, models[k][0]) if pre.accepted else pre
+
+    say(f"search: keeping the most damaging units in FP32 until the gate passes on {gate_samples} latents ...")
+    found = sn.search(sens, keep_k, progress=say)
+    if found.kept_units is None:
+        rep = _mixed_fail(parent, maker, q, recipe, gate, full_reports, raise_on_reject,
+                          f"no mixed model passed: kept up to {max(s.kept_units for s in found.steps)} of {len(sens.rows)} units in FP32")
+        rep.sensitivity, rep.search = sens, found
+        return rep
+    k = found.kept_units
+    mq, mrecipe = models[k]
+    mrecipe["calibration"]["chosen_by"] = chosen
+    mrecipe["mixed"] = {"units": [{"unit": r.unit.name, "op_type": r.unit.op_type, "nodes": list(r.unit.nodes),
+                                   "damage": _fmt_damage(r.damage), "check": r.worst_check, "reason": r.reason()}
+                                  for r in sens.rows[:k]],
+                        "sensitivity": {"units": len(sens.rows), "n_images": sens.n_images, "seconds": round(sens.seconds, 1)},
+                        "search": found.to_dict()}
+    return _mixed_finish(maker, mq, mrecipe, found.report, full_reports, sens, found, speed_rounds, min_speedup,
+                         raise_on_reject, say)
+
+
+def _mixed_finish(maker: "_Int8Maker", mq, mrecipe: dict[str, Any], gate: GateReport, attempts: dict[str, GateReport], sens,
+                  found, speed_rounds: int | None, min_speedup: float, raise_on_reject: bool,
+                  say: Callable[[str], None]) -> PrecisionReport:
+    """A gate-passing mixed model: timed against FP32 (onnxruntime flavour) and written only if fast enough."""
+    from gan_deploy.export.onnx import _set_meta
+    from gan_deploy.precision.sensitivity import SPEED_BATCH
+
+    parent, target = maker.parent, maker.target
+    speed, note = None, None
+    if target == "onnxruntime":
+        say(f"speed: FP32 vs mixed INT8, onnxruntime batch {SPEED_BATCH} ...")
+        speed = _speed(maker, mq, speed_rounds)
+        mrecipe["speed"] = speed
+        if speed["speedup"] < min_speedup:
+            note = (f"the gate-passing mixed model runs at {speed['speedup']:.2f}x FP32 (< {min_speedup:g}x): no mixed model "
+                    "found is faster than FP32")
+    else:
+        note = ("speed not measured: the TensorRT flavour runs unfused on this CPU; build the engine "
+                "(gan-deploy build-engine --int8 --onnx THIS_FILE) and bench it there")
+    _set_meta(mq, {META_RECIPE: json.dumps(mrecipe)})
+    if note and target == "onnxruntime":  # passes the gate, but not faster: not written
+        data = mq.SerializeToString()
+        rep = PrecisionReport("int8", None, parent.describe(), maker.parent_sha, gate, mrecipe, len(data), len(maker.data),
+                              attempts, sens, found, speed, note)
+        if raise_on_reject:
+            raise GanDeployError("no mixed-precision INT8 model is faster than FP32", f"{speed['speedup']:.2f}x",  # type: ignore[index]
+                                 expected=f">= {min_speedup:g}x", hint="nothing was written; FP16 or FP32 it is")
+        return rep
+    rep = _finish(parent, maker.data, mq, "int8", mrecipe, maker.out, gate, raise_on_reject)
+    rep.attempts, rep.sensitivity, rep.search, rep.speed, rep.note = attempts, sens, found, speed, note
+    return rep
+
+
+def _speed(maker: _Int8Maker, q, rounds: int | None) -> dict[str, Any]:
+    from gan_deploy.precision.sensitivity import SPEED_ROUNDS, speed_vs_fp32
+
+    f, c = maker.fp32_runner(), maker.runner(q)
+    try:
+        return speed_vs_fp32(f, c, rounds=rounds or SPEED_ROUNDS)
+    finally:
+        f.close()
+        c.close()
+
+
+def _mixed_fail(parent: Artifact, maker: _Int8Maker, q, recipe: dict[str, Any], gate: GateReport,
+                attempts: dict[str, GateReport], raise_on_reject: bool, note: str) -> PrecisionReport:
+    if raise_on_reject:
+        raise GateRejected(gate, "the int8 model", f"{note}; nothing was written")
+    rep = _finish(parent, maker.data, q, "int8", recipe, maker.out, gate, False)
+    rep.attempts, rep.note = attempts, note
+    return rep
+
+
+def int8_sensitivity(parent: Artifact, *, target: str = "onnxruntime", calib_samples: int = DEFAULT_CALIB_SAMPLES,
+                     calib_seed: int = CALIB_SEED, calib_method: str = "auto", rewrite: bool = True,
+                     thresholds: GateThresholds | None = None, samples: int | None = None, plot: str | Path | None = None,
+                     progress: Callable[[str], None] | None = None):
+    """The sensitivity report on its own (`quantize --int8 --report`): every unit's damage alone in INT8 on the gate's
+    figures, a table, and a PNG bar chart at `plot`. "auto" calibration: the method whose full INT8 model has the
+    lowest damage on the same latents. Writes no model. Returns sensitivity.SensitivityReport."""
+    from gan_deploy.precision import sensitivity as sn
+
+    if calib_method != "auto" and calib_method not in CALIB_METHODS:
+        raise GanDeployError("unknown calibration method", repr(calib_method), expected=f"auto or one of {', '.join(CALIB_METHODS)}")
+    say = progress or (lambda _msg: None)
+    t = thresholds or thresholds_for("int8")
+    maker = _Int8Maker(parent, target, calib_samples, calib_seed, rewrite, default_out(parent, "int8", target))
+    n = samples or sn.DEFAULT_SENSITIVITY_SAMPLES
+    bench = sn.GateBench(reference_runner(parent), t, n)
+    fulls = {}
+    for m in (CALIB_METHODS if calib_method == "auto" else (calib_method,)):
+        fulls[m] = maker.check(bench, maker.model(Int8Policy(m))[0])
+        say(f"full INT8, {m} calibration: {sn.brief(fulls[m])}")
+    method = min(fulls, key=lambda m: (_damage(fulls[m]), CALIB_METHODS.index(m)))
+    units = sn.units_of(maker.prepared)
+    all_nodes = [x for u in units for x in u.nodes]
+
+    def alone(nodes: tuple[str, ...]) -> GateReport | None:
+        keep = set(nodes)
+        m_ = maker.model(Int8Policy(method, tuple(x for x in all_nodes if x not in keep)))[0]
+        return maker.check(bench, m_) if any(x.op_type == "QuantizeLinear" for x in m_.graph.node) else None
+
+    say(f"damage of {len(units)} units alone in INT8 ({method} calibration, {n} gate latents) ...")
+    sens = sn.analyse(units, alone, fulls[method], t, calib_method=method, target=target, n_images=n, progress=say)
+    sens.methods = {m: {"damage": _fmt_damage(_damage(g)), "figures": sn.brief(g), "accepted": g.accepted} for m, g in fulls.items()}
+    if plot:
+        sens.plot_path = sens.plot(plot)
+    return sens
 
 
 def fp16_onnx_from_onnx(parent: Artifact, out: str | Path | None = None, *, thresholds: GateThresholds | None = None,
@@ -525,19 +1034,28 @@ class QuantizeOptions:
     target: str = "onnxruntime"  # int8 flavour: INT8_TARGETS
     calib_samples: int = DEFAULT_CALIB_SAMPLES
     calib_seed: int = CALIB_SEED
-    calib_method: str = "minmax"  # CALIB_METHODS
+    calib_method: str = "auto"  # "auto" or one of CALIB_METHODS
     rewrite: bool = True  # ConvTranspose -> Conv + DepthToSpace before INT8
     evaluator: str = "auto"  # fp16: FP16_EVALUATORS
     gate_samples: int = DEFAULT_GATE_SAMPLES
     thresholds: GateThresholds | None = None  # None: gate.THRESHOLDS[precision]
+    mixed: bool = True  # int8: when full INT8 fails the gate, search for a mixed INT8/FP32 model
+    policy: str | Path | Int8Policy | None = None  # int8: use this policy (calibration, nodes kept FP32); no search
+    sensitivity_samples: int | None = None  # gate latents per unit in the sensitivity analysis (default 128)
+    speed_rounds: int | None = None  # interleaved FP32/INT8 timing rounds for a mixed model (default 5)
+    min_speedup: float = 1.0  # a mixed model slower than this x FP32 is not written
+    progress: Callable[[str], None] | None = None  # receives progress lines of the longer INT8 steps
 
 
 def quantize(parent: Artifact, opts: QuantizeOptions, raise_on_reject: bool = False) -> PrecisionReport:
     """What `gan-deploy quantize` runs: an INT8 or FP16 model of `parent`, written only if it passes the gate."""
     if opts.precision == "int8":
+        policy = Int8Policy.load(opts.policy) if isinstance(opts.policy, (str, Path)) else opts.policy
         return int8_onnx_from_onnx(parent, opts.out, target=opts.target, calib_samples=opts.calib_samples,
                                    calib_seed=opts.calib_seed, calib_method=opts.calib_method, rewrite=opts.rewrite,
-                                   thresholds=opts.thresholds, gate_samples=opts.gate_samples, raise_on_reject=raise_on_reject)
+                                   thresholds=opts.thresholds, gate_samples=opts.gate_samples, raise_on_reject=raise_on_reject,
+                                   mixed=opts.mixed, policy=policy, sensitivity_samples=opts.sensitivity_samples,
+                                   speed_rounds=opts.speed_rounds, min_speedup=opts.min_speedup, progress=opts.progress)
     if opts.precision == "fp16":
         return fp16_onnx_from_onnx(parent, opts.out, thresholds=opts.thresholds, gate_samples=opts.gate_samples,
                                    evaluator=opts.evaluator, raise_on_reject=raise_on_reject)
