@@ -20,8 +20,8 @@ N, BATCH, SEED = 29, 6, 3  # 5 batches: uneven over 2 workers, last batch short
 
 @pytest.fixture(scope="module")
 def ray_local():
-    ray = pytest.importorskip("ray", reason="Ray is not installed: pip install 'gan-deploy[serve]'")
-    pytest.importorskip("ray.data", reason="Ray Data is not installed: pip install 'gan-deploy[serve]'")
+    ray = pytest.importorskip("ray", reason="Ray is not installed: pip install -e '.[serve]'")
+    pytest.importorskip("ray.data", reason="Ray Data is not installed: pip install -e '.[serve]'")
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield ray
     ray.shutdown()

@@ -618,7 +618,7 @@ def _config(art, **over) -> ServeConfig:
 def service(tiny_checkpoint):
     """One local Ray (loopback only), two apps: "/" (batching: 80 ms wait, 2 s read timeout) and "/tight"
     (2 queued requests, 2.5 s batch wait)."""
-    pytest.importorskip("ray.serve", reason="Ray Serve is not installed: pip install 'gan-deploy[serve]'")
+    pytest.importorskip("ray.serve", reason="Ray Serve is not installed: pip install -e '.[serve]'")
     from gan_deploy.artifacts.load import load_artifact
     from gan_deploy.serve import ray_serve as service
 

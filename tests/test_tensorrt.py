@@ -200,7 +200,7 @@ def test_without_tensorrt_auto_falls_back_and_errors_say_how_to_install(engine, 
         load_artifact(engine=engine)
     r = cli("build-engine", "--fp16", "-c", tiny_checkpoint, "--out", engine.parent / "x.engine")
     assert r.exit_code == 2
-    assert "cannot build a TensorRT engine here" in r.output and "pip install gan-deploy[gpu]" in r.output
+    assert "cannot build a TensorRT engine here" in r.output and "pip install -e '.[gpu]'" in r.output
     assert not (engine.parent / "x.engine").exists()
     r = cli("build-engine", "--int8", "--fp32", "-c", tiny_checkpoint)
     assert r.exit_code == 2 and "choose exactly one precision" in r.output

@@ -582,7 +582,7 @@ def test_the_lean_runtime_is_used_when_full_tensorrt_is_missing(fresh_modules, m
     assert trt_backend.trt_runtime_module() is lean and trt_backend.is_lean(lean)
     reason = trt_backend.unavailable_reason()
     assert f"TensorRT found: {lean_name} 11.4.0.106 (NVIDIA's lean runtime" in reason
-    assert "no CUDA GPU is visible" in reason and "pip install gan-deploy[gpu]" in reason
+    assert "no CUDA GPU is visible" in reason and "pip install -e '.[gpu]'" in reason
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     trt_backend.unavailable_reason.cache_clear()
     assert trt_backend.unavailable_reason() is None  # the lean runtime and a GPU: engines can run

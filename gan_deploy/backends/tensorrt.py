@@ -37,7 +37,7 @@ from gan_deploy.backends.base import Runner
 from gan_deploy.core.errors import BackendUnavailable, GanDeployError, StaleArtifact
 from gan_deploy.core.fileio import sha256_bytes
 
-INSTALL_HINT = ("`pip install gan-deploy[gpu]` on a machine with an NVIDIA GPU and driver, "
+INSTALL_HINT = ("`pip install -e '.[gpu]'` (from the clone) on a machine with an NVIDIA GPU and driver, "
                 "or run in NVIDIA's TensorRT container (nvcr.io/nvidia/tensorrt)")
 FULL_MODULE = "tensorrt"
 # the order tried: the full TensorRT, then the lean runtime under its public name and under its bindings'

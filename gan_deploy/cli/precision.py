@@ -207,7 +207,7 @@ def build_engine(fp16, int8, fp32, checkpoint, onnx, value_range, out, min_batch
                  max_saturation_increase, min_psnr_worst, min_psnr_median, max_fd_ratio, json_out) -> None:
     """Build a TensorRT engine for this GPU, check it against eager FP32, write it with its sidecar JSON.
 
-    Needs TensorRT and an NVIDIA GPU (`pip install gan-deploy[gpu]`). Networks are strongly typed: the
+    Needs TensorRT and an NVIDIA GPU (from the clone: `pip install -e ".[gpu]"`). Networks are strongly typed: the
     precision comes from the ONNX (FP16 casts, INT8 Q/DQ), on TensorRT 10 and 11 alike. The sidecar records
     the TensorRT version, GPU name and compute capability, precision, profile and the ONNX's sha256; an
     engine whose source changed, or that was built for another GPU or TensorRT version, is refused at load

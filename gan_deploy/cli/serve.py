@@ -107,7 +107,7 @@ def serve(checkpoint, onnx, engine, value_range, backend, device, host, port, ma
     try:
         from gan_deploy.serve import ray_serve as service
     except ImportError as e:
-        raise GanDeployError("Ray Serve is not installed", f"{e.name}", hint="pip install 'gan-deploy[serve]'") from None
+        raise GanDeployError("Ray Serve is not installed", f"{e.name}", hint='from the clone: pip install -e ".[serve]"') from None
 
     t0 = time.monotonic()
 

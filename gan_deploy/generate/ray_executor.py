@@ -134,7 +134,7 @@ def generate_ray(artifact: Artifact, opts: GenerateOptions) -> GenerateReport:
         import ray
         import ray.data
     except ImportError:
-        raise GanDeployError("Ray is not installed", "--executor ray", hint="pip install 'gan-deploy[serve]'") from None
+        raise GanDeployError("Ray is not installed", "--executor ray", hint='from the clone: pip install -e ".[serve]"') from None
     started = _init_ray(workers)
     interrupted = complete = False
     ray_error: GanDeployError | None = None

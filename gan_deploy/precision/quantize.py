@@ -845,7 +845,7 @@ def int8_onnx_from_onnx(parent: Artifact, out: str | Path | None = None, *, targ
             return None
         return maker.check(sbench, m_)
 
-    sens = sn.analyse(units, alone, small.get(method) or maker.check(sbench, q), t, calib_method=method, target=target,
+    sens = sn.analyse(units, alone, small.get(method) or maker.check(sbench, q), t, calib_method=method, target=target,  # type: ignore[arg-type]
                       n_images=n_sens, progress=say)
     models: dict[int, tuple[Any, dict[str, Any]]] = {}
 
@@ -874,7 +874,7 @@ def int8_onnx_from_onnx(parent: Artifact, out: str | Path | None = None, *, targ
                                   for r in sens.rows[:k]],
                         "sensitivity": {"units": len(sens.rows), "n_images": sens.n_images, "seconds": round(sens.seconds, 1)},
                         "search": found.to_dict()}
-    return _mixed_finish(maker, mq, mrecipe, found.report, full_reports, sens, found, speed_rounds, min_speedup,
+    return _mixed_finish(maker, mq, mrecipe, found.report, full_reports, sens, found, speed_rounds, min_speedup,  # type: ignore[arg-type]
                          raise_on_reject, say)
 
 
@@ -961,7 +961,7 @@ def int8_sensitivity(parent: Artifact, *, target: str = "onnxruntime", calib_sam
         return maker.check(bench, m_) if any(x.op_type == "QuantizeLinear" for x in m_.graph.node) else None
 
     say(f"damage of {len(units)} units alone in INT8 ({method} calibration, {n} gate latents) ...")
-    sens = sn.analyse(units, alone, fulls[method], t, calib_method=method, target=target, n_images=n, progress=say)
+    sens = sn.analyse(units, alone, fulls[method], t, calib_method=method, target=target, n_images=n, progress=say)  # type: ignore[arg-type]
     sens.methods = {m: {"damage": _fmt_damage(_damage(g)), "figures": sn.brief(g), "accepted": g.accepted} for m, g in fulls.items()}
     if plot:
         sens.plot_path = sens.plot(plot)

@@ -91,11 +91,11 @@ def _macs(node, shapes: dict[str, list[int | None]]) -> int | None:
             w, y = shapes[node.input[1]], shapes[node.output[0]]
             x = shapes[node.input[0]]
             if node.op_type == "Conv":
-                return int(np.prod(y[1:]) * np.prod(w[1:]))  # every output value: Cin/groups x kh x kw products
-            return int(np.prod(x[1:]) * np.prod(w[1:]))  # transposed: every input value scatters into Cout x kh x kw
+                return int(np.prod(y[1:]) * np.prod(w[1:]))  # type: ignore[arg-type]  # every output value: Cin/groups x kh x kw products
+            return int(np.prod(x[1:]) * np.prod(w[1:]))  # type: ignore[arg-type]  # transposed: every input value scatters into Cout x kh x kw
         if node.op_type in ("Gemm", "MatMul"):
             a, y = shapes[node.input[0]], shapes[node.output[0]]
-            return int(np.prod(y[1:]) * a[-1])
+            return int(np.prod(y[1:]) * a[-1])  # type: ignore[arg-type]
     except (KeyError, IndexError, TypeError):
         return None
     return None
@@ -461,7 +461,7 @@ def speed_vs_fp32(fp32_runner, candidate_runner, batch: int = SPEED_BATCH, round
     p50: dict[str, list[float]] = {"fp32": [], "int8": []}
     for _ in range(rounds):
         for name, r in (("fp32", fp32_runner), ("int8", candidate_runner)):
-            p50[name].append(measure(lambda r=r: r.infer(z), batch, warmup=1, iters=3, max_time_s=max_time_s).p50_ms)
+            p50[name].append(measure(lambda r=r: r.infer(z), batch, warmup=1, iters=3, max_time_s=max_time_s).p50_ms)  # type: ignore[misc]
     f, q = statistics.median(p50["fp32"]), statistics.median(p50["int8"])
     return {"backend": "onnxruntime", "batch": batch, "rounds": rounds, "fp32_ms": f, "int8_ms": q, "speedup": f / q,
             "rounds_ms": p50}
