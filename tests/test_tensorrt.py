@@ -191,7 +191,7 @@ def test_without_tensorrt_auto_falls_back_and_errors_say_how_to_install(engine, 
     art = load_artifact(engine=engine)
     assert art.kind == "engine" and art.spec.latent_dim == 8 and art.precision == "fp16"
     from gan_deploy.backends import make_runner
-    with pytest.raises(BackendUnavailable, match=r"backend 'tensorrt' is not available here: .*pip install gan-deploy\[gpu\]"):
+    with pytest.raises(BackendUnavailable, match=r"backend 'tensorrt' is not available here: .*pip install -e '\.\[gpu\]'"):
         make_runner("tensorrt", art)
     with pytest.raises(BackendUnavailable, match="no backend can run this artifact here"):
         make_runner("auto", art)

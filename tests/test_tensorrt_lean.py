@@ -592,7 +592,7 @@ def test_no_module_at_all(fresh_modules, monkeypatch):
     for name in trt_backend.RUNTIME_MODULES:
         monkeypatch.setitem(sys.modules, name, None)
     with pytest.raises(BackendUnavailable, match=r"TensorRT is not importable: tensorrt: ModuleNotFoundError.*; tensorrt_lean: ModuleNotFoundError.*"
-                                                 r"tensorrt_lean_bindings: ModuleNotFoundError.*pip install gan-deploy\[gpu\]"):
+                                                 r"tensorrt_lean_bindings: ModuleNotFoundError.*pip install -e '\.\[gpu\]'"):
         trt_backend.trt_runtime_module()
     assert trt_backend.unavailable_reason().startswith("TensorRT is not importable (tensorrt: ModuleNotFoundError")
 
