@@ -386,7 +386,7 @@ def main() -> int:
                 print(f"overload: {overload} closed-loop clients for {overload_s:g} s against a queue of "
                       f"{a.max_queued} ...", file=sys.stderr)
                 results["overload"] = run_overload(host, port, apps["batched"], overload, overload_s, ref, a.honor_retry_after)
-                results["overload"]["healthz_after"] = metrics(host, port, apps["batched"])["ready"]
+                results["overload"]["ready_after"] = metrics(host, port, apps["batched"]).get("ready")
         finally:
             if started:
                 serve.stop()
