@@ -359,7 +359,7 @@ def main() -> int:
             serve.start(ServeConfig(**common, max_batch_size=a.max_batch_size, batch_wait_ms=a.batch_wait_ms, max_queued=a.max_queued),
                         host, port, name="batched")
             results["startup_s"] = time.perf_counter() - t0
-            print(f"started in {results['startup_s']:.1f} s (Ray, Serve, gateway and generator, model loaded and warmed)", file=sys.stderr)
+            print(f"started in {results['startup_s']:.1f} s (Ray, Serve, the replica with its model loaded and warmed)", file=sys.stderr)
             started = True
             if a.compare_unbatched:
                 t0 = time.perf_counter()

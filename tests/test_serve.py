@@ -193,7 +193,7 @@ def test_metrics_percentiles_and_prometheus():
             "gan_deploy_http_errors", "gan_deploy_client_disconnects", "gan_deploy_in_flight_requests"} <= set(fams)
 
 
-# -- the gateway and the proxy hook, without Ray ---------------------------------------------------------
+# -- a replica and the proxy hook, without Ray ------------------------------------------------------------
 
 def _replica(monkeypatch, checkpoint, delay: float | None = None, **over):
     """A replica of the deployment, outside Ray (its methods run on the test's event loop): the tiny generator,

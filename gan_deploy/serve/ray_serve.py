@@ -559,7 +559,7 @@ def start(cfg: ServeConfig, host: str = "127.0.0.1", port: int = 8000, route_pre
 
 def wait_for_http(url: str, timeout_s: float = 30.0) -> None:
     """Until GET {url}/readyz answers 200 through Ray's proxy: the proxy has the app's routes, a generator
-    replica answered the gateway, and the proxy learnt the admission limits (proxy_hooks)."""
+    replica answers, and the proxy learnt the admission limits (proxy_hooks)."""
     import http.client
     from urllib.parse import urlsplit
 
