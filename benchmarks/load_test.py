@@ -352,8 +352,7 @@ def main() -> int:
             sp = art.spec
             common = dict(artifact_kind=art.kind, artifact_path=str(art.path.resolve()), artifact_sha256=art.sha256,
                           value_range=sp.value_range if art.kind == "onnx" else None, backend=a.backend, device="cpu",
-                          max_images_per_request=max(256, a.max_count), num_cpus=0.5, read_timeout_s=a.read_timeout,
-                          model={"describe": art.describe(), "image_shape": [sp.height, sp.width, sp.channels]})
+                          max_images_per_request=max(256, a.max_count), num_cpus=0.5, read_timeout_s=a.read_timeout)
             print("starting Ray Serve ...", file=sys.stderr)
             t0 = time.perf_counter()
             serve.start(ServeConfig(**common, max_batch_size=a.max_batch_size, batch_wait_ms=a.batch_wait_ms, max_queued=a.max_queued),

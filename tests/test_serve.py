@@ -588,10 +588,8 @@ def reference(tiny_checkpoint, tmp_path_factory):
 
 
 def _config(art, **over) -> ServeConfig:
-    s = art.spec
     base = dict(artifact_kind="checkpoint", artifact_path=str(art.path), artifact_sha256=art.sha256, backend="eager",
-                device="cpu", max_images_per_request=MAX_IMAGES, num_cpus=0.5,
-                model={"describe": art.describe(), "image_shape": [s.height, s.width, s.channels]})
+                device="cpu", max_images_per_request=MAX_IMAGES, num_cpus=0.5)
     return ServeConfig(**{**base, **over})
 
 

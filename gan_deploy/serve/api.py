@@ -661,7 +661,6 @@ class ServeConfig:
     max_header_bytes: int = 8192  # request headers larger than this get 431
     drain_timeout_s: float = 30.0  # SIGTERM: in-flight requests get this long to finish
     model_name: str = "gan_generator"  # the model's name on the KServe v2 routes (/v2/models/<name>)
-    model: dict[str, Any] = field(default_factory=dict)  # describe, sha256, image_shape: answered without loading it
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
