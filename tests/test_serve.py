@@ -1,16 +1,17 @@
-"""`gan-deploy serve`: the request contract, the gateway and the proxy hook without Ray (fast), then the Ray
+"""`gan-deploy serve`: the request contract, a replica and the proxy hook without Ray (fast), then the Ray
 Serve service itself, started once per module on a free loopback port with a tiny generator and checked
 against `generate`'s files byte for byte, then `gan-deploy serve` as a process (drain on SIGTERM, refusal at
 start-up). Every network use is loopback; every loop is bounded in count and time.
 
 The issue's seven defects, and where each is checked:
-1 slow clients            test_gateway_reads_the_body_before_taking_a_slot, test_proxy_hook_*, test_slow_clients_do_not_lock_anyone_out
-2 health behind inference test_health_and_readiness_answer_at_once_under_overload
-3 plain-text 500s         test_parse_bad_requests (strict JSON), test_gateway_every_error_is_json_and_counted, test_bad_requests_*
-4 slow overload answers   test_gateway_*overload*, test_proxy_hook_*, test_overload_answers_503_fast_then_recovers
-5 no drain                test_sigterm_drains_in_flight_requests_and_exits_0
-6 start-up hangs          test_start_refuses_unplaceable_replicas_at_once
-7 observability           test_metrics_*, test_ray_binds_loopback_only, test_disconnects_are_counted_not_logged
+1 slow clients            test_replica_reads_the_body_before_taking_a_slot, test_proxy_hook_admits_*, test_slow_clients_do_not_lock_anyone_out
+2 health behind inference test_replica_overload_*, test_health_and_readiness_answer_at_once_under_overload
+3 plain-text 500s         test_parse_bad_requests (strict JSON), test_replica_every_error_is_json_and_counted, test_bad_requests_*,
+                          test_proxy_hook_turns_rays_plain_errors_into_json
+4 slow overload answers   test_replica_overload_*, test_proxy_hook_admits_*, test_overload_answers_503_fast_then_recovers
+5 no drain                test_replica_drain_*, test_sigterm_drains_in_flight_requests_and_exits_0
+6 start-up hangs          test_start_refuses_unplaceable_replicas_at_once, test_start_failures_are_one_line
+7 observability           test_metrics_*, test_proxy_hook_admits_*, test_ray_binds_loopback_only, test_disconnects_are_counted_not_logged
 """
 from __future__ import annotations
 
@@ -192,64 +193,37 @@ def test_metrics_percentiles_and_prometheus():
             "gan_deploy_http_errors", "gan_deploy_client_disconnects", "gan_deploy_in_flight_requests"} <= set(fams)
 
 
-# -- the gateway and the proxy hook, without Ray ---------------------------------------------------------
+# -- a replica and the proxy hook, without Ray ------------------------------------------------------------
 
-class _FakeResponse:
-    """Stands for a DeploymentResponse: awaitable, cancellable."""
-
-    def __init__(self, coro):
-        self._task = asyncio.ensure_future(coro)
-        self.cancelled = False
-
-    def __await__(self):
-        return self._task.__await__()
-
-    def cancel(self):
-        self.cancelled = True
-        self._task.cancel()
-
-
-class _FakeMethod:
-    def __init__(self, fn):
-        self.fn = fn
-
-    def remote(self, *args):
-        return _FakeResponse(self.fn(*args))
-
-
-class FakeGenerator:
-    """The generator deployment's handle: `generate` returns a canned answer after `delay` seconds."""
-
-    def __init__(self, delay: float = 0.0, fail: str | None = None, ready: bool = True):
-        self.delay, self.fail, self.up = delay, fail, ready
-        self.calls = 0
-
-        async def generate(seeds, indices, fmt):
-            self.calls += 1
-            await asyncio.sleep(self.delay)
-            if self.fail == "backend":
-                return {"error": {"type": "RuntimeError", "message": "CUDA error: out of memory"}}
-            if self.fail == "unavailable":
-                raise RuntimeError("ActorDiedError: the replica died")
-            if self.fail == "malformed":
-                return {"nonsense": True}
-            return {"body": b"PNG" * len(seeds), "media_type": "image/png", "headers": {}, "queue_s": 0.001, "batches": [(len(seeds), 0.002)]}
-
-        async def state():
-            if not self.up:
-                raise RuntimeError("no replica")
-            return {"ready": True, "backend": "fake", "replica": "r0", "in_flight": 0}
-
-        self.generate = _FakeMethod(generate)
-        self.state = _FakeMethod(state)
-
-
-def _gateway(generator, **over):
+def _replica(monkeypatch, checkpoint, delay: float | None = None, **over):
+    """A replica of the deployment, outside Ray (its methods run on the test's event loop): the tiny generator,
+    and optionally a `delay` in seconds before every answer's images (a slow backend)."""
     pytest.importorskip("ray.serve", reason="Ray Serve is not installed")
-    from gan_deploy.serve.ray_serve import GatewayDeployment
-    cfg = ServeConfig("checkpoint", "/nowhere.safetensors", "ab" * 32, max_images_per_request=MAX_IMAGES,
-                      **{"max_queued": 2, "read_timeout_s": 0.5, "request_timeout_s": 5.0, **over})
-    return GatewayDeployment.func_or_class(cfg.to_dict(), generator)
+    from types import SimpleNamespace
+
+    from ray import serve as ray_serve
+
+    from gan_deploy.artifacts.load import load_artifact
+    from gan_deploy.serve.ray_serve import GeneratorDeployment
+    context = SimpleNamespace(replica_id=SimpleNamespace(unique_id="r0"), _deployment_config=SimpleNamespace(max_ongoing_requests=1024))
+    monkeypatch.setattr(ray_serve, "get_replica_context", lambda: context)  # what @serve.batch and the replica ask Ray
+    art = load_artifact(checkpoint)
+    cfg = ServeConfig("checkpoint", str(art.path), art.sha256, backend="eager", device="cpu", max_batch_size=8, batch_wait_ms=5,
+                      max_images_per_request=MAX_IMAGES, **{"max_queued": 2, "read_timeout_s": 0.5, "request_timeout_s": 5.0, **over})
+    cls = GeneratorDeployment.func_or_class
+    # @serve.batch keeps one lazily made queue per decorated method (a replica has one instance); each test
+    # runs its own event loop, so each instance starts with a new queue, and none is left behind (the class
+    # must stay picklable for the tests that deploy it)
+    monkeypatch.setattr(cls._infer_pieces.set_max_batch_size.__self__, "_queue", None)
+    dep = cls(cfg.to_dict())
+    if delay is not None:
+        real = dep._images
+
+        async def slow(req):
+            await asyncio.sleep(delay)
+            return await real(req)
+        dep._images = slow
+    return dep
 
 
 def _request(method: str, path: str, chunks_: list[tuple[float, bytes]] | None = None, headers=None, declared: int | None = None):
@@ -283,112 +257,108 @@ def _run(coro, timeout=20):
     return asyncio.run(asyncio.wait_for(coro, timeout))
 
 
-def test_gateway_reads_the_body_before_taking_a_slot():
+def test_replica_reads_the_body_before_taking_a_slot(monkeypatch, tiny_checkpoint):
     """Defect 1: a client that announces 100 bytes and sends 12 gets 408 after --read-timeout and, while it
     dawdles, holds no queue slot: others are admitted (max_queued 2, here 3 slow clients)."""
     async def main():
-        gw = _gateway(FakeGenerator(delay=0.05))
-        slow = [asyncio.ensure_future(gw(_request("POST", "/generate", [(0, b'{"count": 1,')], declared=100))) for _ in range(3)]
+        rep = _replica(monkeypatch, tiny_checkpoint)
+        slow = [asyncio.ensure_future(rep(_request("POST", "/generate", [(0, b'{"count": 1,')], declared=100))) for _ in range(3)]
         await asyncio.sleep(0.1)
-        assert gw.in_flight == 0
+        assert rep.in_flight == 0
         t0 = time.perf_counter()
-        fast = await gw(_request("POST", "/generate", [(0, b'{"count": 1}')]))
-        assert fast.status_code == 200 and time.perf_counter() - t0 < 0.4
+        fast = await rep(_request("POST", "/generate", [(0, b'{"count": 1, "format": "png"}')]))
+        assert fast.status_code == 200 and fast.body.startswith(b"\x89PNG") and time.perf_counter() - t0 < 0.4
         answers = await asyncio.gather(*slow)
         for r in answers:
             err = json.loads(r.body)["error"]
             assert r.status_code == 408 and err["reason"] == "body_timeout" and r.headers["connection"] == "close"
-        big = await gw(_request("POST", "/generate", [(0, b"{}")], declared=10**6))  # refused before reading it
+        big = await rep(_request("POST", "/generate", [(0, b"{}")], declared=10**6))  # refused before reading it
         assert big.status_code == 413 and json.loads(big.body)["error"]["reason"] == "body_too_large"
-        huge = await gw(_request("GET", "/healthz", headers={"x-big": "a" * 9000}))
+        huge = await rep(_request("GET", "/healthz", headers={"x-big": "a" * 9000}))
         assert huge.status_code == 431 and json.loads(huge.body)["error"]["reason"] == "headers_too_large"
-        m = gw.snapshot()
-        assert m["requests"]["408"] == 3 and m["requests"]["200"] == 1
-        gw._watcher.cancel()
+        m = rep.snapshot()
+        assert m["requests"]["408"] == 3 and m["requests"]["200"] == 1 and m["requests"]["413"] == 1
     _run(main())
 
 
-def test_gateway_overload_is_a_json_503_at_once():
-    """Defect 4: past max_queued x replicas in flight, a 503 with Retry-After, in milliseconds."""
+def test_replica_overload_is_a_json_503_at_once(monkeypatch, tiny_checkpoint):
+    """Defects 2 and 4: past max_queued in flight, a 503 with Retry-After in milliseconds; /healthz and
+    /readyz answer at once meanwhile (readiness: 503 'overloaded' while full)."""
     async def main():
-        gw = _gateway(FakeGenerator(delay=0.5))
-        held = [asyncio.ensure_future(gw(_request("POST", "/generate", [(0, b'{"count": 1}')]))) for _ in range(2)]
+        rep = _replica(monkeypatch, tiny_checkpoint, delay=0.5)
+        held = [asyncio.ensure_future(rep(_request("POST", "/generate", [(0, b'{"count": 1}')]))) for _ in range(2)]
         await asyncio.sleep(0.05)
         times, answers = [], []
         for _ in range(20):
             t0 = time.perf_counter()
-            answers.append(await gw(_request("POST", "/generate", [(0, b'{"count": 1}')])))
+            answers.append(await rep(_request("POST", "/generate", [(0, b'{"count": 1}')])))
             times.append(time.perf_counter() - t0)
         assert all(r.status_code == 503 and r.headers["retry-after"] == "1" for r in answers)
         assert json.loads(answers[0].body)["error"]["reason"] == "overloaded" and max(times) < 0.1
-        ready = await gw(_request("GET", "/readyz"))
+        t0 = time.perf_counter()
+        live, ready = await rep(_request("GET", "/healthz")), await rep(_request("GET", "/readyz"))
+        assert time.perf_counter() - t0 < 0.1 and live.status_code == 200
         assert ready.status_code == 503 and json.loads(ready.body)["error"]["reason"] == "overloaded"
         assert [r.status_code for r in await asyncio.gather(*held)] == [200, 200]
-        assert (await gw(_request("GET", "/readyz"))).status_code == 200
-        gw._watcher.cancel()
+        assert (await rep(_request("GET", "/readyz"))).status_code == 200
     _run(main())
 
 
-def test_gateway_every_error_is_json_and_counted():
+def test_replica_every_error_is_json_and_counted(monkeypatch, tiny_checkpoint):
     """Defect 3: every answer other than 200 is JSON with a reason and counted, 500s included."""
     async def main():
-        cases = [(FakeGenerator(fail="backend"), 500, "backend_failed"), (FakeGenerator(fail="unavailable"), 503, "unavailable"),
-                 (FakeGenerator(fail="malformed"), 500, "internal")]
-        for gen, status, reason in cases:
-            gw = _gateway(gen)
-            r = await gw(_request("POST", "/generate", [(0, b'{"count": 1}')]))
-            assert r.status_code == status and r.headers["content-type"] == "application/json"
-            assert json.loads(r.body)["error"]["reason"] == reason
-            snap = gw.snapshot()
-            assert {"code": str(status), "reason": reason, "count": 1} in snap["errors"]
-            assert snap["requests"][str(status)] == 1
-            gw._watcher.cancel()
-        gw = _gateway(FakeGenerator(delay=10), request_timeout_s=0.3)
-        r = await gw(_request("POST", "/generate", [(0, b'{"count": 1}')]))
+        rep = _replica(monkeypatch, tiny_checkpoint)
+
+        def broken_backend(z):
+            raise RuntimeError("CUDA error: out of memory")
+        rep._pixels = broken_backend
+        r = await rep(_request("POST", "/generate", [(0, b'{"count": 1}')]))
+        assert r.status_code == 500 and json.loads(r.body)["error"]["reason"] == "backend_failed"
+
+        async def bug(req):
+            raise KeyError("oops")
+        rep._images = bug
+        r = await rep(_request("POST", "/generate", [(0, b'{"count": 1}')]))
+        assert r.status_code == 500 and r.headers["content-type"] == "application/json"
+        assert json.loads(r.body)["error"]["reason"] == "internal"
+        snap = rep.snapshot()
+        assert {"code": "500", "reason": "backend_failed", "count": 1} in snap["errors"]
+        assert {"code": "500", "reason": "internal", "count": 1} in snap["errors"] and snap["requests"]["500"] == 2
+        rep = _replica(monkeypatch, tiny_checkpoint, delay=10, request_timeout_s=0.3)
+        r = await rep(_request("POST", "/generate", [(0, b'{"count": 1}')]))
         assert r.status_code == 504 and json.loads(r.body)["error"]["reason"] == "request_timeout"
         for body in (b'{"seed": NaN, "count": 1}', b'{"count": 1e400}', b"[" * 3000 + b"]" * 3000):
-            r = await gw(_request("POST", "/generate", [(0, body)]))
+            r = await rep(_request("POST", "/generate", [(0, body)]))
             assert r.status_code == 400 and json.loads(r.body)["error"]["reason"] in ("bad_number", "too_deep")
         for method, path, status in (("GET", "/generate", 405), ("GET", "/nope", 404), ("POST", "/metrics", 405),
                                      ("GET", "/metrics?format=xml", 422), ("GET", "/v2/models/other", 404)):
-            r = await gw(_request(method, path))
+            r = await rep(_request(method, path))
             assert r.status_code == status and json.loads(r.body)["error"]["status"] == status
-        text = (await gw(_request("GET", "/metrics"))).body.decode()
+        text = (await rep(_request("GET", "/metrics"))).body.decode()
         fams = _parse_prometheus(text)
         codes = {s.labels["code"] for s in fams["gan_deploy_http_errors"]}
         assert {"400", "404", "405", "422", "504"} <= codes
-        gw._watcher.cancel()
+        assert all(s.labels["replica"] == "r0" for s in fams["gan_deploy_http_errors"])  # series never mix replicas
     _run(main())
 
 
-def test_gateway_readiness_liveness_and_drain():
-    """Defects 2 and 5 without Ray: liveness always answers; readiness needs a warmed generator replica and
-    fails while draining; drain() refuses new requests and waits for in-flight ones."""
+def test_replica_drain_refuses_new_and_finishes_in_flight(monkeypatch, tiny_checkpoint):
+    """Defect 5 without Ray: drain() refuses new requests (503 draining, Connection: close), readiness fails,
+    the in-flight request still gets its images, and drain returns once it did."""
     async def main():
-        gen = FakeGenerator(delay=0.4, ready=False)
-        gw = _gateway(gen)
+        rep = _replica(monkeypatch, tiny_checkpoint, delay=0.4)
+        inflight = asyncio.ensure_future(rep(_request("POST", "/generate", [(0, b'{"count": 1}')])))
         await asyncio.sleep(0.05)
-        assert (await gw(_request("GET", "/healthz"))).status_code == 200
-        r = await gw(_request("GET", "/readyz"))
-        assert r.status_code == 503 and json.loads(r.body)["error"]["reason"] == "not_ready"
-        gen.up = True
-        for _ in range(40):  # the gateway polls the generator every 0.5 s
-            if (await gw(_request("GET", "/readyz"))).status_code == 200:
-                break
-            await asyncio.sleep(0.05)
-        assert (await gw(_request("GET", "/readyz"))).status_code == 200
-        inflight = asyncio.ensure_future(gw(_request("POST", "/generate", [(0, b'{"count": 1}')])))
+        drained = asyncio.ensure_future(rep.drain(5.0))
         await asyncio.sleep(0.05)
-        drained = asyncio.ensure_future(gw.drain(5.0))
-        await asyncio.sleep(0.05)
-        refused = await gw(_request("POST", "/generate", [(0, b'{"count": 1}')]))
+        refused = await rep(_request("POST", "/generate", [(0, b'{"count": 1}')]))
         assert refused.status_code == 503 and json.loads(refused.body)["error"]["reason"] == "draining"
         assert refused.headers["connection"] == "close"
-        assert (await gw(_request("GET", "/readyz"))).status_code == 503
+        assert (await rep(_request("GET", "/readyz"))).status_code == 503
+        assert (await rep(_request("GET", "/healthz"))).status_code == 200  # alive, just not taking work
         assert (await inflight).status_code == 200
         report = await drained
-        assert report["in_flight_left"] == 0 and report["waited_s"] < 1.0
-        gw._watcher.cancel()
+        assert report["in_flight_left"] == 0 and report["waited_s"] < 1.0 and report["replica"] == "r0"
     _run(main())
 
 
@@ -404,7 +374,7 @@ def _asgi_app_answering(status: int, body: bytes, ctype: bytes, headers=(), seen
     return app
 
 
-async def _call_asgi(app, method: str, path: str, chunks_, declared=None):
+async def _call_asgi(app, method: str, path: str, chunks_, declared=None, query: bytes = b""):
     sent = []
 
     async def receive():
@@ -418,7 +388,7 @@ async def _call_asgi(app, method: str, path: str, chunks_, declared=None):
     async def send(msg):
         sent.append(msg)
     headers = [(b"content-length", str(declared).encode())] if declared is not None else []
-    await app({"type": "http", "method": method, "path": path, "headers": headers}, receive, send)
+    await app({"type": "http", "method": method, "path": path, "headers": headers, "query_string": query}, receive, send)
     start = next(m for m in sent if m["type"] == "http.response.start")
     body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
     return start["status"], dict(start["headers"]), body
@@ -436,13 +406,22 @@ def test_proxy_hook_turns_rays_plain_errors_into_json():
 
 
 def test_proxy_hook_admits_before_ray_routes():
-    """Defects 1 and 4 in Ray's proxy: once the gateway's limits header was seen (and stripped), a full queue
-    is answered there at once, and bodies are read there first (slow ones get 408 and never count)."""
-    from gan_deploy.serve.proxy_hooks import COUNTS_HEADER, LIMITS_HEADER, GanDeployProxy, decode_counts, limits_header
+    """Defects 1 and 4 in Ray's proxy: once the service's limits header was seen (and stripped), a full queue
+    is answered there at once, and bodies are read there first (slow ones get 408 and never count); what the
+    proxy answered itself shows in /metrics passing through (defect 7)."""
+    from gan_deploy.serve.proxy_hooks import LIMITS_HEADER, GanDeployProxy, limits_header
     seen: list = []
-    scopes: list = []
-    value = limits_header(["/p/generate", "/p/v2/models/m/infer"], 2, 0.3, 100).encode()
-    mw = GanDeployProxy(_asgi_app_answering(200, b"ok", b"image/png", [(LIMITS_HEADER, value)], seen, delay=0.3, scopes=scopes))
+    value = limits_header(["/p/generate", "/p/v2/models/m/infer"], "/p/metrics", 2, 0.3, 100).encode()
+    prom = b"# HELP gan_deploy_x X.\n# TYPE gan_deploy_x counter\ngan_deploy_x 1\n"
+
+    async def app(scope, receive, send):
+        if scope["path"] == "/p/metrics":
+            ctype, body = (b"application/json", b'{"requests": {"200": 2}, "errors": []}') if scope.get("query_string") else (b"text/plain; version=0.0.4", prom)
+            await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", ctype), (LIMITS_HEADER, value)]})
+            await send({"type": "http.response.body", "body": body})
+            return
+        await _asgi_app_answering(200, b"ok", b"image/png", [(LIMITS_HEADER, value)], seen, delay=0.3)(scope, receive, send)
+    mw = GanDeployProxy(app)
 
     async def main():
         status, headers, _ = await _call_asgi(mw, "GET", "/p/readyz", [])
@@ -451,21 +430,23 @@ def test_proxy_hook_admits_before_ray_routes():
         held = [asyncio.ensure_future(_call_asgi(mw, "POST", "/p/generate", [(0, b'{"count": 1}')])) for _ in range(2)]
         await asyncio.sleep(0.05)
         t0 = time.perf_counter()
-        status, headers, body = await _call_asgi(mw, "POST", "/p/v2/models/m/infer", [(0, b"{}")])  # same gateway, same limit
+        status, headers, body = await _call_asgi(mw, "POST", "/p/v2/models/m/infer", [(0, b"{}")])  # same app, same limit
         assert status == 503 and headers[b"retry-after"] == b"1" and time.perf_counter() - t0 < 0.05
-        assert json.loads(body)["error"]["reason"] == "overloaded"
+        assert json.loads(body)["error"]["reason"] == "overloaded" and b"connection" not in headers  # keep-alive
         assert [s for s, _, _ in await asyncio.gather(*held)] == [200, 200]
         status, _, body = await slow
         assert status == 408 and json.loads(body)["error"]["reason"] == "body_timeout"
         status, _, body = await _call_asgi(mw, "POST", "/p/generate", [(0, b"x" * 50)], declared=500)
         assert status == 413
         assert seen == [b'{"count": 1}', b'{"count": 1}']  # the app got whole bodies, and only the admitted ones
-        # what the proxy answered itself travels to the gateway with the next request it forwards
-        await _call_asgi(mw, "GET", "/p/metrics", [])
-        header = dict(scopes[-1]["headers"])[COUNTS_HEADER].decode()
-        proxy_id, counts = decode_counts(header, mw.token)
-        assert counts == {("/v2", 503, "overloaded"): 1, ("/generate", 408, "body_timeout"): 1, ("/generate", 413, "body_too_large"): 1}
-        assert decode_counts(header, "another-token") is None  # a client cannot forge them past the token
+        status, headers, text = await _call_asgi(mw, "GET", "/p/metrics", [])
+        fams = _parse_prometheus(text.decode())
+        answers = {(s.labels["code"], s.labels["reason"]): s.value for s in fams["gan_deploy_proxy_answers"]}
+        assert answers == {("503", "overloaded"): 1, ("408", "body_timeout"): 1, ("413", "body_too_large"): 1}
+        assert int(headers[b"content-length"]) == len(text) and "gan_deploy_x" in fams
+        status, _, raw = await _call_asgi(mw, "GET", "/p/metrics", [], query=b"format=json")
+        data = json.loads(raw)
+        assert data["requests"] == {"200": 2, "503": 1, "408": 1, "413": 1} and data["errors_total"] == 3
     _run(main())
 
 
@@ -607,10 +588,8 @@ def reference(tiny_checkpoint, tmp_path_factory):
 
 
 def _config(art, **over) -> ServeConfig:
-    s = art.spec
     base = dict(artifact_kind="checkpoint", artifact_path=str(art.path), artifact_sha256=art.sha256, backend="eager",
-                device="cpu", max_images_per_request=MAX_IMAGES, num_cpus=0.5,
-                model={"describe": art.describe(), "image_shape": [s.height, s.width, s.channels]})
+                device="cpu", max_images_per_request=MAX_IMAGES, num_cpus=0.5)
     return ServeConfig(**{**base, **over})
 
 

@@ -94,12 +94,10 @@ def serve(checkpoint, onnx, engine, value_range, backend, device, host, port, ma
         raise GanDeployError("--max-batch-size can never fill", max_batch_size, expected=f"<= --max-images-per-request x --max-queued ({max_images_per_request * max_queued})")
     if num_gpus is None:
         num_gpus = 1.0 if device.startswith("cuda") else 0.0
-    spec = art.spec
     cfg = ServeConfig(art.kind, os.path.abspath(art.path), art.sha256, art.spec.value_range if art.kind == "onnx" else None,
                       backend, device, max_batch_size, batch_wait_ms, max_images_per_request, max_queued, replicas,
                       num_cpus, num_gpus, read_timeout_s=read_timeout, request_timeout_s=request_timeout,
-                      max_body_bytes=max_body_bytes or 0, max_header_bytes=max_header_bytes, drain_timeout_s=drain_timeout,
-                      model={"describe": art.describe(), "image_shape": [spec.height, spec.width, spec.channels]})
+                      max_body_bytes=max_body_bytes or 0, max_header_bytes=max_header_bytes, drain_timeout_s=drain_timeout)
     if write_config is not None:
         from gan_deploy.serve.config_file import write_serve_config
         click.echo(write_serve_config(write_config, cfg, host, port, keep_alive_timeout, app_name, route_prefix))

@@ -463,9 +463,9 @@ class Histogram:
 
 @dataclass
 class Metrics:
-    """Service-wide counters, kept by the one gateway every request passes through (so they never jump between
-    replicas). Batch figures come from the generator replicas with each response: each backend call is reported
-    once, by the request whose piece led the batch, so they are summed over every replica too."""
+    """One replica's counters (its Prometheus series carry a `replica` label, so nothing jumps when scrapes
+    reach different replicas; sum over the label for the service). Updated from the replica's event loop and
+    its inference thread, hence the lock."""
 
     requests: dict[str, int] = field(default_factory=dict)  # HTTP status -> count, /generate only
     images: int = 0  # images returned with a 200
@@ -481,18 +481,10 @@ class Metrics:
         self.http: dict[tuple[str, str, str], int] = {}  # (route, method, code) -> count, every route
         self.errors: dict[tuple[str, str], int] = {}  # (code, reason) -> count, every non-200 answer
         self.batch_size = Histogram(BATCH_BUCKETS)
-        self.request_seconds = Histogram(SECONDS_BUCKETS)  # successful /generate, in the gateway
-        self.queue_seconds = Histogram(SECONDS_BUCKETS)  # arrival in a replica -> its last piece's batch starts
+        self.request_seconds = Histogram(SECONDS_BUCKETS)  # successful /generate, arrival in the replica -> answer
+        self.queue_seconds = Histogram(SECONDS_BUCKETS)  # admitted -> its last piece's backend call starts
         self.compute_seconds = Histogram(SECONDS_BUCKETS)  # one backend call (per batch)
         self.disconnect_routes: dict[str, int] = {}
-        self.proxies: dict[str, dict[tuple[str, int, str], int]] = {}  # proxy id -> what it answered itself (cumulative)
-
-    def set_proxy_counts(self, proxy_id: str, counts: dict[tuple[str, int, str], int]) -> None:
-        """The latest cumulative counts of requests a proxy (proxy_hooks) answered without forwarding them."""
-        with self._lock:
-            old = self.proxies.get(proxy_id, {})
-            # cumulative per proxy: never let a late, older report lower a counter
-            self.proxies[proxy_id] = {k: max(n, old.get(k, 0)) for k, n in {**old, **counts}.items()}
 
     def record_http(self, route: str, method: str, status: int, reason: str | None = None) -> None:
         route = route if route in ROUTES else "other"
@@ -503,6 +495,10 @@ class Metrics:
             if status >= 400 or reason:
                 ek = (str(status), reason or _DEFAULT_REASON.get(status, "internal"))
                 self.errors[ek] = self.errors.get(ek, 0) + 1
+
+    def record_queue(self, seconds: float) -> None:
+        with self._lock:
+            self.queue_seconds.observe(max(0.0, seconds))
 
     def record_request(self, status: int, images: int = 0, seconds: float | None = None, queue_s: float | None = None) -> None:
         """One /generate answer (any status)."""
@@ -535,12 +531,6 @@ class Metrics:
         with self._lock:
             lat = sorted(self._latencies)
             http, errors, requests = dict(self.http), dict(self.errors), dict(self.requests)
-            for counts in self.proxies.values():
-                for (route, status, reason), n in counts.items():
-                    hk, ek = (route if route in ROUTES else "other", "POST", str(status)), (str(status), reason)
-                    http[hk] = http.get(hk, 0) + n
-                    errors[ek] = errors.get(ek, 0) + n
-                    requests[str(status)] = requests.get(str(status), 0) + n
             legacy_hist: dict[str, int] = {}
             for b, c in zip(BATCH_BUCKETS, self.batch_size.counts):
                 if c:
@@ -555,7 +545,6 @@ class Metrics:
                 "http_requests": [{"route": r, "method": m, "code": c, "count": n} for (r, m, c), n in sorted(http.items())],
                 "errors": [{"code": c, "reason": r, "count": n} for (c, r), n in sorted(errors.items())],
                 "errors_total": sum(errors.values()),
-                "answered_by_proxy": sum(sum(c.values()) for c in self.proxies.values()),
                 "disconnects": self.disconnects,
                 "images": self.images,
                 "batches": self.batches,
@@ -594,7 +583,10 @@ def prometheus_text(snap: dict[str, Any], prefix: str = "gan_deploy") -> str:
         out.append(f"# HELP {prefix}_{name} {help_text}")
         out.append(f"# TYPE {prefix}_{name} {kind}")
 
+    replica = {"replica": snap["replica"]} if snap.get("replica") else {}  # series never mix replicas
+
     def sample(name: str, value: float, **labels: Any) -> None:
+        labels = {**labels, **replica}
         lab = ",".join(f'{k}="{_label(v)}"' for k, v in labels.items())
         out.append(f"{prefix}_{name}{{{lab}}} {_fmt_float(value)}" if lab else f"{prefix}_{name} {_fmt_float(value)}")
 
@@ -622,8 +614,8 @@ def prometheus_text(snap: dict[str, Any], prefix: str = "gan_deploy") -> str:
     sample("backend_calls_total", snap["batches"])
     hs = snap["histograms"]
     histogram("batch_size_images", hs["batch_size"], "Images per backend call (batches formed across requests).")
-    histogram("request_duration_seconds", hs["request_seconds"], "Time from arrival at the gateway to the answer, successful /generate.")
-    histogram("queue_duration_seconds", hs["queue_seconds"], "Time a /generate request waited in a replica before its last batch started.")
+    histogram("request_duration_seconds", hs["request_seconds"], "Time from arrival in the replica to the answer, successful /generate.")
+    histogram("queue_duration_seconds", hs["queue_seconds"], "Time an admitted /generate request waited before its last batch started.")
     histogram("compute_duration_seconds", hs["compute_seconds"], "Time of one backend call (one batch).")
     head("request_latency_seconds", "summary", f"Latency of successful /generate requests (quantiles over the last {LATENCY_WINDOW}).")
     for q, v in snap["_quantiles"]:
@@ -631,17 +623,17 @@ def prometheus_text(snap: dict[str, Any], prefix: str = "gan_deploy") -> str:
     sample("request_latency_seconds_sum", round(hs["request_seconds"]["sum"], 9))
     sample("request_latency_seconds_count", hs["request_seconds"]["count"])
     for name, key, help_text in (("in_flight_requests", "in_flight", "/generate requests admitted and not yet answered."),
-                                 ("queue_capacity_requests", "capacity", "Most /generate requests admitted at once (all replicas)."),
+                                 ("queue_capacity_requests", "capacity", "Most /generate requests this replica admits at once."),
                                  ("ready", "ready", "1 when the service takes traffic (model loaded and warmed, not draining)."),
                                  ("draining", "draining", "1 while draining before shutdown."),
-                                 ("generator_replicas", "replicas", "Generator replicas configured.")):
+                                 ("generator_replicas", "replicas", "Replicas configured.")):
         if key in snap:
             head(name, "gauge", help_text)
             sample(name, float(snap[key]))
     if "build" in snap:
         head("build_info", "gauge", "Version, model and backend of this service (value 1).")
         sample("build_info", 1, **snap["build"])
-    head("start_time_seconds", "gauge", "Unix time the gateway started.")
+    head("start_time_seconds", "gauge", "Unix time this replica started.")
     sample("start_time_seconds", round(snap["started"], 3))
     return "\n".join(out) + "\n"
 
@@ -669,7 +661,6 @@ class ServeConfig:
     max_header_bytes: int = 8192  # request headers larger than this get 431
     drain_timeout_s: float = 30.0  # SIGTERM: in-flight requests get this long to finish
     model_name: str = "gan_generator"  # the model's name on the KServe v2 routes (/v2/models/<name>)
-    model: dict[str, Any] = field(default_factory=dict)  # describe, sha256, image_shape: answered without loading it
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -687,7 +678,7 @@ class ServeConfig:
 
     @property
     def capacity(self) -> int:
-        """/generate requests admitted at once over all replicas."""
+        """/generate requests admitted at once over all replicas (what one proxy may forward)."""
         return self.max_queued * self.num_replicas
 
 

@@ -1,6 +1,6 @@
 """The service's Ray Serve options, and the config file that deploys it without `gan-deploy serve`.
 
-`gan-deploy serve ... --write-config serve.yaml` writes a Ray Serve config with the same two deployments, the
+`gan-deploy serve ... --write-config serve.yaml` writes a Ray Serve config with the same deployment, the
 same limits and the same numbers `gan-deploy serve` itself runs with; deploy it with `serve deploy serve.yaml`
 on a running Ray cluster, `serve run serve.yaml`, or paste it under `serveConfigV2` of a KubeRay RayService.
 No Ray is needed to write it; when Ray is installed the file is checked against Ray's own `ServeDeploySchema`
@@ -16,28 +16,23 @@ from gan_deploy.core.errors import GanDeployError
 from gan_deploy.serve.api import ServeConfig
 
 APP_NAME = "gan-deploy"
-GATEWAY, GENERATOR = "GanGateway", "GanGenerator"
+GENERATOR = "GanGenerator"
 IMPORT_PATH = "gan_deploy.serve.ray_serve:app_builder"
 
 
 def deployment_options(cfg: ServeConfig) -> dict[str, dict[str, Any]]:
-    """Ray Serve options of both deployments."""
-    # The generator never sees more than the gateway admits (max_queued x replicas); its own limit leaves
-    # room for the gateway's state polls. The gateway holds cheap coroutines: slow clients, bodies being
-    # read, requests waiting for images; Ray's router queue in front of it is a last line (its 503 carries
-    # Retry-After, and proxy_hooks makes it JSON where Ray loads that).
-    gateway_ongoing = max(1024, 4 * cfg.capacity + 256)
-    drain = {"graceful_shutdown_timeout_s": cfg.drain_timeout_s, "graceful_shutdown_wait_loop_s": 0.5}
+    """Ray Serve options of the deployment."""
+    # Ray's own per-replica limits sit far above the service's (max_queued): a replica holds cheap coroutines
+    # (slow clients, bodies being read, health probes, requests waiting for a batch) and decides admission
+    # itself, at once; so nothing waits in Ray's router behind /generate, and Ray's router queue in front is
+    # a last line (its 503 carries Retry-After, and proxy_hooks makes it JSON where Ray loads that).
+    ongoing = max(1024, 4 * cfg.max_queued + 256)
     return {
-        GENERATOR: {"num_replicas": cfg.num_replicas, "max_ongoing_requests": max(cfg.max_queued, cfg.max_batch_size) + 4,
-                    "max_queued_requests": -1,
+        GENERATOR: {"num_replicas": cfg.num_replicas, "max_ongoing_requests": ongoing, "max_queued_requests": ongoing,
                     "ray_actor_options": {"num_cpus": cfg.num_cpus, "num_gpus": cfg.num_gpus},
-                    # called by the gateway only (and polled by it twice a second): its calls are no access log
-                    "logging_config": {"log_level": "WARNING", "enable_access_log": False},
                     # a model that does not load (wrong file, no device) will not load on a 20th try either
-                    "max_constructor_retry_count": 3, **drain},
-        GATEWAY: {"num_replicas": 1, "max_ongoing_requests": gateway_ongoing, "max_queued_requests": gateway_ongoing,
-                  "ray_actor_options": {"num_cpus": 0}, **drain},
+                    "max_constructor_retry_count": 3,
+                    "graceful_shutdown_timeout_s": cfg.drain_timeout_s, "graceful_shutdown_wait_loop_s": 0.5},
     }
 
 
@@ -50,7 +45,7 @@ def serve_config(cfg: ServeConfig, host: str, port: int, name: str = APP_NAME, r
                  keep_alive_s: int = 5) -> dict[str, Any]:
     """A Ray Serve config equivalent to what `gan-deploy serve` starts."""
     opts = deployment_options(cfg)
-    opts[GATEWAY]["backpressure_config"] = {"status_code": 503, "retry_after_s": 1}
+    opts[GENERATOR]["backpressure_config"] = {"status_code": 503, "retry_after_s": 1}
     return {
         "proxy_location": "EveryNode",
         "http_options": http_options(cfg, host, port, keep_alive_s),

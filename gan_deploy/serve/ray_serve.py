@@ -1,20 +1,23 @@
 """`gan-deploy serve`: the generator as an HTTP service on Ray Serve, batching requests across clients.
 
 Ray Serve owns the HTTP proxy, routing, replicas and scale-out (the same app runs on a Ray cluster with
-more replicas, unchanged, or from the config file `serve_config()` writes). The app has two deployments:
+more replicas, unchanged, or from the config file `config_file.serve_config()` writes). Each replica of the
+one deployment, `GanGenerator`, has
 
-* `GanGateway` (the ingress, one replica, no inference, no CPU reserved): everything HTTP. It reads and
-  bounds the body (size, `read_timeout_s`) *before* the request takes a queue slot, so slow clients cost a
-  coroutine, not capacity; parses and validates; answers /healthz, /readyz and /metrics at once, never
-  behind inference; admits at most `max_queued` x replicas /generate requests and answers the rest a JSON
-  503 with Retry-After in milliseconds; bounds every request by `request_timeout_s`; drains on request
-  (`drain()`); keeps the service-wide metrics (so counters never jump between replicas).
-* `GanGenerator` (`num_replicas`, the model's CPUs/GPUs): a runner built and warmed once, and batching:
-  every request is cut into pieces of at most `max_batch_size` images, and `@serve.batch` (with
-  `batch_size_fn` counting images, not requests) merges pieces of concurrent requests into one backend call
-  of at most `max_batch_size` images, waiting at most `batch_wait_ms` for company. Images are byte-identical
-  to the files `gan-deploy generate` writes for the same (seed, index), on backends whose output for one
-  image does not depend on the rest of its batch (onnxruntime and eager on CPU are checked by the tests).
+* a runner built and warmed once, and batching: every request is cut into pieces of at most `max_batch_size`
+  images, and `@serve.batch` (with `batch_size_fn` counting images, not requests) merges pieces of concurrent
+  requests into one backend call of at most `max_batch_size` images, waiting at most `batch_wait_ms` for
+  company. The backend runs on one inference thread, so the event loop stays free. Images are byte-identical
+  to the files `gan-deploy generate` writes for the same (seed, index), on backends whose output for one image
+  does not depend on the rest of its batch (onnxruntime and eager on CPU are checked by the tests);
+* the HTTP contract of `gan_deploy.serve.api`, with limits applied in an order that keeps one client from
+  holding others up: the body is read (bounded by `read_timeout_s` and `body_limit`) *before* the request
+  takes one of the `max_queued` slots; a full replica answers a JSON 503 with Retry-After at once; every
+  request is bounded by `request_timeout_s`; /healthz, /readyz and /metrics are answered on arrival, never
+  queued (Ray's own per-replica limit is far above `max_queued`, so they are not held in Ray's router either)
+  and never behind inference; `drain()` stops admitting and waits for what is in flight.
+
+`proxy_hooks` adds the same admission in Ray's proxy, where a refusal costs no routing at all.
 
 This module imports Ray; `import gan_deploy` and `gan-deploy --help` never import it.
 """
@@ -56,13 +59,11 @@ from gan_deploy.serve.api import (
     render,
     request_latents,
 )
-from gan_deploy.serve.config_file import APP_NAME, GATEWAY, GENERATOR, deployment_options, http_options, serve_config  # noqa: F401
-from gan_deploy.serve.proxy_hooks import TOKEN_ENV, decode_counts, limits_header
+from gan_deploy.serve.config_file import APP_NAME, GENERATOR, deployment_options, http_options, serve_config  # noqa: F401
+from gan_deploy.serve.proxy_hooks import limits_header
 
 PROXY_CALLBACK = "gan_deploy.serve.proxy_hooks:middlewares"
 LIMITS_HEADER = "x-gan-deploy-limits"
-STATE_PERIOD_S = 0.5  # the gateway asks a generator replica for its state this often
-READY_STALE_S = 5.0  # ... and calls the service not ready when no replica answered for this long
 logger = logging.getLogger("ray.serve")
 
 
@@ -107,7 +108,7 @@ def _error_response(e: RequestError, extra_headers: dict[str, str] | None = None
 
 @serve.deployment(name=GENERATOR)
 class GeneratorDeployment:
-    """One generator replica: a runner built once, a batch queue. Called by the gateway, never over HTTP."""
+    """One replica: a runner built once, a batch queue, the HTTP contract, admission, health, metrics, drain."""
 
     def __init__(self, config: dict[str, Any]):
         from gan_deploy.artifacts.load import load_artifact
@@ -132,11 +133,13 @@ class GeneratorDeployment:
             self._pool.submit(self.runner.infer, latents_range(0, 0, n, self.spec.latent_dim)).result()
         self._infer_pieces.set_max_batch_size(cfg.max_batch_size)
         self._infer_pieces.set_batch_wait_timeout_s(cfg.batch_wait_ms / 1000.0)
-        self.in_flight = 0
         try:
             self.replica = serve.get_replica_context().replica_id.unique_id
-        except Exception:  # outside a replica (unit use)
+        except Exception:  # outside a replica (tests)
             self.replica = "local"
+        self.metrics = Metrics()
+        self.in_flight = 0  # admitted /generate requests not yet answered
+        self.draining = False
 
     # -- batching --------------------------------------------------------------------------------------
     def _pixels(self, z: np.ndarray) -> np.ndarray:
@@ -144,84 +147,36 @@ class GeneratorDeployment:
         return self.runner.infer_pixels(z)
 
     @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.005, batch_size_fn=_images_in)
-    async def _infer_pieces(self, pieces: list[np.ndarray]) -> list[tuple[np.ndarray, float, float, int]]:
-        """Pieces of one or more requests -> one backend call -> each piece's (pixels, start, end, size): size
-        is the batch's image count on the first piece and 0 on the others, so each call is counted once."""
+    async def _infer_pieces(self, pieces: list[np.ndarray]) -> list[tuple[np.ndarray, float]]:
+        """Pieces of one or more requests -> one backend call -> each piece's (pixels, when the call started)."""
         z = np.concatenate(pieces)
         t0 = time.perf_counter()
         pixels = await asyncio.get_running_loop().run_in_executor(self._pool, self._pixels, z)
-        t1 = time.perf_counter()
+        self.metrics.record_batch(len(z), time.perf_counter() - t0)
         bounds = np.cumsum([len(p) for p in pieces])[:-1]
-        return [(p, t0, t1, len(z) if k == 0 else 0) for k, p in enumerate(np.split(pixels, bounds))]
+        return [(p, t0) for p in np.split(pixels, bounds)]
 
-    async def generate(self, seeds: list[int], indices: list[int], fmt: str) -> dict[str, Any]:
-        """The images of a validated request, rendered: {"body", "media_type", "headers", "queue_s", "batches"}
-        or {"error": ...} when the backend failed (the replica keeps running)."""
-        t_arrive = time.perf_counter()
-        self.in_flight += 1
+    async def _images(self, req: ImageRequest) -> tuple[bytes, str, dict[str, str]]:
+        t_admitted = time.perf_counter()
+        z = request_latents(req, self.spec.latent_dim)
         try:
-            req = ImageRequest(seeds, indices, fmt)
-            z = request_latents(req, self.spec.latent_dim)
-            try:
-                parts = await asyncio.gather(*(self._infer_pieces(z[a:b]) for a, b in chunks(len(req), self.cfg.max_batch_size)))
-            except Exception as e:  # a backend failure answers 500 and leaves the service running
-                return {"error": {"type": type(e).__name__, "message": str(e).splitlines()[0][:300] if str(e) else ""}}
-            pixels = parts[0][0] if len(parts) == 1 else np.concatenate([p[0] for p in parts])
-            # PNG encoding of a large response is milliseconds of CPU: off the event loop (zlib drops the GIL)
-            body, media_type, headers = await asyncio.to_thread(render, req, pixels, self.cfg.model_name)
-            return {"body": body, "media_type": media_type, "headers": headers,
-                    "queue_s": max(p[1] for p in parts) - t_arrive,
-                    "batches": [(p[3], p[2] - p[1]) for p in parts if p[3]]}
-        finally:
-            self.in_flight -= 1
+            parts = await asyncio.gather(*(self._infer_pieces(z[a:b]) for a, b in chunks(len(req), self.cfg.max_batch_size)))
+        except Exception as e:  # a backend failure answers 500 and leaves the service running
+            msg = str(e).splitlines()[0][:300] if str(e) else ""
+            raise RequestError(500, None, type(e).__name__, "a working backend", f"inference failed: {msg}", "backend_failed") from None
+        self.metrics.record_queue(max(t for _, t in parts) - t_admitted)
+        pixels = parts[0][0] if len(parts) == 1 else np.concatenate([p for p, _ in parts])
+        # PNG encoding of a large response is milliseconds of CPU: off the event loop (zlib drops the GIL)
+        return await asyncio.to_thread(render, req, pixels, self.cfg.model_name)
 
-    async def state(self) -> dict[str, Any]:
-        """Cheap (the gateway polls it): this replica is up, its model loaded and warmed (the constructor returned)."""
-        return {"ready": True, "replica": self.replica, "in_flight": self.in_flight, "backend": self.runner.describe(),
-                "model": self.artifact.describe(), "sha256": self.artifact.sha256}
-
-
-@serve.deployment(name=GATEWAY)
-class GatewayDeployment:
-    """The HTTP ingress: limits, validation, admission, health, metrics, drain. No model, no inference."""
-
-    def __init__(self, config: dict[str, Any], generator: Any):
-        self.cfg = ServeConfig(**config)
-        self.generator = generator
-        self.metrics = Metrics()
-        self.in_flight = 0  # admitted /generate requests not yet answered
-        self.draining = False
-        self.gen_state: dict[str, Any] | None = None
-        self.gen_ok_at = -1e9
-        self.model = dict(self.cfg.model)
-        self._token = os.environ.get(TOKEN_ENV) or None
-        self._watcher = asyncio.get_running_loop().create_task(self._watch_generator())
-
-    # -- readiness -------------------------------------------------------------------------------------
-    async def _watch_generator(self) -> None:
-        while True:
-            resp = self.generator.state.remote()
-            try:
-                self.gen_state = await asyncio.wait_for(resp, timeout=2.0)
-                self.gen_ok_at = time.monotonic()
-            except asyncio.CancelledError:
-                resp.cancel()
-                raise
-            except BaseException:  # not up yet, restarting, or gone: readiness says so
-                resp.cancel()
-            await asyncio.sleep(STATE_PERIOD_S)
-
-    @property
-    def model_ready(self) -> bool:
-        return time.monotonic() - self.gen_ok_at < READY_STALE_S
-
+    # -- readiness and drain ---------------------------------------------------------------------------
     def readiness(self) -> tuple[bool, RequestError | None]:
+        """Ready: the model is loaded and warmed (Ray routes to a replica only once its constructor, which
+        does both, returned), not draining, and the queue has room."""
         if self.draining:
             return False, RequestError(503, None, None, "another instance", "the service is draining before shutdown", "draining")
-        if not self.model_ready:
-            return False, RequestError(503, None, None, "a moment", "no generator replica is up (loading or warming the model)", "not_ready")
-        if self.in_flight >= self.cfg.capacity:
-            return False, RequestError(503, None, self.in_flight, f"fewer than {self.cfg.capacity} requests in flight", "the queue is full", "overloaded")
+        if self.in_flight >= self.cfg.max_queued:
+            return False, RequestError(503, None, self.in_flight, f"fewer than {self.cfg.max_queued} requests in flight", "the queue is full", "overloaded")
         return True, None
 
     async def drain(self, timeout_s: float | None = None) -> dict[str, Any]:
@@ -232,20 +187,17 @@ class GatewayDeployment:
         t0 = time.monotonic()
         while self.in_flight > 0 and time.monotonic() - t0 < timeout_s:
             await asyncio.sleep(0.02)
-        return {"in_flight_left": self.in_flight, "waited_s": round(time.monotonic() - t0, 3)}
+        return {"replica": self.replica, "in_flight_left": self.in_flight, "waited_s": round(time.monotonic() - t0, 3)}
 
     # -- HTTP ------------------------------------------------------------------------------------------
     async def __call__(self, request: Request) -> Response:
         t0 = time.perf_counter()
         scope = request.scope
-        counts = request.headers.get("x-gan-deploy-proxy")
-        if counts is not None:
-            decoded = decode_counts(counts, self._token)
-            if decoded is not None:
-                self.metrics.set_proxy_counts(*decoded)
-        path = scope["path"][len(scope.get("root_path", "")):] or "/"
+        root = scope.get("root_path", "")
+        path = scope["path"][len(root):] or "/"
         method = request.method
         route = "/v2" if path.startswith("/v2") else path
+        infer = route == "/generate" or (route == "/v2" and path.endswith("/infer"))
         reason: str | None = None
         try:
             try:
@@ -258,21 +210,19 @@ class GatewayDeployment:
         except (ClientDisconnect, asyncio.CancelledError):
             # the client went away: nobody will read an answer; one counter, no traceback in the logs
             self.metrics.record_disconnect(route)
-            if route == "/generate":
+            if infer:
                 self.metrics.record_request(499)
             raise asyncio.CancelledError from None
         except Exception as e:  # a bug: still a JSON 500, counted, one line in the log
             logger.warning(f"gan-deploy: internal error on {method} {path}: {type(e).__name__}: {e}")
             err = RequestError(500, None, type(e).__name__, "a working service", f"internal error: {e}", "internal")
             resp, reason = _error_response(err), err.reason
-        if (route == "/generate" or (route == "/v2" and path.endswith("/infer"))) and resp.status_code != 200:
+        if infer and resp.status_code != 200:
             self.metrics.record_request(resp.status_code)
-        # for proxy_hooks (which strips it): admission in Ray's proxy, before the request is routed
-        root = scope.get("root_path", "")
-        resp.headers[LIMITS_HEADER] = limits_header([f"{root}/generate", f"{root}/v2/models/{self.cfg.model_name}/infer"],
-                                                    self.cfg.capacity, self.cfg.read_timeout_s, self.cfg.body_limit)
-
         self.metrics.record_http(route, method, resp.status_code, reason)
+        # for proxy_hooks (which strips it): admission in Ray's proxy, before a request is routed at all
+        resp.headers[LIMITS_HEADER] = limits_header([f"{root}/generate", f"{root}/v2/models/{self.cfg.model_name}/infer"],
+                                                    f"{root}/metrics", self.cfg.capacity, self.cfg.read_timeout_s, self.cfg.body_limit)
         return resp
 
     async def _dispatch(self, request: Request, path: str, method: str, t0: float) -> tuple[Response, str | None]:
@@ -289,16 +239,17 @@ class GatewayDeployment:
         if path in ("/healthz", "/readyz", "/metrics", "/"):
             if method not in ("GET", "HEAD"):
                 raise RequestError(405, None, method, "GET", f"use GET {path}", "method_not_allowed", {"Allow": "GET, HEAD"})
-            if path == "/healthz":  # liveness: this process answers; nothing here waits for the model
+            if path == "/healthz":  # liveness: this replica's event loop answers; nothing here waits for a batch
                 return _json(200, {"status": "ok", "ready": self.readiness()[0], "version": __version__,
-                                   "model": self.model.get("describe"), "sha256": self.cfg.artifact_sha256,
-                                   "backend": (self.gen_state or {}).get("backend", self.cfg.backend)}), None
+                                   "model": self.artifact.describe(), "sha256": self.artifact.sha256,
+                                   "backend": self.runner.describe(), "replica": self.replica}), None
             if path == "/readyz":
                 ok, why = self.readiness()
                 if not ok:
                     assert why is not None
                     raise why
-                return _json(200, {"status": "ready", "in_flight": self.in_flight, "capacity": self.cfg.capacity}), None
+                return _json(200, {"status": "ready", "in_flight": self.in_flight, "max_queued": self.cfg.max_queued,
+                                   "replica": self.replica}), None
             if path == "/metrics":
                 snap = self.snapshot()
                 fmt = request.query_params.get("format", "prometheus")
@@ -313,9 +264,9 @@ class GatewayDeployment:
     def _admit(self) -> None:
         if self.draining:
             raise RequestError(503, None, None, "another instance", "the service is draining before shutdown", "draining")
-        if self.in_flight >= self.cfg.capacity:
-            raise RequestError(503, None, self.in_flight, f"at most {self.cfg.capacity} requests in flight "
-                               f"({self.cfg.max_queued} per replica x {self.cfg.num_replicas})", "overloaded; retry after a moment", "overloaded")
+        if self.in_flight >= self.cfg.max_queued:
+            raise RequestError(503, None, self.in_flight, f"at most {self.cfg.max_queued} requests in flight per replica",
+                               "overloaded; retry after a moment", "overloaded")
 
     async def _generate(self, request: Request, t0: float, kserve: bool) -> Response:
         self._admit()  # a full queue answers at once, before waiting for the body
@@ -323,34 +274,18 @@ class GatewayDeployment:
         req, request_id = parse_v2_infer(body, self.cfg.max_images_per_request) if kserve else \
             (parse_request(body, self.cfg.max_images_per_request), None)
         self._admit()  # and again: admission is decided once the body is in
-        tag = etag(self.cfg.artifact_sha256, req)
         self.in_flight += 1
         try:
-            resp = self.generator.generate.remote(req.seeds, req.indices, req.fmt)
-            try:
-                result = await resp
-            except BaseException as e:
-                resp.cancel()
-                if isinstance(e, (asyncio.CancelledError, KeyboardInterrupt)):
-                    raise
-                raise RequestError(503, None, type(e).__name__, "a generator replica that is up",
-                                   f"no generator replica could answer: {str(e).splitlines()[0][:200] if str(e) else type(e).__name__}",
-                                   "unavailable") from None
+            body_out, media_type, headers = await self._images(req)
         finally:
             self.in_flight -= 1
-        if "error" in result:
-            raise RequestError(500, None, result["error"]["type"], "a working backend",
-                               f"inference failed: {result['error']['message']}", "backend_failed")
-        for size, seconds in result["batches"]:
-            self.metrics.record_batch(size, seconds)
-        self.metrics.record_request(200, len(req), time.perf_counter() - t0, result["queue_s"])
-        body_out = result["body"]
-        if kserve and request_id is not None:  # the id goes back verbatim; the pixels were rendered by the replica
+        self.metrics.record_request(200, len(req), time.perf_counter() - t0)
+        if kserve and request_id is not None:  # the id goes back verbatim
             body_out = body_out[:-1] + b',"id":' + json_bytes(request_id) + b"}"
-        headers = {**result["headers"], "ETag": tag, "Cache-Control": CACHE_CONTROL}
+        headers = {**headers, "ETag": etag(self.artifact.sha256, req), "Cache-Control": CACHE_CONTROL}
         if self.draining:
             headers["Connection"] = "close"
-        return Response(body_out, media_type=result["media_type"], headers=headers)
+        return Response(body_out, media_type=media_type, headers=headers)
 
     async def _body(self, request: Request) -> bytes:
         """The whole request body, bounded in size (413) and in time (408): read before the request takes a
@@ -403,28 +338,29 @@ class GatewayDeployment:
             if not ok:
                 assert why is not None
                 raise why
-            return _json(200, {"ready": True}) if key[1] == "health" else _json(200, {"name": name, "ready": True}), None
-        h, w, c = self.model.get("image_shape", [0, 0, 0])
+            return (_json(200, {"ready": True}) if key[1] == "health" else _json(200, {"name": name, "ready": True})), None
+        s = self.spec
         return _json(200, {"name": name, "versions": ["1"], "platform": "gan-deploy",
                            "inputs": [{"name": "seed", "datatype": "INT64", "shape": [-1]},
                                       {"name": "index", "datatype": "INT64", "shape": [-1]}],
-                           "outputs": [{"name": "image", "datatype": "UINT8", "shape": [-1, h, w, c]}]}), None
+                           "outputs": [{"name": "image", "datatype": "UINT8", "shape": [-1, s.height, s.width, s.channels]}]}), None
 
     # -- views ---------------------------------------------------------------------------------------------
     def snapshot(self) -> dict[str, Any]:
         return self.metrics.snapshot(
-            in_flight=self.in_flight, capacity=self.cfg.capacity, ready=int(self.readiness()[0]), draining=int(self.draining),
-            replicas=self.cfg.num_replicas,
-            build={"version": __version__, "model_sha256": self.cfg.artifact_sha256[:16], "backend": self.cfg.backend},
-            config={"backend": self.cfg.backend, "max_batch_size": self.cfg.max_batch_size, "batch_wait_ms": self.cfg.batch_wait_ms,
+            in_flight=self.in_flight, capacity=self.cfg.max_queued, ready=int(self.readiness()[0]), draining=int(self.draining),
+            replicas=self.cfg.num_replicas, replica=self.replica,
+            build={"version": __version__, "model_sha256": self.artifact.sha256[:16], "backend": self.runner.name},
+            config={"backend": self.runner.name, "max_batch_size": self.cfg.max_batch_size, "batch_wait_ms": self.cfg.batch_wait_ms,
                     "max_images_per_request": self.cfg.max_images_per_request, "max_queued": self.cfg.max_queued,
                     "replicas": self.cfg.num_replicas, "read_timeout_s": self.cfg.read_timeout_s,
                     "request_timeout_s": self.cfg.request_timeout_s, "max_body_bytes": self.cfg.body_limit,
                     "max_header_bytes": self.cfg.max_header_bytes})
 
     def describe(self) -> dict[str, Any]:
-        return {"service": "gan-deploy", "version": __version__, "model": self.model.get("describe"),
-                "sha256": self.cfg.artifact_sha256, "image_shape": self.model.get("image_shape"),
+        s = self.spec
+        return {"service": "gan-deploy", "version": __version__, "model": self.artifact.describe(),
+                "sha256": self.artifact.sha256, "image_shape": [s.height, s.width, s.channels],
                 "fields": list(FIELDS), "formats": list(RESPONSE_FORMATS),
                 "max_images_per_request": self.cfg.max_images_per_request,
                 "routes": {"POST /generate": "images; see docs/serving.md", "GET /healthz": "liveness",
@@ -439,10 +375,8 @@ def build_app(cfg: ServeConfig):
     """The Ray Serve application for `cfg` (not yet running)."""
     from ray.serve.config import BackpressureConfig
 
-    opts = deployment_options(cfg)
-    generator = GeneratorDeployment.options(**opts[GENERATOR]).bind(cfg.to_dict())
-    return GatewayDeployment.options(**opts[GATEWAY], backpressure_config=BackpressureConfig(retry_after_s=1)).bind(
-        cfg.to_dict(), generator)
+    return GeneratorDeployment.options(**deployment_options(cfg)[GENERATOR], backpressure_config=BackpressureConfig(retry_after_s=1)).bind(
+        cfg.to_dict())
 
 
 def app_builder(args: dict[str, Any]):
@@ -460,13 +394,9 @@ _apps: list[str] = []  # apps start() deployed (stop() deletes them from a clust
 def local_ray_env(host: str) -> dict[str, str]:
     """Environment for a local Ray the service starts: Ray's proxy loads proxy_hooks (JSON for Ray's own error
     answers); with a loopback host, every Ray process binds loopback too (Ray's single-machine mode)."""
-    import secrets
-
     import gan_deploy
 
-    env = {"RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH": os.environ.get("RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH", PROXY_CALLBACK),
-           # what the proxy answered itself reaches the gateway's metrics only with this (a client cannot forge it)
-           TOKEN_ENV: os.environ.get(TOKEN_ENV) or secrets.token_hex(16)}
+    env = {"RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH": os.environ.get("RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH", PROXY_CALLBACK)}
     # Ray's processes (proxy, controller, replicas) import the gan_deploy this process runs, not whichever
     # one an installed distribution points at
     root = os.path.dirname(os.path.dirname(os.path.abspath(gan_deploy.__file__)))
@@ -629,7 +559,7 @@ def start(cfg: ServeConfig, host: str = "127.0.0.1", port: int = 8000, route_pre
 
 def wait_for_http(url: str, timeout_s: float = 30.0) -> None:
     """Until GET {url}/readyz answers 200 through Ray's proxy: the proxy has the app's routes, a generator
-    replica answered the gateway, and the proxy learnt the admission limits (proxy_hooks)."""
+    replica answers, and the proxy learnt the admission limits (proxy_hooks)."""
     import http.client
     from urllib.parse import urlsplit
 
@@ -652,10 +582,32 @@ def wait_for_http(url: str, timeout_s: float = 30.0) -> None:
     raise GanDeployError("the service does not answer over HTTP", f"{url}/readyz: {last}", hint="see Ray's logs under /tmp/ray/session_latest/logs")
 
 
-def drain(name: str = APP_NAME, timeout_s: float = 30.0) -> dict[str, Any]:
-    """Ask the app's gateway to stop admitting and wait (at most timeout_s) for its in-flight requests."""
+def drain(name: str = APP_NAME, timeout_s: float = 30.0, replicas: int = 1) -> dict[str, Any]:
+    """Drain every replica of the app: each stops admitting and waits (at most timeout_s) for its in-flight
+    requests. A handle reaches one replica per call, so calls go out until each replica has answered (a
+    draining replica holds its call until it is empty, so concurrent calls spread over the replicas)."""
+    from concurrent.futures import ThreadPoolExecutor as Pool
+
     handle = serve.get_app_handle(name)
-    return handle.drain.remote(timeout_s).result(timeout_s=timeout_s + 15)
+    seen: dict[str, dict[str, Any]] = {}
+    lock = threading.Lock()
+    deadline = time.monotonic() + timeout_s + 10  # finding every replica, after waiting for the slowest
+
+    def worker() -> None:
+        while time.monotonic() < deadline:
+            with lock:
+                if len(seen) >= replicas:
+                    return
+            left = max(0.0, deadline - 10 - time.monotonic())
+            r = handle.drain.remote(left).result(timeout_s=left + 15)
+            with lock:
+                seen[r["replica"]] = r
+
+    with Pool(max_workers=replicas) as pool:
+        for f in [pool.submit(worker) for _ in range(replicas)]:
+            f.result()
+    return {"replicas": len(seen), "in_flight_left": sum(r["in_flight_left"] for r in seen.values()),
+            "waited_s": max((r["waited_s"] for r in seen.values()), default=0.0)}
 
 
 def stop() -> None:
@@ -716,7 +668,7 @@ def serve_forever(cfg: ServeConfig, host: str, port: int, ray_address: str | Non
             pass
         if on_signal is not None:
             on_signal(signal.Signals(got[0]).name)
-        report = drain(name, cfg.drain_timeout_s)
+        report = drain(name, cfg.drain_timeout_s, cfg.num_replicas)
     except (KeyboardInterrupt, SystemExit):  # SystemExit: ray.init's SIGTERM handler, during start-up
         return None
     finally:
