@@ -294,6 +294,9 @@ def test_second_process_into_the_same_folder_is_refused(tiny_checkpoint, tmp_pat
             time.sleep(0.05)
         r = cli("generate", "-c", tiny_checkpoint, "-n", 10, "--out", out, "--overwrite")
         assert r.exit_code == 2 and "another generate is writing into this output folder" in r.output and f"pid {p.pid}" in r.output
+        # let the first run complete a file before stopping it (on a loaded machine the lock can come seconds earlier)
+        while time.time() < deadline and not _complete_pngs(out):
+            time.sleep(0.05)
     finally:
         p.send_signal(signal.SIGTERM)
         p.wait(timeout=60)
