@@ -1,18 +1,24 @@
 """FP32 vs INT8 (vs FP16) in onnxruntime on this machine's CPU, per batch size, with the gate's figures.
 
 Target (issue 4): INT8 >= 1.5x FP32 at batch 64 while passing the quality gate. Variants, all made by
-gan_deploy.precision.quantize from the same FP32 ONNX and each gated against eager FP32 on 1000 gate latents:
+gan_deploy.precision.quantize from the same FP32 ONNX and each gated against FP32 on 1000 gate latents:
 
     fp32            the exported model (ConvTranspose)
-    int8            Q/DQ, ConvTranspose rewritten to Conv + DepthToSpace, UINT8 activations (the CPU flavour)
+    int8            what `quantize --int8` writes: full INT8 if it passes the gate (calibration chosen by the gate),
+                    else the mixed INT8/FP32 model of the sensitivity search; UINT8 activations (the CPU flavour)
+    int8-full       full INT8, min/max calibration, written whether or not it passes (to time what the gate refuses)
     int8-norewrite  Q/DQ of the original graph: onnxruntime runs ConvTranspose dequantized (the known slow case)
     int8-tensorrt   Q/DQ in TensorRT's form (symmetric INT8, FP32 bias); gated and timed here for completeness
     fp16            FP16 with FP32 I/O (onnxruntime has FP16 kernels on this CPU; no speed is expected from them)
+
+The parent is the shipped DCGAN, a checkpoint (--checkpoint) or any FP32 ONNX (--onnx, e.g. the StyleGAN2-style
+example of examples/stylegan2_tiny.py exported with `gan-deploy export --factory`).
 
 Latency: gan_deploy.core.timing.measure, variants interleaved in rounds so that load from other processes on
 the machine hits them alike; per variant and batch the median over rounds of each round's p50.
 
     python benchmarks/precision.py [--checkpoint models/digits_dcgan.safetensors] [--rounds 5] [--json out.json]
+    python benchmarks/precision.py --onnx models/stylegan2_tiny.onnx --batch-sizes 64 --variants fp32,int8,int8-full,fp16
     python benchmarks/precision.py --damage     # only: what the gate says about deliberately damaged models
 """
 from __future__ import annotations
@@ -36,7 +42,9 @@ from gan_deploy.nets.config import GeneratorConfig
 from gan_deploy.precision.quantize import fp16_onnx_from_onnx, int8_onnx_from_onnx
 
 
-def parent_artifact(checkpoint: str | None, tmp: Path):
+def parent_artifact(checkpoint: str | None, tmp: Path, onnx_path: str | None = None):
+    if onnx_path:
+        return artifact_from_onnx(onnx_path), onnx_path
     if checkpoint or DEFAULT_CHECKPOINT.exists():
         return load_artifact(checkpoint), "trained" if not checkpoint else checkpoint
     # the default model is not trained yet: a freshly initialised generator of the same config
@@ -51,6 +59,17 @@ def parent_artifact(checkpoint: str | None, tmp: Path):
     print("NOTE: models/digits_dcgan.safetensors not found: using a freshly initialised generator of the default config",
           file=sys.stderr)
     return load_artifact(path), "untrained (default config, DCGAN init)"
+
+
+def _write_anyway(rep, parent, tmp: Path):
+    """The full INT8 model even when the gate refused it (timing only; marked in the table)."""
+    if rep.path is None:
+        from gan_deploy.precision.quantize import reduced_precision_model
+
+        q, _, _ = reduced_precision_model(parent, "int8", calib_method="minmax")
+        rep.path = tmp / "int8f-rejected.onnx"
+        rep.path.write_bytes(q.SerializeToString())
+    return rep
 
 
 def damage_sweep(parent, n: int) -> None:
@@ -89,6 +108,7 @@ def damage_sweep(parent, n: int) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--checkpoint", default=None)
+    ap.add_argument("--onnx", default=None, help="an FP32 ONNX parent instead of a checkpoint")
     ap.add_argument("--batch-sizes", default="1,64,256")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--variants", default="fp32,int8,int8-norewrite,int8-tensorrt,fp16")
@@ -97,7 +117,7 @@ def main() -> None:
     ap.add_argument("--damage", action="store_true", help="Only run the gate on deliberately damaged models.")
     a = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="gan-deploy-precision-"))
-    parent, which = parent_artifact(a.checkpoint, tmp)
+    parent, which = parent_artifact(a.checkpoint, tmp, a.onnx)
     if a.damage:
         return damage_sweep(parent, a.gate_samples)
     fp32_path = tmp / "fp32.onnx"
@@ -105,11 +125,14 @@ def main() -> None:
     arts, gates = {"fp32": artifact_from_onnx(fp32_path)}, {}
     wanted = a.variants.split(",")
     makers = {
-        "int8": lambda: int8_onnx_from_onnx(parent, tmp / "int8.onnx", gate_samples=a.gate_samples, raise_on_reject=False),
-        "int8-norewrite": lambda: int8_onnx_from_onnx(parent, tmp / "int8n.onnx", rewrite=False, gate_samples=a.gate_samples,
-                                                      raise_on_reject=False),
-        "int8-tensorrt": lambda: int8_onnx_from_onnx(parent, tmp / "int8t.onnx", target="tensorrt", gate_samples=a.gate_samples,
-                                                     raise_on_reject=False),
+        "int8": lambda: int8_onnx_from_onnx(parent, tmp / "int8.onnx", gate_samples=a.gate_samples, raise_on_reject=False,
+                                            progress=lambda m: print(m, file=sys.stderr)),
+        "int8-full": lambda: _write_anyway(int8_onnx_from_onnx(parent, tmp / "int8f.onnx", calib_method="minmax", mixed=False,
+                                                               gate_samples=a.gate_samples, raise_on_reject=False), parent, tmp),
+        "int8-norewrite": lambda: int8_onnx_from_onnx(parent, tmp / "int8n.onnx", rewrite=False, calib_method="minmax",
+                                                      mixed=False, gate_samples=a.gate_samples, raise_on_reject=False),
+        "int8-tensorrt": lambda: int8_onnx_from_onnx(parent, tmp / "int8t.onnx", target="tensorrt", calib_method="minmax",
+                                                     mixed=False, gate_samples=a.gate_samples, raise_on_reject=False),
         "fp16": lambda: fp16_onnx_from_onnx(parent, tmp / "fp16.onnx", gate_samples=a.gate_samples, raise_on_reject=False),
     }
     for name in wanted:

@@ -143,3 +143,18 @@ def test_check_artifact_runs_a_runner_on_the_gate_latents(tiny_checkpoint, tiny_
                          replace(thresholds_for("fp16"), max_fd_ratio=None), "fp32")
     assert rep.accepted and rep.n_images == 40 and "fd_ratio" not in [c.name for c in rep.checks]
     assert rep.figures["psnr_worst_db"] > 80  # FP32 ONNX vs eager: rounding only
+
+
+def test_gate_bench_gives_run_gates_figures(tiny_checkpoint, tiny_onnx):
+    """The sensitivity analysis gates many candidates against one set of reference images: same figures as run_gate."""
+    from gan_deploy.precision.sensitivity import GateBench
+
+    parent = load_artifact(tiny_checkpoint)
+    t = thresholds_for("int8")
+    cand = make_runner("onnxruntime", artifact_from_onnx(tiny_onnx), "cpu")
+    bench = GateBench(make_runner("eager", parent, "cpu"), t, 48)
+    a = bench.check(cand)
+    b = run_gate(cand, make_runner("eager", parent, "cpu"), t, "int8", n=48)
+    assert a.accepted == b.accepted and a.figures == b.figures
+    with pytest.raises(GanDeployError, match="too few gate images"):
+        GateBench(make_runner("eager", parent, "cpu"), t, 16)

@@ -279,3 +279,32 @@ def test_foreign_onnx_value_range_is_kept(tiny_onnx, tmp_path):
     report = int8_onnx_from_onnx(parent, tmp_path / "foreign.int8.onnx", calib_samples=64, gate_samples=64)
     assert report.accepted
     assert load_artifact(onnx=report.path).spec.value_range == (0.0, 1.0)
+
+
+def test_int8_auto_calibration_keeps_minmax_when_it_passes(tiny_checkpoint, tmp_path):
+    """The default path is today's: min/max passes the gate, so nothing else is tried and nothing is kept FP32."""
+    report = int8_onnx_from_onnx(load_artifact(tiny_checkpoint), tmp_path / "q.onnx", calib_samples=128, gate_samples=64)
+    assert report.accepted and list(report.attempts) == ["minmax"] and report.sensitivity is None
+    recipe = json.loads({p.key: p.value for p in onnx.load(str(report.path)).metadata_props}["gan_deploy.recipe"])
+    assert recipe["calibration"]["method"] == "minmax" and recipe["calibration"]["chosen_by"]["rule"] == "auto: minmax passed the gate"
+    assert "kept_fp32" not in recipe and recipe["policy"]["exclude"] == []
+
+
+def test_cli_no_mixed_stops_at_the_rejection(cli, tiny_checkpoint, tmp_path):
+    r = cli("quantize", "--int8", "-c", tiny_checkpoint, "-o", tmp_path / "q.onnx", "--calib-samples", 64,
+            "--gate-samples", 64, "--min-psnr-median", 60, "--no-mixed", "--calib-method", "percentile")
+    assert r.exit_code == 2 and "REJECTED (psnr_median_db)" in r.output and "mixed precision" not in r.output
+    assert "percentile" in r.output and not (tmp_path / "q.onnx").exists()
+
+
+def test_mixed_speed_reference_is_the_fp32_onnx_of_a_checkpoint(tiny_checkpoint, tmp_path):
+    """A mixed model of a checkpoint is timed against the checkpoint's FP32 ONNX in onnxruntime (not eager)."""
+    from gan_deploy.precision.quantize import _Int8Maker
+
+    art = load_artifact(tiny_checkpoint)
+    maker = _Int8Maker(art, "onnxruntime", 64, 1, True, tmp_path / "q.onnx")
+    with maker.fp32_runner() as fp32:
+        assert fp32.name == "onnxruntime"
+        z = latents_range(3, 0, 8, art.spec.latent_dim)
+        assert np.abs(fp32.infer(z) - make_runner("eager", art, "cpu").infer(z)).max() < 1e-4
+    assert not list(tmp_path.iterdir())  # nothing written

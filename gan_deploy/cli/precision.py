@@ -101,7 +101,7 @@ def input_options(f: Callable) -> Callable:
                    "table, and a PNG bar chart (--plot). Writes no model.")
 @click.option("--plot", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="With --report: the bar chart. Default: beside the input, NAME.int8-sensitivity.png.")
-@click.option("--sensitivity-samples", type=click.IntRange(min=32), default=128, show_default=True,
+@click.option("--sensitivity-samples", type=click.IntRange(min=32), default=64, show_default=True,
               help="INT8 mixed search / --report: gate latents each unit's damage is measured on.")
 @click.option("--speed-rounds", type=click.IntRange(min=1), default=5, show_default=True,
               help="INT8 mixed: interleaved FP32/INT8 timing rounds (onnxruntime, batch 64).")

@@ -19,6 +19,7 @@ quantizer itself (Q/DQ placement, scales, zero points) is onnxruntime's, unchang
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -162,6 +163,9 @@ def _augmented_session(model, tensors: list[str]):
     so = ort.SessionOptions()
     so.log_severity_level = 3
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # every tensor as the graph computes it
+    threads = int(os.environ.get("GAN_DEPLOY_THREADS", "0") or 0)
+    if threads:
+        so.intra_op_num_threads = threads
     return ort.InferenceSession(aug.SerializeToString(), so, providers=["CPUExecutionProvider"])
 
 

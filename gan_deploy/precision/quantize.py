@@ -1,9 +1,12 @@
 """Reduced precision on CPU: INT8 Q/DQ and FP16 ONNX models, each accepted only if it passes the quality gate.
 
 INT8 (`int8_onnx_from_onnx`): BatchNorm is folded, DCGAN's transposed convolutions are rewritten exactly into
-Conv + DepthToSpace (`rewrite.py`: onnxruntime has no quantized ConvTranspose kernel), then onnxruntime's
-static quantizer writes a Q/DQ model with per-channel INT8 weights, calibrated on latents drawn from the
-generator's own prior (standard normal, `gan_deploy.core.latents`): a generator needs no data set to calibrate.
+Conv + DepthToSpace (`rewrite.py`: onnxruntime has no quantized ConvTranspose kernel), biases the exporter shared
+are untied (`untie_biases`), then onnxruntime's static quantizer writes a Q/DQ model with per-channel INT8 weights,
+calibrated on latents drawn from the generator's own prior (standard normal, `gan_deploy.core.latents`): a
+generator needs no data set to calibrate. Activation ranges come from `calibrate.py` (minmax, percentile or
+entropy from one calibration run; "auto" lets the gate choose). What is quantized is an `Int8Policy`: all of it,
+or all but the nodes a mixed precision search (`sensitivity.py`) keeps in FP32 when full INT8 fails the gate.
 Two flavours, because the fast CPU form is not one TensorRT accepts:
 
 * target onnxruntime: UINT8 asymmetric activations. onnxruntime then drops every ReLU into the preceding
@@ -895,8 +898,8 @@ def _mixed_finish(maker: "_Int8Maker", mq, mrecipe: dict[str, Any], gate: GateRe
             note = (f"the gate-passing mixed model runs at {speed['speedup']:.2f}x FP32 (< {min_speedup:g}x): no mixed model "
                     "found is faster than FP32")
     else:
-        note = ("speed not measured: the TensorRT flavour runs unfused on this CPU; build the engine "
-                "(gan-deploy build-engine --int8 --onnx THIS_FILE) and bench it there")
+        note = ("speed not measured: the TensorRT flavour runs unfused on this CPU; build the engine on the GPU "
+                f"(gan-deploy build-engine --int8 --onnx {maker.out}) and bench it there")
     _set_meta(mq, {META_RECIPE: json.dumps(mrecipe)})
     if note and target == "onnxruntime":  # passes the gate, but not faster: not written
         data = mq.SerializeToString()
