@@ -14,18 +14,18 @@ rsqrt(s^2 @ sum_k W^2 + eps). Mathematically the same as modulating the weight p
 ONNX as a plain Conv with constant weights and a dynamic batch (a grouped convolution per sample would need a
 static batch), which is also what lets the convolutions be quantized.
 
-The default size is ~1.3 M parameters, 32x32 RGB, Z = 64. Use it with `gan-deploy export --factory`:
+The default size is 1.40 M parameters, 32x32 RGB, Z = 64. Use it with `gan-deploy export --factory`:
 
-    python examples/stylegan2_tiny.py models/stylegan2_tiny.safetensors      # deterministic weights, ~2 s
+    python examples/stylegan2_tiny.py models/stylegan2_tiny_weights.safetensors     # deterministic weights, ~1 s
     gan-deploy export --factory examples/stylegan2_tiny.py:Generator \\
-        --weights models/stylegan2_tiny.safetensors --out models/stylegan2_tiny.onnx
+        --weights models/stylegan2_tiny_weights.safetensors --out models/stylegan2_tiny.onnx
 
 `make_weights` makes deterministic weights without a download or a training run: StyleGAN2's initialization under
-a seed plus seeded noise strengths and biases (see its docstring). Its images are smooth coloured shapes that use
-the whole [-1, 1] range, and full INT8 fails gan-deploy's quality gate on them the way it does on trained
-StyleGAN2 models (per-sample modulation and demodulation scale every channel differently per image, which one
-per-tensor activation scale cannot follow): the case `quantize --int8`'s mixed precision search is for.
-`tiny_kwargs()` is the small variant the tests use.
+a seed, seeded noise strengths and biases, and a few outlier dimensions of w (`add_outlier_dims`; see the
+docstrings). Its images are smooth coloured shapes that use the whole [-1, 1] range. The outliers are a
+constructed stand-in for what trained weights do to INT8, not a measurement of trained StyleGAN2 weights: with
+them, full INT8 fails gan-deploy's quality gate (one per-tensor scale for w), which is the case `quantize --int8`'s
+mixed precision search is for (docs/precision.md). `tiny_kwargs()` is the small variant the tests use.
 """
 from __future__ import annotations
 
@@ -229,7 +229,7 @@ if __name__ == "__main__":
     import time
 
     ap = argparse.ArgumentParser(description="Write deterministic weights for the StyleGAN2-style example generator.")
-    ap.add_argument("out", nargs="?", default="models/stylegan2_tiny.safetensors")
+    ap.add_argument("out", nargs="?", default="models/stylegan2_tiny_weights.safetensors")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--kwargs", default="{}", help="constructor arguments as JSON (the same go to export --kwargs)")
     a = ap.parse_args()

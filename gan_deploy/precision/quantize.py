@@ -755,8 +755,9 @@ def int8_onnx_from_onnx(parent: Artifact, out: str | Path | None = None, *, targ
     """Quantize the parent's FP32 ONNX (a checkpoint is exported in memory) to Q/DQ INT8, gate it, write it.
 
     1. Full INT8, calibrated with `calib_method`; "auto": minmax, and only if that fails the gate percentile and
-       entropy too; the method whose model the gate likes best (passing, then lowest damage) is kept and the
-       figures of each are recorded in the recipe.
+       entropy too (compared on the first `sensitivity_samples` gate latents, confirmed on all of them if they
+       pass there); the method the gate's figures favour (passing, then lowest damage) is kept, and the figures
+       of each are recorded in the recipe.
     2. If no full INT8 model passes and `mixed`: the per-unit sensitivity analysis (`sensitivity.py`) ranks what
        INT8 damages, and the search keeps the most damaging units in FP32 until the gate passes. For the
        onnxruntime flavour the result is timed against FP32 (`speed_vs_fp32`) and written only if it is at least
