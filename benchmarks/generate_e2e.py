@@ -99,6 +99,30 @@ def writing_only(premade: PremadeRunner, a: argparse.Namespace, sink: str, out: 
     return rep.images_per_s, cpu.us
 
 
+# a fresh interpreter's preamble: the main process's peak comes from getrusage; a worker's from sampling its VmRSS
+# (a spawned child's ru_maxrss would include the parent's memory it had between fork and exec)
+_RSS_PROBE = """import os, resource, threading, time
+from gan_deploy.cli.main import main
+peak = {}
+def _sample():
+    me = os.getpid()
+    while True:
+        try:
+            kids = open(f"/proc/{me}/task/{me}/children").read().split()
+        except OSError:
+            kids = []
+        for k in kids:
+            try:
+                kb = int(next(l for l in open(f"/proc/{k}/status") if l.startswith("VmRSS:")).split()[1])
+                peak[k] = max(peak.get(k, 0), kb)
+            except (OSError, StopIteration, ValueError):
+                pass
+        time.sleep(0.1)
+threading.Thread(target=_sample, daemon=True).start()
+t = time.perf_counter()
+"""
+
+
 def peak_rss_mb(n: int, sink: str, a: argparse.Namespace) -> tuple[float, float, float]:
     """(peak RSS of the main process, of the largest worker process, seconds) of a whole `gan-deploy generate` run,
     in a fresh interpreter that reports its own."""
@@ -106,10 +130,8 @@ def peak_rss_mb(n: int, sink: str, a: argparse.Namespace) -> tuple[float, float,
         args = ["generate", "-n", str(n), "--out", d, "-b", str(a.batch_size), "--backend", a.backend, "--sink", sink,
                 "--writer-kind", a.writer_kind] + (["-c", a.checkpoint] if a.checkpoint else []) + (
                    ["--writers", str(a.writers)] if a.writers else []) + (["--format", a.format] if sink != "array" else [])
-        code = ("import resource, time\nfrom gan_deploy.cli.main import main\nt = time.perf_counter()\n"
-                f"try:\n    main({args!r})\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
-                "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss,"
-                " time.perf_counter() - t)")
+        code = _RSS_PROBE + (f"try:\n    main({args!r})\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
+                             "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, max(peak.values(), default=0), time.perf_counter() - t)")
         r = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True, env={**os.environ, "TQDM_DISABLE": "1"})
         main_kb, child_kb, secs = r.stdout.strip().splitlines()[-1].split()
         figures = int(main_kb) / 1024, int(child_kb) / 1024, float(secs)  # Linux reports KiB

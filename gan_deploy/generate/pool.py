@@ -257,18 +257,24 @@ class ProcessPool(_Pool):
                 self.outstanding -= 1
             raise
 
+    def _check_workers(self) -> None:
+        dead = [p for p in self.procs if p.exitcode not in (None, 0)]
+        if dead and self.failure is None:  # killed (OOM, kill -9): its batch never comes back, so the run stops
+            with self.cond:
+                self.failure = f"{dead[0].name} exit code {dead[0].exitcode}"
+                self.cond.notify_all()
+
     def _collect(self) -> None:
+        last_check = time.monotonic()
         while True:
+            if time.monotonic() - last_check > 0.2:
+                self._check_workers()
+                last_check = time.monotonic()
             try:
                 slot, task, res = self.results.get(timeout=0.2)
             except queue.Empty:
                 if self._stop_collector:
                     return
-                dead = [p for p in self.procs if p.exitcode not in (None, 0)]
-                if dead and self.failure is None:  # its batch never comes back: the run stops (the others' still do)
-                    with self.cond:
-                        self.failure = f"{dead[0].name} exit code {dead[0].exitcode}"
-                        self.cond.notify_all()
                 continue
             with self.cond:
                 self.free.append(slot)
@@ -288,6 +294,7 @@ class ProcessPool(_Pool):
             if p.is_alive():
                 p.kill()
                 p.join()
+        self._check_workers()
         self._stop_collector = True
         self.collector.join()
         self.results.close()

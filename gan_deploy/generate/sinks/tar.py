@@ -13,7 +13,6 @@ a shard exists complete or not at all, and the journal lists its samples only th
 """
 from __future__ import annotations
 
-import json
 import os
 import re
 import tarfile
@@ -32,29 +31,39 @@ RECORD = 20 * BLOCK  # tar's record size: the archive is padded to a multiple of
 _ZERO = bytes(RECORD)
 
 
+def _template() -> tuple[bytes, int]:
+    h = bytearray(BLOCK)
+    h[100:108] = b"0000644\0"
+    h[108:116] = b"0000000\0"
+    h[116:124] = b"0000000\0"
+    h[136:148] = b"00000000000\0"
+    h[148:156] = b"        "  # the checksum is computed with its own field as spaces
+    h[156] = 0x30  # "0": regular file
+    h[257:265] = b"ustar\x0000"
+    # name and size: filled per member; uname, gname, devmajor, devminor: NUL, as tarfile writes them for a regular file
+    return bytes(h), sum(h)
+
+
+_TEMPLATE, _TEMPLATE_SUM = _template()
+
+
 def ustar_header(name: str, size: int) -> bytes:
     """The 512-byte POSIX ustar header of a regular file: mode 0644, owner 0:0, mtime 0 (what
     `tarfile.TarInfo(name)` with size set and those fields writes with `tobuf(tarfile.USTAR_FORMAT)`)."""
     raw = name.encode()
     if len(raw) > 100:
         raise ValueError(f"tar member name longer than 100 bytes: {name}")
-    h = bytearray(BLOCK)
+    size_field = b"%011o\0" % size
+    h = bytearray(_TEMPLATE)
     h[0:len(raw)] = raw
-    h[100:108] = b"0000644\0"
-    h[108:116] = b"0000000\0"
-    h[116:124] = b"0000000\0"
-    h[124:136] = b"%011o\0" % size
-    h[136:148] = b"00000000000\0"
-    h[148:156] = b"        "
-    h[156] = 0x30  # "0": regular file
-    h[257:265] = b"ustar\x0000"
-    # devmajor, devminor: left NUL for a regular file, as tarfile writes them
-    h[148:156] = b"%06o\0 " % sum(h)
+    h[124:136] = size_field
+    h[148:156] = b"%06o\0 " % (_TEMPLATE_SUM + sum(raw) + sum(size_field))
     return bytes(h)
 
 
 def member(name: str, data: bytes) -> bytes:
-    return ustar_header(name, len(data)) + data + _ZERO[:-len(data) % BLOCK or 0]
+    """One tar member: header, data, zeros to the next block."""
+    return ustar_header(name, len(data)) + data + _ZERO[:-len(data) % BLOCK]
 
 
 def end_of_archive(size: int) -> bytes:
@@ -72,14 +81,16 @@ class TarWorker(SinkWorker):
     def handle(self, task: Task, pixels: np.ndarray) -> Result:
         t0 = time.perf_counter()
         lay, fmt = self.layout, self.layout.fmt
-        parts, offsets, pos = [], [0], 0
+        parts: list[bytes] = []
+        offsets, pos = [0], 0
         for k, data in enumerate(encode_batch(pixels[task.lo - task.b0:task.hi - task.b0], fmt)):
             i = task.lo + k
             key = lay.key(i)
-            meta = json.dumps({"index": i, "seed": lay.seed}, sort_keys=True, separators=(",", ":")).encode()
-            sample = member(f"{key}.{fmt}", data) + member(f"{key}.json", meta)
-            parts.append(sample)
-            pos += len(sample)
+            meta = b'{"index":%d,"seed":%d}' % (i, lay.seed)  # = json.dumps({...}, sort_keys=True, separators=(",", ":"))
+            pad_data, pad_meta = -len(data) % BLOCK, -len(meta) % BLOCK
+            parts += (ustar_header(f"{key}.{fmt}", len(data)), data, _ZERO[:pad_data], ustar_header(f"{key}.json", len(meta)), meta,
+                      _ZERO[:pad_meta])
+            pos += 2 * BLOCK + len(data) + pad_data + len(meta) + pad_meta
             offsets.append(pos)
         return Result(task.seq, task.hi, payload=(b"".join(parts), offsets), seconds=time.perf_counter() - t0)
 
