@@ -480,7 +480,7 @@ def test_an_encoder_process_that_dies_stops_the_run_cleanly(tiny_checkpoint, tmp
 
     def kill_one(b0):
         if b0 >= 20 and not killed:
-            victim = multiprocessing.active_children()[0]
+            victim = next(p for p in multiprocessing.active_children() if p.name.startswith("gan-deploy-writer"))
             os.kill(victim.pid, signal.SIGKILL)
             killed.append(victim.pid)
     with pytest.raises(GanDeployError, match="an encoder process died"):
