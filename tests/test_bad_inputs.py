@@ -447,8 +447,7 @@ CASES: list[Case] = [
       then(mkdir("sub"), graph(name="sub/bad.onnx", external="bad.onnx.data"), relocate("sub/bad.onnx", "../bad.onnx.data"))),
     C("onnx-custom-op", f"{GEN} --onnx bad.onnx", "onnxruntime cannot load the model", graph(custom_op=True), OUT),
     C("onnx-future-opset", "bench --onnx bad.onnx", "onnxruntime cannot load the model", graph(opset=99)),
-    C("onnx-fixed-batch-quantize", "quantize --int8 --onnx bad.onnx", "fixed batch", graph(batch=1, reshape=(1, 1, 8, 8)),
-      owner=OWNER.format("precision")),
+    C("onnx-fixed-batch-quantize", "quantize --int8 --onnx bad.onnx", "fixed batch", graph(batch=1, reshape=(1, 1, 8, 8))),
     C("onnx-fixed-batch-triton", "triton-repo --onnx bad.onnx --out repo", "fixed batch", graph(batch=1, reshape=(1, 1, 8, 8))),
     C("onnx-backend-eager", f"{GEN} --onnx tiny.onnx --backend eager", "cannot run an ONNX file", None, OUT),
     C("onnx-backend-compile-bench", "bench --onnx tiny.onnx --backends compile", "cannot be benchmarked"),
@@ -465,7 +464,9 @@ CASES: list[Case] = [
     C("engine-profile", "bench --engine bad.engine", "profile", engine(edit=lambda s: s.update(profile={"min": 8, "opt": 4, "max": 2}))),
     C("engine-spec-incomplete", "eval --engine bad.engine -n 64", "spec", engine(edit=lambda s: s["spec"].pop("latent_dim"))),
     C("engine-source-path-number", f"{GEN} --engine bad.engine", "source", engine(edit=lambda s: s["source"].update(path=5)),
-      OUT, owner=OWNER.format("engine")),
+      OUT),
+    C("engine-source-sha-not-hex", "bench --engine bad.engine", "source.sha256", engine(edit=lambda s: s["source"].update(sha256="xyz"))),
+    C("engine-source-kind", "eval --engine bad.engine -n 64", "source.kind", engine(edit=lambda s: s["source"].update(kind="pickle"))),
     C("engine-source-changed", "bench --engine bad.engine", "has changed",
       then(engine(), lambda d: shutil.copy(d / "tiny.json", d / "tiny.onnx"))),
     C("engine-on-cpu", f"{GEN} --engine bad.engine --backend tensorrt", "tensorrt", engine(), OUT, cpu_only=True),
@@ -561,13 +562,10 @@ CASES: list[Case] = [
     C("gen-out-is-file", "generate -c tiny.safetensors -n 4 --out tiny.json", "output path is a file"),
     C("gen-out-not-empty", "generate -c tiny.safetensors -n 4 --out full", "not empty", write("full/keep.txt", "keep")),
     C("gen-backend-tensorrt-checkpoint", f"{GEN} -c tiny.safetensors --backend tensorrt", "tensorrt", None, OUT),
-    C("gen-batch-100M", "generate -c tiny.safetensors -n 100000000 -b 100000000 --out out", "memory", None, OUT,
-      owner=OWNER.format("generate"), subprocess=True, timeout=12),
-    C("gen-grid-onto-checkpoint", f"{GEN} -c tiny.safetensors --grid tiny.safetensors", "overwrite", None, OUT,
-      owner=OWNER.format("generate")),
-    C("gen-json-onto-onnx", f"{GEN} --onnx tiny.onnx --json tiny.onnx", "overwrite", None, OUT, owner=OWNER.format("generate")),
-    C("gen-grid-under-file", f"{GEN} -c tiny.safetensors --grid tiny.json/g.png", "cannot write", None, OUT,
-      owner=OWNER.format("generate")),
+    C("gen-batch-100M", "generate -c tiny.safetensors -n 100000000 -b 100000000 --out out", "memory", None, OUT, subprocess=True, timeout=12),
+    C("gen-grid-onto-checkpoint", f"{GEN} -c tiny.safetensors --grid tiny.safetensors", "overwrite", None, OUT),
+    C("gen-json-onto-onnx", f"{GEN} --onnx tiny.onnx --json tiny.onnx", "overwrite", None, OUT),
+    C("gen-grid-under-file", f"{GEN} -c tiny.safetensors --grid tiny.json/g.png", "cannot write", None, OUT),
 
     # --- 6. eval --images: the manifest stays inside its folder; data sources ---
     C("eval-manifest-dotdot", "eval --images imgs --no-context --bootstrap 0", "outside its folder",
@@ -629,8 +627,8 @@ CASES: list[Case] = [
     C("quantize-no-precision", "quantize -c tiny.safetensors", "choose exactly one precision"),
     C("quantize-two-precisions", "quantize --int8 --fp16 -c tiny.safetensors", "choose exactly one precision"),
     C("quantize-onto-input-onnx", "quantize --int8 --onnx tiny.onnx -o tiny.onnx", "overwrite the input"),
-    C("quantize-onto-sidecar", "quantize --int8 -c tiny.safetensors -o tiny.json --gate-samples 64 --calib-samples 16", "overwrite",
-      owner=OWNER.format("precision")),
+    C("quantize-onto-sidecar", "quantize --int8 -c tiny.safetensors -o tiny.json --gate-samples 64 --calib-samples 16", "overwrite"),
+    C("quantize-fp16-onto-sidecar", "quantize --fp16 -c tiny.safetensors -o tiny.json", "overwrite"),
     C("quantize-into-folder", "quantize --int8 -c tiny.safetensors -o dir", "is a directory", mkdir("dir")),
     C("quantize-calib-tiny", "quantize --int8 -c tiny.safetensors --calib-samples 1", "--calib-samples"),
     C("quantize-garbage-onnx", "quantize --fp16 --onnx bad.onnx", "corrupt or unreadable ONNX", write("bad.onnx", b"\x00\x01")),
@@ -655,10 +653,9 @@ CASES: list[Case] = [
       engine(edit=lambda s: s.update(profile={"min": 2, "opt": 4, "max": 8}))),
 
     # --- the train branch's own (left to its owner) ---
-    C("train-out-under-file", "train --out tiny.json/run --steps 1 --eval-every 0 --sample-every 0 --no-progress", "--out",
-      owner=OWNER.format("train")),
+    C("train-out-under-file", "train --out tiny.json/run --steps 1 --eval-every 0 --sample-every 0 --no-progress", "--out"),
     C("train-world-size-word", "train --out run --steps 1 --eval-every 0 --sample-every 0 --no-progress", "WORLD_SIZE", None,
-      ("run", "run/*", "run/*/*"), env={"WORLD_SIZE": "abc"}, owner=OWNER.format("train")),
+      ("run", "run/*", "run/*/*"), env={"WORLD_SIZE": "abc"}),
 ]
 
 IDS = [c.id for c in CASES]

@@ -49,6 +49,11 @@ class Artifact:
             self._onnx_bytes = self.path.read_bytes()
         return self._onnx_bytes
 
+    def files(self) -> list[Path]:
+        """The files this artifact is read from: the model and, for a checkpoint or an engine, its .json sidecar
+        (what no command may write over)."""
+        return [self.path, self.path.with_suffix(".json")] if self.kind in ("checkpoint", "engine") else [self.path]
+
     def describe(self) -> str:
         s = self.spec
         lo, hi = s.value_range

@@ -132,6 +132,12 @@ def parse_sidecar(text: str, where: str | Path = "<sidecar>") -> dict[str, Any]:
     if not all(isinstance(p.get(k), int) and not isinstance(p.get(k), bool) for k in ("min", "opt", "max")) \
             or not 1 <= p["min"] <= p["opt"] <= p["max"]:
         raise GanDeployError("engine sidecar profile is invalid", f"{where}: {p}", expected="1 <= min <= opt <= max", hint=hint)
+    src = d["source"]
+    for key, ok, desc in (("kind", lambda v: v in ("checkpoint", "onnx"), "checkpoint or onnx"),
+                          ("path", lambda v: isinstance(v, str) and "\0" not in v, "the path of the file it was built from"),
+                          ("sha256", lambda v: isinstance(v, str) and bool(_SHA.match(v)), "64 hex digits")):
+        if key in src and not ok(src[key]):
+            raise GanDeployError("engine sidecar field is invalid", f"{where}: source.{key}={src[key]!r}", expected=desc, hint=hint)
     spec_from_sidecar(d, where)  # the contract must be complete
     return d
 

@@ -30,6 +30,7 @@ from typing import Any
 from gan_deploy.artifacts.artifact import META_PRECISION, Artifact
 from gan_deploy.artifacts.engine import RuntimeInfo, make_sidecar, sidecar_path
 from gan_deploy.core.errors import BackendUnavailable, GanDeployError
+from gan_deploy.core.outputs import refuse_inputs_as_outputs
 from gan_deploy.core.fileio import atomic_write_bytes, atomic_write_text, sha256_bytes, sha256_file
 from gan_deploy.export.onnx import onnx_bytes_of
 from gan_deploy.precision.gate import DEFAULT_GATE_SAMPLES, GateRejected, GateReport, GateThresholds, run_gate, thresholds_for
@@ -176,6 +177,7 @@ def engine_from_artifact(parent: Artifact, precision: str, out: str | Path | Non
     out = Path(out) if out else DEFAULT_ENGINE_DIR / f"{stem}.{precision}.engine"
     if out.is_dir():
         raise GanDeployError("output path is a folder", str(out), expected="a file name ending in .engine")
+    refuse_inputs_as_outputs([out, sidecar_path(out)], parent.files())  # the engine and its sidecar
     rt = runtime_info(device)
     cache = default_timing_cache(rt, out.parent) if timing_cache == "auto" else (Path(timing_cache) if timing_cache else None)
 

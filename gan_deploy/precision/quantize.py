@@ -46,11 +46,13 @@ from gan_deploy.artifacts.onnx import (
     META_RECIPE,
     META_TOLERANCE,
     META_VALUE_RANGE,
+    require_dynamic_batch,
     spec_from_onnx_model,
 )
 from gan_deploy.artifacts.spec import GeneratorSpec
 from gan_deploy.core.errors import GanDeployError
 from gan_deploy.core.fileio import atomic_write_bytes, sha256_bytes
+from gan_deploy.core.outputs import refuse_inputs_as_outputs
 from gan_deploy.core.latents import latents_range
 from gan_deploy.core.resources import derived_output_dir
 from gan_deploy.export.onnx import onnx_bytes_of
@@ -659,6 +661,7 @@ def _check_out(out: Path, parent: Artifact) -> Path:
         raise GanDeployError("output path is a folder", str(out), expected="a file name ending in .onnx")
     if out.resolve() == parent.path.resolve():
         raise GanDeployError("output would overwrite the input model", str(out), expected="a different file")
+    refuse_inputs_as_outputs([out], parent.files(), option="-o/--out")  # the checkpoint's sidecar too
     return out
 
 
@@ -670,6 +673,8 @@ def reduced_precision_model(parent: Artifact, precision: str, *, target: str = "
     INT8: all of it, or as `policy` says (its calibration method wins over `calib_method`)."""
     from gan_deploy.export.onnx import _set_meta
 
+    if precision == "int8":
+        require_dynamic_batch(parent, "INT8 calibration")  # it feeds batches of CALIB_BATCH latents
     model, data = _fp32_parent(parent)
     if precision == "int8":
         m, recipe = int8_model(model, parent.spec, target, calib_samples, calib_seed, calib_method, rewrite, policy=policy)
@@ -693,6 +698,7 @@ class _Int8Maker:
             raise GanDeployError("unknown INT8 target", repr(target), expected=f"one of {', '.join(INT8_TARGETS)}")
         if calib_samples < CALIB_BATCH // 4:
             raise GanDeployError("too few calibration samples", calib_samples, expected=f">= {CALIB_BATCH // 4}", hint="512 is the default")
+        require_dynamic_batch(parent, "INT8 calibration")  # it feeds batches of CALIB_BATCH latents
         self.parent, self.target, self.out = parent, target, out
         model, self.data = _fp32_parent(parent)
         self.parent_sha = sha256_bytes(self.data)

@@ -22,6 +22,7 @@ from torch import nn
 
 from gan_deploy.core.errors import GanDeployError
 from gan_deploy.core.fileio import atomic_path, atomic_write_text, sha256_file
+from gan_deploy.core.outputs import check_writable_folder
 from gan_deploy.train.distributed import Dist, all_gather_bytes
 from gan_deploy.train.options import FIXED_ON_RESUME, TrainOptions
 
@@ -45,6 +46,7 @@ def check_out(out: Path, o: TrainOptions) -> Path | None:
     """Refuse to clobber a run (nothing is removed here); return the state file to resume from."""
     if out.exists() and not out.is_dir():
         raise GanDeployError("--out is a file", str(out), expected="a folder for the run", hint="pick another --out")
+    check_writable_folder(out)  # e.g. under a file: said now, not as a traceback after the data is loaded
     if o.resume:
         latest = latest_state(out)
         if latest is None:
