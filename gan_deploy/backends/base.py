@@ -96,6 +96,12 @@ class Runner(ABC):
 
         return to_uint8(self.health.observe(self.infer_impl(z)), self.spec.value_range)
 
+    def infer_pixels_device(self, z: np.ndarray) -> Any:
+        """float32 latents [N, Z] -> uint8 pixels [N, H, W, C] as a torch tensor left on the CUDA device (for an
+        encoder on the GPU: `generate --jpeg-encoder cuda`). The PyTorch backends on CUDA only; the tensor is the caller's."""
+        raise GanDeployError(f"the {self.name} backend cannot leave pixels on the GPU", f"{self.name} on {self.device}",
+                             expected="backend eager or compile on a CUDA device", hint="use --jpeg-encoder cpu")
+
     @classmethod
     def device_reason(cls, device: str) -> str | None:
         """None when this backend computes on `device` (cpu | cuda[:N]); else why not (for `auto`'s message)."""

@@ -105,6 +105,17 @@ class EagerRunner(Runner):
             torch.cuda.current_stream(self.device).synchronize()
             return host.numpy().copy()  # the pinned buffer is reused by the next call; the caller keeps this one
 
+    def infer_pixels_device(self, z: np.ndarray) -> Any:
+        z = self._checked(z)  # activates the runner
+        if not self.on_cuda:
+            return super().infer_pixels_device(z)
+        torch = self._torch
+        with torch.inference_mode():
+            out, pix = self._run_device(z)
+            if pix is None:
+                return pixels_on_device(out, self.spec.value_range)
+            return pix.clone()  # a CUDA graph's output buffer: the next replay overwrites it
+
     def synchronize(self) -> None:
         if self.device.startswith("cuda"):
             self._torch.cuda.synchronize(self.device)

@@ -17,12 +17,13 @@ from gan_deploy.cli.options import (
 )
 from gan_deploy.core.errors import GanDeployError
 from gan_deploy.core.images import FORMATS
+from gan_deploy.generate.device_jpeg import JPEG_ENCODERS
 from gan_deploy.generate.pipeline import EXECUTORS, SINKS
 from gan_deploy.generate.pool import KINDS as WRITER_KINDS
 
 EXIT_INTERRUPTED = 130
 # options a resumed run takes from the run record when they are not given (and refuses when they differ)
-RESUMED = ("n", "batch_size", "seed", "fmt", "sink", "shard", "backend", "precision")
+RESUMED = ("n", "batch_size", "seed", "fmt", "sink", "shard", "backend", "precision", "jpeg_encoder")
 
 
 @click.command("generate", short_help="Batched latent -> image files, tar shards or an array, any backend.")
@@ -40,6 +41,10 @@ RESUMED = ("n", "batch_size", "seed", "fmt", "sink", "shard", "backend", "precis
 @click.option("--sink", type=click.Choice(list(SINKS)), default="folder", show_default=True,
               help="folder: one file per image; tar: WebDataset tar shards ({key}.png + {key}.json); array: one images.npy [N, H, W, C] uint8.")
 @click.option("--format", "fmt", type=click.Choice(list(FORMATS)), default=None, help="Image format [default: png; npy for --sink array].")
+@click.option("--jpeg-encoder", type=click.Choice(list(JPEG_ENCODERS)), default="cpu", show_default=True,
+              help="With --format jpg: cpu (PIL, in the encoder workers) or cuda (nvJPEG via torchvision on the GPU, with "
+                   "--backend eager/compile --device cuda, RGB only). Different bytes; which is faster depends on image size "
+                   "and cores: benchmarks/jpeg_encoders.py measures both.")
 @click.option("--tar-shard-size", type=click.IntRange(min=1), default=None, help="With --sink tar: samples per tar shard [default: 10000].")
 @click.option("--tar-prefix", default=None, help="With --sink tar: shard file names PREFIX-000000.tar [default: images].")
 @click.option("--grid", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Also write a sample grid PNG of the first 64 images.")
@@ -59,8 +64,8 @@ RESUMED = ("n", "batch_size", "seed", "fmt", "sink", "shard", "backend", "precis
               help="With --executor ray: number of workers (default: every CPU, or every GPU with --device cuda).")
 @click.pass_context
 def generate(ctx, checkpoint, onnx, engine, value_range, n, out, batch_size, backend, device, precision, seed, sink, fmt,
-             tar_shard_size, tar_prefix, grid, overwrite, resume, no_manifest, shard, writers, writer_kind, compare, json_out,
-             executor, ray_workers) -> None:
+             jpeg_encoder, tar_shard_size, tar_prefix, grid, overwrite, resume, no_manifest, shard, writers, writer_kind, compare,
+             json_out, executor, ray_workers) -> None:
     """Generate images from seed-derived latents, in batches, on any backend, into a folder of files, WebDataset
     tar shards or one memory-mappable array.
 
@@ -90,7 +95,7 @@ def generate(ctx, checkpoint, onnx, engine, value_range, n, out, batch_size, bac
     if sink_options and sink != "tar" and not resume:
         raise GanDeployError("--tar-shard-size and --tar-prefix need --sink tar", f"--sink {sink}")
     given = {"n": n, "batch_size": batch_size, "seed": seed, "fmt": fmt, "sink": sink, "shard": list(parse_shard(shard)),
-             "backend": backend, "precision": precision}
+             "backend": backend, "precision": precision, "jpeg_encoder": jpeg_encoder}
     artifact_given = any(v is not None for v in (checkpoint, onnx, engine))
     if resume:
         given, sink_options, (checkpoint, onnx, engine) = _resumed(ctx, out, given, sink_options, (checkpoint, onnx, engine),
@@ -100,7 +105,7 @@ def generate(ctx, checkpoint, onnx, engine, value_range, n, out, batch_size, bac
                            sink_options=sink_options, overwrite=overwrite, resume=resume, grid=grid, json_out=json_out,
                            manifest=not no_manifest, writers=writers, writer_kind=writer_kind, shard=tuple(given["shard"]),
                            backend=given["backend"], device=device, precision=given["precision"], executor=executor,
-                           ray_workers=ray_workers)
+                           ray_workers=ray_workers, jpeg_encoder=given["jpeg_encoder"])
     try:
         report = run(art, opts, on_start=lambda what: click.echo(what, err=True))
     except GenerateInterrupted as e:

@@ -30,8 +30,8 @@ from typing import Any
 from gan_deploy.artifacts.artifact import META_PRECISION, Artifact
 from gan_deploy.artifacts.engine import RuntimeInfo, make_sidecar, sidecar_path
 from gan_deploy.core.errors import BackendUnavailable, GanDeployError
-from gan_deploy.core.outputs import refuse_inputs_as_outputs
 from gan_deploy.core.fileio import atomic_write_bytes, atomic_write_text, sha256_bytes, sha256_file
+from gan_deploy.core.outputs import refuse_inputs_as_outputs
 from gan_deploy.export.onnx import onnx_bytes_of
 from gan_deploy.precision.gate import DEFAULT_GATE_SAMPLES, GateRejected, GateReport, GateThresholds, run_gate, thresholds_for
 

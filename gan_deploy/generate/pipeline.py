@@ -23,6 +23,7 @@ from typing import Any, Callable, Iterator
 
 from gan_deploy.core.errors import GanDeployError
 from gan_deploy.core.latents import MAX_SEED, latents_range
+from gan_deploy.generate.device_jpeg import DeviceJpegEncoder, check_jpeg_encoder
 from gan_deploy.generate.journal import MANIFEST, RECORD, Journal, read_journal, read_record, write_manifest, write_record
 from gan_deploy.generate.outdir import OutputLock, check_empty, check_paths, make_out_dir, sweep
 from gan_deploy.generate.pool import KINDS as WRITER_KINDS
@@ -150,6 +151,7 @@ class GenerateOptions:
     executor: str = "local"  # local | ray
     ray_workers: int | None = None  # with executor ray
     sync_every: float = 1.0  # seconds between fsyncs of the journal
+    jpeg_encoder: str = "cpu"  # device_jpeg.JPEG_ENCODERS: cpu (PIL, in the workers) | cuda (nvJPEG on the GPU, main process)
 
 
 # -- the checks before anything is written ---------------------------------------------------------------------
@@ -243,10 +245,13 @@ class Session:
         self.grid = Path(opts.grid) if opts.grid is not None else None
         self.json_out = Path(opts.json_out) if opts.json_out is not None else None
         self.inputs = [Path(p) for p in inputs]
+        check_jpeg_encoder(opts.jpeg_encoder, self.fmt, self.cls.name, device, backend, self.shape[2])
         self.record = {"n": n, "seed": seed, "batch_size": batch_size, "fmt": self.fmt, "sink": self.cls.name,
                        "sink_options": self.sink.record(), "shard": list(opts.shard), "start": self.start, "stop": self.stop,
                        "image": list(self.shape), "latent_dim": self.latent_dim, "value_range": [float(v) for v in spec.value_range], "backend": backend,
                        "device": device.split(":")[0], "precision": precision}
+        if self.fmt == "jpg":  # the encoders write different bytes: a resumed run must use the same one
+            self.record["jpeg_encoder"] = opts.jpeg_encoder
         self.lock: OutputLock | None = None
         self.journal: Journal | None = None
         self.done = Bitset(self.start, self.stop)
@@ -312,9 +317,10 @@ class Session:
 
     def _check_record(self, rec: dict[str, Any]) -> None:
         for key in ("n", "seed", "batch_size", "fmt", "sink", "sink_options", "shard", "image", "value_range", "backend", "device",
-                    "precision"):
-            if rec.get(key) != self.record[key]:
-                raise GanDeployError("the run to resume was made with other settings", f"{key}: recorded {rec.get(key)!r}, now {self.record[key]!r}",
+                    "precision", "jpeg_encoder"):
+            recorded = rec.get(key, "cpu" if key == "jpeg_encoder" and self.fmt == "jpg" else None)  # older records: the CPU
+            if recorded != self.record.get(key):
+                raise GanDeployError("the run to resume was made with other settings", f"{key}: recorded {recorded!r}, now {self.record.get(key)!r}",
                                      hint="resume with the settings of the interrupted run (the command line takes them from its record)")
         model, mine = rec.get("model") or {}, self.record.get("model") or {}
         if mine and model.get("sha256") != mine.get("sha256"):
@@ -539,6 +545,7 @@ def generate(runner: Any, opts: GenerateOptions, on_batch: Callable[[int], None]
     try:
         runner.activate()
         session.start_progress(f"generate [{runner.name}]")
+        encoder = DeviceJpegEncoder() if opts.jpeg_encoder == "cuda" else None
         pool = make_pool(kind, session.sink.worker(), writers, session.on_result, (opts.batch_size, *session.shape), slots)
         restore_term = _sigterm_as_interrupt()
         t_start = time.perf_counter()
@@ -548,7 +555,10 @@ def generate(runner: Any, opts: GenerateOptions, on_batch: Callable[[int], None]
                     break
                 z = latents_range(opts.seed, task.b0, task.b, session.latent_dim)  # [b, Z]
                 t0 = time.perf_counter()
-                pixels = runner.infer_pixels(z)  # uint8 [b, H, W, C]; a GPU backend converts on the device
+                if encoder is None:
+                    pixels = runner.infer_pixels(z)  # uint8 [b, H, W, C]; a GPU backend converts on the device
+                else:  # JPEG files encoded on the GPU (counted as inference: the main process's share)
+                    pixels = encoder.encode(runner.infer_pixels_device(z))
                 seconds_inference += time.perf_counter() - t0
                 session.handed_out(task)
                 pool.submit(task, pixels)

@@ -28,13 +28,13 @@ from typing import Callable, Iterator
 import numpy as np
 
 from gan_deploy.core.errors import GanDeployError
-from gan_deploy.generate.sinks.base import Result, SinkWorker, Task
+from gan_deploy.generate.sinks.base import Encoded, Result, SinkWorker, Task
 
 KINDS = ("auto", "process", "thread")
 Deliver = Callable[[Task, Result], None]
 
 
-def handle_task(worker: SinkWorker, task: Task, pixels: np.ndarray) -> Result:
+def handle_task(worker: SinkWorker, task: Task, pixels: np.ndarray | Encoded) -> Result:
     try:
         return worker.handle(task, pixels)
     except GanDeployError as e:
@@ -100,7 +100,7 @@ class ThreadPool(_Pool):
             t.start()
         self.collector.start()
 
-    def submit(self, task: Task, pixels: np.ndarray) -> None:
+    def submit(self, task: Task, pixels: np.ndarray | Encoded) -> None:
         with self.cond:
             self.outstanding += 1
         try:
@@ -173,13 +173,13 @@ def _process_main(worker: SinkWorker, shm_name: str, slot_shape: tuple[int, ...]
             item = tasks.get()
             if item is None:
                 break
-            slot, task = item
+            slot, task, encoded = item
             if err is not None:
                 res = Result(task.seq, task.lo, error=err)
             elif cancel.is_set():
                 res = Result(task.seq, task.lo, skipped=True)
             else:
-                res = handle_task(worker, task, slots[slot, :task.b])
+                res = handle_task(worker, task, encoded if encoded is not None else slots[slot, :task.b])
             results.put((slot, task, res))
     finally:
         worker.close()
@@ -240,7 +240,7 @@ class ProcessPool(_Pool):
         self.collector = threading.Thread(target=self._collect, name="gan-deploy-collector", daemon=True)
         self.collector.start()
 
-    def submit(self, task: Task, pixels: np.ndarray) -> None:
+    def submit(self, task: Task, pixels: np.ndarray | Encoded) -> None:
         with self.cond:
             while not self.free:
                 if self.failure is not None:
@@ -249,8 +249,11 @@ class ProcessPool(_Pool):
             slot = self.free.pop()
             self.outstanding += 1
         try:
-            np.copyto(self.slots[slot, :task.b], pixels)  # the one copy: into shared memory, read in place by the worker
-            self.tasks.put((slot, task))
+            if isinstance(pixels, Encoded):  # files encoded on the GPU: their bytes go through the queue (the slot still
+                self.tasks.put((slot, task, pixels))  # counts, so what is in flight stays bounded)
+            else:
+                np.copyto(self.slots[slot, :task.b], pixels)  # the one copy: into shared memory, read in place by the worker
+                self.tasks.put((slot, task, None))
         except BaseException:  # Ctrl-C right here: the task was not handed out
             with self.cond:
                 self.free.append(slot)

@@ -123,6 +123,9 @@ def generate_ray(artifact: Artifact, opts: GenerateOptions) -> GenerateReport:
         raise GanDeployError("bad number of Ray workers", workers, expected=">= 1")
     if artifact.kind not in ("checkpoint", "onnx", "engine"):
         raise GanDeployError("unsupported artifact", artifact.kind, expected="checkpoint, onnx or engine")
+    if opts.jpeg_encoder != "cpu":  # Ray workers encode on their CPUs; the GPU encoder runs in a local run's main process
+        raise GanDeployError("the GPU JPEG encoder with the Ray executor", f"--jpeg-encoder {opts.jpeg_encoder}",
+                             expected="--jpeg-encoder cpu with --executor ray", hint="drop --jpeg-encoder, or use --executor local")
     opts = dataclasses.replace(opts, out=Path(opts.out).resolve())  # workers may run in another working directory
     session = Session(opts, artifact.spec, model_inputs(artifact), opts.backend, opts.device, opts.precision)
     backend, options = _backend(artifact, opts.backend, opts.precision)

@@ -52,8 +52,8 @@ from gan_deploy.artifacts.onnx import (
 from gan_deploy.artifacts.spec import GeneratorSpec
 from gan_deploy.core.errors import GanDeployError
 from gan_deploy.core.fileio import atomic_write_bytes, sha256_bytes
-from gan_deploy.core.outputs import refuse_inputs_as_outputs
 from gan_deploy.core.latents import latents_range
+from gan_deploy.core.outputs import refuse_inputs_as_outputs
 from gan_deploy.core.resources import derived_output_dir
 from gan_deploy.export.onnx import onnx_bytes_of
 from gan_deploy.precision.calibrate import CALIB_METHODS

@@ -6,7 +6,7 @@ from __future__ import annotations
 import importlib
 
 from gan_deploy.core.errors import GanDeployError
-from gan_deploy.generate.sinks.base import Bitset, Layout, Result, Sink, SinkWorker, Task
+from gan_deploy.generate.sinks.base import Bitset, Encoded, Layout, Result, Sink, SinkWorker, Task
 
 # name -> "module:class"; the first is the default
 SINKS: dict[str, str] = {
@@ -23,4 +23,4 @@ def sink_class(name: str) -> type[Sink]:
     return getattr(importlib.import_module(module), cls)
 
 
-__all__ = ["SINKS", "Bitset", "Layout", "Result", "Sink", "SinkWorker", "Task", "sink_class"]
+__all__ = ["SINKS", "Bitset", "Encoded", "Layout", "Result", "Sink", "SinkWorker", "Task", "sink_class"]

@@ -19,7 +19,7 @@ import numpy as np
 from gan_deploy.core.errors import GanDeployError
 from gan_deploy.core.fileio import O_CLOEXEC, O_NOFOLLOW, FolderWriter, pwrite_all, write_all
 from gan_deploy.core.images import npy_header
-from gan_deploy.generate.sinks.base import Layout, Result, Sink, SinkWorker, Task, io_error
+from gan_deploy.generate.sinks.base import Encoded, Layout, Result, Sink, SinkWorker, Task, io_error
 
 FILE = "images.npy"
 
@@ -37,8 +37,9 @@ class ArrayWorker(SinkWorker):
             self.fd = -1
             raise GanDeployError("the array file was replaced while generate ran", self.path, hint="run again")
 
-    def handle(self, task: Task, pixels: np.ndarray) -> Result:
+    def handle(self, task: Task, pixels: "np.ndarray | Encoded") -> Result:
         t0 = time.perf_counter()
+        assert not isinstance(pixels, Encoded), "the array stores pixels (device_jpeg.check_jpeg_encoder refuses this)"
         rows = pixels[task.lo - task.b0:task.hi - task.b0]
         try:
             pwrite_all(self.fd, np.ascontiguousarray(rows), self.offset + (task.lo - self.layout.start) * self.layout.image_bytes)

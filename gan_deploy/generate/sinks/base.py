@@ -24,6 +24,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from gan_deploy.core.errors import GanDeployError
+from gan_deploy.core.images import encode_batch
 
 
 @dataclass(frozen=True)
@@ -76,6 +77,25 @@ class Result:
     skipped: bool = False
 
 
+@dataclass(frozen=True)
+class Encoded:
+    """A batch whose files were already encoded (JPEG on the GPU, in the main process): the files' bytes of images
+    [b0, b0 + len(blobs)), handed to a SinkWorker instead of pixels, so the worker only writes."""
+
+    blobs: list[bytes]
+
+    def __len__(self) -> int:
+        return len(self.blobs)
+
+
+def batch_files(task: Task, pixels: "np.ndarray | Encoded", fmt: str) -> list[bytes]:
+    """The files' bytes of images [task.lo, task.hi) of a batch: encoded here, or already (`Encoded`)."""
+    lo, hi = task.lo - task.b0, task.hi - task.b0
+    if isinstance(pixels, Encoded):
+        return pixels.blobs[lo:hi]
+    return encode_batch(pixels[lo:hi], fmt)
+
+
 class SinkWorker(ABC):
     """The half of a sink that runs in an encoder process or thread. Built in the main process, pickled."""
 
@@ -83,8 +103,9 @@ class SinkWorker(ABC):
         """In the worker, before its first task (open folders and files here, not in __init__)."""
 
     @abstractmethod
-    def handle(self, task: Task, pixels: np.ndarray) -> Result:
-        """pixels: uint8 [task.b, H, W, C], the whole batch (the worker reads [lo - b0, hi - b0)). Must not keep it."""
+    def handle(self, task: Task, pixels: "np.ndarray | Encoded") -> Result:
+        """pixels: uint8 [task.b, H, W, C], the whole batch (the worker reads [lo - b0, hi - b0)), or the batch's files
+        already `Encoded` (sinks that store files: use `batch_files`). Must not keep it."""
 
     def close(self) -> None:
         pass

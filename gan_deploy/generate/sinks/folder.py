@@ -8,8 +8,8 @@ import time
 import numpy as np
 
 from gan_deploy.core.fileio import FolderWriter, fsync_dir
-from gan_deploy.core.images import FORMATS, decode, encode_batch
-from gan_deploy.generate.sinks.base import Bitset, Layout, Result, Sink, SinkWorker, Task, file_stat, io_error
+from gan_deploy.core.images import FORMATS, decode
+from gan_deploy.generate.sinks.base import Bitset, Encoded, Layout, Result, Sink, SinkWorker, Task, batch_files, file_stat, io_error
 
 
 class FolderWorker(SinkWorker):
@@ -20,11 +20,11 @@ class FolderWorker(SinkWorker):
     def open(self) -> None:
         self.files = FolderWriter(self.out)
 
-    def handle(self, task: Task, pixels: np.ndarray) -> Result:
+    def handle(self, task: Task, pixels: "np.ndarray | Encoded") -> Result:
         t0 = time.perf_counter()
         assert self.files is not None, "open() first"
         lay, fmt, write = self.layout, self.layout.fmt, self.files.write
-        blobs = encode_batch(pixels[task.lo - task.b0:task.hi - task.b0], fmt)
+        blobs = batch_files(task, pixels, fmt)
         for k, data in enumerate(blobs):
             name = f"{lay.key(task.lo + k)}.{fmt}"
             try:

@@ -23,8 +23,8 @@ import numpy as np
 
 from gan_deploy.core.errors import GanDeployError
 from gan_deploy.core.fileio import FolderWriter, write_all
-from gan_deploy.core.images import FORMATS, decode_bytes, encode_batch
-from gan_deploy.generate.sinks.base import Bitset, Layout, Result, Sink, SinkWorker, Task, file_stat
+from gan_deploy.core.images import FORMATS, decode_bytes
+from gan_deploy.generate.sinks.base import Bitset, Encoded, Layout, Result, Sink, SinkWorker, Task, batch_files, file_stat
 
 BLOCK = 512
 RECORD = 20 * BLOCK  # tar's record size: the archive is padded to a multiple of it, as GNU tar and tarfile do
@@ -78,12 +78,12 @@ class TarWorker(SinkWorker):
     def __init__(self, layout: Layout):
         self.layout = layout
 
-    def handle(self, task: Task, pixels: np.ndarray) -> Result:
+    def handle(self, task: Task, pixels: "np.ndarray | Encoded") -> Result:
         t0 = time.perf_counter()
         lay, fmt = self.layout, self.layout.fmt
         parts: list[bytes] = []
         offsets, pos = [0], 0
-        for k, data in enumerate(encode_batch(pixels[task.lo - task.b0:task.hi - task.b0], fmt)):
+        for k, data in enumerate(batch_files(task, pixels, fmt)):
             i = task.lo + k
             key = lay.key(i)
             meta = b'{"index":%d,"seed":%d}' % (i, lay.seed)  # = json.dumps({...}, sort_keys=True, separators=(",", ":"))
