@@ -20,6 +20,7 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -159,6 +160,17 @@ def main() -> None:
     ap.add_argument("--tmp", default=None, help="folder for the outputs (default: the system's temporary folder)")
     ap.add_argument("--json", default=None)
     a = ap.parse_args()
+    # Outputs stay until the end: deleting tens of thousands of files makes the filesystem busy for a while
+    # afterwards (on a disk mounted with `discard`, as on the development machine, the kernel trims the freed
+    # blocks), and the next phase measured would pay for it: writing alone and end to end must see the same disk.
+    keep = tempfile.mkdtemp(prefix="gan-deploy-bench-", dir=a.tmp)
+    try:
+        run_all(a, keep)
+    finally:
+        shutil.rmtree(keep, ignore_errors=True)
+
+
+def run_all(a: argparse.Namespace, keep: str) -> None:
     art = load_artifact(a.checkpoint)
     # the inference bound at the backend's fastest (onnxruntime spin-waiting, as in `bench`) and with generate's settings
     fastest = make_runner(a.backend, art).activate()
@@ -173,13 +185,21 @@ def main() -> None:
         kind, writers = choose_writers(a.writer_kind, a.writers, a.n, sink_class(sink))
         rows = []
         for run in range(a.runs):
-            with tempfile.TemporaryDirectory(dir=a.tmp) as d:
-                inf_gen, cpu_inf = inference_only(gen_runner, a.n, a.batch_size)
-                inf_fast, _ = inference_only(fastest, a.n, a.batch_size)
-                write, cpu_write = writing_only(premade, a, sink, Path(d) / "w")
-                with Cpu(a.n) as cpu:
-                    rep = generate(gen_runner, _opts(Path(d) / "e2e", a, sink, a.n))
-                e2e = rep.images_per_s
+            d = tempfile.mkdtemp(dir=keep)  # removed at the end, not now: see `keep`
+            # the inference bound: half before and half after the two measured runs, so a drift of the machine's
+            # speed during the run (other load, clock) moves the bound and the run alike
+            half = max(a.batch_size, a.n // 2)
+            inf1, cpu1 = inference_only(gen_runner, half, a.batch_size)
+            inf_fast, _ = inference_only(fastest, a.n, a.batch_size)
+            for phase in (("write", "e2e") if run % 2 == 0 else ("e2e", "write")):  # alternate which goes first
+                if phase == "write":
+                    write, cpu_write = writing_only(premade, a, sink, Path(d) / "w")
+                else:
+                    with Cpu(a.n) as cpu:
+                        rep = generate(gen_runner, _opts(Path(d) / "e2e", a, sink, a.n))
+            inf2, cpu2 = inference_only(gen_runner, half, a.batch_size)
+            inf_gen, cpu_inf = 2 / (1 / inf1 + 1 / inf2), (cpu1 + cpu2) / 2  # images over the seconds of both halves
+            e2e = rep.images_per_s
             cores = os.cpu_count() or 1
             row = {"inference_generate_settings": inf_gen, "inference_fastest": inf_fast, "writing": write, "end_to_end": e2e,
                    "vs_bound": e2e / min(inf_gen, write), "vs_bound_fastest": e2e / min(inf_fast, write),
@@ -202,7 +222,8 @@ def main() -> None:
             line = []
             for kind, w in [("process", k) for k in sorted({1, 2, max(1, cores - 1), cores})] + [("thread", 1), ("thread", 2 * cores)]:
                 b = argparse.Namespace(**{**vars(a), "writer_kind": kind, "writers": w})
-                with tempfile.TemporaryDirectory(dir=a.tmp) as d:
+                d = tempfile.mkdtemp(dir=keep)
+                if True:
                     rate, us = max(writing_only(premade, b, sink, Path(d) / f"r{k}") for k in range(2))  # best of 2
                 res["scaling"][f"{sink} {w} {kind}"] = {"img_s": rate, "cpu_us": us}
                 line.append(f"{w} {kind}(es) {rate:,.0f} ({us:.0f} us CPU/img)")

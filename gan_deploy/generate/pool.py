@@ -45,6 +45,24 @@ def handle_task(worker: SinkWorker, task: Task, pixels: np.ndarray | Encoded) ->
         return Result(task.seq, task.lo, error=f"{type(e).__name__}: {e}\n{traceback.format_exc()}", error_kind="bug")
 
 
+WORKER_NICE = int(os.environ.get("GAN_DEPLOY_WRITER_NICE", "10"))
+
+
+def lower_priority() -> None:
+    """Give the calling encoder thread (or process) a lower CPU priority than the main process's inference.
+
+    Where cores are short (2 cores: the backend's threads want both), an encoder that takes a core in the middle of
+    an operator stalls all of the backend's threads at the operator's end; at a lower priority it runs in the gaps
+    the backend leaves and, once the ring of batches is full, while the main process waits for room. With cores
+    to spare it changes nothing. Linux: per thread (setpriority on the thread id); elsewhere: not done."""
+    if WORKER_NICE <= 0 or not sys.platform.startswith("linux"):
+        return
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), WORKER_NICE)
+    except OSError:
+        pass
+
+
 def _open(worker: SinkWorker) -> str | None:
     try:
         worker.open()
@@ -111,6 +129,7 @@ class ThreadPool(_Pool):
             raise
 
     def _work(self, worker: SinkWorker) -> None:
+        lower_priority()
         err = _open(worker)
         while True:
             item = self.tasks.get()
@@ -161,6 +180,7 @@ def _die_with_parent(ppid: int) -> None:
 def _process_main(worker: SinkWorker, shm_name: str, slot_shape: tuple[int, ...], n_slots: int, tasks, results, cancel,
                   ppid: int) -> None:
     _die_with_parent(ppid)
+    lower_priority()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group: the main process decides
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     from multiprocessing import shared_memory
