@@ -11,7 +11,8 @@ in every run, for every sink; peak RSS flat in n (n=1,000 vs 1,000,000 within 10
 * end to end: `generate` as the CLI runs it.
 
     python benchmarks/generate_e2e.py [-n 10000] [--sinks folder,tar,array] [--runs 5] [--backend onnxruntime]
-                                      [--batch-size 256] [--writer-kind auto] [--writers N] [--scaling] [--memory]
+                                      [--device auto] [--precision fp32] [--batch-size 256] [--writer-kind auto]
+                                      [--writers N] [--scaling] [--memory]
                                       [--memory-n 1000,1000000] [--checkpoint PATH] [--json out.json]
 """
 from __future__ import annotations
@@ -129,7 +130,8 @@ def peak_rss_mb(n: int, sink: str, a: argparse.Namespace) -> tuple[float, float,
     in a fresh interpreter that reports its own."""
     with tempfile.TemporaryDirectory(dir=a.tmp) as d:
         args = ["generate", "-n", str(n), "--out", d, "-b", str(a.batch_size), "--backend", a.backend, "--sink", sink,
-                "--writer-kind", a.writer_kind] + (["-c", a.checkpoint] if a.checkpoint else []) + (
+                "--writer-kind", a.writer_kind, "--device", a.device] + (
+                   ["--precision", a.precision] if a.backend in ("eager", "compile") else []) + (["-c", a.checkpoint] if a.checkpoint else []) + (
                    ["--writers", str(a.writers)] if a.writers else []) + (["--format", a.format] if sink != "array" else [])
         code = _RSS_PROBE + (f"try:\n    main({args!r})\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
                              "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, max(peak.values(), default=0), time.perf_counter() - t)")
@@ -145,6 +147,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("-n", type=int, default=10000)
     ap.add_argument("--backend", default="onnxruntime")
+    ap.add_argument("--device", default="auto", help="cpu | cuda (the PyTorch backends on a GPU)")
+    ap.add_argument("--precision", default="fp32", help="with --backend eager/compile: fp32 | tf32 | fp16 | bf16")
     ap.add_argument("--batch-size", type=int, default=256)
     ap.add_argument("--format", default="png")
     ap.add_argument("--sinks", default="folder,tar,array")
@@ -173,8 +177,9 @@ def main() -> None:
 def run_all(a: argparse.Namespace, keep: str) -> None:
     art = load_artifact(a.checkpoint)
     # the inference bound at the backend's fastest (onnxruntime spin-waiting, as in `bench`) and with generate's settings
-    fastest = make_runner(a.backend, art).activate()
-    gen_runner = make_runner(a.backend, art, spin=False).activate()
+    torch_opts = {"precision": a.precision} if a.backend in ("eager", "compile") else {}
+    fastest = make_runner(a.backend, art, a.device, **torch_opts).activate()
+    gen_runner = make_runner(a.backend, art, a.device, spin=False, **torch_opts).activate()
     premade = PremadeRunner(gen_runner, a.batch_size)
     sinks = a.sinks.split(",")
     res: dict[str, Any] = {"n": a.n, "backend": gen_runner.describe(), "model": art.describe(), "batch_size": a.batch_size,

@@ -566,6 +566,19 @@ CASES: list[Case] = [
     C("gen-grid-onto-checkpoint", f"{GEN} -c tiny.safetensors --grid tiny.safetensors", "overwrite", None, OUT),
     C("gen-json-onto-onnx", f"{GEN} --onnx tiny.onnx --json tiny.onnx", "overwrite", None, OUT),
     C("gen-grid-under-file", f"{GEN} -c tiny.safetensors --grid tiny.json/g.png", "cannot write", None, OUT),
+    # an existing file that is not this command's input is still not a grid or a report to replace
+    C("gen-grid-onto-another-model", f"{GEN} -c tiny.safetensors --grid other/m.onnx", "not a PNG image",
+      then(mkdir("other"), lambda d: shutil.copy(d / "tiny.onnx", d / "other/m.onnx")), OUT),
+    C("gen-json-onto-another-sidecar", f"{GEN} -c tiny.safetensors --json other/tiny.json", "not a JSON report",
+      then(mkdir("other"), lambda d: shutil.copy(d / "tiny.safetensors", d / "other/tiny.safetensors"),
+           lambda d: shutil.copy(d / "tiny.json", d / "other/tiny.json")), OUT),
+    C("gen-grid-onto-text", f"{GEN} -c tiny.safetensors --grid notes.txt", "not a PNG image", write("notes.txt", "mine"), OUT),
+    C("bench-json-onto-another-sidecar", "bench -c tiny.safetensors --backends eager --json other/tiny.json", "not a JSON report",
+      then(mkdir("other"), lambda d: shutil.copy(d / "tiny.safetensors", d / "other/tiny.safetensors"),
+           lambda d: shutil.copy(d / "tiny.json", d / "other/tiny.json"))),
+    C("gen-tar-shard-size-zero", f"{GEN} -c tiny.safetensors --sink tar --tar-shard-size 0", "--tar-shard-size", None, OUT),
+    C("gen-unknown-option", f"{GEN} -c tiny.safetensors --bogus", "No such option", None, OUT),
+    C("gen-resume-nothing", "generate --out empty --resume", "nothing to resume", mkdir("empty"), ("empty", "empty/*")),
 
     # --- 6. eval --images: the manifest stays inside its folder; data sources ---
     C("eval-manifest-dotdot", "eval --images imgs --no-context --bootstrap 0", "outside its folder",

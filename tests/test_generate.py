@@ -355,7 +355,7 @@ def test_batch_too_large_for_memory_names_the_largest_that_fits(tiny_checkpoint,
     from gan_deploy.generate.pipeline import check_memory, pixel_bytes_per_image
 
     with pytest.raises(GanDeployError, match=r"batch too large .*expected a batch size of at most \d+"):
-        generate(make_runner("onnxruntime", load_artifact(tiny_checkpoint)), GenerateOptions(n=10, out=tmp_path / "o", batch_size=10**10, progress=False))
+        generate(make_runner("onnxruntime", load_artifact(tiny_checkpoint)), GenerateOptions(n=10**10, out=tmp_path / "o", batch_size=10**10, progress=False))
     assert not (tmp_path / "o").exists()
     per = pixel_bytes_per_image((64, 64, 3), 100, 2)
     avail = int(1000 * per / 0.8) + 1
@@ -488,3 +488,26 @@ def test_an_encoder_process_that_dies_stops_the_run_cleanly(tiny_checkpoint, tmp
                  GenerateOptions(n=4000, out=out, batch_size=10, progress=False, writer_kind="process", writers=2), on_batch=kill_one)
     assert killed and _listed(out) == _complete_pngs(out)
     assert not multiprocessing.active_children()
+
+
+def test_a_refusal_is_the_only_line_printed(tiny_checkpoint, tmp_path, cli):
+    for args in (["-n", 10, "--shard", "0/2"], ["-n", 4, "--grid", tmp_path / "notes.txt"], ["-n", 0]):
+        (tmp_path / "notes.txt").write_text("mine")
+        r = cli("generate", "-c", tiny_checkpoint, "--out", tmp_path / "o", *args)
+        lines = [x for x in r.output.splitlines() if x.strip()]
+        assert r.exit_code == 2 and len(lines) == 1 and lines[0].startswith("Error: "), r.output
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+def test_grid_and_report_of_an_earlier_run_are_replaced(tiny_checkpoint, tmp_path, cli):
+    for k in range(2):
+        r = cli("generate", "-c", tiny_checkpoint, "-n", 4, "--out", tmp_path / f"o{k}", "--grid", tmp_path / "g.png",
+                "--json", tmp_path / "r.json")
+        assert r.exit_code == 0, r.output
+
+
+def test_a_batch_larger_than_n_computes_one_batch_of_n(tiny_checkpoint, tmp_path):
+    runner = make_runner("onnxruntime", load_artifact(tiny_checkpoint))
+    generate(runner, GenerateOptions(n=7, out=tmp_path / "a", batch_size=100_000_000, progress=False))  # no memory error
+    generate(runner, GenerateOptions(n=7, out=tmp_path / "b", batch_size=7, progress=False))
+    assert {p.name: p.read_bytes() for p in (tmp_path / "a").glob("*.png")} == {p.name: p.read_bytes() for p in (tmp_path / "b").glob("*.png")}

@@ -31,7 +31,8 @@ RESUMED = ("n", "batch_size", "seed", "fmt", "sink", "shard", "backend", "precis
 @click.option("-n", "--num", "n", type=click.IntRange(min=1), default=1000, show_default=True, help="Number of images.")
 @click.option("--out", "-o", type=click.Path(file_okay=True, path_type=Path), default=Path("samples"), show_default=True,
               help="Output folder (new or empty, unless --overwrite or --resume).")
-@click.option("--batch-size", "-b", type=click.IntRange(min=1), default=256, show_default=True)
+@click.option("--batch-size", "-b", type=click.IntRange(min=1), default=256, show_default=True,
+              help="Images per inference call (larger: faster on a GPU, more memory); the files do not depend on it.")
 @backend_option
 @device_option
 @click.option("--precision", type=click.Choice(list(TORCH_PRECISIONS)), default="fp32", show_default=True,
@@ -93,7 +94,8 @@ def generate(ctx, checkpoint, onnx, engine, value_range, n, out, batch_size, bac
     if tar_prefix is not None:
         sink_options["prefix"] = tar_prefix
     if sink_options and sink != "tar" and not resume:
-        raise GanDeployError("--tar-shard-size and --tar-prefix need --sink tar", f"--sink {sink}")
+        raise GanDeployError("--tar-shard-size and --tar-prefix need --sink tar", f"--sink {sink}", expected="--sink tar",
+                             hint="add --sink tar, or leave the tar options out")
     given = {"n": n, "batch_size": batch_size, "seed": seed, "fmt": fmt, "sink": sink, "shard": list(parse_shard(shard)),
              "backend": backend, "precision": precision, "jpeg_encoder": jpeg_encoder}
     artifact_given = any(v is not None for v in (checkpoint, onnx, engine))
@@ -132,8 +134,11 @@ def generate(ctx, checkpoint, onnx, engine, value_range, n, out, batch_size, bac
 
 def _resumed(ctx: click.Context, out: Path, given: dict, sink_options: dict, artifacts: tuple, artifact_given: bool):
     """--resume: the settings of the interrupted run, from its record; an option given that differs is an error."""
-    from gan_deploy.generate.journal import read_record
+    from gan_deploy.generate.journal import RECORD, read_record
 
+    if not (Path(out) / RECORD).is_file():
+        raise GanDeployError("nothing to resume", f"{out} has no {RECORD}", expected="the --out folder of an interrupted generate run",
+                             hint="check --out, or start the run without --resume")
     rec = read_record(out)
     merged = dict(given)
     for name in RESUMED:

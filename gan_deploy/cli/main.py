@@ -1,6 +1,7 @@
 """The `gan-deploy` command line. Commands only parse, call one library function, and print.
 
-Every GanDeployError becomes a one-line `Error: ...` and exit code 2; Ctrl-C becomes exit code 130.
+Every GanDeployError, and every usage error click finds (a value out of range, an unknown option), becomes a
+one-line `Error: ...` and exit code 2; Ctrl-C becomes exit code 130.
 """
 from __future__ import annotations
 
@@ -31,6 +32,12 @@ class Group(click.Group):
                 return super().invoke(ctx)
             except GanDeployError as e:
                 click.secho(f"Error: {e.one_line()}", err=True, fg="red")
+                ctx.exit(EXIT_USER_ERROR)
+            except click.UsageError as e:  # click's own (a value out of range, an unknown option): one line too
+                where = e.ctx.command_path if e.ctx is not None else "gan-deploy"
+                message = e.format_message()
+                end = "" if message.endswith((".", "?", "!")) else "."
+                click.secho(f"Error: {message}{end} Note: see `{where} --help`", err=True, fg="red")
                 ctx.exit(EXIT_USER_ERROR)
             except KeyboardInterrupt:
                 click.echo("\nInterrupted: files written so far are complete; nothing half-written was left.", err=True)

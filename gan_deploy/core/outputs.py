@@ -108,3 +108,40 @@ def _can_create_in(folder: Path) -> bool:
     except OSError:
         pass
     return True
+
+
+_PNG = b"\x89PNG\r\n\x1a\n"
+_MODEL_SUFFIXES = (".safetensors", ".onnx", ".engine", ".pt", ".pth", ".ckpt")
+
+
+def check_replaceable(path: str | os.PathLike, kind: str, *, option: str) -> None:
+    """An existing file at a report path (--grid, --json, --plot) is replaced only when it is the kind of file that
+    option writes, a grid or report of an earlier run: never a model, a model's sidecar, or whatever else a slip of
+    the keyboard named. kind: "png" or "json"."""
+    p = Path(path)
+    if not p.is_file():
+        return
+    hint = f"choose another {option} path, or remove the file yourself if it is really meant to go"
+    what = {"png": "a PNG image", "json": "a JSON report"}[kind]
+    try:
+        with open(p, "rb") as f:
+            head = f.read(1 << 20)
+    except OSError as e:
+        raise GanDeployError(f"cannot read the existing {option} file", f"{p} ({e.strerror})", hint=hint) from None
+    ok = head.startswith(_PNG) if kind == "png" else _is_report(head)
+    if kind == "json" and ok and any(p.with_suffix(sfx).exists() for sfx in _MODEL_SUFFIXES):
+        ok = False  # beside a model of the same name: its sidecar
+    if not ok:
+        raise GanDeployError(f"{option} names an existing file that is not {what}", str(p),
+                             expected=f"a new path, or {what} from an earlier run to replace", hint=hint)
+
+
+def _is_report(head: bytes) -> bool:
+    import json
+
+    try:
+        doc = json.loads(head.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        return False
+    # gan-deploy's own sidecars and records carry a "format" naming them; reports do not
+    return isinstance(doc, (dict, list)) and not (isinstance(doc, dict) and str(doc.get("format", "")).startswith("gan-deploy"))

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from gan_deploy.core.errors import GanDeployError
 from gan_deploy.core.fileio import O_CLOEXEC, O_NOFOLLOW, TMP_PREFIX, sweep_temp_files
+from gan_deploy.core.outputs import check_replaceable
 from gan_deploy.generate.journal import MANIFEST, RECORD
 from gan_deploy.generate.sinks.base import Sink
 
@@ -61,7 +62,8 @@ class OutputLock:
                 os.close(fd)
                 if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
                     raise GanDeployError("another generate is writing into this output folder", f"{self.out}"
-                                         + (f" (pid {holder})" if holder else ""), hint="wait for it to finish, or choose another output folder") from None
+                                         + (f" (pid {holder})" if holder else ""), expected="a folder no other run is writing into",
+                                         hint="wait for it to finish, or choose another output folder") from None
                 raise
             try:  # the holder before us may have removed the file after we opened it: lock the file that is there
                 same = os.stat(self.path, follow_symlinks=False).st_ino == os.fstat(fd).st_ino
@@ -141,6 +143,7 @@ def check_paths(out: Path, sink: Sink, inputs: list[Path], extra: dict[str, Path
             raise GanDeployError(f"{what} would be overwritten by the run's own files", str(p), hint="choose another name")
         if p.is_dir():
             raise GanDeployError(f"{what} is a folder", str(p), expected="a file path", hint="give a file name")
+        check_replaceable(p, "png" if what == "the sample grid" else "json", option={"the sample grid": "--grid"}.get(what, "--json"))
         parent = Path(os.path.dirname(os.path.abspath(p)))
         while not parent.exists():
             parent = parent.parent

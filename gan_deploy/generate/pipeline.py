@@ -229,7 +229,8 @@ class Session:
         self.cls = sink_class(opts.sink)
         self.fmt = opts.fmt or self.cls.formats[0]
         if self.fmt not in self.cls.formats:
-            raise GanDeployError(f"the {opts.sink} sink cannot store {self.fmt}", repr(self.fmt), expected=" or ".join(self.cls.formats))
+            raise GanDeployError(f"the {opts.sink} sink cannot store {self.fmt}", repr(self.fmt), expected=" or ".join(self.cls.formats),
+                                 hint=f"use --format {self.cls.formats[0]}, or --sink folder (or tar) for {self.fmt} files")
         sink_opts = self.cls.check_options(dict(opts.sink_options))
         unit = self.cls.shard_unit(batch_size, sink_opts)
         self.start, self.stop = shard_indices(n, unit, opts.shard)
@@ -276,7 +277,12 @@ class Session:
     def check(self, avail: int | None = None, slots: int = 2) -> int:
         """Everything that can fail without writing; returns the ring slots that fit in memory."""
         check_paths(self.out, self.sink, self.inputs, {"the sample grid": self.grid, "the JSON report": self.json_out})
-        return check_memory(self.opts.batch_size, self.shape, self.latent_dim, slots, avail)
+        return check_memory(self.max_batch, self.shape, self.latent_dim, slots, avail)
+
+    @property
+    def max_batch(self) -> int:
+        """The largest batch the run computes: a batch size above n computes one batch of n (the same images)."""
+        return min(self.opts.batch_size, self.opts.n)
 
     def open(self) -> None:
         """Lock the folder and make the run's files: after this, stopping leaves a consistent folder."""
@@ -520,19 +526,18 @@ def run(artifact: Any, opts: GenerateOptions, on_start: Callable[[str], None] | 
         raise GanDeployError("unknown executor", repr(opts.executor), expected=" or ".join(EXECUTORS))
     if opts.executor == "ray":
         from gan_deploy.generate.ray_executor import generate_ray
-        if on_start:
-            on_start(f"{artifact.describe()} -> backend {opts.backend} on Ray workers")
-        return generate_ray(artifact, opts)
+        return generate_ray(artifact, opts, on_start=(lambda: on_start(f"{artifact.describe()} -> backend {opts.backend} on Ray workers"))
+                            if on_start else None)
     name, options = runner_options(opts.backend, artifact, opts.precision)
     runner = make_runner(name, artifact, opts.device, spin=False, **options)  # leave idle cycles to the writers
-    if on_start:
-        on_start(f"{artifact.describe()} -> backend {runner.name}")
-    return generate(runner, opts)
+    return generate(runner, opts, on_start=(lambda: on_start(f"{artifact.describe()} -> backend {runner.name}")) if on_start else None)
 
 
-def generate(runner: Any, opts: GenerateOptions, on_batch: Callable[[int], None] | None = None) -> GenerateReport:
+def generate(runner: Any, opts: GenerateOptions, on_batch: Callable[[int], None] | None = None,
+             on_start: Callable[[], None] | None = None) -> GenerateReport:
     """Write images [start, stop) of `opts.n` (all of them, or this job shard's share) with `runner` into the sink.
-    `on_batch(first_index)` is called after each batch is handed to the writers (tests use it to interrupt)."""
+    `on_start()` is called once every check has passed and the model is loaded (so a refusal is one line);
+    `on_batch(first_index)` after each batch is handed to the writers (tests use it to interrupt)."""
     art = runner.artifact
     session = Session(opts, runner.spec, model_inputs(art), runner.name, runner.device, runner.options.get("precision", "fp32"))
     session.set_model(art.kind, art.path, art.sha256)
@@ -544,9 +549,11 @@ def generate(runner: Any, opts: GenerateOptions, on_batch: Callable[[int], None]
     pool = None
     try:
         runner.activate()
+        if on_start is not None:
+            on_start()
         session.start_progress(f"generate [{runner.name}]")
         encoder = DeviceJpegEncoder() if opts.jpeg_encoder == "cuda" else None
-        pool = make_pool(kind, session.sink.worker(), writers, session.on_result, (opts.batch_size, *session.shape), slots)
+        pool = make_pool(kind, session.sink.worker(), writers, session.on_result, (session.max_batch, *session.shape), slots)
         restore_term = _sigterm_as_interrupt()
         t_start = time.perf_counter()
         try:

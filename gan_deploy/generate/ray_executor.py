@@ -24,7 +24,7 @@ import pickle
 import re
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -116,8 +116,9 @@ def _backend(artifact: Artifact, backend: str, precision: str) -> tuple[str, dic
         return backend, ({"precision": precision} if backend in ("eager", "compile") else {})
 
 
-def generate_ray(artifact: Artifact, opts: GenerateOptions) -> GenerateReport:
-    """Write the same output as `generate.pipeline.generate` (same options) with Ray Data workers."""
+def generate_ray(artifact: Artifact, opts: GenerateOptions, on_start: Callable[[], None] | None = None) -> GenerateReport:
+    """Write the same output as `generate.pipeline.generate` (same options) with Ray Data workers.
+    `on_start()` is called once every check has passed, before Ray starts."""
     workers = opts.ray_workers
     if workers is not None and workers < 1:
         raise GanDeployError("bad number of Ray workers", workers, expected=">= 1")
@@ -132,6 +133,8 @@ def generate_ray(artifact: Artifact, opts: GenerateOptions) -> GenerateReport:
     session.record["backend"] = backend
     session.set_model(artifact.kind, artifact.path, artifact.sha256)
     session.check(slots=2)
+    if on_start is not None:
+        on_start()
 
     try:
         import ray

@@ -125,6 +125,7 @@ class TarSink(Sink):
         self.current: tuple[int, int, str | None] | None = None  # (shard, fd, temporary name) being written
         self.next_index = 0
         self.written = 0
+        self.shards_written = 0  # by this run (a resumed run skips the complete ones)
 
     def tar_name(self, t: int) -> str:
         return f"{self.prefix}-{t:06d}.tar"
@@ -189,6 +190,7 @@ class TarSink(Sink):
         self.files.commit(fd, tmp, self.tar_name(t), sync=True)  # durable before the journal lists it
         os.close(fd)
         self.current = None
+        self.shards_written += 1
 
     def _discard(self) -> None:
         if self.current is not None and self.files is not None:
@@ -222,5 +224,4 @@ class TarSink(Sink):
 
     def describe(self, n_images: int) -> str:
         lay = self.layout
-        shards = (lay.stop - 1) // self.size - lay.start // self.size + 1
-        return f"{n_images} {lay.fmt} samples in {shards} tar shard(s) of {self.size} to {self.out}/{self.prefix}-*.tar"
+        return f"{n_images} {lay.fmt} samples in {self.shards_written} tar shard(s) of {self.size} to {self.out}/{self.prefix}-*.tar"
