@@ -92,14 +92,20 @@ class EagerRunner(Runner):
             out, _ = self._run_device(z)
             return out.cpu().numpy() if not self.cuda_graphs else out.cpu().numpy().copy()
 
+    def _pixels_on_device(self, z: np.ndarray) -> tuple[Any, bool]:
+        """(uint8 pixels [N, H, W, C] on the device, whether they are a CUDA graph's buffer that the next replay
+        overwrites). Inside inference_mode."""
+        out, pix = self._run_device(z)
+        if pix is None:
+            return pixels_on_device(out, self.spec.value_range), False
+        return pix, True
+
     def infer_pixels_impl(self, z: np.ndarray) -> np.ndarray:
         if not self.on_cuda:
             return super().infer_pixels_impl(z)
         torch = self._torch
         with torch.inference_mode():
-            out, pix = self._run_device(z)
-            if pix is None:
-                pix = pixels_on_device(out, self.spec.value_range)
+            pix, _ = self._pixels_on_device(z)
             host = self._pinned.get(tuple(pix.shape), torch.uint8)
             host.copy_(pix, non_blocking=True)
             torch.cuda.current_stream(self.device).synchronize()
@@ -109,12 +115,9 @@ class EagerRunner(Runner):
         z = self._checked(z)  # activates the runner
         if not self.on_cuda:
             return super().infer_pixels_device(z)
-        torch = self._torch
-        with torch.inference_mode():
-            out, pix = self._run_device(z)
-            if pix is None:
-                return pixels_on_device(out, self.spec.value_range)
-            return pix.clone()  # a CUDA graph's output buffer: the next replay overwrites it
+        with self._torch.inference_mode():
+            pix, shared = self._pixels_on_device(z)
+            return pix.clone() if shared else pix  # the caller keeps it: not a buffer the next replay overwrites
 
     def synchronize(self) -> None:
         if self.device.startswith("cuda"):
