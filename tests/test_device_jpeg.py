@@ -138,6 +138,16 @@ def test_without_torchvision_the_message_says_how_to_get_it(monkeypatch):
         DeviceJpegEncoder()
 
 
+def test_a_missing_torchvision_is_found_before_anything_is_written(rgb_checkpoint, tmp_path, monkeypatch):
+    def missing():
+        raise GanDeployError("--jpeg-encoder cuda needs torchvision", "No module named 'torchvision'")
+    monkeypatch.setattr(pipeline, "DeviceJpegEncoder", missing)
+    with pytest.raises(GanDeployError, match="needs torchvision"):
+        generate(_DevicePixels(make_runner("eager", load_artifact(rgb_checkpoint), "cpu")),
+                 GenerateOptions(n=4, out=tmp_path / "o", fmt="jpg", progress=False, jpeg_encoder="cuda"))
+    assert not (tmp_path / "o").exists()
+
+
 @pytest.mark.gpu
 def test_nvjpeg_files_decode_close_to_the_pixels(rgb_checkpoint):
     torch = pytest.importorskip("torch")

@@ -543,6 +543,7 @@ def generate(runner: Any, opts: GenerateOptions, on_batch: Callable[[int], None]
     session.set_model(art.kind, art.path, art.sha256)
     kind, writers = choose_writers(opts.writer_kind, opts.writers, session.stop - session.start, session.cls)
     slots = session.check(slots=2 * writers + 2)
+    encoder = DeviceJpegEncoder() if opts.jpeg_encoder == "cuda" else None  # torchvision: found before anything is written
     session.open()
     interrupted = complete = False
     seconds_inference = seconds_total = 0.0
@@ -552,7 +553,6 @@ def generate(runner: Any, opts: GenerateOptions, on_batch: Callable[[int], None]
         if on_start is not None:
             on_start()
         session.start_progress(f"generate [{runner.name}]")
-        encoder = DeviceJpegEncoder() if opts.jpeg_encoder == "cuda" else None
         pool = make_pool(kind, session.sink.worker(), writers, session.on_result, (session.max_batch, *session.shape), slots)
         restore_term = _sigterm_as_interrupt()
         t_start = time.perf_counter()
