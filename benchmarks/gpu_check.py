@@ -8,9 +8,12 @@ CUDA build of torch:
    replay, device-to-host copies;
 3. `gan-deploy bench` at batch 1 to 4096 for every torch precision (eager; torch.compile for FP16);
 4. `gan-deploy generate -n 100000 -b 4096` on the GPU (inference alone and end to end);
-5. a training run on CUDA: interrupted at a checkpoint and resumed, and one with --compile;
-and checks the issue's targets against what it measured: best toolkit row at batch 4096 >= 80% of the best bare
-configuration; batch-1 p50 <= 2x a bare CUDA graph replay; generate inference >= 1.5 M images/s (H100 class).
+5. `benchmarks/generate_e2e.py` on the GPU, one run per sink (folder, tar, array: end to end against inference
+   alone and writing alone), and `benchmarks/jpeg_encoders.py` (nvJPEG vs the CPU encoder processes);
+6. a training run on CUDA: interrupted at a checkpoint and resumed, and one with --compile;
+and checks the issues' targets against what it measured: best toolkit row at batch 4096 >= 80% of the best bare
+configuration; batch-1 p50 <= 2x a bare CUDA graph replay; generate inference >= 1.5 M images/s (H100 class);
+PNG to a folder >= 60,000 images/s, PNG into tar shards >= 80,000, the array >= 50% of inference alone.
 Every step has a timeout; a failed step is reported, and the rest still run.
 """
 from __future__ import annotations
@@ -68,6 +71,12 @@ def main() -> int:
                                 "--json", str(out / "bench_compile.json")], 150, log)
     step("generate", GD + ["generate", "-n", n_gen, "-b", "4096", "--device", "cuda", "--backend", "eager", "--precision", "fp16",
                            "--out", str(out / "samples"), "--overwrite", "--json", str(out / "generate.json")], 120, log)
+    n_e2e = "100000" if not a.quick else "20000"
+    step("generate sinks", [sys.executable, "benchmarks/generate_e2e.py", "--backend", "eager", "--device", "cuda", "--precision", "fp16",
+                            "-n", n_e2e, "--batch-size", "4096", "--runs", "1", "--sinks", "folder,tar,array",
+                            "--json", str(out / "generate_e2e.json")], 240, log)
+    step("jpeg encoders", [sys.executable, "benchmarks/jpeg_encoders.py", "--sizes", "32,128,512", "--batch", "1024", "--iters", "5",
+                           "--json", str(out / "jpeg_encoders.json")], 120, log)
     run = out / "train_run"
     common = ["--device", "cuda", "--eval-every", "0", "--sample-every", "0", "--checkpoint-every", "100", "--no-progress"]
     step("train 100 steps", GD + ["train", "--out", str(run), "--steps", "100", "--overwrite"] + common, 90, log)
@@ -113,6 +122,19 @@ def targets(out: Path) -> dict:
     if gen and gen.get("seconds_inference"):
         t["generate_inference_images_per_s"] = {"value": gen["n_written"] / gen["seconds_inference"], "target": ">= 1.5e6 (H100 class)",
                                                 "end_to_end": gen.get("images_per_s")}
+    e2e = (_load(out / "generate_e2e.json") or {}).get("runs") or {}
+    for sink, goal in (("folder", 60000.0), ("tar", 80000.0)):
+        rows = (e2e.get(sink) or {}).get("rows") or []
+        if rows:
+            t[f"generate_png_{sink}_images_per_s"] = {"value": rows[0]["end_to_end"], "writing_alone": rows[0]["writing"],
+                                                      "inference_alone": rows[0]["inference_generate_settings"], "target": f">= {goal:,.0f}"}
+    rows = (e2e.get("array") or {}).get("rows") or []
+    if rows:
+        t["generate_array_vs_inference_alone"] = {"value": rows[0]["end_to_end"] / rows[0]["inference_generate_settings"],
+                                                  "end_to_end": rows[0]["end_to_end"], "target": ">= 0.5"}
+    jpeg = _load(out / "jpeg_encoders.json")
+    if jpeg:
+        t["jpeg_cuda_vs_cpu_per_size"] = {"rows": jpeg.get("rows"), "gpu": jpeg.get("gpu"), "target": "the faster one is the default to keep"}
     return t
 
 
