@@ -228,8 +228,7 @@ def run_all(a: argparse.Namespace, keep: str) -> None:
             for kind, w in [("process", k) for k in sorted({1, 2, max(1, cores - 1), cores})] + [("thread", 1), ("thread", 2 * cores)]:
                 b = argparse.Namespace(**{**vars(a), "writer_kind": kind, "writers": w})
                 d = tempfile.mkdtemp(dir=keep)
-                if True:
-                    rate, us = max(writing_only(premade, b, sink, Path(d) / f"r{k}") for k in range(2))  # best of 2
+                rate, us = max(writing_only(premade, b, sink, Path(d) / f"r{k}") for k in range(2))  # best of 2
                 res["scaling"][f"{sink} {w} {kind}"] = {"img_s": rate, "cpu_us": us}
                 line.append(f"{w} {kind}(es) {rate:,.0f} ({us:.0f} us CPU/img)")
             print(f"{sink:>6} writing alone: " + " | ".join(line) + " img/s", flush=True)

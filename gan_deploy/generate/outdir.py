@@ -109,6 +109,10 @@ def _stat(p: Path) -> os.stat_result | None:
         return None
 
 
+# the extra outputs check_paths accepts: label -> (the option that names it, what kind of file it writes)
+REPORTS = {"the sample grid": ("--grid", "png"), "the JSON report": ("--json", "json")}
+
+
 def check_paths(out: Path, sink: Sink, inputs: list[Path], extra: dict[str, Path | None]) -> None:
     """Before the first batch: no output the run writes (`extra`: the sample grid, the JSON report; the manifest,
     the run record, the sink's files) may be one of its `inputs` (model file, sidecar), and the extra outputs must
@@ -143,7 +147,8 @@ def check_paths(out: Path, sink: Sink, inputs: list[Path], extra: dict[str, Path
             raise GanDeployError(f"{what} would be overwritten by the run's own files", str(p), hint="choose another name")
         if p.is_dir():
             raise GanDeployError(f"{what} is a folder", str(p), expected="a file path", hint="give a file name")
-        check_replaceable(p, "png" if what == "the sample grid" else "json", option={"the sample grid": "--grid"}.get(what, "--json"))
+        option, kind = REPORTS[what]
+        check_replaceable(p, kind, option=option)
         parent = Path(os.path.dirname(os.path.abspath(p)))
         while not parent.exists():
             parent = parent.parent

@@ -84,9 +84,6 @@ class Encoded:
 
     blobs: list[bytes]
 
-    def __len__(self) -> int:
-        return len(self.blobs)
-
 
 def batch_files(task: Task, pixels: "np.ndarray | Encoded", fmt: str) -> list[bytes]:
     """The files' bytes of images [task.lo, task.hi) of a batch: encoded here, or already (`Encoded`)."""
