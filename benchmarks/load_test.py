@@ -344,26 +344,22 @@ def main() -> int:
                 ap.error("--url must be on loopback (127.0.0.1, ::1 or localhost): this is a local load test")
             host, port, apps["batched"] = u.hostname, u.port or 80, u.path.rstrip("/")
         else:
-            from gan_deploy.serve import ray_serve as serve
-            from gan_deploy.serve.api import ServeConfig
+            from gan_deploy.serve import driver as serve
+            from gan_deploy.serve.config import ServeConfig
             with socket.socket() as s:
                 s.bind(("127.0.0.1", 0))
                 host, port = "127.0.0.1", s.getsockname()[1]
-            sp = art.spec
-            common = dict(artifact_kind=art.kind, artifact_path=str(art.path.resolve()), artifact_sha256=art.sha256,
-                          value_range=sp.value_range if art.kind == "onnx" else None, backend=a.backend, device="cpu",
-                          max_images_per_request=max(256, a.max_count), num_cpus=0.5, read_timeout_s=a.read_timeout)
+            common = dict(backend=a.backend, device="cpu", max_images_per_request=max(256, a.max_count), num_cpus=0.5,
+                          read_timeout_s=a.read_timeout, max_queued=a.max_queued, host=host, port=port)
             print("starting Ray Serve ...", file=sys.stderr)
             t0 = time.perf_counter()
-            serve.start(ServeConfig(**common, max_batch_size=a.max_batch_size, batch_wait_ms=a.batch_wait_ms, max_queued=a.max_queued),
-                        host, port, name="batched")
+            serve.start(ServeConfig(art, **common, max_batch_size=a.max_batch_size, batch_wait_ms=a.batch_wait_ms, app_name="batched"))
             results["startup_s"] = time.perf_counter() - t0
             print(f"started in {results['startup_s']:.1f} s (Ray, Serve, the replica with its model loaded and warmed)", file=sys.stderr)
             started = True
             if a.compare_unbatched:
                 t0 = time.perf_counter()
-                serve.deploy(ServeConfig(**common, max_batch_size=1, batch_wait_ms=0.0, max_queued=a.max_queued),
-                             name="unbatched", route_prefix="/unbatched")
+                serve.deploy(ServeConfig(art, **common, max_batch_size=1, batch_wait_ms=0.0, app_name="unbatched", route_prefix="/unbatched"))
                 serve.wait_for_http(f"http://{host}:{port}/unbatched")
                 results["second_app_startup_s"] = time.perf_counter() - t0
                 apps["unbatched"] = "/unbatched"

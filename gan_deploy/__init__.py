@@ -10,6 +10,7 @@ The public Python API (what the CLI calls; each operation takes one options obje
 
     export_onnx(checkpoint, out)        bench(art, BenchOptions(...))        quantize(art, QuantizeOptions(...))
     build_engine(art, EngineOptions(...))    train(TrainOptions(...))    evaluate(artifact=art, ...)
+    run_service(ServeConfig(art, port=8000))   # the HTTP service (Ray Serve) until SIGTERM or Ctrl-C, then drained
 
 Importing this package is cheap and needs no GPU, onnxruntime or TensorRT: names load on first use.
 """
@@ -41,6 +42,8 @@ _API = {
     "TrainOptions": "gan_deploy.train.options:TrainOptions",
     "train": "gan_deploy.train.loop:train",
     "evaluate": "gan_deploy.quality.evaluate:run_eval",
+    "ServeConfig": "gan_deploy.serve.config:ServeConfig",
+    "run_service": "gan_deploy.serve.driver:run_service",
 }
 __all__ = ["__version__", *_API]
 

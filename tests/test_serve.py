@@ -35,16 +35,15 @@ import numpy as np
 import pytest
 
 from gan_deploy.core.latents import MAX_SEED, latents_for
-from gan_deploy.serve.api import (
+from gan_deploy.serve.config import ServeConfig
+from gan_deploy.serve.metrics import Metrics, prometheus_text
+from gan_deploy.serve.request import (
     ImageRequest,
-    Metrics,
     RequestError,
-    ServeConfig,
     chunks,
     etag,
     parse_request,
     parse_v2_infer,
-    prometheus_text,
     request_latents,
 )
 
@@ -204,11 +203,11 @@ def _replica(monkeypatch, checkpoint, delay: float | None = None, **over):
     from ray import serve as ray_serve
 
     from gan_deploy.artifacts.load import load_artifact
-    from gan_deploy.serve.ray_serve import GeneratorDeployment
+    from gan_deploy.serve.deployment import GeneratorDeployment
     context = SimpleNamespace(replica_id=SimpleNamespace(unique_id="r0"), _deployment_config=SimpleNamespace(max_ongoing_requests=1024))
     monkeypatch.setattr(ray_serve, "get_replica_context", lambda: context)  # what @serve.batch and the replica ask Ray
     art = load_artifact(checkpoint)
-    cfg = ServeConfig("checkpoint", str(art.path), art.sha256, backend="eager", device="cpu", max_batch_size=8, batch_wait_ms=5,
+    cfg = ServeConfig(art, backend="eager", device="cpu", max_batch_size=8, batch_wait_ms=5,
                       max_images_per_request=MAX_IMAGES, **{"max_queued": 2, "read_timeout_s": 0.5, "request_timeout_s": 5.0, **over})
     cls = GeneratorDeployment.func_or_class
     # @serve.batch keeps one lazily made queue per decorated method (a replica has one instance); each test
@@ -460,7 +459,7 @@ def test_write_config_is_a_valid_ray_serve_config(cli, tiny_checkpoint, tmp_path
     conf = yaml.safe_load(out.read_text())
     assert conf["http_options"]["port"] == 8123 and conf["http_options"]["host"] == "0.0.0.0"
     app = conf["applications"][0]
-    assert app["import_path"] == "gan_deploy.serve.ray_serve:app_builder"
+    assert app["import_path"] == "gan_deploy.serve.deployment:app_builder"
     c = app["args"]["config"]
     assert c["num_replicas"] == 3 and c["max_queued"] == 16 and c["read_timeout_s"] == 4 and os.path.isabs(c["artifact_path"])
     deps = {d["name"]: d for d in app["deployments"]}
@@ -468,7 +467,7 @@ def test_write_config_is_a_valid_ray_serve_config(cli, tiny_checkpoint, tmp_path
     pytest.importorskip("ray.serve")
     from ray.serve.schema import ServeDeploySchema
 
-    from gan_deploy.serve.ray_serve import app_builder
+    from gan_deploy.serve.deployment import app_builder
     ServeDeploySchema.model_validate(conf)
     built = app_builder(app["args"])  # what `serve deploy` imports and calls
     assert type(built).__name__ == "Application"
@@ -479,13 +478,97 @@ def test_start_failures_are_one_line():
     pytest.importorskip("ray.serve")
     from types import SimpleNamespace
 
-    from gan_deploy.serve.ray_serve import _status_message
+    from gan_deploy.serve.driver import _status_message
     trace = ("The deployment failed to start 3 times in a row.\nTraceback (most recent call last):\n  File \"x.py\", line 3, in f\n"
              "    raise StaleArtifact(...)\ngan_deploy.core.errors.StaleArtifact: the model file on this replica differs\n")
     app = SimpleNamespace(status="DEPLOY_FAILED", message="", deployments={"GanGenerator": SimpleNamespace(message=trace)})
     msg = _status_message(app)
     assert msg == "gan_deploy.core.errors.StaleArtifact: the model file on this replica differs" and "\n" not in msg
     assert _status_message(None) == "no status yet"
+
+
+def test_serve_config_travels_as_plain_data_and_reloads_its_artifact(tiny_checkpoint, tiny_onnx, tmp_path):
+    """What a replica gets: the artifact by kind, absolute path and sha256 (JSON-able), loaded again there; a
+    different file at that path is refused (a stale copy on another node)."""
+    import shutil
+
+    from gan_deploy.artifacts.load import load_artifact
+    from gan_deploy.core.errors import StaleArtifact
+
+    onnx = load_artifact(onnx=tiny_onnx)
+    cfg = ServeConfig(onnx, backend="onnxruntime", max_queued=3, host="0.0.0.0", port=9000, app_name="a")
+    d = json.loads(json.dumps(cfg.to_dict()))
+    assert (d["artifact_kind"], d["artifact_path"], d["artifact_sha256"]) == ("onnx", str(Path(tiny_onnx).resolve()), onnx.sha256)
+    assert d["value_range"] == list(onnx.spec.value_range) and d["num_gpus"] == 0.0 and d["max_queued"] == 3
+    assert not {"host", "port", "app_name", "route_prefix", "artifact"} & set(d)  # the driver's, not a replica's
+    back = ServeConfig.from_dict(d)
+    assert back.artifact.sha256 == onnx.sha256 and back.max_queued == 3 and back.backend == "onnxruntime"
+    assert back.to_dict() == d
+
+    copy = tmp_path / "g.safetensors"
+    shutil.copy(tiny_checkpoint, copy)
+    shutil.copy(Path(tiny_checkpoint).with_suffix(".json"), copy.with_suffix(".json"))
+    d = ServeConfig(load_artifact(copy)).to_dict()
+    assert d["value_range"] is None and d["artifact_kind"] == "checkpoint"
+    side = json.loads(copy.with_suffix(".json").read_text())  # another checkpoint at the same path
+    copy.with_suffix(".json").write_text(json.dumps({**side, "weights_sha256": "0" * 64}))
+    with pytest.raises(StaleArtifact, match="differs from the one"):
+        ServeConfig.from_dict(d)
+
+
+def test_serve_config_gpus_follow_the_device_unless_given(tiny_checkpoint):
+    from gan_deploy.artifacts.load import load_artifact
+
+    art = load_artifact(tiny_checkpoint)
+    assert ServeConfig(art).gpus == 0.0 and ServeConfig(art, device="cuda:1").gpus == 1.0
+    assert ServeConfig(art, device="cuda", num_gpus=0.5).gpus == 0.5 and ServeConfig(art, num_gpus=0).to_dict()["num_gpus"] == 0.0
+
+
+@pytest.mark.parametrize("over, words", [
+    (dict(route_prefix="gan"), "bad --route-prefix"),
+    (dict(route_prefix="/gan/"), "bad --route-prefix"),
+    (dict(max_batch_size=100, max_images_per_request=1, max_queued=2), "--max-batch-size can never fill"),
+    (dict(max_batch_size=0), "bad --max-batch-size"),
+    (dict(max_queued=2.5), "bad --max-queued"),
+    (dict(num_replicas=True), "bad --replicas"),
+    (dict(num_cpus=-1), "bad --num-cpus"),
+    (dict(num_gpus=float("nan")), "bad --num-gpus"),
+    (dict(batch_wait_ms=-1), "bad --batch-wait-ms"),
+    (dict(read_timeout_s=0), "bad --read-timeout"),
+    (dict(request_timeout_s=0.01), "bad --request-timeout"),
+    (dict(max_body_bytes=10), "bad --max-body-bytes"),
+    (dict(max_header_bytes=17000), "bad --max-header-bytes"),
+    (dict(drain_timeout_s=-0.5), "bad --drain-timeout"),
+    (dict(port=70000), "bad --port"),
+    (dict(keep_alive_s=0), "bad --keep-alive-timeout"),
+    (dict(start_timeout_s=0.5), "bad --start-timeout"),
+    (dict(backend="tpu"), "unknown backend"),
+])
+def test_serve_config_checks_itself(tiny_checkpoint, over, words):
+    from gan_deploy.artifacts.load import load_artifact
+    from gan_deploy.core.errors import GanDeployError
+
+    art = load_artifact(tiny_checkpoint)
+    with pytest.raises(GanDeployError) as e:
+        ServeConfig(art, **over)
+    assert str(e.value).startswith(words) and "\n" not in str(e.value)
+    with pytest.raises(GanDeployError, match="needs an Artifact"):
+        ServeConfig(str(tiny_checkpoint))
+
+
+def test_run_service_settles_locally_before_starting_ray(tiny_onnx):
+    """A backend that cannot take the artifact is a one-line error before any Ray starts; "auto" is resolved."""
+    from gan_deploy.artifacts.load import load_artifact
+    from gan_deploy.core.errors import GanDeployError
+    from gan_deploy.serve.driver import run_service, settle_locally
+
+    art = load_artifact(onnx=tiny_onnx)
+    lines: list[str] = []
+    with pytest.raises(GanDeployError, match="cannot run an ONNX file"):
+        run_service(ServeConfig(art, backend="eager", port=_free_port()), echo=lines.append)
+    assert lines == []  # nothing was started, so nothing said
+    settled = settle_locally(ServeConfig(art, device="cpu", port=_free_port()))
+    assert (settled.backend, settled.device, settled.gpus) == ("onnxruntime", "cpu", 0.0)
 
 
 def test_serve_cli_refuses_bad_options(cli, tiny_checkpoint):
@@ -588,9 +671,8 @@ def reference(tiny_checkpoint, tmp_path_factory):
 
 
 def _config(art, **over) -> ServeConfig:
-    base = dict(artifact_kind="checkpoint", artifact_path=str(art.path), artifact_sha256=art.sha256, backend="eager",
-                device="cpu", max_images_per_request=MAX_IMAGES, num_cpus=0.5)
-    return ServeConfig(**{**base, **over})
+    base = dict(backend="eager", device="cpu", max_images_per_request=MAX_IMAGES, num_cpus=0.5)
+    return ServeConfig(art, **{**base, **over})
 
 
 @pytest.fixture(scope="module")
@@ -598,18 +680,21 @@ def service(tiny_checkpoint):
     """One local Ray (loopback only), two apps: "/" (batching: 80 ms wait, 2 s read timeout) and "/tight"
     (2 queued requests, 2.5 s batch wait)."""
     pytest.importorskip("ray.serve", reason="Ray Serve is not installed: pip install -e '.[serve]'")
+    from ray import serve
+
     from gan_deploy.artifacts.load import load_artifact
-    from gan_deploy.serve import ray_serve as service
+    from gan_deploy.serve import driver as service
+    from gan_deploy.serve.config_file import http_options
 
     art = load_artifact(tiny_checkpoint)
-    main = _config(art, max_batch_size=16, batch_wait_ms=80, max_queued=32, read_timeout_s=2.0)
-    tight = _config(art, max_batch_size=64, batch_wait_ms=2500, max_queued=2)
+    port = _free_port()
+    main = _config(art, max_batch_size=16, batch_wait_ms=80, max_queued=32, read_timeout_s=2.0, app_name="main", port=port)
+    tight = _config(art, max_batch_size=64, batch_wait_ms=2500, max_queued=2, app_name="tight", route_prefix="/tight")
     service.init_local_ray("127.0.0.1", num_cpus=2, log_to_driver=False)
     try:
         t0 = time.monotonic()
-        port = _free_port()
-        service.serve.start(http_options=service.http_options(main, "127.0.0.1", port), logging_config={"log_level": "WARNING"})
-        service.deploy_many([(main, "main", "/"), (tight, "tight", "/tight")], {"log_level": "WARNING"})
+        serve.start(http_options=http_options(main), logging_config={"log_level": "WARNING"})
+        service.deploy_many([main, tight], {"log_level": "WARNING"})
         url = f"http://127.0.0.1:{port}"
         service.wait_for_http(url)
         service.wait_for_http(f"{url}/tight")

@@ -4,13 +4,11 @@ Ray and tritonclient are imported inside the commands only: `gan-deploy --help` 
 """
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import click
 
 from gan_deploy.cli.options import artifact_options, backend_option, device_option, int_list, load_artifact_from_options, value_range_option
-from gan_deploy.core.errors import GanDeployError
 
 
 @click.command(short_help="HTTP service with request batching across clients (Ray Serve).")
@@ -70,63 +68,21 @@ def serve(checkpoint, onnx, engine, value_range, backend, device, host, port, ma
       gan-deploy serve --onnx /shared/g.onnx --host 0.0.0.0 --replicas 4 --write-config serve.yaml  # serve deploy / KubeRay
       RAY_ADDRESS=auto gan-deploy serve --device cuda --replicas 4 --host 0.0.0.0   # a Ray cluster
     """
-    import os
-
-    from gan_deploy.serve.api import ServeConfig
-
-    if not route_prefix.startswith("/") or (len(route_prefix) > 1 and route_prefix.endswith("/")):
-        raise GanDeployError("bad --route-prefix", repr(route_prefix), expected="'/' or a path such as /gan (no trailing slash)")
+    from gan_deploy.serve.config import ServeConfig
 
     art = load_artifact_from_options(checkpoint, onnx, engine, value_range)
-    if art.kind == "engine":  # the engine's optimization profile bounds every batch it can run
-        from gan_deploy.artifacts.engine import read_sidecar
-        top = read_sidecar(art.path)["profile"]["max"]
-        if max_batch_size > top:
-            raise GanDeployError("--max-batch-size exceeds the engine's profile", max_batch_size, expected=f"<= {top}, the engine's max batch", hint="lower --max-batch-size, or rebuild the engine with a larger max batch")
-    address = ray_address or os.environ.get("RAY_ADDRESS")
-    if not address and write_config is None:  # local: settle backend, device and port here: a one-line error, not a Ray traceback
-        from gan_deploy.backends import make_runner
-        from gan_deploy.serve.api import check_port_free
-        runner = make_runner(backend, art, device)  # checks the backend takes this artifact; loads nothing
-        backend, device = runner.name, runner.device
-        check_port_free(host, port)
-    if max_batch_size > max_images_per_request * max_queued:
-        raise GanDeployError("--max-batch-size can never fill", max_batch_size, expected=f"<= --max-images-per-request x --max-queued ({max_images_per_request * max_queued})")
-    if num_gpus is None:
-        num_gpus = 1.0 if device.startswith("cuda") else 0.0
-    cfg = ServeConfig(art.kind, os.path.abspath(art.path), art.sha256, art.spec.value_range if art.kind == "onnx" else None,
-                      backend, device, max_batch_size, batch_wait_ms, max_images_per_request, max_queued, replicas,
-                      num_cpus, num_gpus, read_timeout_s=read_timeout, request_timeout_s=request_timeout,
-                      max_body_bytes=max_body_bytes or 0, max_header_bytes=max_header_bytes, drain_timeout_s=drain_timeout)
+    cfg = ServeConfig(art, backend=backend, device=device, max_batch_size=max_batch_size, batch_wait_ms=batch_wait_ms,
+                      max_images_per_request=max_images_per_request, max_queued=max_queued, num_replicas=replicas,
+                      num_cpus=num_cpus, num_gpus=num_gpus, read_timeout_s=read_timeout, request_timeout_s=request_timeout,
+                      max_body_bytes=max_body_bytes or 0, max_header_bytes=max_header_bytes, drain_timeout_s=drain_timeout,
+                      host=host, port=port, route_prefix=route_prefix, app_name=app_name, ray_address=ray_address,
+                      keep_alive_s=keep_alive_timeout, start_timeout_s=start_timeout, access_log=access_log)
     if write_config is not None:
         from gan_deploy.serve.config_file import write_serve_config
-        click.echo(write_serve_config(write_config, cfg, host, port, keep_alive_timeout, app_name, route_prefix))
+        click.echo(write_serve_config(write_config, cfg))
         return
-    try:
-        from gan_deploy.serve import ray_serve as service
-    except ImportError as e:
-        raise GanDeployError("Ray Serve is not installed", f"{e.name}", hint='from the clone: pip install -e ".[serve]"') from None
-
-    t0 = time.monotonic()
-
-    def ready(url: str) -> None:
-        click.echo(f"serving {art.describe()} with {backend} on {device} at {url} (started in {time.monotonic() - t0:.1f} s)", err=True)
-        click.echo(f"  try: curl -s {url}/generate -d '{{\"seed\": 0, \"start\": 0, \"count\": 4}}'   "
-                   f"(health: {url}/healthz, readiness: {url}/readyz, metrics: {url}/metrics); Ctrl-C drains and stops", err=True)
-
-    def on_signal(name: str) -> None:
-        click.echo(f"{name}: draining (in-flight requests get up to {drain_timeout:g} s) ...", err=True)
-
-    click.echo("starting Ray Serve ...", err=True)
-    report = service.serve_forever(cfg, host, port, ray_address=address, access_log=access_log, ready=ready, on_signal=on_signal,
-                                   start_timeout_s=start_timeout, keep_alive_s=keep_alive_timeout, name=app_name,
-                                   route_prefix=route_prefix)
-    if report is None:
-        click.echo("stopped", err=True)
-    elif report.get("in_flight_left"):
-        click.echo(f"stopped; {report['in_flight_left']} request(s) were still in flight after {drain_timeout:g} s", err=True)
-    else:
-        click.echo(f"stopped: drained in {report['waited_s']:.1f} s, shut down in {report['shutdown_s']:.1f} s", err=True)
+    from gan_deploy.serve.driver import run_service
+    run_service(cfg, echo=lambda line: click.echo(line, err=True))
 
 
 @click.command("triton-repo", short_help="Model repository for NVIDIA Triton (ONNX and TensorRT plan).")

@@ -13,46 +13,47 @@ from pathlib import Path
 from typing import Any
 
 from gan_deploy.core.errors import GanDeployError
-from gan_deploy.serve.api import ServeConfig
+from gan_deploy.serve.config import ServeConfig
 
-APP_NAME = "gan-deploy"
 GENERATOR = "GanGenerator"
-IMPORT_PATH = "gan_deploy.serve.ray_serve:app_builder"
+IMPORT_PATH = "gan_deploy.serve.deployment:app_builder"
 
 
-def deployment_options(cfg: ServeConfig) -> dict[str, dict[str, Any]]:
-    """Ray Serve options of the deployment."""
+def deployment_options(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Ray Serve options of the deployment, from `ServeConfig.to_dict()` (what the config file carries: the app
+    is built from it without loading the model)."""
     # Ray's own per-replica limits sit far above the service's (max_queued): a replica holds cheap coroutines
     # (slow clients, bodies being read, health probes, requests waiting for a batch) and decides admission
     # itself, at once; so nothing waits in Ray's router behind /generate, and Ray's router queue in front is
     # a last line (its 503 carries Retry-After, and proxy_hooks makes it JSON where Ray loads that).
-    ongoing = max(1024, 4 * cfg.max_queued + 256)
+    ongoing = max(1024, 4 * config["max_queued"] + 256)
     return {
-        GENERATOR: {"num_replicas": cfg.num_replicas, "max_ongoing_requests": ongoing, "max_queued_requests": ongoing,
-                    "ray_actor_options": {"num_cpus": cfg.num_cpus, "num_gpus": cfg.num_gpus},
+        GENERATOR: {"num_replicas": config["num_replicas"], "max_ongoing_requests": ongoing, "max_queued_requests": ongoing,
+                    "ray_actor_options": {"num_cpus": config["num_cpus"], "num_gpus": config["num_gpus"]},
                     # a model that does not load (wrong file, no device) will not load on a 20th try either
                     "max_constructor_retry_count": 3,
-                    "graceful_shutdown_timeout_s": cfg.drain_timeout_s, "graceful_shutdown_wait_loop_s": 0.5},
+                    "graceful_shutdown_timeout_s": config["drain_timeout_s"], "graceful_shutdown_wait_loop_s": 0.5},
     }
 
 
-def http_options(cfg: ServeConfig, host: str, port: int, keep_alive_s: int = 5) -> dict[str, Any]:
+def http_options(cfg: ServeConfig) -> dict[str, Any]:
+    """Ray Serve's HTTP options: where its proxy listens."""
     # Ray's own end-to-end timeout is a backstop behind ours (which answers a JSON 504 first)
-    return {"host": host, "port": port, "request_timeout_s": cfg.request_timeout_s + 5, "keep_alive_timeout_s": keep_alive_s}
+    return {"host": cfg.host, "port": cfg.port, "request_timeout_s": cfg.request_timeout_s + 5, "keep_alive_timeout_s": cfg.keep_alive_s}
 
 
-def serve_config(cfg: ServeConfig, host: str, port: int, name: str = APP_NAME, route_prefix: str = "/",
-                 keep_alive_s: int = 5) -> dict[str, Any]:
+def serve_config(cfg: ServeConfig) -> dict[str, Any]:
     """A Ray Serve config equivalent to what `gan-deploy serve` starts."""
-    opts = deployment_options(cfg)
+    config = cfg.to_dict()
+    opts = deployment_options(config)
     opts[GENERATOR]["backpressure_config"] = {"status_code": 503, "retry_after_s": 1}
     return {
         "proxy_location": "EveryNode",
-        "http_options": http_options(cfg, host, port, keep_alive_s),
+        "http_options": http_options(cfg),
         "logging_config": {"log_level": "WARNING", "enable_access_log": False},
         "applications": [{
-            "name": name, "route_prefix": route_prefix, "import_path": IMPORT_PATH,
-            "args": {"config": cfg.to_dict()},
+            "name": cfg.app_name, "route_prefix": cfg.route_prefix, "import_path": IMPORT_PATH,
+            "args": {"config": config},
             "deployments": [{"name": n, **o} for n, o in opts.items()],
         }],
     }
@@ -71,10 +72,9 @@ def check_with_ray_schema(config: dict[str, Any]) -> bool:
     return True
 
 
-def write_serve_config(path: str | Path, cfg: ServeConfig, host: str, port: int, keep_alive_s: int = 5,
-                       name: str = APP_NAME, route_prefix: str = "/") -> str:
+def write_serve_config(path: str | Path, cfg: ServeConfig) -> str:
     """Write the config (YAML if PyYAML is installed, else JSON, which YAML readers also read); a summary line."""
-    config = serve_config(cfg, host, port, name, route_prefix, keep_alive_s)
+    config = serve_config(cfg)
     checked = check_with_ray_schema(config)
     header = ("# Ray Serve config written by `gan-deploy serve --write-config` (same deployments and limits as\n"
               "# `gan-deploy serve`): `serve deploy <file>` on a running Ray cluster, or serveConfigV2 of a KubeRay\n"

@@ -176,35 +176,11 @@ def triton_repo_from_artifacts(out: str | Path, artifact: Artifact | None = None
     check_writable_folder(repo)
     report = TritonRepoReport(repo)
     plans: list[tuple[Path, str, dict[str, Any]]] = []  # checked before anything is written
-
-    sidecar = None
     if engine is not None:
-        from gan_deploy.artifacts.engine import check_engine_file, read_sidecar, spec_from_sidecar
-
         engine = Path(engine)
-        if not engine.is_file():
-            raise GanDeployError("engine file not found", str(engine), hint="build one with `gan-deploy build-engine`")
-        sidecar = read_sidecar(engine)
-        check_engine_file(sidecar, sha256_file(engine), engine)
-        espec = spec_from_sidecar(sidecar, engine)
-        prof = sidecar["profile"]
-        if prof["min"] != 1:
-            raise GanDeployError("engine profile does not start at batch 1", f"{engine}: min {prof['min']}", expected="min batch 1 (Triton's dynamic batcher sends any batch size up to max_batch_size)", hint="rebuild the engine with a profile whose min batch is 1")
-        if artifact is not None:
-            a, b = artifact.spec, espec
-            if (a.latent_dim, a.channels, a.height, a.width, tuple(a.value_range)) != (b.latent_dim, b.channels, b.height, b.width, tuple(b.value_range)):
-                raise GanDeployError("the engine and the ONNX model are different generators", f"engine Z={b.latent_dim} {b.image_shape} vs {artifact.kind} Z={a.latent_dim} {a.image_shape}", expected="an engine built from this model", hint="pass the matching --engine, or only one of them")
-        trt_pref = _check_preferred(preferred or [prof["opt"], prof["max"]], prof["max"], name + "_trt")
-        text = config_pbtxt(name + "_trt", "tensorrt_plan", "tensorrt", espec, prof["max"], trt_pref, max_queue_delay_us,
-                            "KIND_GPU", instances)  # a plan runs on a GPU only, whatever --instance-kind says
-        _validate(text, name + "_trt")
-        provenance = {"kind": "tensorrt_plan", "value_range": list(espec.value_range), "engine_sha256": sidecar["engine_sha256"],
-                      "onnx_sha256": sidecar["onnx_sha256"], "source": sidecar["source"], "precision": sidecar["precision"],
-                      "tensorrt_version": sidecar["tensorrt_version"], "gpu_name": sidecar["gpu_name"],
-                      "compute_capability": sidecar["compute_capability"], "profile": prof}
-        plans.append((repo / (name + "_trt"), text, provenance))
-        report.models.append(TritonModel(name + "_trt", "tensorrt_plan", repo / (name + "_trt"), prof["max"], trt_pref, text))
-
+        plan, model = _engine_model(repo, engine, artifact, name, preferred, max_queue_delay_us, instances)
+        plans.append(plan)
+        report.models.append(model)
     onnx_bytes = None
     if artifact is not None:
         if artifact.kind == "engine":
@@ -229,8 +205,44 @@ def triton_repo_from_artifacts(out: str | Path, artifact: Artifact | None = None
     for folder, _, _ in plans:
         _check_model_dir(folder, overwrite)
         refuse_inputs_inside(folder, inputs)  # --overwrite must not delete the model it is asked to publish
-    # each model is built complete in a hidden folder of the repository, then swapped in: a failure (an export that
-    # disagrees with eager, a full disk, Ctrl-C) leaves the repository as it was
+    _write_models(repo, plans, engine, artifact, onnx_bytes, opset)
+    return report
+
+
+def _engine_model(repo: Path, engine: Path, artifact: Artifact | None, name: str, preferred: list[int] | None,
+                  max_queue_delay_us: int, instances: int) -> tuple[tuple[Path, str, dict[str, Any]], TritonModel]:
+    """The `<name>_trt` model of an engine, checked (its sidecar, its profile, the same generator as `artifact`):
+    (folder, config.pbtxt, provenance) and its report entry."""
+    from gan_deploy.artifacts.engine import check_engine_file, read_sidecar, spec_from_sidecar
+
+    if not engine.is_file():
+        raise GanDeployError("engine file not found", str(engine), hint="build one with `gan-deploy build-engine`")
+    sidecar = read_sidecar(engine)
+    check_engine_file(sidecar, sha256_file(engine), engine)
+    espec = spec_from_sidecar(sidecar, engine)
+    prof = sidecar["profile"]
+    if prof["min"] != 1:
+        raise GanDeployError("engine profile does not start at batch 1", f"{engine}: min {prof['min']}", expected="min batch 1 (Triton's dynamic batcher sends any batch size up to max_batch_size)", hint="rebuild the engine with a profile whose min batch is 1")
+    if artifact is not None:
+        a, b = artifact.spec, espec
+        if (a.latent_dim, a.channels, a.height, a.width, tuple(a.value_range)) != (b.latent_dim, b.channels, b.height, b.width, tuple(b.value_range)):
+            raise GanDeployError("the engine and the ONNX model are different generators", f"engine Z={b.latent_dim} {b.image_shape} vs {artifact.kind} Z={a.latent_dim} {a.image_shape}", expected="an engine built from this model", hint="pass the matching --engine, or only one of them")
+    trt_pref = _check_preferred(preferred or [prof["opt"], prof["max"]], prof["max"], name + "_trt")
+    text = config_pbtxt(name + "_trt", "tensorrt_plan", "tensorrt", espec, prof["max"], trt_pref, max_queue_delay_us,
+                        "KIND_GPU", instances)  # a plan runs on a GPU only, whatever --instance-kind says
+    _validate(text, name + "_trt")
+    provenance = {"kind": "tensorrt_plan", "value_range": list(espec.value_range), "engine_sha256": sidecar["engine_sha256"],
+                  "onnx_sha256": sidecar["onnx_sha256"], "source": sidecar["source"], "precision": sidecar["precision"],
+                  "tensorrt_version": sidecar["tensorrt_version"], "gpu_name": sidecar["gpu_name"],
+                  "compute_capability": sidecar["compute_capability"], "profile": prof}
+    folder = repo / (name + "_trt")
+    return (folder, text, provenance), TritonModel(name + "_trt", "tensorrt_plan", folder, prof["max"], trt_pref, text)
+
+
+def _write_models(repo: Path, plans: list[tuple[Path, str, dict[str, Any]]], engine: Path | None, artifact: Artifact | None,
+                  onnx_bytes: bytes | None, opset: int | None) -> None:
+    """Each model is built complete in a hidden folder of the repository, then swapped in: a failure (an export
+    that disagrees with eager, a full disk, Ctrl-C) leaves the repository as it was."""
     created_repo = not repo.exists()
     repo.mkdir(parents=True, exist_ok=True)
     staged: list[tuple[Path, Path]] = []
@@ -245,7 +257,7 @@ def triton_repo_from_artifacts(out: str | Path, artifact: Artifact | None = None
                 atomic_write_bytes(version / "model.onnx", onnx_bytes)
             else:  # a checkpoint: export and verify against eager, into the staged model
                 from gan_deploy.export.onnx import DEFAULT_OPSET, onnx_from_checkpoint
-                onnx_from_checkpoint(artifact.path, version / "model.onnx", opset or DEFAULT_OPSET)
+                onnx_from_checkpoint(artifact.path, version / "model.onnx", opset or DEFAULT_OPSET)  # type: ignore[union-attr]
             atomic_write_text(stage / "gan_deploy.json", json.dumps(provenance, indent=2) + "\n")
             # config last: a folder with a config.pbtxt is a complete model
             atomic_write_text(stage / "config.pbtxt", text)
@@ -258,7 +270,6 @@ def triton_repo_from_artifacts(out: str | Path, artifact: Artifact | None = None
                 shutil.rmtree(stage, ignore_errors=True)
         if created_repo and repo.exists() and not any(repo.iterdir()):
             repo.rmdir()
-    return report
 
 
 def _umask() -> int:

@@ -1,8 +1,9 @@
-"""`gan-deploy serve`: the generator as an HTTP service on Ray Serve, batching requests across clients.
+"""The generator's Ray Serve deployment: one replica (`GeneratorDeployment`) and the application (`build_app`).
 
 Ray Serve owns the HTTP proxy, routing, replicas and scale-out (the same app runs on a Ray cluster with
-more replicas, unchanged, or from the config file `config_file.serve_config()` writes). Each replica of the
-one deployment, `GanGenerator`, has
+more replicas, unchanged, or from the config file `config_file.serve_config()` writes, whose import path is
+`app_builder`). `driver.py` starts Ray, deploys this and stops it. Each replica of the one deployment,
+`GanGenerator`, has
 
 * a runner built and warmed once, and batching: every request is cut into pieces of at most `max_batch_size`
   images, and `@serve.batch` (with `batch_size_fn` counting images, not requests) merges pieces of concurrent
@@ -10,7 +11,7 @@ one deployment, `GanGenerator`, has
   company. The backend runs on one inference thread, so the event loop stays free. Images are byte-identical
   to the files `gan-deploy generate` writes for the same (seed, index), on backends whose output for one image
   does not depend on the rest of its batch (onnxruntime and eager on CPU are checked by the tests);
-* the HTTP contract of `gan_deploy.serve.api`, with limits applied in an order that keeps one client from
+* the HTTP contract of `gan_deploy.serve.request`, with limits applied in an order that keeps one client from
   holding others up: the body is read (bounded by `read_timeout_s` and `body_limit`) *before* the request
   takes one of the `max_queued` slots; a full replica answers a JSON 503 with Retry-After at once; every
   request is bounded by `request_timeout_s`; /healthz, /readyz and /metrics are answered on arrival, never
@@ -19,17 +20,17 @@ one deployment, `GanGenerator`, has
 
 `proxy_hooks` adds the same admission in Ray's proxy, where a refusal costs no routing at all.
 
-This module imports Ray; `import gan_deploy` and `gan-deploy --help` never import it.
+This module imports Ray at import time (its decorators); `import gan_deploy` and `gan-deploy --help` never
+import it.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
 import os
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 from ray import serve
@@ -37,32 +38,26 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from gan_deploy import __version__
-from gan_deploy.core.errors import GanDeployError
-from gan_deploy.serve.api import (
+from gan_deploy.serve.config import ServeConfig
+from gan_deploy.serve.config_file import GENERATOR, deployment_options
+from gan_deploy.serve.metrics import Metrics, prometheus_text, public_json
+from gan_deploy.serve.proxy_hooks import limits_header
+from gan_deploy.serve.request import (
     CACHE_CONTROL,
     FIELDS,
     RESPONSE_FORMATS,
     ImageRequest,
-    Metrics,
     RequestError,
-    ServeConfig,
-    check_port_free,
     chunks,
     etag,
     header_bytes,
-    is_loopback,
     json_bytes,
     parse_request,
     parse_v2_infer,
-    prometheus_text,
-    public_json,
     render,
     request_latents,
 )
-from gan_deploy.serve.config_file import APP_NAME, GENERATOR, deployment_options, http_options, serve_config  # noqa: F401
-from gan_deploy.serve.proxy_hooks import limits_header
 
-PROXY_CALLBACK = "gan_deploy.serve.proxy_hooks:middlewares"
 LIMITS_HEADER = "x-gan-deploy-limits"
 logger = logging.getLogger("ray.serve")
 
@@ -111,18 +106,12 @@ class GeneratorDeployment:
     """One replica: a runner built once, a batch queue, the HTTP contract, admission, health, metrics, drain."""
 
     def __init__(self, config: dict[str, Any]):
-        from gan_deploy.artifacts.load import load_artifact
+        """`config`: `ServeConfig.to_dict()`; the model file is loaded again here and must have its sha256."""
         from gan_deploy.backends import make_runner
-        from gan_deploy.core.errors import StaleArtifact
         from gan_deploy.core.latents import latents_range
 
-        cfg = self.cfg = ServeConfig(**config)
-        paths = {cfg.artifact_kind: cfg.artifact_path}
-        art = load_artifact(paths.get("checkpoint"), paths.get("onnx"), paths.get("engine"),
-                            tuple(cfg.value_range) if cfg.value_range else None)
-        if art.sha256 != cfg.artifact_sha256:
-            raise StaleArtifact("the model file on this replica differs from the one `serve` was started with", f"{art.path} sha256 {art.sha256[:12]}", expected=f"sha256 {cfg.artifact_sha256[:12]}", hint="copy the same file to every node (or use a shared filesystem)")
-        self.artifact = art
+        cfg = self.cfg = ServeConfig.from_dict(config)
+        art = self.artifact = cfg.artifact
         self.runner = make_runner(cfg.backend, art, cfg.device).activate()
         self.spec = art.spec
         # one thread: backend calls stay serialized (runners are not promised to be thread-safe), and the
@@ -373,312 +362,19 @@ class GeneratorDeployment:
 
 def build_app(cfg: ServeConfig):
     """The Ray Serve application for `cfg` (not yet running)."""
-    from ray.serve.config import BackpressureConfig
-
-    return GeneratorDeployment.options(**deployment_options(cfg)[GENERATOR], backpressure_config=BackpressureConfig(retry_after_s=1)).bind(
-        cfg.to_dict())
+    return _application(cfg.to_dict())
 
 
 def app_builder(args: dict[str, Any]):
-    """`import_path` of the config file: `gan_deploy.serve.ray_serve:app_builder` with args {"config": {...}}."""
-    return build_app(ServeConfig(**args["config"]))
+    """`import_path` of the config file (`config_file.IMPORT_PATH`) with args {"config": ServeConfig.to_dict()}.
+
+    Builds from the plain data without loading the model: the task that builds the app may run on a node
+    without the file; each replica loads it (and checks its sha256) in its constructor."""
+    return _application(args["config"])
 
 
-# -- starting, draining, stopping -------------------------------------------------------------------
+def _application(config: dict[str, Any]):
+    from ray.serve.config import BackpressureConfig
 
-_saved_env: dict[str, str | None] = {}
-_owns_ray = False  # this process started the local Ray (stop() shuts it down), rather than connecting to a cluster
-_apps: list[str] = []  # apps start() deployed (stop() deletes them from a cluster it does not own)
-
-
-def local_ray_env(host: str) -> dict[str, str]:
-    """Environment for a local Ray the service starts: Ray's proxy loads proxy_hooks (JSON for Ray's own error
-    answers); with a loopback host, every Ray process binds loopback too (Ray's single-machine mode)."""
-    import gan_deploy
-
-    env = {"RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH": os.environ.get("RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH", PROXY_CALLBACK)}
-    # Ray's processes (proxy, controller, replicas) import the gan_deploy this process runs, not whichever
-    # one an installed distribution points at
-    root = os.path.dirname(os.path.dirname(os.path.abspath(gan_deploy.__file__)))
-    paths = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
-    env["PYTHONPATH"] = os.pathsep.join([root] + [p for p in paths if os.path.abspath(p) != root])
-    if is_loopback(host):
-        env["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
-    return env
-
-
-def init_local_ray(host: str, **kwargs: Any) -> None:
-    """`ray.init()` of a new local Ray with `local_ray_env(host)`; `stop()` restores the environment."""
-    import ray
-
-    env = local_ray_env(host)
-    for k, v in env.items():
-        _saved_env.setdefault(k, os.environ.get(k))
-        os.environ[k] = v
-    if env.get("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER") == "0":
-        try:  # read once at import in this process; the processes Ray starts read it from the environment
-            from ray._private import ray_constants
-            ray_constants.ENABLE_RAY_CLUSTER = False
-        except (ImportError, AttributeError):
-            pass
-    kwargs.setdefault("include_dashboard", False)
-    kwargs.setdefault("logging_level", logging.WARNING)
-    ray.init(**kwargs)
-    globals()["_owns_ray"] = True
-
-
-def local_resources() -> dict[str, float]:
-    """What a new local Ray would find on this machine (Ray's own detection, without starting Ray): "GPU"
-    (NVIDIA GPUs, honouring CUDA_VISIBLE_DEVICES) and "CPU"; a resource Ray's internals could not tell is left out."""
-    found: dict[str, float] = {}
-    try:
-        from ray._private.accelerators import get_accelerator_manager_for_resource
-        manager = get_accelerator_manager_for_resource("GPU")
-        if manager is not None:
-            n = manager.get_current_node_num_accelerators()
-            visible = manager.get_current_process_visible_accelerator_ids()
-            found["GPU"] = float(min(n, len(visible)) if visible is not None else n)
-    except Exception:  # private API: only a shortcut; check_resources after ray.init has the last word
-        pass
-    try:
-        from ray._private.utils import get_num_cpus
-        found["CPU"] = float(get_num_cpus())
-    except Exception:
-        pass
-    return found
-
-
-def check_resources(cfg: ServeConfig, total: dict[str, float] | None = None, where: str = "in the Ray cluster") -> None:
-    """Refuse at once what this Ray cluster can never place (e.g. --num-gpus 1 on a machine without a GPU)."""
-    import ray
-
-    total = ray.cluster_resources() if total is None else total
-    for res, per in (("GPU", cfg.num_gpus), ("CPU", cfg.num_cpus)):
-        if res not in total:
-            continue
-        need, have = per * cfg.num_replicas, float(total.get(res, 0.0))
-        if need > have + 1e-9:
-            flag = f"--num-{res.lower()}s"
-            raise GanDeployError(f"not enough {res}s for the generator replicas",
-                                 f"{need:g} needed ({flag} {per:g} x --replicas {cfg.num_replicas}), {have:g} {where}",
-                                 expected=f"at most {have:g}",
-                                 hint=f"lower {flag} or --replicas" + (" (--num-gpus 0 runs on the CPU)" if res == "GPU" else ""))
-
-
-def deploy(cfg: ServeConfig, name: str = APP_NAME, route_prefix: str = "/", logging_config: dict | None = None,
-           timeout_s: float = 120.0) -> None:
-    """Deploy the app and wait until it runs (see deploy_many)."""
-    deploy_many([(cfg, name, route_prefix)], logging_config, timeout_s)
-
-
-def deploy_many(apps: list[tuple[ServeConfig, str, str]], logging_config: dict | None = None, timeout_s: float = 120.0) -> None:
-    """Deploy apps (config, name, route prefix) at once and wait until all run; a one-line GanDeployError if
-    one fails or is not up within timeout_s (replicas that cannot be placed, a constructor that raises),
-    with Ray's own explanation."""
-    logging_config = logging_config or {"log_level": "WARNING", "enable_access_log": False}
-    serve.run_many([serve.RunTarget(build_app(cfg), name=name, route_prefix=prefix, logging_config=logging_config)
-                    for cfg, name, prefix in apps],
-                   wait_for_ingress_deployment_creation=False, wait_for_applications_running=False)
-    deadline = time.monotonic() + timeout_s
-    pending = [name for _, name, _ in apps]
-    while pending:
-        statuses = serve.status().applications
-        for name in list(pending):
-            app = statuses.get(name)
-            status = str(getattr(app, "status", "")) if app is not None else ""
-            if status.endswith("RUNNING"):
-                pending.remove(name)
-                continue
-            failed = status.endswith(("DEPLOY_FAILED", "UNHEALTHY"))
-            if failed or time.monotonic() > deadline:
-                why = _status_message(app)
-                for n in pending:
-                    try:
-                        serve.delete(n, _blocking=False)
-                    except Exception:
-                        pass
-                if not failed:
-                    raise GanDeployError("the service did not start in time", f"{timeout_s:g} s ({why})",
-                                         hint="raise --start-timeout, or check the replicas' resources (--num-cpus, --num-gpus)")
-                raise GanDeployError("the service failed to start", why)
-        if pending:
-            time.sleep(0.2)
-
-
-def _status_message(app: Any) -> str:
-    if app is None:
-        return "no status yet"
-    parts = [str(getattr(app, "message", "") or "")]
-    for dname, d in (getattr(app, "deployments", None) or {}).items():
-        msg = str(getattr(d, "message", "") or "")
-        if msg:
-            parts.append(f"{dname}: {msg}")
-    text = "\n".join(p for p in parts if p) or str(getattr(app, "status", ""))
-    lines = [ln for ln in text.splitlines() if ln.strip()]
-    if any("Traceback (most recent call last)" in ln for ln in lines):
-        # a traceback ends with the exception itself: its last unindented line ("module.Type: message")
-        exc = [ln.strip() for ln in lines if not ln.startswith((" ", "\t")) and "Traceback (most recent call last)" not in ln]
-        if exc:
-            return exc[-1][:400]
-    return " ".join(ln.strip() for ln in lines)[:400]
-
-
-def start(cfg: ServeConfig, host: str = "127.0.0.1", port: int = 8000, route_prefix: str = "/", name: str = APP_NAME,
-          ray_address: str | None = None, access_log: bool = False, start_timeout_s: float = 120.0,
-          keep_alive_s: int = 5) -> str:
-    """Start Ray (local, or connect to `ray_address` / $RAY_ADDRESS), Serve's proxy on host:port, and the app.
-
-    Returns the app's base URL. Ray stays up for further apps (tests run two); `stop()` tears down what this
-    process started: a local Ray entirely; on a cluster only the app."""
-    import ray
-
-    if not ray.is_initialized():
-        address = ray_address or os.environ.get("RAY_ADDRESS")
-        if not address:
-            check_port_free(host, port)  # Ray's proxy would fail later, in a log nobody reads
-            check_resources(cfg, local_resources(), "on this machine")  # seconds before Ray would have started
-            init_local_ray(host)
-            check_resources(cfg)  # a local Ray's resources are fixed (a cluster may scale up: the start timeout covers it)
-        else:
-            ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING)
-    _apps.append(name)
-    logging.getLogger("ray.serve").setLevel(logging.WARNING)  # Serve's INFO lines in this process
-    logging_config = {"log_level": "WARNING", "enable_access_log": access_log}
-    serve.start(http_options=http_options(cfg, host, port, keep_alive_s), logging_config=logging_config)
-    try:  # Serve may already run on a cluster, with its own HTTP address: that is where the app is
-        from ray.serve.context import _get_global_client
-        running = _get_global_client().http_config
-        host, port = running.host or host, running.port or port
-    except Exception:
-        pass
-    deploy(cfg, name, route_prefix, logging_config, start_timeout_s)
-    url = f"http://{host}:{port}{route_prefix.rstrip('/')}"
-    wait_for_http(url, timeout_s=min(30.0, start_timeout_s))
-    return url
-
-
-def wait_for_http(url: str, timeout_s: float = 30.0) -> None:
-    """Until GET {url}/readyz answers 200 through Ray's proxy: the proxy has the app's routes, a generator
-    replica answers, and the proxy learnt the admission limits (proxy_hooks)."""
-    import http.client
-    from urllib.parse import urlsplit
-
-    u = urlsplit(url)
-    host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(u.hostname or "", u.hostname or "127.0.0.1")
-    deadline, last = time.monotonic() + timeout_s, "no answer"
-    while time.monotonic() < deadline:
-        try:
-            conn = http.client.HTTPConnection(host, u.port or 80, timeout=5)
-            conn.request("GET", f"{u.path}/readyz")
-            resp = conn.getresponse()
-            resp.read()
-            conn.close()
-            if resp.status == 200:
-                return
-            last = f"HTTP {resp.status}"
-        except OSError as e:
-            last = f"{type(e).__name__}: {e}"
-        time.sleep(0.1)
-    raise GanDeployError("the service does not answer over HTTP", f"{url}/readyz: {last}", hint="see Ray's logs under /tmp/ray/session_latest/logs")
-
-
-def drain(name: str = APP_NAME, timeout_s: float = 30.0, replicas: int = 1) -> dict[str, Any]:
-    """Drain every replica of the app: each stops admitting and waits (at most timeout_s) for its in-flight
-    requests. A handle reaches one replica per call, so calls go out until each replica has answered (a
-    draining replica holds its call until it is empty, so concurrent calls spread over the replicas)."""
-    from concurrent.futures import ThreadPoolExecutor as Pool
-
-    handle = serve.get_app_handle(name)
-    seen: dict[str, dict[str, Any]] = {}
-    lock = threading.Lock()
-    deadline = time.monotonic() + timeout_s + 10  # finding every replica, after waiting for the slowest
-
-    def worker() -> None:
-        while time.monotonic() < deadline:
-            with lock:
-                if len(seen) >= replicas:
-                    return
-            left = max(0.0, deadline - 10 - time.monotonic())
-            r = handle.drain.remote(left).result(timeout_s=left + 15)
-            with lock:
-                seen[r["replica"]] = r
-
-    with Pool(max_workers=replicas) as pool:
-        for f in [pool.submit(worker) for _ in range(replicas)]:
-            f.result()
-    return {"replicas": len(seen), "in_flight_left": sum(r["in_flight_left"] for r in seen.values()),
-            "waited_s": max((r["waited_s"] for r in seen.values()), default=0.0)}
-
-
-def stop() -> None:
-    """Tear down what this process started: the local Ray it started (Serve, every app, Ray), or else only its
-    apps on the cluster it connected to (other apps and Serve itself keep running); then disconnect."""
-    import ray
-    try:
-        if ray.is_initialized():  # serve.shutdown() would start a Ray just to find nothing
-            if _owns_ray:
-                serve.shutdown()
-            else:
-                for name in _apps:
-                    serve.delete(name)
-    finally:
-        _apps.clear()
-        if ray.is_initialized():
-            ray.shutdown()
-        globals()["_owns_ray"] = False
-        for k, v in _saved_env.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-        _saved_env.clear()
-
-
-def serve_forever(cfg: ServeConfig, host: str, port: int, ray_address: str | None = None, access_log: bool = False,
-                  ready: Callable[[str], None] | None = None, on_signal: Callable[[str], None] | None = None,
-                  start_timeout_s: float = 120.0, keep_alive_s: int = 5, name: str = APP_NAME,
-                  route_prefix: str = "/") -> dict[str, Any] | None:
-    """Run until SIGTERM or Ctrl-C, then drain: stop admitting, let in-flight requests finish (at most
-    cfg.drain_timeout_s), shut Serve and Ray down. A second Ctrl-C stops at once. Returns the drain's report."""
-    import signal
-
-    stop_now = threading.Event()
-    got: list[int] = []
-    started = False
-
-    def _on(signum: int, _frame: Any) -> None:
-        got.append(signum)
-        if not started or (len(got) > 1 and signum == signal.SIGINT):
-            raise KeyboardInterrupt  # still starting (nothing in flight), or the second Ctrl-C: stop now
-        stop_now.set()
-
-    previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
-    signal.signal(signal.SIGTERM, _on)
-    signal.signal(signal.SIGINT, _on)
-    try:
-        url = start(cfg, host, port, route_prefix, name, ray_address=ray_address, access_log=access_log,
-                    start_timeout_s=start_timeout_s, keep_alive_s=keep_alive_s)
-        # again: ray.init installed its own SIGTERM handler. From here `kill`, a container stop or Ctrl-C drain.
-        signal.signal(signal.SIGTERM, _on)
-        signal.signal(signal.SIGINT, _on)
-        started = True
-        if ready is not None:
-            ready(url)
-        while not stop_now.wait(3600):
-            pass
-        if on_signal is not None:
-            on_signal(signal.Signals(got[0]).name)
-        report = drain(name, cfg.drain_timeout_s, cfg.num_replicas)
-    except (KeyboardInterrupt, SystemExit):  # SystemExit: ray.init's SIGTERM handler, during start-up
-        return None
-    finally:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # tearing down is not to be interrupted half-way
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        t0 = time.monotonic()
-        try:
-            stop()
-        finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
-    report["shutdown_s"] = round(time.monotonic() - t0, 3)
-    return report
+    return GeneratorDeployment.options(**deployment_options(config)[GENERATOR], backpressure_config=BackpressureConfig(retry_after_s=1)).bind(
+        config)
