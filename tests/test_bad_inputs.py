@@ -181,6 +181,14 @@ def link(target: str, name: str, hard: bool = False) -> Callable[[Path], None]:
     return setup
 
 
+def _generate_into(d: Path, out: str) -> None:
+    from click.testing import CliRunner
+
+    from gan_deploy.cli.main import main
+    res = CliRunner().invoke(main, ["generate", "-n", "4", "-b", "4", "-c", str(d / "tiny.safetensors"), "--out", str(d / out)])
+    assert res.exit_code == 0, res.output
+
+
 FACTORY = '''import torch
 import torch.nn as nn
 
@@ -579,6 +587,10 @@ CASES: list[Case] = [
     C("gen-tar-shard-size-zero", f"{GEN} -c tiny.safetensors --sink tar --tar-shard-size 0", "--tar-shard-size", None, OUT),
     C("gen-unknown-option", f"{GEN} -c tiny.safetensors --bogus", "No such option", None, OUT),
     C("gen-resume-nothing", "generate --out empty --resume", "nothing to resume", mkdir("empty"), ("empty", "empty/*")),
+    C("gen-out-dangling-symlink", "generate -n 4 -b 4 -c tiny.safetensors --out dang", "broken symlink", link("nowhere/x", "dang")),
+    C("gen-resume-manifest-folder", "generate -n 4 -b 4 -c tiny.safetensors --out done --resume", "manifest",
+      then(lambda d: _generate_into(d, "done"), lambda d: (d / "done/manifest.csv").unlink(), mkdir("done/manifest.csv")),
+      ("done", "done/*")),
 
     # --- 6. eval --images: the manifest stays inside its folder; data sources ---
     C("eval-manifest-dotdot", "eval --images imgs --no-context --bootstrap 0", "outside its folder",

@@ -166,12 +166,13 @@ def test_encode_batch_equals_encode():
         assert encode_batch(x, fmt) == [encode(im, fmt) for im in x]
 
 
-def test_bitset_runs_match_a_bool_array():
-    rng = np.random.default_rng(0)
+@pytest.mark.parametrize("page_bits", [8, 16, 40, 1 << 23])
+def test_bitset_runs_match_a_bool_array(page_bits):
+    rng = np.random.default_rng(page_bits)
     for _ in range(200):
         start = int(rng.integers(0, 20))
         stop = start + int(rng.integers(0, 90))
-        bs, ref = Bitset(start, stop), np.zeros(stop - start, bool)
+        bs, ref = Bitset(start, stop, page_bits=page_bits), np.zeros(stop - start, bool)
         for _ in range(5):
             lo = int(rng.integers(start - 3, stop + 3))
             hi = int(rng.integers(lo, stop + 5))
@@ -180,12 +181,27 @@ def test_bitset_runs_match_a_bool_array():
             a, b = max(lo, start) - start, max(min(hi, stop) - start, 0)
             if b > a:
                 ref[a:b] = v
-        for chunk in (1, 5, 1 << 20):
+        extra = rng.integers(start - 5, stop + 5, size=4)
+        bs.set_indices(extra)
+        ref[extra[(extra >= start) & (extra < stop)] - start] = True
+        for value in (True, False):
             got = np.zeros_like(ref)
-            for a, b in bs.runs(chunk=chunk):
+            for a, b in bs.runs(value=value):
+                assert a < b
                 got[a - start:b - start] = True
-            assert (got == ref).all()
+            assert (got == (ref if value else ~ref)).all()
+        lo, hi = sorted(int(v) for v in rng.integers(start - 2, stop + 2, size=2))
+        assert bs.count(lo, hi) == ref[max(lo, start) - start:max(min(hi, stop) - start, 0)].sum()
         assert bs.count() == ref.sum()
+        assert [i for i in range(start - 2, stop + 2) if i in bs] == (np.flatnonzero(ref) + start).tolist()
+
+
+def test_bitset_memory_grows_with_what_is_done_not_with_what_is_asked():
+    bs = Bitset(0, 10**13)  # `generate -n 10000000000000`: 1.25 TB as a flat bitset
+    assert bs.allocated_bytes == 0 and bs.count() == 0
+    bs.set_range(5 * 10**12, 5 * 10**12 + 1000)
+    assert bs.allocated_bytes <= 2 << 20 and bs.count() == 1000 and bs.all(5 * 10**12, 5 * 10**12 + 1000)
+    assert next(bs.runs(value=False)) == (0, 5 * 10**12)
 
 
 def test_resume_redoes_what_is_missing_or_cut_short(runner, reference, tmp_path):

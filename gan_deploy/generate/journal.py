@@ -47,7 +47,11 @@ class Journal:
     @classmethod
     def reopen(cls, out: Path, sync: Callable[[], None], sync_every: float = 1.0) -> "Journal":
         """The interrupted run's journal, to append to; a last row cut short (a power cut) is cut off."""
-        fd = os.open(out / MANIFEST, os.O_RDWR | os.O_APPEND | O_NOFOLLOW | O_CLOEXEC)
+        try:
+            fd = os.open(out / MANIFEST, os.O_RDWR | os.O_APPEND | O_NOFOLLOW | O_CLOEXEC)
+        except OSError as e:  # a folder, a symlink, unreadable: not the journal this run wrote
+            raise GanDeployError("cannot reopen the manifest of the run to resume", f"{out / MANIFEST} ({e.strerror})",
+                                 expected="the regular file manifest.csv the run wrote", hint="start the run again without resuming") from None
         size = os.fstat(fd).st_size
         tail = os.pread(fd, min(size, 4096), max(0, size - 4096))
         if tail and not tail.endswith(b"\n"):
@@ -77,6 +81,8 @@ def read_journal(path: Path, columns: tuple[str, ...], done: Bitset) -> int:
     """Mark in `done` every index the journal lists (within done's range); returns the number of rows read."""
     header = ",".join(columns)
     try:
+        if path.is_symlink() or (path.exists() and not path.is_file()):
+            raise IsADirectoryError(21, "not a regular file")
         f = open(path, "rb")
     except OSError as e:
         raise GanDeployError("cannot read the manifest of the run to resume", f"{path} ({e.strerror})", hint="start the run again without resuming") from None
@@ -97,8 +103,7 @@ def read_journal(path: Path, columns: tuple[str, ...], done: Bitset) -> int:
             except ValueError:
                 raise GanDeployError("damaged manifest", str(path), expected="rows index,seed,...", hint="start the run again without resuming") from None
             rows += len(idx)
-            k = idx[(idx >= done.start) & (idx < done.stop)] - done.start
-            np.bitwise_or.at(done.bits, k // 8, (1 << (k % 8)).astype(np.uint8))
+            done.set_indices(idx)
     return rows
 
 

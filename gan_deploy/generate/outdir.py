@@ -18,6 +18,9 @@ OWN_FILES = (MANIFEST, RECORD, LOCK)  # what every run writes into its folder be
 
 def make_out_dir(out: Path) -> None:
     """Refuse a file or an unwritable folder; create the folder (and its parents) when missing."""
+    if out.is_symlink() and not out.exists():  # mkdir would say "File exists"; following it would write elsewhere
+        raise GanDeployError("output path is a broken symlink", f"{out} -> {os.readlink(out)}", expected="a folder (new or empty)",
+                             hint="remove the symlink, or choose another output folder")
     if out.exists() and not out.is_dir():
         raise GanDeployError("output path is a file", str(out), expected="a folder (new or empty)", hint="choose another output folder")
     try:

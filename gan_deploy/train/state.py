@@ -12,6 +12,7 @@ Only the newest state is kept. A resumed run must keep the FIXED_ON_RESUME optio
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -108,16 +109,75 @@ def latest_state(out: Path) -> Path | None:
     return found[-1] if found else None
 
 
+_STATE_HINT = "delete the state/ folder's newest step_*.json to resume from an earlier checkpoint, or start over with --overwrite"
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
 def read_state_meta(path: Path) -> dict[str, Any]:
-    try:
-        meta = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise GanDeployError("unreadable training state", f"{path} ({e})", expected="a JSON file written by gan-deploy train", hint="delete it to resume from the previous checkpoint, or use --overwrite") from None
-    if not isinstance(meta, dict) or meta.get("format") != STATE_FORMAT:
-        raise GanDeployError("not a gan-deploy training state", str(path), expected=f'"format": "{STATE_FORMAT}"')
-    if meta.get("version", 0) > STATE_VERSION:
-        raise GanDeployError("training state written by a newer gan-deploy", str(path), expected=f"version <= {STATE_VERSION}", hint="upgrade gan-deploy")
+    """A training state's JSON through the project's one validated reader, every field used later checked here
+    (a hand-edited or truncated state ends in one line naming the field, never a KeyError or TypeError)."""
+    from gan_deploy.core.jsonio import field, is_number, read_document
+
+    what = "training state"
+    meta = read_document(path, STATE_FORMAT, STATE_VERSION, what=what, hint=_STATE_HINT, version_key="version")
+
+    def f(key: str, kind: str, **kw: Any) -> Any:
+        return field(meta, key, path, what, kind=kind, hint=_STATE_HINT, **kw)
+
+    f("step", "int", check=lambda v: v >= 0, expected="an integer >= 0")
+    f("world_size", "int", check=lambda v: v >= 1, expected="an integer >= 1")
+    f("elapsed_s", "number", check=lambda v: v >= 0, expected="a number of seconds >= 0")
+    f("weights_sha256", "str", check=lambda v: bool(_SHA256.fullmatch(v)), expected="64 lowercase hex digits")
+    f("device_type", "str", required=False)
+    f("scalers", "dict")
+    check_saved_options(f("options", "dict"), path)
+    optimizers = f("optimizers", "dict")
+    for name in ("G", "D"):
+        o = field(optimizers, name, path, what, kind="dict", hint=_STATE_HINT, expected=f"optimizers.{name}: an object")
+        groups = field(o, "param_groups", path, what, kind="list", hint=_STATE_HINT,
+                       check=lambda v: bool(v) and all(isinstance(g, dict) for g in v), expected="a list of objects")
+        for g in groups:
+            for k in ("lr", "betas", "eps", "weight_decay"):
+                if k in g and not (is_number(g[k]) or (k == "betas" and isinstance(g[k], list)
+                                                       and len(g[k]) == 2 and all(is_number(b) for b in g[k]))):
+                    raise GanDeployError(f"{what} field is invalid", f"{path}: optimizers.{name}.param_groups.{k}={g[k]!r}",
+                                         expected="a finite number (betas: two)", hint=_STATE_HINT)
+        state = field(o, "state", path, what, kind="dict", expected="an object of per-parameter states", hint=_STATE_HINT)
+        for idx, st in state.items():
+            if not (idx.isdigit() and isinstance(st, dict)):
+                raise GanDeployError(f"{what} field is invalid", f"{path}: optimizers.{name}.state.{idx}",
+                                     expected="parameter numbers mapping to objects", hint=_STATE_HINT)
+    for k, s in meta["scalers"].items():
+        if not isinstance(s, dict):
+            raise GanDeployError(f"{what} field is invalid", f"{path}: scalers.{k}={s!r}", expected="an object", hint=_STATE_HINT)
     return meta
+
+
+# An option's JSON kind from its annotation in TrainOptions (the saved options are the same dataclass's to_dict()).
+_KINDS = {"str": (str,), "int": (int,), "float": (int, float), "bool": (bool,)}
+
+
+def check_saved_options(saved: dict[str, Any], where: Path) -> None:
+    """Each saved option the trainer will use: present when it defines the model (FIXED_ON_RESUME) and of the
+    type its TrainOptions field declares; ranges are TrainOptions' own checks (validate) once merged."""
+    import dataclasses
+
+    from gan_deploy.core.jsonio import is_number
+
+    for fld in dataclasses.fields(TrainOptions):
+        if fld.name not in saved:
+            if fld.name in FIXED_ON_RESUME:
+                raise GanDeployError("training state lacks a field", f"{where}: options.{fld.name}",
+                                     expected="every option that defines the model", hint=_STATE_HINT)
+            continue
+        v = saved[fld.name]
+        ann = str(fld.type).replace(" ", "").split("|")
+        ok = (v is None and "None" in ann) or any(
+            isinstance(v, _KINDS[a]) and (a == "bool" or not isinstance(v, bool)) and (a != "float" or is_number(v))
+            for a in ann if a in _KINDS)
+        if not ok:
+            raise GanDeployError("training state field is invalid", f"{where}: options.{fld.name}={v!r}",
+                                 expected=" or ".join(ann), hint=_STATE_HINT)
 
 
 def same_setting(key: str, a: Any, b: Any) -> bool:
@@ -133,6 +193,9 @@ def options_for_resume(given: dict[str, Any]) -> TrainOptions:
 
     Changing an option that defines the model or its optimisation (FIXED_ON_RESUME) is refused; steps,
     device, amp, compile, deterministic, sample/checkpoint/log intervals and progress may change."""
+    if given.get("overwrite"):  # both asked for: say so (merging below would silently drop --overwrite)
+        raise GanDeployError("--resume and --overwrite contradict each other", "--resume --overwrite",
+                             expected="one of them", hint="--resume continues the run in --out; --overwrite starts it over")
     data = given.get("data", TrainOptions.data)
     out = Path(given.get("out") or default_out(data, given.get("arch", TrainOptions.arch)))
     latest = latest_state(out)
@@ -278,11 +341,15 @@ def load_state(path: Path, o: TrainOptions, G: nn.Module, D: nn.Module, ema: nn.
     t = load_file(str(weights))
     for prefix, m in (("G", G), ("D", D), ("EMA", ema)):
         m.load_state_dict({k[len(prefix) + 1:]: v for k, v in t.items() if k.startswith(prefix + ".")}, strict=True)
-    optim_join(opt_g, t, meta["optimizers"]["G"], "optG")
-    optim_join(opt_d, t, meta["optimizers"]["D"], "optD")
-    for k, s in scalers.items():
-        if s.is_enabled() and meta["scalers"].get(k):
-            s.load_state_dict(meta["scalers"][k])
+    try:  # read_state_meta checked the JSON's shape; whether it fits these networks only torch can say
+        optim_join(opt_g, t, meta["optimizers"]["G"], "optG")
+        optim_join(opt_d, t, meta["optimizers"]["D"], "optD")
+        for k, s in scalers.items():
+            if s.is_enabled() and meta["scalers"].get(k):
+                s.load_state_dict(meta["scalers"][k])
+    except (KeyError, ValueError, TypeError, RuntimeError) as e:
+        raise GanDeployError("training state does not fit this run's optimizers", f"{path} ({type(e).__name__}: {str(e)[:120]})",
+                             expected="the optimizer state saved with these networks", hint=_STATE_HINT) from None
     try:
         gen.set_state(t[f"rng.latent.rank{ctx.rank}"])
     except RuntimeError:  # a CPU generator's state is ~5 kB, a CUDA one's 16 bytes: they do not convert

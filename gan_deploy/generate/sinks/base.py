@@ -182,57 +182,89 @@ class Sink(ABC):
         return f"{n_images} {self.layout.fmt} images to {self.out}"
 
 
+PAGE_BITS = 1 << 23  # images per page of the bitset: 1 MiB each, allocated when the first image in it completes
+
+
 @dataclass
 class Bitset:
-    """One bit per image of [start, stop): which are complete. n/8 bytes, so memory stays flat in n."""
+    """One bit per image of [start, stop): which are complete. Paged: a page of PAGE_BITS images is allocated
+    when the first of them completes, so the memory grows with what is done, not with what was asked
+    (`-n 10000000000000` allocates nothing up front; a run of n images holds at most n/8 bytes)."""
 
     start: int
     stop: int
-    bits: np.ndarray = field(init=False, repr=False)
+    page_bits: int = PAGE_BITS  # a multiple of 8 (tests use tiny pages to cross page edges)
+    _pages: dict[int, np.ndarray] = field(init=False, repr=False, default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.bits = np.zeros((self.stop - self.start + 7) // 8, dtype=np.uint8)
+        assert self.page_bits > 0 and self.page_bits % 8 == 0, self.page_bits
+
+    @property
+    def allocated_bytes(self) -> int:
+        return len(self._pages) * (self.page_bits // 8)
+
+    def _page(self, p: int) -> np.ndarray:
+        page = self._pages.get(p)
+        if page is None:
+            page = self._pages[p] = np.zeros(self.page_bits // 8, dtype=np.uint8)
+        return page
+
+    def _segments(self, lo: int, hi: int):
+        """[lo, hi) (absolute, clipped) cut at page edges: (page number, offset in page, a, b)."""
+        lo, hi = max(lo, self.start), min(hi, self.stop)
+        a = lo
+        while a < hi:
+            k = a - self.start
+            p, off = divmod(k, self.page_bits)
+            b = min(hi, a + self.page_bits - off)
+            yield p, off, a, b
+            a = b
 
     def set_range(self, lo: int, hi: int, value: bool = True) -> None:
-        lo, hi = max(lo, self.start) - self.start, min(hi, self.stop) - self.start
-        if hi <= lo:
-            return
-        a, b = lo // 8, (hi - 1) // 8
-        head = (0xFF << (lo % 8)) & 0xFF  # bit k of byte j is image 8j + k
-        tail = 0xFF >> (7 - (hi - 1) % 8)
-        edges = [(a, head & tail)] if a == b else [(a, head), (b, tail)]
-        for j, mask in edges:
-            old = int(self.bits[j])
-            self.bits[j] = (old | mask) if value else (old & ~mask & 0xFF)
-        if b > a + 1:
-            self.bits[a + 1:b] = 0xFF if value else 0
+        for p, off, a, b in self._segments(lo, hi):
+            if not value and p not in self._pages:
+                continue
+            _set_bits(self._page(p), off, off + (b - a), value)
+
+    def set_indices(self, idx: np.ndarray) -> None:
+        """Mark these image indices complete (those outside [start, stop) are ignored)."""
+        k = idx[(idx >= self.start) & (idx < self.stop)] - self.start
+        for p in np.unique(k // self.page_bits).tolist():
+            kk = k[k // self.page_bits == p] % self.page_bits
+            np.bitwise_or.at(self._page(p), kk // 8, (1 << (kk % 8)).astype(np.uint8))
 
     def __contains__(self, i: int) -> bool:
         k = i - self.start
-        return 0 <= k < self.stop - self.start and bool(self.bits[k // 8] >> (k % 8) & 1)
+        if not 0 <= k < self.stop - self.start:
+            return False
+        page = self._pages.get(k // self.page_bits)
+        k %= self.page_bits
+        return page is not None and bool(page[k // 8] >> (k % 8) & 1)
 
     def count(self, lo: int | None = None, hi: int | None = None) -> int:
         if lo is None and hi is None:
-            return int(np.unpackbits(self.bits, bitorder="little").sum())
+            return sum(int(np.unpackbits(page).sum()) for page in self._pages.values())
         return sum(h - l_ for l_, h in self.runs(lo, hi))
 
     def all(self, lo: int, hi: int) -> bool:
         return self.count(lo, hi) == max(0, min(hi, self.stop) - max(lo, self.start))
 
-    def runs(self, lo: int | None = None, hi: int | None = None, value: bool = True, chunk: int = 1 << 20):
-        """Maximal ranges [a, b) within [lo, hi) whose bits are all `value`, in order (chunked: flat memory)."""
-        lo = self.start if lo is None else max(lo, self.start)
-        hi = self.stop if hi is None else min(hi, self.stop)
+    def runs(self, lo: int | None = None, hi: int | None = None, value: bool = True):
+        """Maximal ranges [a, b) within [lo, hi) whose bits are all `value`, in order (a page at a time: flat memory)."""
+        lo = self.start if lo is None else lo
+        hi = self.stop if hi is None else hi
         open_at = None
-        for c0 in range(lo, hi, chunk):
-            c1 = min(c0 + chunk, hi)
-            k0, k1 = c0 - self.start, c1 - self.start
-            bits = np.unpackbits(self.bits[k0 // 8:(k1 + 7) // 8], bitorder="little")[k0 % 8:k0 % 8 + (k1 - k0)].astype(bool)
-            if not value:
-                bits = ~bits
-            d = np.diff(bits.astype(np.int8), prepend=np.int8(0), append=np.int8(0))
-            pairs = list(zip((np.flatnonzero(d == 1) + c0).tolist(), (np.flatnonzero(d == -1) + c0).tolist()))
-            if open_at is not None:  # a run that reached the end of the previous chunk
+        for p, off, c0, c1 in self._segments(lo, hi):
+            page = self._pages.get(p)
+            if page is None:  # no image of this page is complete
+                pairs = [(c0, c1)] if not value else []
+            else:
+                bits = np.unpackbits(page[off // 8:(off + (c1 - c0) + 7) // 8], bitorder="little")[off % 8:off % 8 + (c1 - c0)].astype(bool)
+                if not value:
+                    bits = ~bits
+                d = np.diff(bits.astype(np.int8), prepend=np.int8(0), append=np.int8(0))
+                pairs = list(zip((np.flatnonzero(d == 1) + c0).tolist(), (np.flatnonzero(d == -1) + c0).tolist()))
+            if open_at is not None:  # a run that reached the end of the previous segment
                 if pairs and pairs[0][0] == c0:
                     pairs[0] = (open_at, pairs[0][1])
                 else:
@@ -242,7 +274,22 @@ class Bitset:
                 open_at = pairs.pop()[0]
             yield from pairs
         if open_at is not None:
-            yield open_at, hi
+            yield open_at, min(hi, self.stop)
+
+
+def _set_bits(bits: np.ndarray, lo: int, hi: int, value: bool) -> None:
+    """Bits [lo, hi) of a byte array (bit k of byte j is item 8j + k) set to `value`."""
+    if hi <= lo:
+        return
+    a, b = lo // 8, (hi - 1) // 8
+    head = (0xFF << (lo % 8)) & 0xFF
+    tail = 0xFF >> (7 - (hi - 1) % 8)
+    edges = [(a, head & tail)] if a == b else [(a, head), (b, tail)]
+    for j, mask in edges:
+        old = int(bits[j])
+        bits[j] = (old | mask) if value else (old & ~mask & 0xFF)
+    if b > a + 1:
+        bits[a + 1:b] = 0xFF if value else 0
 
 
 def file_stat(path: str | os.PathLike) -> os.stat_result | None:
