@@ -599,7 +599,7 @@ def test_no_module_at_all(fresh_modules, monkeypatch):
 
 def test_building_needs_full_tensorrt_and_says_so(fresh_modules, monkeypatch, tiny_checkpoint, tmp_path, cli):
     from gan_deploy.artifacts.load import load_artifact
-    from gan_deploy.engine.build import builder_unavailable_reason, engine_from_artifact, engine_from_onnx
+    from gan_deploy.engine.build import EngineOptions, builder_unavailable_reason, engine_from_artifact, engine_from_onnx
 
     monkeypatch.setitem(sys.modules, "tensorrt", None)
     monkeypatch.setitem(sys.modules, "tensorrt_lean", _module("tensorrt_lean", "11.4.0.106"))
@@ -608,7 +608,7 @@ def test_building_needs_full_tensorrt_and_says_so(fresh_modules, monkeypatch, ti
     assert reason.startswith("building engines needs the full TensorRT (`import tensorrt`: Builder, OnnxParser), and only "
                              "tensorrt_lean 11.4.0.106 (NVIDIA's lean runtime")
     with pytest.raises(BackendUnavailable, match="cannot build a TensorRT engine here: building engines needs the full TensorRT"):
-        engine_from_artifact(load_artifact(tiny_checkpoint), "fp16", tmp_path / "x.engine", version_compatible=True)
+        engine_from_artifact(load_artifact(tiny_checkpoint), EngineOptions("fp16", tmp_path / "x.engine", version_compatible=True))
     with pytest.raises(BackendUnavailable, match=r"cannot build a TensorRT engine here: only tensorrt_lean 11\.4\.0\.106"):
         engine_from_onnx(b"onnx", "z", (8,))
     r = cli("build-engine", "--fp16", "--version-compatible", "-c", tiny_checkpoint, "--out", tmp_path / "x.engine")
