@@ -307,3 +307,25 @@ def test_mixed_speed_reference_is_the_fp32_onnx_of_a_checkpoint(tiny_checkpoint,
         z = latents_range(3, 0, 8, art.spec.latent_dim)
         assert np.abs(fp32.infer(z) - make_runner("eager", art, "cpu").infer(z)).max() < 1e-4
     assert not list(tmp_path.iterdir())  # nothing written
+
+
+@pytest.mark.parametrize("kw, what", [
+    ({"precision": "int4"}, "unknown reduced precision"),
+    ({"target": "openvino"}, "unknown INT8 target"),
+    ({"calib_method": "kl"}, "unknown calibration method"),
+    ({"calib_samples": 8}, "too few calibration samples"),
+    ({"evaluator": "numpy"}, "unknown FP16 evaluator"),
+    ({"gate_samples": 0}, "bad number of gate samples"),
+    ({"sensitivity_samples": 0}, "bad number of sensitivity samples"),
+    ({"speed_rounds": -1}, "bad number of speed rounds"),
+    ({"min_speedup": -0.5}, "bad minimum speedup"),
+    ({"precision": "fp16", "policy": "p.json"}, "an INT8 policy only applies to int8"),
+])
+def test_quantize_options_check_themselves(kw, what):
+    """Bad options fail when the object is made, with one line naming the value, before any work."""
+    from gan_deploy.precision.options import QuantizeOptions
+
+    with pytest.raises(GanDeployError, match=what) as e:
+        QuantizeOptions(**kw)
+    assert "\n" not in str(e.value)
+    assert QuantizeOptions(calib_method="auto").calib_method == "auto"  # auto: the gate chooses

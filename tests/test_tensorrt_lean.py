@@ -654,3 +654,21 @@ def test_real_runtime_refuses_a_corrupt_engine_with_tensorrts_error(tmp_path, fr
     msg = str(e.value)
     assert msg.startswith(f"TensorRT could not deserialize the engine: {eng}: ") and "\n" not in msg
     assert "TensorRT logged no reason" not in msg  # TensorRT's own error is in the message
+
+
+@pytest.mark.parametrize("kw, what", [
+    ({"precision": "int4"}, "unknown engine precision"),
+    ({"profile": (8, 4, 2)}, "bad optimization profile"),
+    ({"profile": (0, 1, 1)}, "bad optimization profile"),
+    ({"profile": (1, 2)}, "bad optimization profile"),
+    ({"workspace_mib": 1}, "bad workspace limit"),
+    ({"gate_samples": 0}, "bad number of gate samples"),
+    ({"calib_samples": 1}, "too few calibration samples"),
+    ({"device": "cpu"}, "built on a CUDA device"),
+])
+def test_engine_options_check_themselves(kw, what):
+    from gan_deploy.engine.build import EngineOptions
+
+    with pytest.raises(GanDeployError, match=what):
+        EngineOptions(**kw)
+    assert EngineOptions(profile=[1, 8, 32], device="cuda:1").profile == (1, 8, 32)

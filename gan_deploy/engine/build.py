@@ -1,7 +1,7 @@
 """Build TensorRT engines: `engine_from_onnx` (the builder) and `engine_from_artifact` (what build-engine runs).
 
 Precision lives in the ONNX, not in builder flags: TensorRT 11 removed BuilderFlag.FP16/INT8 and the INT8
-calibrators, and every network is strongly typed. So `--fp16` parses the FP16 ONNX of `quantize.fp16_model`
+calibrators, and every network is strongly typed. So `--fp16` parses the FP16 ONNX of `precision.fp16.fp16_model`
 (FP32 I/O, overflow-prone operators in FP32) and `--int8` the Q/DQ ONNX of `precision.int8.Int8Builder` in its
 TensorRT flavour (symmetric INT8, FP32 biases, transposed convolutions rewritten into convolutions). The
 network is created STRONGLY_TYPED on both TensorRT 10 (required there for this) and 11 (where it is the

@@ -26,8 +26,8 @@ class PrecisionReport:
     parent_size_bytes: int
     attempts: dict[str, GateReport] = field(default_factory=dict)  # int8: full INT8 per calibration method tried
     sensitivity: Any = None  # int8 mixed search: sensitivity.SensitivityReport
-    search: Any = None  # int8 mixed search: sensitivity.SearchResult
-    speed: dict[str, Any] | None = None  # int8 mixed: sensitivity.speed_vs_fp32
+    search: Any = None  # int8 mixed search: search.SearchResult
+    speed: dict[str, Any] | None = None  # int8 mixed: search.speed_vs_fp32
     note: str | None = None  # why nothing was written when the gate accepted, or what the search concluded
 
     @property

@@ -189,6 +189,8 @@ def phase_weights_s2k4p1(w: np.ndarray) -> list[tuple[int, int, np.ndarray]]:
     return out
 
 
+# over 80 lines: one walk over the graph, each ConvTranspose either rewritten (two exact cases, sharing the
+# activation hoisting and the node bookkeeping) or listed as kept with its reason; the cases read best side by side
 def conv_from_conv_transpose(model, hoist_activation: bool = True):
     """Return (new ModelProto, RewriteReport): DCGAN's ConvTranspose layers as Conv + DepthToSpace.
 
