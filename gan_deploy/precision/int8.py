@@ -157,7 +157,7 @@ class Int8Builder:
     def for_parent(cls, parent: Artifact, target: str = "onnxruntime", calib_samples: int = DEFAULT_CALIB_SAMPLES,
                    calib_seed: int = CALIB_SEED, rewrite: bool = True) -> "Int8Builder":
         """The builder of the parent's FP32 ONNX (a checkpoint is exported in memory)."""
-        check_int8_target(target)
+        check_int8_target(target)  # before the export below, not after it
         check_calib_samples(calib_samples)
         require_dynamic_batch(parent, "INT8 calibration")  # it feeds batches of CALIB_BATCH latents
         model, data = fp32_parent(parent)
