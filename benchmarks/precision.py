@@ -1,7 +1,7 @@
 """FP32 vs INT8 (vs FP16) in onnxruntime on this machine's CPU, per batch size, with the gate's figures.
 
 Target (issue 4): INT8 >= 1.5x FP32 at batch 64 while passing the quality gate. Variants, all made by
-gan_deploy.precision.quantize from the same FP32 ONNX and each gated against FP32 on 1000 gate latents:
+gan_deploy.precision (search.py, fp16.py) from the same FP32 ONNX and each gated against FP32 on 1000 gate latents:
 
     fp32            the exported model (ConvTranspose)
     int8            what `quantize --int8` writes: full INT8 if it passes the gate (calibration chosen by the gate),
@@ -39,7 +39,9 @@ from gan_deploy.core.latents import latents_range
 from gan_deploy.core.timing import measure
 from gan_deploy.export.onnx import onnx_bytes_of
 from gan_deploy.nets.config import GeneratorConfig
-from gan_deploy.precision.quantize import fp16_onnx_from_onnx, int8_onnx_from_onnx
+from gan_deploy.precision.fp16 import fp16_onnx_from_onnx
+from gan_deploy.precision.options import QuantizeOptions
+from gan_deploy.precision.search import int8_onnx_from_onnx
 
 
 def parent_artifact(checkpoint: str | None, tmp: Path, onnx_path: str | None = None):
@@ -124,16 +126,19 @@ def main() -> None:
     fp32_path.write_bytes(onnx_bytes_of(parent))
     arts, gates = {"fp32": artifact_from_onnx(fp32_path)}, {}
     wanted = a.variants.split(",")
+
+    def full(out: Path, **kw) -> QuantizeOptions:  # full INT8, minmax: no method choice, no mixed search
+        return QuantizeOptions(out=out, calib_method="minmax", mixed=False, gate_samples=a.gate_samples, **kw)
+
     makers = {
-        "int8": lambda: int8_onnx_from_onnx(parent, tmp / "int8.onnx", gate_samples=a.gate_samples, raise_on_reject=False,
-                                            progress=lambda m: print(m, file=sys.stderr)),
-        "int8-full": lambda: _write_anyway(int8_onnx_from_onnx(parent, tmp / "int8f.onnx", calib_method="minmax", mixed=False,
-                                                               gate_samples=a.gate_samples, raise_on_reject=False), parent, tmp),
-        "int8-norewrite": lambda: int8_onnx_from_onnx(parent, tmp / "int8n.onnx", rewrite=False, calib_method="minmax",
-                                                      mixed=False, gate_samples=a.gate_samples, raise_on_reject=False),
-        "int8-tensorrt": lambda: int8_onnx_from_onnx(parent, tmp / "int8t.onnx", target="tensorrt", calib_method="minmax",
-                                                     mixed=False, gate_samples=a.gate_samples, raise_on_reject=False),
-        "fp16": lambda: fp16_onnx_from_onnx(parent, tmp / "fp16.onnx", gate_samples=a.gate_samples, raise_on_reject=False),
+        "int8": lambda: int8_onnx_from_onnx(parent, QuantizeOptions(out=tmp / "int8.onnx", gate_samples=a.gate_samples,
+                                                                    progress=lambda m: print(m, file=sys.stderr)),
+                                            raise_on_reject=False),
+        "int8-full": lambda: _write_anyway(int8_onnx_from_onnx(parent, full(tmp / "int8f.onnx"), raise_on_reject=False), parent, tmp),
+        "int8-norewrite": lambda: int8_onnx_from_onnx(parent, full(tmp / "int8n.onnx", rewrite=False), raise_on_reject=False),
+        "int8-tensorrt": lambda: int8_onnx_from_onnx(parent, full(tmp / "int8t.onnx", target="tensorrt"), raise_on_reject=False),
+        "fp16": lambda: fp16_onnx_from_onnx(parent, QuantizeOptions("fp16", tmp / "fp16.onnx", gate_samples=a.gate_samples),
+                                            raise_on_reject=False),
     }
     for name in wanted:
         if name in makers:

@@ -35,7 +35,7 @@ _API = {
     "generate_images": "gan_deploy.generate.pipeline:run",
     "BenchOptions": "gan_deploy.bench.run:BenchOptions",
     "bench": "gan_deploy.bench.run:bench",
-    "QuantizeOptions": "gan_deploy.precision.quantize:QuantizeOptions",
+    "QuantizeOptions": "gan_deploy.precision.options:QuantizeOptions",
     "quantize": "gan_deploy.precision.quantize:quantize",
     "EngineOptions": "gan_deploy.engine.build:EngineOptions",
     "build_engine": "gan_deploy.engine.build:build_engine",

@@ -12,7 +12,8 @@ from gan_deploy.artifacts.onnx import artifact_from_onnx
 from gan_deploy.backends import make_runner
 from gan_deploy.core.errors import GanDeployError
 from gan_deploy.precision.gate import GateRejected, check_artifact, gate_figures, gate_latents, image_figures, run_gate, thresholds_for
-from gan_deploy.precision.quantize import int8_onnx_from_onnx
+from gan_deploy.precision.options import QuantizeOptions
+from gan_deploy.precision.search import int8_onnx_from_onnx
 
 
 def _digits_like(n: int, seed: int) -> np.ndarray:
@@ -109,7 +110,7 @@ def test_gate_rejects_damaged_models_and_accepts_the_good_int8(tiny_checkpoint, 
     reference = make_runner("eager", parent, "cpu")
     t = thresholds_for("int8")
 
-    good = int8_onnx_from_onnx(parent, tmp_path / "good.int8.onnx", calib_samples=128, gate_samples=64)
+    good = int8_onnx_from_onnx(parent, QuantizeOptions(out=tmp_path / "good.int8.onnx", calib_samples=128, gate_samples=64))
     assert good.accepted and good.path.exists()
 
     def scaled(w):

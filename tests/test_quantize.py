@@ -10,21 +10,18 @@ from onnx import TensorProto, helper, numpy_helper
 
 from gan_deploy.artifacts.artifact import META_PRECISION
 from gan_deploy.artifacts.load import load_artifact
-from gan_deploy.artifacts.onnx import META_PARENT_SHA
+from gan_deploy.artifacts.onnx import META_CHECKPOINT_SHA, META_INT8_TARGET, META_PARENT_SHA
 from gan_deploy.backends import make_runner
+from gan_deploy.backends.reference import ReferenceEvaluatorRunner
 from gan_deploy.core.errors import GanDeployError
 from gan_deploy.core.fileio import sha256_bytes
 from gan_deploy.core.latents import latents_range
 from gan_deploy.export.onnx import onnx_bytes_of
-from gan_deploy.precision.quantize import (
-    META_CHECKPOINT_SHA,
-    META_INT8_TARGET,
-    ReferenceEvaluatorRunner,
-    fp16_model,
-    int8_onnx_from_onnx,
-    reduced_precision_model,
-)
+from gan_deploy.precision.fp16 import fp16_model
+from gan_deploy.precision.options import QuantizeOptions
+from gan_deploy.precision.quantize import reduced_precision_model
 from gan_deploy.precision.rewrite import conv_from_conv_transpose, fold_batchnorms
+from gan_deploy.precision.search import int8_onnx_from_onnx
 
 
 def _sess(model):
@@ -190,12 +187,12 @@ def test_int8_without_rewrite_keeps_conv_transpose(tiny_checkpoint):
 def test_quantize_writes_an_accepted_model_that_loads(tiny_checkpoint, tmp_path):
     art = load_artifact(tiny_checkpoint)
     out = tmp_path / "tiny.int8.onnx"
-    report = int8_onnx_from_onnx(art, out, calib_samples=128, gate_samples=64)
+    report = int8_onnx_from_onnx(art, QuantizeOptions(out=out, calib_samples=128, gate_samples=64))
     assert report.accepted and report.path == out and out.exists()
     q = load_artifact(onnx=out)
     assert q.precision == "int8" and q.spec == art.spec and q.config == art.config
     with pytest.raises(GanDeployError, match="already reduced precision"):
-        int8_onnx_from_onnx(q, tmp_path / "again.onnx")
+        int8_onnx_from_onnx(q, QuantizeOptions(out=tmp_path / "again.onnx"))
 
 
 def test_fp16_model_types_and_parity(tiny_checkpoint):
@@ -276,14 +273,15 @@ def test_foreign_onnx_value_range_is_kept(tiny_onnx, tmp_path):
     src = tmp_path / "foreign.onnx"
     onnx.save(model, str(src))
     parent = load_artifact(onnx=src, value_range=(0.0, 1.0))
-    report = int8_onnx_from_onnx(parent, tmp_path / "foreign.int8.onnx", calib_samples=64, gate_samples=64)
+    report = int8_onnx_from_onnx(parent, QuantizeOptions(out=tmp_path / "foreign.int8.onnx", calib_samples=64, gate_samples=64))
     assert report.accepted
     assert load_artifact(onnx=report.path).spec.value_range == (0.0, 1.0)
 
 
 def test_int8_auto_calibration_keeps_minmax_when_it_passes(tiny_checkpoint, tmp_path):
     """The default path is today's: min/max passes the gate, so nothing else is tried and nothing is kept FP32."""
-    report = int8_onnx_from_onnx(load_artifact(tiny_checkpoint), tmp_path / "q.onnx", calib_samples=128, gate_samples=64)
+    opts = QuantizeOptions(out=tmp_path / "q.onnx", calib_samples=128, gate_samples=64)
+    report = int8_onnx_from_onnx(load_artifact(tiny_checkpoint), opts)
     assert report.accepted and list(report.attempts) == ["minmax"] and report.sensitivity is None
     recipe = json.loads({p.key: p.value for p in onnx.load(str(report.path)).metadata_props}["gan_deploy.recipe"])
     assert recipe["calibration"]["method"] == "minmax" and recipe["calibration"]["chosen_by"]["rule"] == "auto: minmax passed the gate"
@@ -299,12 +297,35 @@ def test_cli_no_mixed_stops_at_the_rejection(cli, tiny_checkpoint, tmp_path):
 
 def test_mixed_speed_reference_is_the_fp32_onnx_of_a_checkpoint(tiny_checkpoint, tmp_path):
     """A mixed model of a checkpoint is timed against the checkpoint's FP32 ONNX in onnxruntime (not eager)."""
-    from gan_deploy.precision.quantize import _Int8Maker
+    from gan_deploy.precision.int8 import Int8Builder
+    from gan_deploy.precision.search import _Candidates
 
     art = load_artifact(tiny_checkpoint)
-    maker = _Int8Maker(art, "onnxruntime", 64, 1, True, tmp_path / "q.onnx")
-    with maker.fp32_runner() as fp32:
+    cands = _Candidates(Int8Builder.for_parent(art, "onnxruntime", 64, 1, True), tmp_path / "q.onnx")
+    with cands.fp32_runner() as fp32:
         assert fp32.name == "onnxruntime"
         z = latents_range(3, 0, 8, art.spec.latent_dim)
         assert np.abs(fp32.infer(z) - make_runner("eager", art, "cpu").infer(z)).max() < 1e-4
     assert not list(tmp_path.iterdir())  # nothing written
+
+
+@pytest.mark.parametrize("kw, what", [
+    ({"precision": "int4"}, "unknown reduced precision"),
+    ({"target": "openvino"}, "unknown INT8 target"),
+    ({"calib_method": "kl"}, "unknown calibration method"),
+    ({"calib_samples": 8}, "too few calibration samples"),
+    ({"evaluator": "numpy"}, "unknown FP16 evaluator"),
+    ({"gate_samples": 0}, "bad number of gate samples"),
+    ({"sensitivity_samples": 0}, "bad number of sensitivity samples"),
+    ({"speed_rounds": -1}, "bad number of speed rounds"),
+    ({"min_speedup": -0.5}, "bad minimum speedup"),
+    ({"precision": "fp16", "policy": "p.json"}, "an INT8 policy only applies to int8"),
+])
+def test_quantize_options_check_themselves(kw, what):
+    """Bad options fail when the object is made, with one line naming the value, before any work."""
+    from gan_deploy.precision.options import QuantizeOptions
+
+    with pytest.raises(GanDeployError, match=what) as e:
+        QuantizeOptions(**kw)
+    assert "\n" not in str(e.value)
+    assert QuantizeOptions(calib_method="auto").calib_method == "auto"  # auto: the gate chooses

@@ -13,23 +13,21 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from gan_deploy.artifacts.load import load_artifact
+from gan_deploy.artifacts.onnx import META_RECIPE
 from gan_deploy.backends import make_runner
 from gan_deploy.core.errors import GanDeployError
 from gan_deploy.core.latents import latents_range
 from gan_deploy.export.onnx import onnx_bytes_of, onnx_from_factory
+from gan_deploy.precision import search as se
 from gan_deploy.precision import sensitivity as sn
 from gan_deploy.precision.calibrate import BINS, Calibration, calibrate
 from gan_deploy.precision.gate import GateReport, run_gate, thresholds_for
-from gan_deploy.precision.quantize import (
-    META_RECIPE,
-    Int8Policy,
-    int8_model,
-    int8_onnx_from_onnx,
-    prepare_int8,
-    quantize_prepared,
-    reduced_precision_model,
-    untie_biases,
-)
+from gan_deploy.precision.int8 import Int8Builder, quantize_prepared
+from gan_deploy.precision.options import QuantizeOptions
+from gan_deploy.precision.policy import Int8Policy
+from gan_deploy.precision.quantize import reduced_precision_model
+from gan_deploy.precision.rewrite import prepare_int8, untie_biases
+from gan_deploy.precision.search import int8_onnx_from_onnx
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "stylegan2_tiny.py"
 GATE_N, SENS_N, CALIB_N = 64, 32, 64
@@ -56,8 +54,9 @@ def sg_onnx(tmp_path_factory) -> Path:
 def mixed(sg_onnx, tmp_path_factory):
     """One mixed search on the tiny example (written whatever its speed: min_speedup 0)."""
     out = tmp_path_factory.mktemp("mixed") / "sg.int8.onnx"
-    rep = int8_onnx_from_onnx(load_artifact(onnx=sg_onnx), out, calib_samples=CALIB_N, gate_samples=GATE_N,
-                              sensitivity_samples=SENS_N, speed_rounds=1, min_speedup=0.0, raise_on_reject=False)
+    opts = QuantizeOptions(out=out, calib_samples=CALIB_N, gate_samples=GATE_N, sensitivity_samples=SENS_N, speed_rounds=1,
+                           min_speedup=0.0)
+    rep = int8_onnx_from_onnx(load_artifact(onnx=sg_onnx), opts, raise_on_reject=False)
     return rep
 
 
@@ -185,8 +184,9 @@ def test_the_policy_of_one_flavour_makes_the_other(mixed, sg_onnx, tmp_path):
 
 def test_tensorrt_flavour_mixed_search(sg_onnx, tmp_path):
     """--target tensorrt: the same search, gated on the TensorRT form (run unfused on CPU), no speed claim."""
-    rep = int8_onnx_from_onnx(load_artifact(onnx=sg_onnx), tmp_path / "sg.int8-tensorrt.onnx", target="tensorrt",
-                              calib_samples=CALIB_N, gate_samples=GATE_N, sensitivity_samples=SENS_N, raise_on_reject=False)
+    opts = QuantizeOptions(out=tmp_path / "sg.int8-tensorrt.onnx", target="tensorrt", calib_samples=CALIB_N, gate_samples=GATE_N,
+                           sensitivity_samples=SENS_N)
+    rep = int8_onnx_from_onnx(load_artifact(onnx=sg_onnx), opts, raise_on_reject=False)
     assert rep.accepted and rep.path.exists() and "TensorRT flavour runs unfused" in rep.note and rep.speed is None
     kept = rep.recipe["kept_fp32"]
     assert kept and json.loads(_meta(rep.path)[META_RECIPE])["policy"]["exclude"] == kept
@@ -196,13 +196,12 @@ def test_tensorrt_flavour_mixed_search(sg_onnx, tmp_path):
 def test_a_mixed_model_slower_than_asked_is_not_written(mixed, sg_onnx, tmp_path):
     policy = Int8Policy.from_dict(mixed.recipe["policy"])
     out = tmp_path / "slow.onnx"
-    rep = int8_onnx_from_onnx(load_artifact(onnx=sg_onnx), out, policy=policy, calib_samples=CALIB_N, gate_samples=GATE_N,
-                              speed_rounds=1, min_speedup=1e6, raise_on_reject=False)
+    opts = QuantizeOptions(out=out, policy=policy, calib_samples=CALIB_N, gate_samples=GATE_N, speed_rounds=1, min_speedup=1e6)
+    rep = int8_onnx_from_onnx(load_artifact(onnx=sg_onnx), opts, raise_on_reject=False)
     assert rep.accepted and rep.path is None and not out.exists() and "faster than FP32" in rep.note
     assert rep.speed["speedup"] > 0 and "NOT written" in rep.summary()
     with pytest.raises(GanDeployError, match="no mixed-precision INT8 model is faster than FP32"):
-        int8_onnx_from_onnx(load_artifact(onnx=sg_onnx), out, policy=policy, calib_samples=CALIB_N, gate_samples=GATE_N,
-                            speed_rounds=1, min_speedup=1e6)
+        int8_onnx_from_onnx(load_artifact(onnx=sg_onnx), opts)
     assert not out.exists()
 
 
@@ -217,8 +216,8 @@ def test_policy_checks(tmp_path, sg_onnx):
     with pytest.raises(GanDeployError, match="not an INT8 policy"):
         Int8Policy.load(tmp_path / "bad.json")
     with pytest.raises(GanDeployError, match="names nodes this model does not have: nowhere"):
-        int8_onnx_from_onnx(load_artifact(onnx=sg_onnx), tmp_path / "x.onnx", policy=Int8Policy("minmax", ("nowhere",)),
-                            calib_samples=CALIB_N, gate_samples=GATE_N)
+        int8_onnx_from_onnx(load_artifact(onnx=sg_onnx), QuantizeOptions(out=tmp_path / "x.onnx", policy=Int8Policy("minmax", ("nowhere",)),
+                                                                         calib_samples=CALIB_N, gate_samples=GATE_N))
 
 
 # -- the search and the budget arithmetic ------------------------------------------------------------
@@ -249,21 +248,21 @@ def test_search_finds_the_fewest_units_that_pass(needed):
         calls.append(k)
         return _fake_gate(k >= needed)
 
-    res = sn.search(sens, evaluate)
+    res = se.search(sens, evaluate)
     assert res.kept_units == needed and res.report.accepted
-    assert len(calls) <= sn.MAX_SEARCH_TRIES and len(set(calls)) == len(calls)
+    assert len(calls) <= se.MAX_SEARCH_TRIES and len(set(calls)) == len(calls)
 
 
 def test_search_gives_up_when_nothing_passes():
-    res = sn.search(_fake_report(6), lambda k: _fake_gate(False))
+    res = se.search(_fake_report(6), lambda k: _fake_gate(False))
     assert res.kept_units is None and res.steps[-1].kept_units == 6
 
 
 def test_search_starts_where_the_shares_predict():
     sens = _fake_report(20)  # shares 1, 1/2, 1/3, ...: the sum of the rest falls below SAFETY late
     pred = [sum(1.0 / (k + 1) for k in range(j, 20)) for j in range(21)]
-    start = next(j for j in range(21) if pred[j] < sn.SAFETY)
-    res = sn.search(sens, lambda k: _fake_gate(True))
+    start = next(j for j in range(21) if pred[j] < se.SAFETY)
+    res = se.search(sens, lambda k: _fake_gate(True))
     assert res.start == start and res.steps[0].kept_units == start
 
 
@@ -302,11 +301,11 @@ def test_minmax_calibration_gives_onnxruntimes_model(tiny_checkpoint):
 
     from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
 
-    from gan_deploy.precision.quantize import PriorLatents
+    from gan_deploy.precision.calibrate import PriorLatents
 
     art = load_artifact(tiny_checkpoint)
     model = onnx.load_model_from_string(onnx_bytes_of(art))
-    ours, _ = int8_model(model, art.spec, calib_samples=128)
+    ours, _ = Int8Builder(model, art.spec, calib_samples=128).model(Int8Policy())
     prepared, _ = prepare_int8(model)
 
     class Reader(PriorLatents, CalibrationDataReader):
@@ -324,7 +323,7 @@ def test_minmax_calibration_gives_onnxruntimes_model(tiny_checkpoint):
 
 
 def _reduce_range() -> bool:
-    from gan_deploy.precision.quantize import _default_reduce_range
+    from gan_deploy.precision.int8 import _default_reduce_range
 
     return _default_reduce_range("onnxruntime")
 
@@ -385,7 +384,7 @@ def test_shared_biases_are_untied_before_quantizing():
     model.graph.input[0].name = "z"  # the generator contract's input name
     for n in model.graph.node:
         n.input[:] = ["z" if i == "x" else i for i in n.input]
-    q, recipe = int8_model(model, spec, calib_samples=256)
+    q, recipe = Int8Builder(model, spec, calib_samples=256).model(Int8Policy())
     assert recipe["untied_biases"] == 2
     got = ort.InferenceSession(q.SerializeToString(), so, providers=["CPUExecutionProvider"]).run(None, {"z": x})[0]
     rel = float(np.sqrt(((got - want) ** 2).mean() / (want ** 2).mean()))

@@ -216,12 +216,12 @@ def test_without_tensorrt_auto_falls_back_and_errors_say_how_to_install(engine, 
 def test_build_load_and_run_engine(precision, tiny_checkpoint, tmp_path):
     from gan_deploy.backends import make_runner
     from gan_deploy.core.latents import latents_range
-    from gan_deploy.engine.build import engine_from_artifact
+    from gan_deploy.engine.build import EngineOptions, engine_from_artifact
 
     parent = load_artifact(tiny_checkpoint)
     out = tmp_path / f"tiny.{precision}.engine"
-    rep = engine_from_artifact(parent, precision, out, profile=(1, 8, 32), gate_samples=64, calib_samples=128,
-                               timing_cache=tmp_path / "timing.cache")
+    rep = engine_from_artifact(parent, EngineOptions(precision, out, profile=(1, 8, 32), gate_samples=64, calib_samples=128,
+                                                     timing_cache=tmp_path / "timing.cache"))
     assert rep.gate.accepted and out.exists() and sidecar_path(out).exists()
     side = read_sidecar(out)
     assert side["precision"] == precision and side["profile"] == {"min": 1, "opt": 8, "max": 32}
@@ -234,8 +234,8 @@ def test_build_load_and_run_engine(precision, tiny_checkpoint, tmp_path):
             assert y.shape == (b, 1, 16, 16) and np.abs(y - ref[:b]).max() < graphs.tolerance
             assert np.array_equal(y, plain.infer(z[:b]))  # graph replay == direct enqueue
         assert np.array_equal(graphs.infer(z[:7]), graphs.infer(z[:7]))
-    again = engine_from_artifact(parent, precision, tmp_path / "again.engine", profile=(1, 8, 32), gate_samples=64,
-                                 calib_samples=128, timing_cache=tmp_path / "timing.cache")
+    again = engine_from_artifact(parent, EngineOptions(precision, tmp_path / "again.engine", profile=(1, 8, 32), gate_samples=64,
+                                                       calib_samples=128, timing_cache=tmp_path / "timing.cache"))
     assert "reused" in again.timing_cache
 
 
@@ -243,10 +243,10 @@ def test_build_load_and_run_engine(precision, tiny_checkpoint, tmp_path):
 @pytest.mark.gpu
 @pytest.mark.skipif(BUILD_MISSING is not None, reason=f"cannot build TensorRT engines here: {BUILD_MISSING}")
 def test_real_engine_with_edited_sidecar_is_refused(tiny_checkpoint, tmp_path):
-    from gan_deploy.engine.build import engine_from_artifact
+    from gan_deploy.engine.build import EngineOptions, engine_from_artifact
 
     out = tmp_path / "tiny.fp16.engine"
-    engine_from_artifact(load_artifact(tiny_checkpoint), "fp16", out, profile=(1, 8, 32), gate_samples=64)
+    engine_from_artifact(load_artifact(tiny_checkpoint), EngineOptions("fp16", out, profile=(1, 8, 32), gate_samples=64))
     _edit(out, tensorrt_version="9.9.9.9")
     with pytest.raises(StaleArtifact, match=r"TensorRT 9\.9\.9\.9 \(this machine has"):
         load_artifact(engine=out)

@@ -599,7 +599,7 @@ def test_no_module_at_all(fresh_modules, monkeypatch):
 
 def test_building_needs_full_tensorrt_and_says_so(fresh_modules, monkeypatch, tiny_checkpoint, tmp_path, cli):
     from gan_deploy.artifacts.load import load_artifact
-    from gan_deploy.engine.build import builder_unavailable_reason, engine_from_artifact, engine_from_onnx
+    from gan_deploy.engine.build import EngineOptions, builder_unavailable_reason, engine_from_artifact, engine_from_onnx
 
     monkeypatch.setitem(sys.modules, "tensorrt", None)
     monkeypatch.setitem(sys.modules, "tensorrt_lean", _module("tensorrt_lean", "11.4.0.106"))
@@ -608,7 +608,7 @@ def test_building_needs_full_tensorrt_and_says_so(fresh_modules, monkeypatch, ti
     assert reason.startswith("building engines needs the full TensorRT (`import tensorrt`: Builder, OnnxParser), and only "
                              "tensorrt_lean 11.4.0.106 (NVIDIA's lean runtime")
     with pytest.raises(BackendUnavailable, match="cannot build a TensorRT engine here: building engines needs the full TensorRT"):
-        engine_from_artifact(load_artifact(tiny_checkpoint), "fp16", tmp_path / "x.engine", version_compatible=True)
+        engine_from_artifact(load_artifact(tiny_checkpoint), EngineOptions("fp16", tmp_path / "x.engine", version_compatible=True))
     with pytest.raises(BackendUnavailable, match=r"cannot build a TensorRT engine here: only tensorrt_lean 11\.4\.0\.106"):
         engine_from_onnx(b"onnx", "z", (8,))
     r = cli("build-engine", "--fp16", "--version-compatible", "-c", tiny_checkpoint, "--out", tmp_path / "x.engine")
@@ -654,3 +654,21 @@ def test_real_runtime_refuses_a_corrupt_engine_with_tensorrts_error(tmp_path, fr
     msg = str(e.value)
     assert msg.startswith(f"TensorRT could not deserialize the engine: {eng}: ") and "\n" not in msg
     assert "TensorRT logged no reason" not in msg  # TensorRT's own error is in the message
+
+
+@pytest.mark.parametrize("kw, what", [
+    ({"precision": "int4"}, "unknown engine precision"),
+    ({"profile": (8, 4, 2)}, "bad optimization profile"),
+    ({"profile": (0, 1, 1)}, "bad optimization profile"),
+    ({"profile": (1, 2)}, "bad optimization profile"),
+    ({"workspace_mib": 1}, "bad workspace limit"),
+    ({"gate_samples": 0}, "bad number of gate samples"),
+    ({"calib_samples": 1}, "too few calibration samples"),
+    ({"device": "cpu"}, "built on a CUDA device"),
+])
+def test_engine_options_check_themselves(kw, what):
+    from gan_deploy.engine.build import EngineOptions
+
+    with pytest.raises(GanDeployError, match=what):
+        EngineOptions(**kw)
+    assert EngineOptions(profile=[1, 8, 32], device="cuda:1").profile == (1, 8, 32)

@@ -3,11 +3,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from gan_deploy.artifacts.checkpoint import Checkpoint, read_checkpoint
 from gan_deploy.artifacts.spec import GeneratorSpec
 from gan_deploy.core.errors import GanDeployError
+from gan_deploy.core.fileio import sha256_bytes
 from gan_deploy.nets.config import GeneratorConfig
 
 META_PREFIX = "gan_deploy."
@@ -38,9 +39,19 @@ class Artifact:
         from gan_deploy.artifacts.checkpoint import load_generator
         return load_generator(self.checkpoint)
 
-    def onnx_bytes(self) -> bytes:
-        """Serialized ONNX of an ONNX artifact. A checkpoint has none on disk: `gan_deploy.export.onnx_bytes_of`
-        exports it in memory (the export stage sits above this one, so this class never calls it)."""
+    @classmethod
+    def onnx_in_memory(cls, path: str | Path, spec: GeneratorSpec, data: bytes, config: GeneratorConfig | None = None,
+                       metadata: dict[str, str] | None = None, sha256: str | None = None) -> "Artifact":
+        """An ONNX artifact whose serialized model is `data`, held in memory: a candidate not written yet (`path` is
+        where it would go), or a file read with its external weights inlined (`sha256` is then the file's)."""
+        return cls("onnx", Path(path), spec, sha256 or sha256_bytes(data), config, dict(metadata or {}), _onnx_bytes=data)
+
+    def onnx_bytes(self, export: Callable[["Artifact"], bytes] | None = None) -> bytes:
+        """Serialized ONNX of an ONNX artifact. A checkpoint has none on disk: `export(self)` makes it, once (cached
+        here); `gan_deploy.export.onnx_bytes_of` passes its in-memory exporter (the export stage sits above this
+        one, so this class never imports it)."""
+        if self._onnx_bytes is None and self.kind == "checkpoint" and export is not None:
+            self._onnx_bytes = export(self)
         if self._onnx_bytes is None:
             if self.kind != "onnx":
                 raise GanDeployError(f"a {self.kind} is not an ONNX file", str(self.path),

@@ -15,7 +15,7 @@ from gan_deploy.core.errors import GanDeployError, StaleArtifact
 from gan_deploy.core.fileio import sha256_bytes
 from gan_deploy.nets.config import GeneratorConfig
 
-__all__ = ["META_PRECISION", "artifact_from_onnx", "spec_from_onnx_model"]
+__all__ = ["META_PRECISION", "artifact_from_onnx", "set_onnx_metadata", "spec_from_onnx_model"]
 
 # ONNX metadata_props keys written by `export` and read by every command after it
 META_CONFIG = META_PREFIX + "generator"  # GeneratorConfig as JSON
@@ -34,6 +34,17 @@ INT8_TARGETS = ("onnxruntime", "tensorrt")
 MAX_EXTERNAL_BYTES = (2 << 30) - (64 << 20)  # external weights are read into memory; protobuf stops at 2 GiB
 FIXED_BATCH_HINT = ("re-export with a dynamic batch axis: `gan-deploy export` does, or torch.onnx.export(..., "
                     "dynamic_axes={'z': {0: 'batch'}, 'image': {0: 'batch'}})")
+
+
+def set_onnx_metadata(model, meta: dict[str, str]) -> None:
+    """Write `meta` into an ONNX model's metadata_props in place: given keys replaced, the others kept in order.
+    Every gan_deploy.* key of every model this package writes goes through here."""
+    keep = [p for p in model.metadata_props if p.key not in meta]
+    del model.metadata_props[:]
+    model.metadata_props.extend(keep)
+    for k, v in meta.items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = k, v
 
 
 def _dim(d: Any) -> int | str | None:
@@ -180,9 +191,8 @@ def artifact_from_onnx(path: str | Path, value_range: tuple[float, float] | None
         cfg = None
     if expect_parent and meta.get(META_PARENT_SHA) and meta[META_PARENT_SHA] != expect_parent:
         raise StaleArtifact("ONNX file was exported from a different checkpoint", f"{p} parent {meta[META_PARENT_SHA][:12]}", expected=f"parent sha256 {expect_parent[:12]}", hint="re-run `gan-deploy export`")
-    art = Artifact("onnx", p, spec, sha256_bytes(data), cfg, meta)
-    art._onnx_bytes = _with_external_data(model, p) if _external_tensors(model) else data
-    return art
+    return Artifact.onnx_in_memory(p, spec, _with_external_data(model, p) if _external_tensors(model) else data, cfg, meta,
+                                   sha256=sha256_bytes(data))
 
 
 def _external_tensors(model) -> list[Any]:

@@ -1,4 +1,5 @@
-"""`gan-deploy quantize` and `gan-deploy build-engine`: parse options, call quantize.py / engine.py, print the report.
+"""`gan-deploy quantize` and `gan-deploy build-engine`: parse options into the library's options object (which
+checks itself), call precision/quantize.py / engine/build.py, print the report.
 
 Kept free of imports from gan_deploy.cli.main (which imports this module at its end) and of heavy imports at module
 level, so `gan-deploy --help` needs neither onnxruntime nor TensorRT.
@@ -139,8 +140,10 @@ def quantize(int8, fp16, checkpoint, onnx, value_range, out, target, calib_sampl
       gan-deploy bench --onnx models/digits_dcgan.int8.onnx
     """
     from gan_deploy.precision.gate import GateRejected
-    from gan_deploy.precision.quantize import QuantizeOptions, default_out, int8_sensitivity
+    from gan_deploy.precision.lineage import default_out
+    from gan_deploy.precision.options import QuantizeOptions
     from gan_deploy.precision.quantize import quantize as run_quantize
+    from gan_deploy.precision.search import int8_sensitivity
 
     precision = one_of({"int8": int8, "fp16": fp16}, "--int8 or --fp16")
     int8_only = [f for f, v in (("--report", report), ("--policy", policy_file), ("--no-mixed", no_mixed), ("--plot", plot)) if v]
@@ -151,23 +154,21 @@ def quantize(int8, fp16, checkpoint, onnx, value_range, out, target, calib_sampl
     if report and policy_file:
         raise GanDeployError("--report measures every unit; a policy fixes them", "--report --policy", expected="one of them")
     thresholds = _thresholds(precision, max_nonfinite, max_saturation_increase, min_psnr_worst, min_psnr_median, max_fd_ratio)
-    parent = _parent(checkpoint, onnx, value_range)
 
     def progress(msg: str) -> None:
         click.echo(msg, err=True)
 
-    if report:
-        png = plot or default_out(parent, "int8", target).with_name(parent.path.name.split(".")[0] + ".int8-sensitivity.png")
-        sens = int8_sensitivity(parent, target=target, calib_samples=calib_samples, calib_method=calib_method,
-                                rewrite=not no_rewrite, thresholds=thresholds, samples=sensitivity_samples, plot=png,
-                                progress=progress)
-        click.echo(sens.summary(top=None))
-        write_json(json_out, sens.to_dict())
-        return
     opts = QuantizeOptions(precision=precision, out=out, target=target, calib_samples=calib_samples,
                            calib_method=calib_method, rewrite=not no_rewrite, evaluator=evaluator, gate_samples=gate_samples,
                            thresholds=thresholds, mixed=not no_mixed, policy=policy_file, sensitivity_samples=sensitivity_samples,
                            speed_rounds=speed_rounds, min_speedup=min_speedup, progress=progress)
+    parent = _parent(checkpoint, onnx, value_range)
+    if report:
+        png = plot or default_out(parent, "int8", target).with_name(parent.path.name.split(".")[0] + ".int8-sensitivity.png")
+        sens = int8_sensitivity(parent, opts, plot=png)
+        click.echo(sens.summary(top=None))
+        write_json(json_out, sens.to_dict())
+        return
     result = run_quantize(parent, opts)
     click.echo(result.summary())
     write_json(json_out, result.to_dict())
@@ -232,9 +233,6 @@ def build_engine(fp16, int8, fp32, checkpoint, onnx, value_range, out, min_batch
     reason = unavailable_reason()
     if reason:  # first: without TensorRT or a GPU nothing else matters
         raise BackendUnavailable("cannot build a TensorRT engine here", reason)
-    if not min_batch <= opt_batch <= max_batch:
-        raise GanDeployError("bad optimization profile", f"--min-batch {min_batch} --opt-batch {opt_batch} --max-batch {max_batch}",
-                             expected="min <= opt <= max")
     cache = None if timing_cache.lower() == "none" else ("auto" if timing_cache == "auto" else Path(timing_cache))
     opts = EngineOptions(precision=precision, out=out, profile=(min_batch, opt_batch, max_batch), workspace_mib=workspace,
                          timing_cache=cache, gate_samples=gate_samples, calib_samples=calib_samples, device=device,

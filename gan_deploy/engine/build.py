@@ -1,8 +1,8 @@
 """Build TensorRT engines: `engine_from_onnx` (the builder) and `engine_from_artifact` (what build-engine runs).
 
 Precision lives in the ONNX, not in builder flags: TensorRT 11 removed BuilderFlag.FP16/INT8 and the INT8
-calibrators, and every network is strongly typed. So `--fp16` parses the FP16 ONNX of `quantize.fp16_model`
-(FP32 I/O, overflow-prone operators in FP32) and `--int8` the Q/DQ ONNX of `quantize.int8_model` in its
+calibrators, and every network is strongly typed. So `--fp16` parses the FP16 ONNX of `precision.fp16.fp16_model`
+(FP32 I/O, overflow-prone operators in FP32) and `--int8` the Q/DQ ONNX of `precision.int8.Int8Builder` in its
 TensorRT flavour (symmetric INT8, FP32 biases, transposed convolutions rewritten into convolutions). The
 network is created STRONGLY_TYPED on both TensorRT 10 (required there for this) and 11 (where it is the
 only mode and the flag is accepted and ignored), so one code path serves both, with the precision policy
@@ -33,11 +33,13 @@ from gan_deploy.core.errors import BackendUnavailable, GanDeployError
 from gan_deploy.core.fileio import atomic_write_bytes, atomic_write_text, sha256_bytes, sha256_file
 from gan_deploy.core.outputs import refuse_inputs_as_outputs
 from gan_deploy.export.onnx import onnx_bytes_of
+from gan_deploy.precision.calibrate import DEFAULT_CALIB_SAMPLES, check_calib_samples
 from gan_deploy.precision.gate import DEFAULT_GATE_SAMPLES, GateRejected, GateReport, GateThresholds, run_gate, thresholds_for
 
 DEFAULT_ENGINE_DIR = Path("engines")
 DEFAULT_WORKSPACE_MIB = 1024
 DEFAULT_PROFILE = (1, 64, 256)
+MIN_WORKSPACE_MIB = 16
 
 
 @dataclass
@@ -137,7 +139,8 @@ def engine_from_onnx(onnx_bytes: bytes, input_name: str, latent_shape: tuple[int
 def _network_onnx(parent: Artifact, precision: str, calib_samples: int) -> tuple[bytes, dict[str, Any]]:
     """The ONNX TensorRT parses for `precision`: the parent itself when it already is that precision, else the
     FP16 / TensorRT-flavour INT8 model made from the parent's FP32 ONNX in memory."""
-    from gan_deploy.precision.quantize import META_INT8_TARGET, reduced_precision_model
+    from gan_deploy.artifacts.onnx import META_INT8_TARGET
+    from gan_deploy.precision.quantize import reduced_precision_model
 
     if parent.kind == "onnx" and parent.precision != "fp32":
         if parent.precision != precision:
@@ -153,35 +156,64 @@ def _network_onnx(parent: Artifact, precision: str, calib_samples: int) -> tuple
     return model.SerializeToString(), recipe
 
 
-def engine_from_artifact(parent: Artifact, precision: str, out: str | Path | None = None, *,
-                         profile: tuple[int, int, int] = DEFAULT_PROFILE, workspace_mib: int = DEFAULT_WORKSPACE_MIB,
-                         timing_cache: str | Path | None = "auto", thresholds: GateThresholds | None = None,
-                         gate_samples: int = DEFAULT_GATE_SAMPLES, calib_samples: int = 512, device: str = "cuda",
-                         cuda_graphs: bool = True, raise_on_reject: bool = True,
-                         version_compatible: bool = False) -> EngineReport:
+ENGINE_PRECISIONS = ("fp32", "fp16", "int8")
+
+
+@dataclass
+class EngineOptions:
+    """Everything `gan-deploy build-engine` decides, as one object."""
+
+    precision: str = "fp16"  # one of ENGINE_PRECISIONS
+    out: str | Path | None = None  # default: engines/NAME.PRECISION.engine
+    profile: tuple[int, int, int] = DEFAULT_PROFILE  # batch min, opt, max
+    workspace_mib: int = DEFAULT_WORKSPACE_MIB
+    timing_cache: str | Path | None = "auto"  # "auto": one per GPU architecture and TensorRT version; None: none
+    thresholds: GateThresholds | None = None
+    gate_samples: int = DEFAULT_GATE_SAMPLES
+    calib_samples: int = DEFAULT_CALIB_SAMPLES
+    device: str = "cuda"  # cuda or cuda:N
+    cuda_graphs: bool = True
+    version_compatible: bool = False  # BuilderFlag.VERSION_COMPATIBLE: later TensorRT of the same major and the lean runtime run it
+
+    def __post_init__(self) -> None:
+        if self.precision not in ENGINE_PRECISIONS:
+            raise GanDeployError("unknown engine precision", repr(self.precision), expected="--fp32, --fp16 or --int8")
+        prof = tuple(self.profile) if isinstance(self.profile, (tuple, list)) else ()
+        if len(prof) != 3 or not all(isinstance(b, int) and not isinstance(b, bool) for b in prof) or not 1 <= prof[0] <= prof[1] <= prof[2]:
+            shown = f"min {prof[0]}, opt {prof[1]}, max {prof[2]}" if len(prof) == 3 else repr(self.profile)
+            raise GanDeployError("bad optimization profile", shown, expected="1 <= min <= opt <= max")
+        self.profile = prof  # type: ignore[assignment]
+        if isinstance(self.workspace_mib, bool) or not isinstance(self.workspace_mib, int) or self.workspace_mib < MIN_WORKSPACE_MIB:
+            raise GanDeployError("bad workspace limit", repr(self.workspace_mib), expected=f"an integer >= {MIN_WORKSPACE_MIB} (MiB)")
+        if isinstance(self.gate_samples, bool) or not isinstance(self.gate_samples, int) or self.gate_samples < 1:
+            raise GanDeployError("bad number of gate samples", repr(self.gate_samples), expected="an integer >= 1")
+        check_calib_samples(self.calib_samples)
+        if not isinstance(self.device, str) or not re.fullmatch(r"cuda(:\d+)?", self.device):
+            raise GanDeployError("TensorRT engines are built on a CUDA device", repr(self.device), expected="cuda or cuda:N")
+
+
+def engine_from_artifact(parent: Artifact, opts: EngineOptions, raise_on_reject: bool = True) -> EngineReport:
     """build-engine: make the network ONNX, build, gate the engine on the GPU against eager FP32, write it."""
     from gan_deploy.backends.tensorrt import TensorRTRunner, runtime_info
-    from gan_deploy.precision.quantize import reference_runner
+    from gan_deploy.precision.lineage import reference_runner
 
     reason = builder_unavailable_reason()
     if reason:  # before any work: say what is missing and how to install it
         raise BackendUnavailable("cannot build a TensorRT engine here", reason)
-    if precision not in ("fp32", "fp16", "int8"):
-        raise GanDeployError("unknown engine precision", repr(precision), expected="--fp32, --fp16 or --int8")
+    precision, profile, workspace_mib, version_compatible = opts.precision, opts.profile, opts.workspace_mib, opts.version_compatible
     mn, opt, mx = profile
-    if not 1 <= mn <= opt <= mx:
-        raise GanDeployError("bad optimization profile", f"min {mn}, opt {opt}, max {mx}", expected="1 <= min <= opt <= max")
     if parent.kind == "engine":
         raise GanDeployError("cannot build an engine from an engine", str(parent.path), expected="a checkpoint or ONNX file")
     stem = parent.path.name.split(".")[0]
-    out = Path(out) if out else DEFAULT_ENGINE_DIR / f"{stem}.{precision}.engine"
+    out = Path(opts.out) if opts.out else DEFAULT_ENGINE_DIR / f"{stem}.{precision}.engine"
     if out.is_dir():
         raise GanDeployError("output path is a folder", str(out), expected="a file name ending in .engine")
     refuse_inputs_as_outputs([out, sidecar_path(out)], parent.files())  # the engine and its sidecar
-    rt = runtime_info(device)
-    cache = default_timing_cache(rt, out.parent) if timing_cache == "auto" else (Path(timing_cache) if timing_cache else None)
+    rt = runtime_info(opts.device)
+    tc = opts.timing_cache
+    cache = default_timing_cache(rt, out.parent) if tc == "auto" else (Path(tc) if tc else None)
 
-    onnx_bytes, recipe = _network_onnx(parent, precision, calib_samples)
+    onnx_bytes, recipe = _network_onnx(parent, precision, opts.calib_samples)
     t0 = time.perf_counter()
     plan, cache_note = engine_from_onnx(onnx_bytes, parent.spec.input_name, parent.spec.latent_shape, profile,
                                         workspace_mib, cache, version_compatible=version_compatible)
@@ -190,10 +222,10 @@ def engine_from_artifact(parent: Artifact, precision: str, out: str | Path | Non
     meta = {META_PRECISION: precision}
     cand = Artifact("engine", out, parent.spec, sha256_bytes(plan), parent.config, meta)
     # the reference runs on the CPU: eager FP32 there is true FP32 (cuDNN would use TF32 on recent GPUs)
-    with TensorRTRunner(cand, device, engine_bytes=plan, cuda_graphs=cuda_graphs,
+    with TensorRTRunner(cand, opts.device, engine_bytes=plan, cuda_graphs=opts.cuda_graphs,
                         version_compatible=version_compatible) as runner:
-        gate = run_gate(runner, reference_runner(parent, "cpu"), thresholds or thresholds_for(precision), precision,
-                        gate_samples)
+        gate = run_gate(runner, reference_runner(parent, "cpu"), opts.thresholds or thresholds_for(precision), precision,
+                        opts.gate_samples)
     report = EngineReport(None, precision, profile, workspace_mib, rt, build_s, len(plan), sha256_bytes(onnx_bytes),
                           cache_note, gate, recipe, version_compatible)
     if not gate.accepted:
@@ -217,29 +249,6 @@ def engine_from_artifact(parent: Artifact, precision: str, out: str | Path | Non
     return report
 
 
-ENGINE_PRECISIONS = ("fp32", "fp16", "int8")
-
-
-@dataclass
-class EngineOptions:
-    """Everything `gan-deploy build-engine` decides, as one object."""
-
-    precision: str = "fp16"  # one of ENGINE_PRECISIONS
-    out: str | Path | None = None  # default: engines/NAME.PRECISION.engine
-    profile: tuple[int, int, int] = DEFAULT_PROFILE  # batch min, opt, max
-    workspace_mib: int = DEFAULT_WORKSPACE_MIB
-    timing_cache: str | Path | None = "auto"  # "auto": one per GPU architecture and TensorRT version; None: none
-    thresholds: GateThresholds | None = None
-    gate_samples: int = DEFAULT_GATE_SAMPLES
-    calib_samples: int = 512
-    device: str = "cuda"
-    cuda_graphs: bool = True
-    version_compatible: bool = False  # BuilderFlag.VERSION_COMPATIBLE: later TensorRT of the same major and the lean runtime run it
-
-
 def build_engine(parent: Artifact, opts: EngineOptions, raise_on_reject: bool = False) -> EngineReport:
-    """What `gan-deploy build-engine` runs."""
-    return engine_from_artifact(parent, opts.precision, opts.out, profile=opts.profile, workspace_mib=opts.workspace_mib,
-                                timing_cache=opts.timing_cache, thresholds=opts.thresholds, gate_samples=opts.gate_samples,
-                                calib_samples=opts.calib_samples, device=opts.device, cuda_graphs=opts.cuda_graphs,
-                                raise_on_reject=raise_on_reject, version_compatible=opts.version_compatible)
+    """What `gan-deploy build-engine` runs: `engine_from_artifact`, returning a rejected engine's report."""
+    return engine_from_artifact(parent, opts, raise_on_reject)

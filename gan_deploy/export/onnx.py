@@ -14,7 +14,15 @@ from gan_deploy.artifacts.artifact import META_PRECISION, Artifact, artifact_fro
 from gan_deploy.artifacts.checkpoint import save_factory_checkpoint, sidecar_of
 from gan_deploy.artifacts.factory import FactoryRef, source_file
 from gan_deploy.artifacts.factory import build as build_factory
-from gan_deploy.artifacts.onnx import META_CONFIG, META_PARENT_KIND, META_PARENT_SHA, META_TOLERANCE, META_VALUE_RANGE, spec_from_onnx_model
+from gan_deploy.artifacts.onnx import (
+    META_CONFIG,
+    META_PARENT_KIND,
+    META_PARENT_SHA,
+    META_TOLERANCE,
+    META_VALUE_RANGE,
+    set_onnx_metadata,
+    spec_from_onnx_model,
+)
 from gan_deploy.artifacts.spec import GeneratorSpec
 from gan_deploy.core.errors import GanDeployError
 from gan_deploy.core.fileio import atomic_write_bytes, sha256_file
@@ -64,26 +72,17 @@ def _torch_to_onnx(module, latent_shape: tuple[int, ...], opset: int):
     return onnx.load_model_from_string(buf.getvalue())
 
 
-def _set_meta(model, meta: dict[str, str]) -> None:
-    keep = [p for p in model.metadata_props if p.key not in meta]
-    del model.metadata_props[:]
-    model.metadata_props.extend(keep)
-    for k, v in meta.items():
-        entry = model.metadata_props.add()
-        entry.key, entry.value = k, v
-
-
 def onnx_model_from_checkpoint(art: Artifact, opset: int = DEFAULT_OPSET):
     """In-memory ONNX model of a checkpoint artifact, with the self-describing metadata."""
     model = _torch_to_onnx(art.torch_module(), art.spec.latent_shape, opset)
     if art.config is None:  # a user's generator (export --factory): its factory instead of our config
         fref = art.checkpoint.factory
-        _set_meta(model, {META_VALUE_RANGE: json.dumps(list(art.spec.value_range)), META_PARENT_SHA: art.sha256,
+        set_onnx_metadata(model, {META_VALUE_RANGE: json.dumps(list(art.spec.value_range)), META_PARENT_SHA: art.sha256,
                           META_PARENT_KIND: "checkpoint", META_PRECISION: "fp32", "gan_deploy.factory": fref.ref,
                           "gan_deploy.factory_kwargs": json.dumps(fref.kwargs)})
         model.producer_name = "gan-deploy"
         return model
-    _set_meta(model, {
+    set_onnx_metadata(model, {
         META_CONFIG: json.dumps(art.config.to_dict()),
         META_VALUE_RANGE: json.dumps(list(art.spec.value_range)),
         META_PARENT_SHA: art.sha256,
@@ -98,9 +97,7 @@ def onnx_bytes_of(art: Artifact, opset: int = DEFAULT_OPSET) -> bytes:
     """Serialized FP32-or-reduced ONNX of any artifact that has one: an ONNX file's bytes, or a checkpoint
     exported in memory once (cached on the artifact; no file is written). Engines have no ONNX."""
     if art.kind == "checkpoint":
-        if art._onnx_bytes is None:
-            art._onnx_bytes = onnx_model_from_checkpoint(art, opset).SerializeToString()
-        return art._onnx_bytes
+        return art.onnx_bytes(lambda a: onnx_model_from_checkpoint(a, opset).SerializeToString())
     if art.kind == "engine":
         raise GanDeployError("an engine cannot be turned back into ONNX", str(art.path),
                              hint="pass the ONNX file it was built from with --onnx")
@@ -165,7 +162,7 @@ def onnx_from_module(module, spec: GeneratorSpec, out: str | Path, meta: dict[st
     check_opset(opset)
     out = check_output_file(out, suffix=".onnx")
     model = _torch_to_onnx(module, spec.latent_shape, opset)
-    _set_meta(model, {**meta, META_VALUE_RANGE: json.dumps(list(spec.value_range)), META_PRECISION: "fp32"})
+    set_onnx_metadata(model, {**meta, META_VALUE_RANGE: json.dumps(list(spec.value_range)), META_PRECISION: "fp32"})
     model.producer_name = "gan-deploy"
     try:
         onnx.checker.check_model(model, full_check=True)
@@ -176,7 +173,7 @@ def onnx_from_module(module, spec: GeneratorSpec, out: str | Path, meta: dict[st
     err = max_abs_err_vs_torch(module, data_wo_err, spec, batch_sizes)
     if err > tolerance:
         raise GanDeployError("onnxruntime disagrees with eager PyTorch", f"max abs err {err:.3g}", expected=f"<= {tolerance:g}", hint="the model uses an op the exporter translates differently; nothing was written")
-    _set_meta(model, {META_TOLERANCE: f"{err:.3e}"})
+    set_onnx_metadata(model, {META_TOLERANCE: f"{err:.3e}"})
     atomic_write_bytes(out, model.SerializeToString())
     return ExportReport(out, opset, err, tolerance, tuple(batch_sizes), spec, meta.get(META_PARENT_SHA, ""))
 

@@ -16,6 +16,10 @@ an extra graph output: min/max first, then a histogram of each tensor over [-a, 
 
 The ranges reach onnxruntime's quantizer through its calibration cache (a MinMax TensorsData JSON), so the
 quantizer itself (Q/DQ placement, scales, zero points) is onnxruntime's, unchanged.
+
+Calibration latents come from the generator's own prior (standard normal, `gan_deploy.core.latents`, seed
+`CALIB_SEED`): a generator needs no data set to calibrate. `PriorLatents` serves them to onnxruntime's quantizer
+as a CalibrationDataReader where an older onnxruntime needs a calibration run of its own.
 """
 from __future__ import annotations
 
@@ -30,10 +34,52 @@ from gan_deploy.core.errors import GanDeployError
 from gan_deploy.core.latents import latents_range
 
 CALIB_METHODS = ("minmax", "percentile", "entropy")
+CALIB_SEED = 7919  # calibration latents; the gate uses gate.GATE_SEED so it never sees them
+DEFAULT_CALIB_SAMPLES = 512
+CALIB_BATCH = 64  # latents per batch onnxruntime's own calibration run is fed
+MIN_CALIB_SAMPLES = CALIB_BATCH // 4
 BINS = 4096  # over [-a, a]: 2048 per sign, as onnxruntime's histogram calibrators use
 PERCENTILE = 99.99
 ENTROPY_LEVELS = 128  # quantized levels on |x| (TensorRT's entropy calibration)
 RUN_BATCH = 32  # latents per calibration run: bounds the memory of every intermediate tensor at once
+
+
+def check_calib_method(method: str, allow_auto: bool = False) -> str:
+    """`method` if it is one of CALIB_METHODS (or "auto", where the caller lets the gate choose); else the error."""
+    if allow_auto and method == "auto":
+        return method
+    if method not in CALIB_METHODS:
+        if allow_auto:
+            raise GanDeployError("unknown calibration method", repr(method), expected=f"auto or one of {', '.join(CALIB_METHODS)}")
+        raise GanDeployError("unknown calibration method", repr(method), expected=f"one of {', '.join(CALIB_METHODS)}",
+                             hint="'auto' chooses by the quality gate: only `quantize` (int8_onnx_from_onnx) does that")
+    return method
+
+
+def check_calib_samples(samples: int) -> int:
+    if isinstance(samples, bool) or not isinstance(samples, int) or samples < MIN_CALIB_SAMPLES:
+        raise GanDeployError("too few calibration samples", samples, expected=f">= {MIN_CALIB_SAMPLES}",
+                             hint=f"{DEFAULT_CALIB_SAMPLES} is the default")
+    return samples
+
+
+class PriorLatents:
+    """onnxruntime CalibrationDataReader: batches of latents from the generator's prior (no data set needed)."""
+
+    def __init__(self, spec, samples: int, seed: int = CALIB_SEED, batch: int = CALIB_BATCH):
+        self.spec, self.samples, self.seed, self.batch = spec, samples, seed, batch
+        self.rewind()
+
+    def rewind(self) -> None:
+        self._start = 0
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        if self._start >= self.samples:
+            return None
+        n = min(self.batch, self.samples - self._start)
+        z = latents_range(self.seed, self._start, n, self.spec.latent_dim).reshape(n, *self.spec.latent_shape)
+        self._start += n
+        return {self.spec.input_name: z}
 
 
 @dataclass
@@ -229,3 +275,9 @@ def summary_of(cal: Calibration) -> dict[str, object]:
     """What the recipe records about the calibration run itself."""
     return {"tensors": len(cal.tensors), "histogram_bins": BINS, "percentile": PERCENTILE, "entropy_levels": ENTROPY_LEVELS,
             "clipped_tensors": {m: cal.clipped(m) for m in CALIB_METHODS if m != "minmax"}}
+
+
+def calibration_recipe(cal: Calibration, method: str) -> dict[str, Any]:
+    """The recipe's "calibration" entry of a model quantized with `method`'s ranges from `cal`."""
+    return {"samples": cal.samples, "seed": cal.seed, "method": method,
+            "data": "latents from the generator's prior: standard normal, gan_deploy.core.latents", **summary_of(cal)}

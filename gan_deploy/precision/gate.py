@@ -28,7 +28,7 @@ import numpy as np
 from gan_deploy.core.errors import GanDeployError
 from gan_deploy.core.latents import latents_range
 
-GATE_SEED = 104_729  # gate latents: never the calibration latents (quantize.CALIB_SEED), so calibration cannot overfit them
+GATE_SEED = 104_729  # gate latents: never the calibration latents (calibrate.CALIB_SEED), so calibration cannot overfit them
 DEFAULT_GATE_SAMPLES = 1000
 PSNR_CAP_DB = 200.0  # identical images have infinite PSNR; 200 dB is far above float32 rounding (~140 dB) and JSON-safe
 SATURATION_EDGE = 0.005  # a pixel within 0.5% of the span from either end counts as saturated (tanh(2.99) = 0.995)

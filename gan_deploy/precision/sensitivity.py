@@ -1,4 +1,5 @@
-"""Which nodes INT8 damages, measured on the quality gate's own figures, and the mixed INT8/FP32 search built on it.
+"""Which nodes INT8 damages, measured on the quality gate's own figures (the mixed INT8/FP32 search built on it is
+`search.py`'s).
 
 Units. Every node onnxruntime's quantizer would quantize is in exactly one unit:
 
@@ -24,17 +25,13 @@ and the damage is the largest share. A share above 1 means the unit alone fails 
 of independent units roughly adds in MSE and in FD, so the shares of the units left in INT8 predict where a
 mixed model lands.
 
-Search. Units are ranked by damage. The smallest prefix of the ranking whose remaining units' predicted shares
-all stay under `SAFETY` is kept in FP32 first; that model is gated on the gate's own latents and count. While it
-fails, more units are kept (1, 2, 4, ... more); once one passes, bisection finds the fewest kept units that pass.
-Every candidate is an ordinary Q/DQ model made by onnxruntime's quantizer with `nodes_to_exclude`
-(`quantize.Int8Policy`), so the same policy gives the TensorRT flavour.
+The search (`search.py`) keeps the most damaging units in FP32 until the gate passes; every candidate is an
+ordinary Q/DQ model made by onnxruntime's quantizer with `nodes_to_exclude` (`policy.Int8Policy`).
 """
 from __future__ import annotations
 
 import math
 import re
-import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,14 +41,11 @@ import numpy as np
 
 from gan_deploy.core.errors import GanDeployError
 from gan_deploy.precision.gate import GateReport, GateThresholds, batched, check_artifact, gate_latents
+from gan_deploy.precision.int8 import quantizable_op_types
 
 WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 DEFAULT_SENSITIVITY_SAMPLES = 64  # the first gate latents, per unit: FD needs >= 32; for ranking, not acceptance
 SPLIT_DAMAGE = 0.05  # a block doing at least this much damage alone is measured again, split by module
-SAFETY = 0.5  # the search starts where the predicted shares of what stays INT8 are all below this
-MAX_SEARCH_TRIES = 10
-SPEED_BATCH = 64
-SPEED_ROUNDS = 5
 CHECKS = ("nonfinite", "saturation", "psnr_worst", "psnr_median", "fd_ratio")
 
 Progress = Callable[[str], None]
@@ -124,10 +118,8 @@ def split_block(unit: Unit) -> list[Unit]:
 
 
 def units_of(model, op_types: frozenset[str] | None = None) -> list[Unit]:
-    """The units of a prepared graph (`quantize.prepare_int8`): weighted nodes one by one, other quantizable
+    """The units of a prepared graph (`rewrite.prepare_int8`): weighted nodes one by one, other quantizable
     operator types as one block each, in graph order."""
-    from gan_deploy.precision.quantize import quantizable_op_types
-
     ops = op_types or quantizable_op_types()
     shapes = _shapes(model)
     units: list[Unit] = []
@@ -184,6 +176,12 @@ def shares(report: GateReport, t: GateThresholds) -> dict[str, float]:
         r = f.get("fd_ratio")
         out["fd_ratio"] = math.inf if r is None else (r / t.max_fd_ratio if t.max_fd_ratio > 0 else (0.0 if r == 0 else math.inf))
     return out
+
+
+def damage_of(report: GateReport) -> float:
+    """A gate report's damage: the largest share of a gate limit it uses (0 when no check has a figure)."""
+    v = shares(report, report.thresholds).values()
+    return max(v) if v else 0.0
 
 
 def brief(report: GateReport) -> str:
@@ -377,91 +375,3 @@ def analyse(units: list[Unit], evaluate: Callable[[tuple[str, ...]], GateReport]
     order = sorted(range(len(final)), key=lambda k: (-final[k].damage if math.isfinite(final[k].damage) else -math.inf, k))
     return SensitivityReport(calib_method, target, n_images, thresholds, full, [final[k] for k in order],
                              time.perf_counter() - t0, sum(len(u.nodes) for u in units))
-
-
-# -- the mixed search ------------------------------------------------------------------------------
-
-@dataclass
-class SearchStep:
-    kept_units: int
-    kept_nodes: int
-    accepted: bool
-    failed: list[str]
-    figures: str  # brief()
-    n_images: int  # the gate latents it was judged on (a pre-screen on the first few, or the gate's own)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"kept_units": self.kept_units, "kept_nodes": self.kept_nodes, "accepted": self.accepted,
-                "failed": self.failed, "figures": self.figures, "n_images": self.n_images}
-
-
-@dataclass
-class SearchResult:
-    kept_units: int | None  # None: no prefix of the ranking passes
-    report: GateReport | None  # the gate's report of the chosen model (the gate's own latents and count)
-    steps: list[SearchStep] = field(default_factory=list)
-    start: int = 0  # where the prediction said to start
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"kept_units": self.kept_units, "predicted_start": self.start, "steps": [s.to_dict() for s in self.steps]}
-
-
-def search(sens: SensitivityReport, evaluate: Callable[[int], GateReport], max_tries: int = MAX_SEARCH_TRIES,
-           progress: Progress | None = None) -> SearchResult:
-    """The fewest top-ranked units to keep in FP32 so that the gate passes. `evaluate(k)` gates the model with the
-    first k units of the ranking kept FP32 (on the gate's own latents). Assumes keeping more never hurts."""
-    n = len(sens.rows)
-    start = next((k for k in range(n + 1) if all(v < SAFETY for v in sens.predicted(k).values())), n)
-    start = max(1, min(start, n))
-    res = SearchResult(None, None, start=start)
-    reports: dict[int, GateReport] = {}
-
-    def run(k: int) -> bool:
-        rep = evaluate(k)
-        reports[k] = rep
-        res.steps.append(SearchStep(k, sum(len(r.unit.nodes) for r in sens.rows[:k]), rep.accepted, rep.failed, brief(rep),
-                                    rep.n_images))
-        if progress:
-            progress(f"  keep {k} unit(s) in FP32: " + ("ACCEPTED" if rep.accepted else f"REJECTED ({', '.join(rep.failed)})")
-                     + f" on {rep.n_images} latents - {brief(rep)}")
-        return rep.accepted
-
-    fail, ok, k, step = 0, None, start, 1  # keeping 0 units is the full INT8 model, known to fail
-    while ok is None and len(res.steps) < max_tries:
-        if run(k):
-            ok = k
-        else:
-            fail = k
-            if k == n:
-                break
-            k = min(n, k + step)
-            step *= 2
-    if ok is None:
-        return res
-    while ok - fail > 1 and len(res.steps) < max_tries:  # fewest units that still pass
-        mid = (ok + fail) // 2
-        if run(mid):
-            ok = mid
-        else:
-            fail = mid
-    res.kept_units, res.report = ok, reports[ok]
-    return res
-
-
-# -- speed -----------------------------------------------------------------------------------------
-
-def speed_vs_fp32(fp32_runner, candidate_runner, batch: int = SPEED_BATCH, rounds: int = SPEED_ROUNDS,
-                  max_time_s: float = 3.0) -> dict[str, Any]:
-    """FP32 and candidate on the same latents, interleaved rounds (load from other processes hits both alike);
-    per model the median over rounds of each round's p50."""
-    from gan_deploy.core.latents import latents_range
-    from gan_deploy.core.timing import measure
-
-    z = latents_range(0, 0, batch, fp32_runner.spec.latent_dim)
-    p50: dict[str, list[float]] = {"fp32": [], "int8": []}
-    for _ in range(rounds):
-        for name, r in (("fp32", fp32_runner), ("int8", candidate_runner)):
-            p50[name].append(measure(lambda r=r: r.infer(z), batch, warmup=1, iters=3, max_time_s=max_time_s).p50_ms)  # type: ignore[misc]
-    f, q = statistics.median(p50["fp32"]), statistics.median(p50["int8"])
-    return {"backend": "onnxruntime", "batch": batch, "rounds": rounds, "fp32_ms": f, "int8_ms": q, "speedup": f / q,
-            "rounds_ms": p50}
