@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from gan_deploy.cli.options import device_option, seed_option
 from gan_deploy.train.options import DEFAULT_STEPS, EVAL_MIN_SAMPLES, LOSSES, TrainOptions
 
 _D = TrainOptions()  # the defaults live in TrainOptions; the options below only show them
@@ -40,8 +41,8 @@ _D = TrainOptions()  # the defaults live in TrainOptions; the options below only
 @click.option("--gp-weight", type=click.FloatRange(min=0), default=_D.gp_weight, show_default=True, help="wgan-gp penalty weight.")
 @click.option("--ema-decay", type=click.FloatRange(0, 1, max_open=True), default=_D.ema_decay, show_default=True,
               help="Decay of the generator weight average that is saved (0: save the raw generator).")
-@click.option("--seed", type=click.IntRange(0, 2**63 - 1), default=_D.seed, show_default=True)
-@click.option("--device", default=_D.device, show_default=True, help="auto, cpu, cuda or cuda:N.")
+@seed_option(default=_D.seed)
+@device_option(default=_D.device)
 @click.option("--amp", type=click.Choice(["none", "bf16", "fp16"]), default=_D.amp, show_default=True,
               help="Mixed precision. fp16 (with a gradient scaler) needs CUDA.")
 @click.option("--compile", "compile_", is_flag=True,
