@@ -5,5 +5,5 @@ Owns: `quantize.py` (QuantizeOptions, Int8Policy, INT8 and FP16 passes, the comm
 `sensitivity.py` (per-unit INT8 damage on the gate's figures, the mixed INT8/FP32 search, speed vs FP32),
 `rewrite.py` (BatchNorm folding, ConvTranspose -> Conv + DepthToSpace), `gate.py` (NaN/Inf, saturation,
 PSNR and FD checks every reduced-precision artifact must pass).
-May import: core, nets, artifacts, export, backends (the gate runs candidates), quality.
+May import: core, artifacts, export, backends (the gate runs candidates), quality.
 """
