@@ -16,6 +16,7 @@ from gan_deploy.backends import CHOICES as BACKEND_CHOICES
 from gan_deploy.backends.torch_common import TORCH_PRECISIONS
 from gan_deploy.core.errors import GanDeployError
 from gan_deploy.core.latents import MAX_SEED
+from gan_deploy.precision.gate import DEFAULT_GATE_SAMPLES, GATE_SEED, THRESHOLDS
 from gan_deploy.precision.quantize import CALIB_BATCH, DEFAULT_CALIB_SAMPLES
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -110,6 +111,52 @@ def chosen_precision(flags: dict[str, bool]) -> str:
     """The one precision flag set: "choose exactly one precision" otherwise, naming them all."""
     names = [f"--{p}" for p in flags]
     return one_of(flags, names[0] if len(names) == 1 else ", ".join(names[:-1]) + " or " + names[-1])
+
+
+def _fd_ratio(ctx: click.Context | None, param: click.Parameter | None, value: str | None) -> float | str | None:
+    if value is None:
+        return None
+    if value.lower() == "none":
+        return "none"
+    try:
+        v = float(value)
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a number or 'none'") from None
+    if v < 0:
+        raise click.BadParameter("must be >= 0")
+    return v
+
+
+def _gate_default(field: str) -> str:
+    """A threshold's default per precision, from precision.gate.THRESHOLDS: "[default: int8 20, fp16/fp32 30]"."""
+    by_value: dict[str, list[str]] = {}
+    for precision, t in THRESHOLDS.items():
+        v = getattr(t, field)
+        by_value.setdefault("none" if v is None else f"{v:g}", []).append(precision)
+    if len(by_value) == 1:
+        return f"[default: {next(iter(by_value))}]"
+    return "[default: " + ", ".join(f"{'/'.join(ps)} {v}" for v, ps in by_value.items()) + "]"
+
+
+def gate_options(f: F) -> F:
+    """Thresholds of the quality gate (quantize, build-engine); unset ones take the precision's defaults
+    (precision.gate.THRESHOLDS, which the help text shows)."""
+    return _apply([
+        click.option("--gate-samples", type=click.IntRange(min=32), default=DEFAULT_GATE_SAMPLES, show_default=True,
+                     help=f"Images compared with eager FP32 (gate latents, seed {GATE_SEED}; never the calibration ones)."),
+        click.option("--max-nonfinite", type=click.IntRange(min=0), default=None,
+                     help=f"Most NaN/Inf pixels allowed. {_gate_default('max_nonfinite')}"),
+        click.option("--max-saturation-increase", type=click.FloatRange(min=0, max=1), default=None,
+                     help="Most extra share of pixels at the value range's ends vs FP32 (solid-colour failure). "
+                          + _gate_default("max_saturation_increase")),
+        click.option("--min-psnr-worst", type=float, default=None,
+                     help=f"Lowest per-image PSNR allowed, dB, peak = range span. {_gate_default('min_psnr_worst')}"),
+        click.option("--min-psnr-median", type=float, default=None,
+                     help=f"Lowest median per-image PSNR, dB. {_gate_default('min_psnr_median')}"),
+        click.option("--max-fd-ratio", callback=_fd_ratio, default=None, metavar="FLOAT|none",
+                     help="Most FD(candidate, FP32) / FD(FP32, FP32 of fresh latents) in the quality score's feature "
+                          f"space; 'none' skips the quality score. {_gate_default('max_fd_ratio')}"),
+    ])(f)
 
 
 def int_list(ctx: click.Context | None, param: click.Parameter | None, value: str | None) -> tuple[int, ...] | None:

@@ -6,7 +6,7 @@ level, so `gan-deploy --help` needs neither onnxruntime nor TensorRT.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import click
 
@@ -15,6 +15,7 @@ from gan_deploy.cli.options import (
     calib_samples_option,
     chosen_precision,
     device_option,
+    gate_options,
     json_option,
     load_artifact_from_options,
     precision_flags,
@@ -23,7 +24,6 @@ from gan_deploy.cli.options import (
 from gan_deploy.core.errors import GanDeployError
 from gan_deploy.engine.build import DEFAULT_PROFILE, DEFAULT_WORKSPACE_MIB
 from gan_deploy.precision.calibrate import CALIB_METHODS
-from gan_deploy.precision.gate import DEFAULT_GATE_SAMPLES, GATE_SEED
 from gan_deploy.precision.quantize import FP16_EVALUATORS, INT8_TARGETS
 from gan_deploy.precision.sensitivity import DEFAULT_SENSITIVITY_SAMPLES
 
@@ -36,43 +36,6 @@ ENGINE_FLAGS = {"fp16": "FP16 network (the FP16 ONNX of `quantize --fp16`).",
                 "fp32": "FP32 network (TensorRT may use TF32 on Ampere and newer)."}
 SOURCE_ONNX_HELP = "FP32 ONNX generator (from `gan-deploy export`, or any [N,Z] -> [N,C,H,W] model)."
 SOURCE_CHECKPOINT_HELP = "Checkpoint, exported to ONNX in memory. Default: the shipped digits_dcgan."
-
-
-def _fd_ratio(ctx, param, value: str | None) -> float | str | None:
-    if value is None:
-        return None
-    if value.lower() == "none":
-        return "none"
-    try:
-        v = float(value)
-    except ValueError:
-        raise click.BadParameter(f"{value!r} is not a number or 'none'") from None
-    if v < 0:
-        raise click.BadParameter("must be >= 0")
-    return v
-
-
-def gate_options(f: Callable) -> Callable:
-    """Thresholds of the quality gate; unset ones take the defaults of the precision (gate.THRESHOLDS)."""
-    opts = [
-        click.option("--gate-samples", type=click.IntRange(min=32), default=DEFAULT_GATE_SAMPLES, show_default=True,
-                     help=f"Images compared with eager FP32 (gate latents, seed {GATE_SEED}; never the calibration ones)."),
-        click.option("--max-nonfinite", type=click.IntRange(min=0), default=None,
-                     help="Most NaN/Inf pixels allowed. [default: 0]"),
-        click.option("--max-saturation-increase", type=click.FloatRange(min=0, max=1), default=None,
-                     help="Most extra share of pixels at the value range's ends vs FP32 (solid-colour failure). "
-                          "[default: int8 0.01, fp16/fp32 0.005]"),
-        click.option("--min-psnr-worst", type=float, default=None,
-                     help="Lowest per-image PSNR allowed, dB, peak = range span. [default: int8 20, fp16/fp32 30]"),
-        click.option("--min-psnr-median", type=float, default=None,
-                     help="Lowest median per-image PSNR, dB. [default: int8 30, fp16/fp32 45]"),
-        click.option("--max-fd-ratio", callback=_fd_ratio, default=None, metavar="FLOAT|none",
-                     help="Most FD(candidate, FP32) / FD(FP32, FP32 of fresh latents) in the quality score's feature "
-                          "space; 'none' skips the quality score. [default: int8 0.25, fp16/fp32 0.1]"),
-    ]
-    for o in reversed(opts):
-        f = o(f)
-    return f
 
 
 def _thresholds(precision: str, max_nonfinite, max_saturation_increase, min_psnr_worst, min_psnr_median, max_fd_ratio):
