@@ -123,3 +123,33 @@ def test_defaults_and_ranges_come_from_the_library():
                     ("int8", "fp16", "fp32", "bf16", "tf32")} for name in ("quantize", "build-engine")}
     assert flags == {"quantize": set(QUANTIZE_PRECISIONS), "build-engine": set(ENGINE_PRECISIONS)}
 
+
+
+# command -> the options object it builds (a public API name); CLI parameter -> field where the names differ
+OPTIONS_OBJECT = {"generate": "GenerateOptions", "bench": "BenchOptions", "quantize": "QuantizeOptions",
+                  "build-engine": "EngineOptions", "train": "TrainOptions"}
+FIELD = {"min_time": "min_time_s", "max_time": "max_time_s", "workspace": "workspace_mib"}
+
+
+def test_cli_defaults_are_the_options_objects_defaults():
+    """Where a command's option and its options object both have a default, they are one value (the CLI's comes
+    from the library); None in the object means the library decides, and is not compared."""
+    import dataclasses
+
+    import gan_deploy
+
+    bad = []
+    for cmd_name, cls_name in OPTIONS_OBJECT.items():
+        fields = {f.name: f.default for f in dataclasses.fields(getattr(gan_deploy, cls_name))
+                  if f.default is not dataclasses.MISSING and f.default is not None}
+        for p in main.commands[cmd_name].params:
+            name = FIELD.get(p.name or "", p.name)
+            if name not in fields or p.default is None or getattr(p, "is_flag", False) or p.multiple:
+                continue
+            value = p.callback(None, p, p.default) if p.callback else p.type.convert(p.default, p, None)
+            lib = fields[name]
+            if type(value) is not type(lib):  # Path("samples") vs "samples", --channels "1" vs 1
+                value, lib = str(value), str(lib)
+            if value != lib:
+                bad.append(f"{cmd_name} {p.opts[0]}: {value!r}, {cls_name}.{name}: {lib!r}")
+    assert not bad, "take the default from the library: " + "; ".join(bad)
