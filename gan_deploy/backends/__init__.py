@@ -1,7 +1,7 @@
 """Backends: one module per runtime behind `Runner.infer()` (base.py); the registry and `auto` live here.
 Adding a backend = one module in this folder + one line in BACKENDS.
 
-May import: core, nets, artifacts, export (onnxruntime exports a checkpoint in memory).
+May import: core, artifacts, export (onnxruntime exports a checkpoint in memory).
 
 Modules are imported only when their backend is used, so `import gan_deploy` needs none of
 onnxruntime, tensorrt or a GPU.

@@ -1,5 +1,5 @@
 """Benchmarks: every backend side by side on identical latents (`run.py`), FLOPs and hardware peaks (`flops.py`).
 
-Timing itself is gan_deploy.core.timing (the one clock). May import: core, artifacts, export, backends,
-quality, precision (the gate's figures beside the speed).
+Timing itself is gan_deploy.core.timing (the one clock). May import: core, artifacts, backends,
+precision (the gate's figures beside the speed).
 """

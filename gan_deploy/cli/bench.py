@@ -14,15 +14,16 @@ from gan_deploy.cli.options import (
     int_list,
     json_option,
     load_artifact_from_options,
+    seed_option,
 )
 from gan_deploy.core.errors import GanDeployError
 
 
 @click.command("bench", short_help="Latency/throughput of the backends side by side.")
-@artifact_options
+@artifact_options()
 @click.option("--backends", default=None, help="Comma-separated backends (default: every one available here).")
 @click.option("--batch-sizes", callback=int_list, default="1,16,64,256", show_default=True)
-@device_option
+@device_option()
 @click.option("--warmup", type=click.IntRange(min=0), default=5, show_default=True, help="Unmeasured calls per backend and batch size.")
 @click.option("--iters", type=click.IntRange(min=3), default=30, show_default=True, help="Measured calls (at least).")
 @click.option("--min-time", type=click.FloatRange(min=0), default=0.5, show_default=True, help="Measure for at least this many seconds.")
@@ -37,10 +38,10 @@ from gan_deploy.core.errors import GanDeployError
               help="torch.compile mode of the compile rows (max-autotune: slower to start, often faster on a GPU).")
 @click.option("--rounds", type=click.IntRange(min=1), default=5, show_default=True,
               help="Interleaved measurement rounds: every backend gets its share of calls in each round.")
-@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
+@seed_option()
 @click.option("--gate-samples", type=click.IntRange(min=0), default=0, show_default=True,
               help="Also show the quality gate's figures (NaN/Inf, saturation, PSNR, FD) of each backend on this many images; 1000 is the gate's own n.")
-@json_option
+@json_option()
 @click.option("--plot", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Write a latency/throughput vs batch size plot (PNG).")
 def bench(checkpoint, onnx, engine, value_range, backends, batch_sizes, device, warmup, iters, min_time, max_time, threads,
           variants, precisions, compile_mode, rounds, seed, gate_samples, json_out, plot) -> None:

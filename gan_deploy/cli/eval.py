@@ -4,24 +4,28 @@ Kept free of imports from gan_deploy.cli.main (which imports this module at its 
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import click
 
 from gan_deploy.backends import CHOICES as BACKEND_CHOICES
-from gan_deploy.backends.torch_common import TORCH_PRECISIONS
-from gan_deploy.cli.options import value_range_option
+from gan_deploy.cli.options import (
+    artifact_options,
+    backend_option,
+    check_report_outputs,
+    device_option,
+    json_option,
+    seed_option,
+    torch_precision_option,
+    write_json,
+)
 from gan_deploy.core.errors import GanDeployError
 
 
 @click.command("eval", short_help="Quality score: FD, precision, recall vs real data or another backend.")
-@click.option("--checkpoint", "-c", type=click.Path(path_type=Path), default=None,
-              help="Generator checkpoint (.safetensors with its .json). Default: the shipped models/digits_dcgan. "
-                   "With --onnx/--engine and --against-backend: the checkpoint the reference backend runs.")
-@click.option("--onnx", type=click.Path(dir_okay=False, path_type=Path), default=None, help="ONNX generator to score.")
-@click.option("--engine", type=click.Path(dir_okay=False, path_type=Path), default=None, help="TensorRT engine to score.")
-@value_range_option
+@artifact_options(checkpoint_help="Generator checkpoint (.safetensors with its .json). Default: the shipped models/digits_dcgan. "
+                                  "With --onnx/--engine and --against-backend: the checkpoint the reference backend runs.",
+                  onnx_help="ONNX generator to score.", engine_help="TensorRT engine to score.")
 @click.option("--images", type=click.Path(exists=True, path_type=Path), default=None,
               help="Score image files instead of a generator: a `gan-deploy generate` folder (its manifest.csv is "
                    "followed), any folder of images, or an .npy/.npz array.")
@@ -31,23 +35,18 @@ from gan_deploy.core.errors import GanDeployError
 @click.option("--against-backend", type=click.Choice([b for b in BACKEND_CHOICES if b != "auto"]), default=None,
               help="Score against the same latents run on this backend instead (paired; e.g. eager = FP32 "
                    "PyTorch): the quantization gate's comparison.")
-@click.option("--backend", type=click.Choice(BACKEND_CHOICES), default="auto", show_default=True,
-              help="Backend that generates the scored images.")
-@click.option("--precision", type=click.Choice(list(TORCH_PRECISIONS)), default="fp32", show_default=True,
-              help="Compute precision of --backend eager/compile.")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N (generation only; "
-                                                                  "features are computed on the CPU).")
+@backend_option(help="Backend that generates the scored images.")
+@torch_precision_option(help="Compute precision of --backend eager/compile.")
+@device_option(help="auto, cpu, cuda or cuda:N (generation only; features are computed on the CPU).")
 @click.option("-n", "--num", "n", type=int, default=2000, show_default=True,
               help="Generated images to score (latents 0..n-1 of --seed); with --images every file is scored.")
-@click.option("--seed", type=click.IntRange(min=0, max=2**63 - 1), default=0, show_default=True,
-              help="Latent seed; also seeds the bootstrap and the halves split.")
+@seed_option(help="Latent seed; also seeds the bootstrap and the halves split.")
 @click.option("--bootstrap", type=click.IntRange(min=0), default=10, show_default=True,
               help="Bootstrap resamples behind the ± spread (0: no spread).")
 @click.option("-k", type=click.IntRange(min=1), default=5, show_default=True, help="Neighbours for the precision/recall manifolds.")
 @click.option("--batch-size", "-b", type=click.IntRange(min=1), default=500, show_default=True)
 @click.option("--no-context", is_flag=True, help="Skip the context scores (real-vs-real halves, untrained generator, noise floor).")
-@click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Also write the report as JSON.")
+@json_option()
 def eval_cmd(checkpoint, onnx, engine, value_range, images, reference, against_backend, backend, precision, device, n,
              seed, bootstrap, k, batch_size, no_context, json_out) -> None:
     """Score generated images: Fréchet distance (FD ± bootstrap spread), precision and recall in the feature
@@ -73,8 +72,6 @@ def eval_cmd(checkpoint, onnx, engine, value_range, images, reference, against_b
 
     if images is not None and (checkpoint or onnx or engine):
         raise GanDeployError("--images and a generator were both given", f"--images {images}", expected="one thing to score", hint="drop --checkpoint/--onnx/--engine, or drop --images")
-    from gan_deploy.cli.options import check_report_outputs
-
     ins: list[Path | None] = [p for p in (checkpoint, onnx, engine) if p is not None]
     ins += [p.with_suffix(".json") for p in ins if p is not None]
     if images is not None:
@@ -96,7 +93,4 @@ def eval_cmd(checkpoint, onnx, engine, value_range, images, reference, against_b
     report = run_eval(artifact, backend, device, precision, images, reference, against_backend, against, n, seed, k,
                       bootstrap, not no_context, batch_size, log=lambda msg: click.echo(msg, err=True))
     click.echo(report.summary())
-    if json_out:
-        from gan_deploy.core.fileio import atomic_write_text
-        atomic_write_text(json_out, json.dumps(report.to_dict(), indent=2) + "\n")
-        click.echo(f"wrote {json_out}", err=True)
+    write_json(json_out, report.to_dict())

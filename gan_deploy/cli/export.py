@@ -5,16 +5,17 @@ from pathlib import Path
 
 import click
 
+from gan_deploy.cli.options import DEFAULT_VALUE_RANGE, checkpoint_option, value_range_option
 from gan_deploy.core.errors import GanDeployError
+from gan_deploy.export.onnx import DEFAULT_OPSET, DEFAULT_TOLERANCE, MIN_OPSET
 
 
 @click.command("export", short_help="PyTorch -> ONNX (dynamic batch), checked against eager.")
-@click.option("--checkpoint", "-c", type=click.Path(path_type=Path), default=None,
-              help="Checkpoint to export. Default: the shipped models/digits_dcgan.")
+@checkpoint_option(help="Checkpoint to export. Default: the shipped models/digits_dcgan.")
 @click.option("--out", "-o", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="ONNX file to write. Default: beside the checkpoint, with .onnx.")
-@click.option("--opset", type=click.IntRange(min=17), default=17, show_default=True)
-@click.option("--tolerance", type=click.FloatRange(min=0), default=1e-4, show_default=True,
+@click.option("--opset", type=click.IntRange(min=MIN_OPSET), default=DEFAULT_OPSET, show_default=True)
+@click.option("--tolerance", type=click.FloatRange(min=0), default=DEFAULT_TOLERANCE, show_default=True,
               help="Max |onnxruntime - eager| allowed on the [-1,1] image scale.")
 @click.option("--factory", default=None,
               help="Your own generator: 'package.module:callable' or 'path/to/file.py:ClassName'.")
@@ -22,8 +23,7 @@ from gan_deploy.core.errors import GanDeployError
 @click.option("--weights", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Weights for --factory: .safetensors, or a state dict (loaded with weights_only=True).")
 @click.option("--latent-dim", type=click.IntRange(min=1), default=None, help="Latent size Z for --factory, if the model has no latent_dim/nz attribute.")
-@click.option("--value-range", "value_range", type=click.Choice(["-1,1", "0,1"]), default="-1,1", show_default=True,
-              help="Output range of a --factory generator (tanh: -1,1; sigmoid: 0,1).")
+@value_range_option(default=DEFAULT_VALUE_RANGE, help="Output range of a --factory generator (tanh: -1,1; sigmoid: 0,1).")
 def export(checkpoint, out, opset, tolerance, factory, kwargs_json, weights, latent_dim, value_range) -> None:
     """Export a generator to ONNX with a dynamic batch axis, verified against eager PyTorch.
 

@@ -6,13 +6,14 @@ from pathlib import Path
 
 import click
 
-from gan_deploy.backends.torch_common import TORCH_PRECISIONS
 from gan_deploy.cli.options import (
     artifact_options,
     backend_option,
     device_option,
     json_option,
     load_artifact_from_options,
+    seed_option,
+    torch_precision_option,
     write_json,
 )
 from gan_deploy.core.errors import GanDeployError
@@ -27,18 +28,16 @@ RESUMED = ("n", "batch_size", "seed", "fmt", "sink", "shard", "backend", "precis
 
 
 @click.command("generate", short_help="Batched latent -> image files, tar shards or an array, any backend.")
-@artifact_options
+@artifact_options()
 @click.option("-n", "--num", "n", type=click.IntRange(min=1), default=1000, show_default=True, help="Number of images.")
 @click.option("--out", "-o", type=click.Path(file_okay=True, path_type=Path), default=Path("samples"), show_default=True,
               help="Output folder (new or empty, unless --overwrite or --resume).")
 @click.option("--batch-size", "-b", type=click.IntRange(min=1), default=256, show_default=True,
               help="Images per inference call (larger: faster on a GPU, more memory); the files do not depend on it.")
-@backend_option
-@device_option
-@click.option("--precision", type=click.Choice(list(TORCH_PRECISIONS)), default="fp32", show_default=True,
-              help="With --backend eager or compile: fp32 (strict), tf32, fp16 or bf16. Other backends run the precision of their file.")
-@click.option("--seed", type=click.IntRange(min=0, max=2**63 - 1), default=0, show_default=True,
-              help="Image i is a pure function of (seed, i).")
+@backend_option()
+@device_option()
+@torch_precision_option(help="With --backend eager or compile: fp32 (strict), tf32, fp16 or bf16. Other backends run the precision of their file.")
+@seed_option(help="Image i is a pure function of (seed, i).")
 @click.option("--sink", type=click.Choice(list(SINKS)), default="folder", show_default=True,
               help="folder: one file per image; tar: WebDataset tar shards ({key}.png + {key}.json); array: one images.npy [N, H, W, C] uint8.")
 @click.option("--format", "fmt", type=click.Choice(list(FORMATS)), default=None, help="Image format [default: png; npy for --sink array].")
@@ -58,7 +57,7 @@ RESUMED = ("n", "batch_size", "seed", "fmt", "sink", "shard", "backend", "precis
 @click.option("--writer-kind", type=click.Choice(list(WRITER_KINDS)), default="auto", show_default=True,
               help="process: encoder processes fed through shared memory; thread: threads (auto: processes with >= 3 cores and >= 20,000 images).")
 @click.option("--compare", is_flag=True, help="Afterwards, time the chosen backend against onnxruntime and eager on the same batch.")
-@json_option
+@json_option()
 @click.option("--executor", type=click.Choice(list(EXECUTORS)), default="local", show_default=True,
               help="ray: spread the batches over Ray Data workers ($RAY_ADDRESS for a cluster, else a local Ray); same files.")
 @click.option("--ray-workers", type=click.IntRange(min=1), default=None,

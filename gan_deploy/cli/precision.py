@@ -7,49 +7,37 @@ level, so `gan-deploy --help` needs neither onnxruntime nor TensorRT.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import click
 
-from gan_deploy.cli.options import load_artifact_from_options, one_of, value_range_option, write_json
+from gan_deploy.artifacts.onnx import INT8_TARGETS
+from gan_deploy.cli.options import (
+    artifact_options,
+    calib_samples_option,
+    chosen_precision,
+    device_option,
+    gate_options,
+    json_option,
+    load_artifact_from_options,
+    precision_flags,
+    write_json,
+)
 from gan_deploy.core.errors import GanDeployError
+from gan_deploy.engine.build import DEFAULT_PROFILE, DEFAULT_WORKSPACE_MIB
+from gan_deploy.precision.calibrate import CALIB_METHODS
+from gan_deploy.precision.options import FP16_EVALUATORS
+from gan_deploy.precision.sensitivity import DEFAULT_SENSITIVITY_SAMPLES
 
-
-def _fd_ratio(ctx, param, value: str | None) -> float | str | None:
-    if value is None:
-        return None
-    if value.lower() == "none":
-        return "none"
-    try:
-        v = float(value)
-    except ValueError:
-        raise click.BadParameter(f"{value!r} is not a number or 'none'") from None
-    if v < 0:
-        raise click.BadParameter("must be >= 0")
-    return v
-
-
-def gate_options(f: Callable) -> Callable:
-    """Thresholds of the quality gate; unset ones take the defaults of the precision (gate.THRESHOLDS)."""
-    opts = [
-        click.option("--gate-samples", type=click.IntRange(min=32), default=1000, show_default=True,
-                     help="Images compared with eager FP32 (gate latents, seed 104729; never the calibration ones)."),
-        click.option("--max-nonfinite", type=click.IntRange(min=0), default=None,
-                     help="Most NaN/Inf pixels allowed. [default: 0]"),
-        click.option("--max-saturation-increase", type=click.FloatRange(min=0, max=1), default=None,
-                     help="Most extra share of pixels at the value range's ends vs FP32 (solid-colour failure). "
-                          "[default: int8 0.01, fp16/fp32 0.005]"),
-        click.option("--min-psnr-worst", type=float, default=None,
-                     help="Lowest per-image PSNR allowed, dB, peak = range span. [default: int8 20, fp16/fp32 30]"),
-        click.option("--min-psnr-median", type=float, default=None,
-                     help="Lowest median per-image PSNR, dB. [default: int8 30, fp16/fp32 45]"),
-        click.option("--max-fd-ratio", callback=_fd_ratio, default=None, metavar="FLOAT|none",
-                     help="Most FD(candidate, FP32) / FD(FP32, FP32 of fresh latents) in the quality score's feature "
-                          "space; 'none' skips the quality score. [default: int8 0.25, fp16/fp32 0.1]"),
-    ]
-    for o in reversed(opts):
-        f = o(f)
-    return f
+# --int8 / --fp16 (/ --fp32): one flag per precision the operation makes (precision.quantize.QUANTIZE_PRECISIONS,
+# engine.build.ENGINE_PRECISIONS; tests/test_cli_options.py checks the keys), in the order --help lists them
+QUANTIZE_FLAGS = {"int8": "INT8 Q/DQ model, per-channel weights, calibrated on prior latents.",
+                  "fp16": "FP16 model with FP32 inputs/outputs; overflow-prone ops kept FP32."}
+ENGINE_FLAGS = {"fp16": "FP16 network (the FP16 ONNX of `quantize --fp16`).",
+                "int8": "INT8 network (the TensorRT-flavour Q/DQ ONNX of `quantize --int8`).",
+                "fp32": "FP32 network (TensorRT may use TF32 on Ampere and newer)."}
+SOURCE_ONNX_HELP = "FP32 ONNX generator (from `gan-deploy export`, or any [N,Z] -> [N,C,H,W] model)."
+SOURCE_CHECKPOINT_HELP = "Checkpoint, exported to ONNX in memory. Default: the shipped digits_dcgan."
 
 
 def _thresholds(precision: str, max_nonfinite, max_saturation_increase, min_psnr_worst, min_psnr_median, max_fd_ratio):
@@ -67,27 +55,16 @@ def _parent(checkpoint: Path | None, onnx: Path | None, value_range: str | None)
     return load_artifact_from_options(checkpoint, onnx, None, value_range)
 
 
-def input_options(f: Callable) -> Callable:
-    f = value_range_option(f)
-    f = click.option("--onnx", type=click.Path(dir_okay=False, path_type=Path), default=None,
-                     help="FP32 ONNX generator (from `gan-deploy export`, or any [N,Z] -> [N,C,H,W] model).")(f)
-    f = click.option("--checkpoint", "-c", type=click.Path(path_type=Path), default=None,
-                     help="Checkpoint, exported to ONNX in memory. Default: the shipped digits_dcgan.")(f)
-    return f
-
-
 @click.command("quantize", short_help="INT8 (Q/DQ, mixed INT8/FP32 if need be) or FP16 ONNX, accepted only if it passes the quality gate.")
-@click.option("--int8", "int8", is_flag=True, help="INT8 Q/DQ model, per-channel weights, calibrated on prior latents.")
-@click.option("--fp16", "fp16", is_flag=True, help="FP16 model with FP32 inputs/outputs; overflow-prone ops kept FP32.")
-@input_options
+@precision_flags(QUANTIZE_FLAGS)
+@artifact_options(engine=False, checkpoint_help=SOURCE_CHECKPOINT_HELP, onnx_help=SOURCE_ONNX_HELP)
 @click.option("--out", "-o", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="File to write. Default: beside the input, NAME.int8.onnx / NAME.int8-tensorrt.onnx / NAME.fp16.onnx.")
-@click.option("--target", type=click.Choice(["onnxruntime", "tensorrt"]), default="onnxruntime", show_default=True,
+@click.option("--target", type=click.Choice(list(INT8_TARGETS)), default=INT8_TARGETS[0], show_default=True,
               help="INT8 flavour: onnxruntime (UINT8 activations, fast on CPU) or tensorrt (symmetric INT8, FP32 "
                    "biases: what TensorRT parses; runs on CPU too, slowly).")
-@click.option("--calib-samples", type=click.IntRange(min=16), default=512, show_default=True,
-              help="Latents from the generator's prior used to calibrate activation ranges (no data set needed).")
-@click.option("--calib-method", type=click.Choice(["auto", "minmax", "percentile", "entropy"]), default="auto", show_default=True,
+@calib_samples_option(help="Latents from the generator's prior used to calibrate activation ranges (no data set needed).")
+@click.option("--calib-method", type=click.Choice(["auto", *CALIB_METHODS]), default="auto", show_default=True,
               help="Activation ranges. auto: minmax; if its model fails the gate, percentile and entropy too, and the "
                    "one the gate's figures favour (recorded in the model's recipe).")
 @click.option("--no-rewrite", is_flag=True,
@@ -102,18 +79,17 @@ def input_options(f: Callable) -> Callable:
                    "table, and a PNG bar chart (--plot). Writes no model.")
 @click.option("--plot", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="With --report: the bar chart. Default: beside the input, NAME.int8-sensitivity.png.")
-@click.option("--sensitivity-samples", type=click.IntRange(min=32), default=64, show_default=True,
+@click.option("--sensitivity-samples", type=click.IntRange(min=32), default=DEFAULT_SENSITIVITY_SAMPLES, show_default=True,
               help="INT8 mixed search / --report: gate latents each unit's damage is measured on.")
 @click.option("--speed-rounds", type=click.IntRange(min=1), default=5, show_default=True,
               help="INT8 mixed: interleaved FP32/INT8 timing rounds (onnxruntime, batch 64).")
 @click.option("--min-speedup", type=click.FloatRange(min=0), default=1.0, show_default=True,
               help="INT8 mixed: write the model only if it is at least this many times as fast as FP32.")
-@click.option("--evaluator", type=click.Choice(["auto", "onnxruntime", "reference"]), default="auto", show_default=True,
+@click.option("--evaluator", type=click.Choice(list(FP16_EVALUATORS)), default=FP16_EVALUATORS[0], show_default=True,
               help="FP16: what runs the model for the gate: onnxruntime where it has FP16 kernels, else ONNX's "
                    "reference evaluator (slow; at most 64 images).")
 @gate_options
-@click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Also write the report (recipe, policy, gate figures, sensitivity, speed) as JSON.")
+@json_option(help="Also write the report (recipe, policy, gate figures, sensitivity, speed) as JSON.")
 def quantize(int8, fp16, checkpoint, onnx, value_range, out, target, calib_samples, calib_method, no_rewrite, no_mixed,
              policy_file, report, plot, sensitivity_samples, speed_rounds, min_speedup, evaluator, gate_samples, max_nonfinite,
              max_saturation_increase, min_psnr_worst, min_psnr_median, max_fd_ratio, json_out) -> None:
@@ -145,7 +121,7 @@ def quantize(int8, fp16, checkpoint, onnx, value_range, out, target, calib_sampl
     from gan_deploy.precision.quantize import quantize as run_quantize
     from gan_deploy.precision.search import int8_sensitivity
 
-    precision = one_of({"int8": int8, "fp16": fp16}, "--int8 or --fp16")
+    precision = chosen_precision({"int8": int8, "fp16": fp16})
     int8_only = [f for f, v in (("--report", report), ("--policy", policy_file), ("--no-mixed", no_mixed), ("--plot", plot)) if v]
     if precision != "int8" and int8_only:
         raise GanDeployError("option only applies to --int8", " ".join(int8_only), expected="--int8")
@@ -180,29 +156,25 @@ def quantize(int8, fp16, checkpoint, onnx, value_range, out, target, calib_sampl
 
 
 @click.command("build-engine", short_help="TensorRT engine (FP16/INT8/FP32) with a sidecar, gated against eager FP32.")
-@click.option("--fp16", "fp16", is_flag=True, help="FP16 network (the FP16 ONNX of `quantize --fp16`).")
-@click.option("--int8", "int8", is_flag=True, help="INT8 network (the TensorRT-flavour Q/DQ ONNX of `quantize --int8`).")
-@click.option("--fp32", "fp32", is_flag=True, help="FP32 network (TensorRT may use TF32 on Ampere and newer).")
-@input_options
+@precision_flags(ENGINE_FLAGS)
+@artifact_options(engine=False, checkpoint_help=SOURCE_CHECKPOINT_HELP, onnx_help=SOURCE_ONNX_HELP)
 @click.option("--out", "-o", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Engine file. Default: engines/NAME.PRECISION.engine (+ engines/NAME.PRECISION.json sidecar).")
-@click.option("--min-batch", type=click.IntRange(min=1), default=1, show_default=True, help="Optimization profile: smallest batch.")
-@click.option("--opt-batch", type=click.IntRange(min=1), default=64, show_default=True, help="Batch TensorRT tunes for.")
-@click.option("--max-batch", type=click.IntRange(min=1), default=256, show_default=True, help="Largest batch.")
-@click.option("--workspace", type=click.IntRange(min=16), default=1024, show_default=True, help="Workspace limit, MiB.")
+@click.option("--min-batch", type=click.IntRange(min=1), default=DEFAULT_PROFILE[0], show_default=True, help="Optimization profile: smallest batch.")
+@click.option("--opt-batch", type=click.IntRange(min=1), default=DEFAULT_PROFILE[1], show_default=True, help="Batch TensorRT tunes for.")
+@click.option("--max-batch", type=click.IntRange(min=1), default=DEFAULT_PROFILE[2], show_default=True, help="Largest batch.")
+@click.option("--workspace", type=click.IntRange(min=16), default=DEFAULT_WORKSPACE_MIB, show_default=True, help="Workspace limit, MiB.")
 @click.option("--timing-cache", default="auto", show_default=True,
               help="Timing cache file reused across builds; 'auto': engines/timing_smXY_trtVER.cache, 'none': no cache.")
-@click.option("--calib-samples", type=click.IntRange(min=16), default=512, show_default=True,
-              help="INT8 from an FP32 model: prior latents used for calibration.")
-@click.option("--device", default="cuda", show_default=True, help="cuda or cuda:N.")
+@calib_samples_option(help="INT8 from an FP32 model: prior latents used for calibration.")
+@device_option(default="cuda", help="cuda or cuda:N.")
 @click.option("--no-cuda-graphs", is_flag=True, help="Gate the engine without CUDA graph replay.")
 @click.option("--version-compatible", is_flag=True,
               help="BuilderFlag.VERSION_COMPATIBLE: the engine embeds TensorRT's lean runtime and runs on this TensorRT or a "
                    "later one of the same major version, NVIDIA's lean runtime (tensorrt_lean) included; can be slower. "
                    "Loading it runs code from the plan: load only engines you trust.")
 @gate_options
-@click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Also write the report as JSON.")
+@json_option()
 def build_engine(fp16, int8, fp32, checkpoint, onnx, value_range, out, min_batch, opt_batch, max_batch, workspace,
                  timing_cache, calib_samples, device, no_cuda_graphs, version_compatible, gate_samples, max_nonfinite,
                  max_saturation_increase, min_psnr_worst, min_psnr_median, max_fd_ratio, json_out) -> None:
@@ -229,7 +201,7 @@ def build_engine(fp16, int8, fp32, checkpoint, onnx, value_range, out, min_batch
     from gan_deploy.engine.build import builder_unavailable_reason as unavailable_reason
     from gan_deploy.precision.gate import GateRejected
 
-    precision = one_of({"fp16": fp16, "int8": int8, "fp32": fp32}, "--fp16, --int8 or --fp32")
+    precision = chosen_precision({"fp16": fp16, "int8": int8, "fp32": fp32})
     reason = unavailable_reason()
     if reason:  # first: without TensorRT or a GPU nothing else matters
         raise BackendUnavailable("cannot build a TensorRT engine here", reason)

@@ -8,13 +8,13 @@ from pathlib import Path
 
 import click
 
-from gan_deploy.cli.options import artifact_options, backend_option, device_option, int_list, load_artifact_from_options, value_range_option
+from gan_deploy.cli.options import artifact_options, backend_option, device_option, int_list, load_artifact_from_options
 
 
 @click.command(short_help="HTTP service with request batching across clients (Ray Serve).")
-@artifact_options
-@backend_option
-@device_option
+@artifact_options()
+@backend_option()
+@device_option()
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="Address to listen on (0.0.0.0: every interface). On loopback, the local Ray binds loopback too.")
 @click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True)
@@ -86,12 +86,9 @@ def serve(checkpoint, onnx, engine, value_range, backend, device, host, port, ma
 
 
 @click.command("triton-repo", short_help="Model repository for NVIDIA Triton (ONNX and TensorRT plan).")
-@click.option("--checkpoint", "-c", type=click.Path(path_type=Path), default=None,
-              help="Checkpoint to export into the repository (default: the shipped model, unless --onnx or --engine).")
-@click.option("--onnx", type=click.Path(dir_okay=False, path_type=Path), default=None, help="ONNX generator to put in the repository.")
-@click.option("--engine", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="TensorRT engine from `gan-deploy build-engine` (with its .json sidecar): adds a <name>_trt model.")
-@value_range_option
+@artifact_options(checkpoint_help="Checkpoint to export into the repository (default: the shipped model, unless --onnx or --engine).",
+                  onnx_help="ONNX generator to put in the repository.",
+                  engine_help="TensorRT engine from `gan-deploy build-engine` (with its .json sidecar): adds a <name>_trt model.")
 @click.option("--out", "-o", type=click.Path(file_okay=False, path_type=Path), default=Path("triton_repo"), show_default=True)
 @click.option("--name", default="gan_generator", show_default=True, help="Model name (the ONNX model; the plan is <name>_trt).")
 @click.option("--max-batch-size", type=click.IntRange(min=1), default=256, show_default=True,

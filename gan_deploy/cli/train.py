@@ -6,7 +6,9 @@ from pathlib import Path
 
 import click
 
-from gan_deploy.train.options import DEFAULT_STEPS, EVAL_MIN_SAMPLES, LOSSES, TrainOptions
+from gan_deploy.cli.options import device_option, seed_option
+from gan_deploy.nets.config import ARCHS
+from gan_deploy.train.options import AMP_MODES, DEFAULT_STEPS, EVAL_MIN_SAMPLES, LOSSES, TrainOptions
 
 _D = TrainOptions()  # the defaults live in TrainOptions; the options below only show them
 
@@ -17,7 +19,7 @@ _D = TrainOptions()  # the defaults live in TrainOptions; the options below only
                    "(train-images-idx3-ubyte[.gz]; its labels file beside it is picked up).")
 @click.option("--out", "-o", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Run folder. Default: runs/<dataset>_<arch>.")
-@click.option("--arch", type=click.Choice(["dcgan", "mlp"]), default=_D.arch, show_default=True)
+@click.option("--arch", type=click.Choice(list(ARCHS)), default=_D.arch, show_default=True)
 @click.option("--loss", type=click.Choice(list(LOSSES)), default=_D.loss, show_default=True,
               help="bce: non-saturating GAN loss; hinge; wgan-gp: Wasserstein + gradient penalty (critic without batch norm).")
 @click.option("--steps", type=click.IntRange(min=1), default=DEFAULT_STEPS, show_default=True,
@@ -40,9 +42,9 @@ _D = TrainOptions()  # the defaults live in TrainOptions; the options below only
 @click.option("--gp-weight", type=click.FloatRange(min=0), default=_D.gp_weight, show_default=True, help="wgan-gp penalty weight.")
 @click.option("--ema-decay", type=click.FloatRange(0, 1, max_open=True), default=_D.ema_decay, show_default=True,
               help="Decay of the generator weight average that is saved (0: save the raw generator).")
-@click.option("--seed", type=click.IntRange(0, 2**63 - 1), default=_D.seed, show_default=True)
-@click.option("--device", default=_D.device, show_default=True, help="auto, cpu, cuda or cuda:N.")
-@click.option("--amp", type=click.Choice(["none", "bf16", "fp16"]), default=_D.amp, show_default=True,
+@seed_option(default=_D.seed)
+@device_option(default=_D.device)
+@click.option("--amp", type=click.Choice(list(AMP_MODES)), default=_D.amp, show_default=True,
               help="Mixed precision. fp16 (with a gradient scaler) needs CUDA.")
 @click.option("--compile", "compile_", is_flag=True,
               help="torch.compile the networks (slow start; the gain on a GPU is unmeasured: benchmarks/train_speed.py).")
@@ -85,7 +87,7 @@ def train(ctx: click.Context, **kw: object) -> None:
     Ctrl-C finishes the current step, saves the state, and prints how to --resume.
     A resumed run continues bit for bit on the CPU, and on one GPU with --deterministic.
     """
-    # OMP_WAIT_POLICY=PASSIVE is set for every command in cli.py, before torch loads (below)
+    # OMP_WAIT_POLICY=PASSIVE is set for every command in cli/main.py, before torch loads (below)
     from gan_deploy.train import options_for_resume
     from gan_deploy.train import train as run_training
 

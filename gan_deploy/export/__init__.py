@@ -1,5 +1,5 @@
 """Export: PyTorch generator (a checkpoint or the user's own factory) -> ONNX, verified against eager.
 
 Owns: `onnx_from_checkpoint`, `onnx_from_factory`, `onnx_bytes_of` (any artifact's ONNX, in memory).
-May import: core, nets, artifacts. torch and onnx load inside functions.
+May import: core, artifacts. torch and onnx load inside functions.
 """

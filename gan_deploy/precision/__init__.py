@@ -11,5 +11,5 @@ gate's FP32 reference), `policy.py` (Int8Policy and its reader), `calibrate.py` 
 ranges: minmax, percentile, entropy from one calibration run), `rewrite.py` (all graph surgery: BatchNorm
 folding, ConvTranspose -> Conv + DepthToSpace, untying biases, `prepare_int8`), `gate.py` (NaN/Inf, saturation,
 PSNR and FD checks every reduced-precision artifact must pass).
-May import: core, nets, artifacts, export, backends (the gate runs candidates), quality.
+May import: core, artifacts, export, backends (the gate runs candidates), quality.
 """

@@ -11,5 +11,6 @@ Owns, one concept per module:
     proxy_hooks.py  ASGI middleware in Ray's proxy (admission, JSON for Ray's own answers)
     triton.py       the Triton model repository
 
-May import: every stage below it (core .. generate); never the CLI.
+May import: core, artifacts, export, backends (the service and the Triton repository run or export an
+artifact). Never the CLI.
 """

@@ -6,8 +6,8 @@ determinism settings (device), the run folder and resumable state (state), the E
 in-training quality score (evaluator), the data order (batches), Ctrl-C handling (interrupt) and the result
 (result).
 
-May import: gan_deploy.core, .nets, .data, .artifacts and .quality, and nothing else of gan_deploy (never
-precision, backends, generate, bench, serve or cli).
+May import: core, nets, data, artifacts and quality. Nothing else of gan_deploy (never precision, backends,
+generate, bench, serve or cli).
 
 `from gan_deploy.train import train, TrainOptions` is cheap: the torch-heavy names (train, TrainResult,
 options_for_resume) are imported on first use, so the CLI can read TrainOptions without loading torch.
