@@ -48,8 +48,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from gan_deploy.core.progress import show_bar
 from gan_deploy.core.errors import GanDeployError
+from gan_deploy.core.progress import show_bar
 from gan_deploy.nets.config import GeneratorConfig
 from gan_deploy.train import distributed, losses
 from gan_deploy.train.batches import Batches
