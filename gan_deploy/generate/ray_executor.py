@@ -153,11 +153,7 @@ def generate_ray(artifact: Artifact, opts: GenerateOptions, on_start: Callable[[
         n_workers = max(1, min(n_workers, len(tasks)))  # an actor per batch at most: each one loads the model
         if wdevice == "cpu":  # one worker per CPU: one thread each
             options = {**options, "threads": int(os.environ.get("GAN_DEPLOY_THREADS", "0")) or 1}
-        ctx = ray.data.DataContext.get_current()
-        ctx.enable_progress_bars = False  # our own bar, as in the single-process path
-        ctx.execution_options.preserve_order = True  # results in task order: the tar sink appends them in order
-        # it would warn, once per process, that the progress bars are off: we switched them off on purpose
-        logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
+        _configure_ray_data()
         session.start_progress(f"generate [ray x{n_workers}]")
         if tasks:
             rows = [{"seq": t.seq, "b0": t.b0, "b": t.b, "lo": t.lo, "hi": t.hi} for t in tasks]
@@ -200,6 +196,16 @@ def generate_ray(artifact: Artifact, opts: GenerateOptions, on_start: Callable[[
         raise KeyboardInterrupt
     report = session.report(backend, detail, time.perf_counter() - t0, infer_s, n_workers, "ray", interrupted, manifest, grid)
     return session.conclude(report, interrupted)
+
+
+def _configure_ray_data() -> None:
+    import ray.data
+
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False  # our own bar, as in the single-process path
+    ctx.execution_options.preserve_order = True  # results in task order: the tar sink appends them in order
+    # it would warn, once per process, that the progress bars are off: we switched them off on purpose
+    logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
 
 
 def _gan_deploy_cause(e: BaseException) -> GanDeployError | None:
