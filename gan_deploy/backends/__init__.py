@@ -1,4 +1,5 @@
-"""Backends: one module per runtime behind `Runner.infer()` (base.py); the registry and `auto` live here.
+"""Backends: one module per runtime behind `Runner.infer()` (base.py); the registry, `auto` and the one precision
+rule (`resolve_backend`, which `make_runner` follows) live here; a batch's memory estimate in memory.py.
 Adding a backend = one module in this folder + one line in BACKENDS.
 
 May import: core, nets, artifacts, export (onnxruntime exports a checkpoint in memory).
