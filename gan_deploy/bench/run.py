@@ -12,6 +12,7 @@ import functools
 import json
 import math
 from dataclasses import dataclass, field
+from numbers import Integral
 from pathlib import Path
 from typing import Any, Callable
 
@@ -172,11 +173,11 @@ class BenchOptions:
             for name in self.backends:
                 if name not in BACKENDS:
                     raise GanDeployError("unknown backend", repr(name), expected=f"one of {', '.join(BACKENDS)}")
-        if not self.batch_sizes or any(not isinstance(b, int) or b < 1 for b in self.batch_sizes):
+        if not self.batch_sizes or any(not isinstance(b, Integral) or b < 1 for b in self.batch_sizes):
             raise GanDeployError("bad batch sizes", list(self.batch_sizes), expected="one or more integers >= 1")
         for what, value, low in (("warm-up calls", self.warmup, 0), ("measured calls", self.iters, 1),
                                  ("measurement rounds", self.rounds, 1), ("gate samples", self.gate_samples, 0)):
-            if not isinstance(value, int) or value < low:
+            if not isinstance(value, Integral) or value < low:
                 raise GanDeployError(f"bad number of {what}", value, expected=f">= {low}")
         if not 0 <= self.min_time_s <= self.max_time_s:
             raise GanDeployError("bad measuring times", f"min {self.min_time_s} s, max {self.max_time_s} s",
@@ -184,7 +185,7 @@ class BenchOptions:
         if not 0 <= self.seed <= MAX_SEED:
             raise GanDeployError("bad seed", self.seed, expected=f"0 <= seed <= {MAX_SEED}")
         check_device(self.device)
-        if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 1):
+        if self.threads is not None and (not isinstance(self.threads, Integral) or self.threads < 1):
             raise GanDeployError("bad number of threads", self.threads, expected=">= 1")
         if self.precisions is not None:
             bad = [p for p in self.precisions if p not in TORCH_PRECISIONS]

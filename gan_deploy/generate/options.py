@@ -7,6 +7,7 @@ device_jpeg.JPEG_ENCODERS), and a bad value is one GanDeployError line before an
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from numbers import Integral
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +36,7 @@ def check_shard(shard: tuple[int, int], shown: str | None = None) -> tuple[int, 
     """A job shard (k, n): this is part k of n, 0 <= k < n."""
     try:
         k, n = shard
-        ok = isinstance(k, int) and isinstance(n, int) and n >= 1 and 0 <= k < n
+        ok = isinstance(k, Integral) and isinstance(n, Integral) and n >= 1 and 0 <= k < n
     except (TypeError, ValueError):
         ok = False
     if not ok:
@@ -71,9 +72,9 @@ class GenerateOptions:
     writer_kind: str = "auto"  # process | thread | auto (processes with >= 3 cores and >= 20,000 images)
     shard: tuple[int, int] = (0, 1)  # (k, n): write only job shard k of n
     progress: bool | None = None  # a bar on stderr: True, False, None = on a terminal (core.progress)
-    backend: str = "auto"  # for run(): which backend (backends.CHOICES)
+    backend: str = "auto"  # which backend (backends.CHOICES)
     device: str = "auto"
-    precision: str = "fp32"  # eager / compile only (backends.torch_common.TORCH_PRECISIONS)
+    precision: str = "fp32"  # torch_common.TORCH_PRECISIONS, computed by eager / compile (backends.resolve_backend)
     executor: str = "local"  # local | ray
     ray_workers: int | None = None  # with executor ray
     sync_every: float = 1.0  # seconds between fsyncs of the journal
@@ -127,7 +128,7 @@ class GenerateOptions:
 
 
 def _at_least(what: str, value: int, low: int) -> None:
-    if not isinstance(value, int) or value < low:
+    if not isinstance(value, Integral) or value < low:
         raise GanDeployError(what, value, expected=f">= {low}")
 
 

@@ -4,6 +4,7 @@ a data set against a reference. The options check themselves when built; `progre
 from __future__ import annotations
 
 from dataclasses import dataclass
+from numbers import Integral
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -210,7 +211,7 @@ class EvalOptions:
             raise GanDeployError("bad seed", self.seed, expected=f"0 <= seed <= {MAX_SEED}")
         for what, value, low in (("k", self.k, 1), ("bootstrap", self.bootstrap, 0), ("batch size", self.batch_size, 1),
                                  ("image count", self.n, 1)):
-            if not isinstance(value, int) or value < low:
+            if not isinstance(value, Integral) or value < low:
                 raise GanDeployError(f"bad {what}", value, expected=f">= {low}")
         if self.against_backend is not None and self.images is not None:
             raise GanDeployError("--against-backend needs a generator, not a folder of images", str(self.images), hint="score the folder against data with --reference, or pass the generator instead of --images")
