@@ -88,3 +88,38 @@ def test_api_names_that_are_also_subpackages_stay_the_api_s():
             "assert (bench, train, generate_images, evaluate) == (b, t, g, e), (bench, train)\n")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 0, r.stderr
+
+
+@pytest.mark.parametrize("make, match", [
+    (lambda: gan_deploy.GenerateOptions(n=0), "bad image count"),
+    (lambda: gan_deploy.GenerateOptions(seed=-1), "bad seed"),
+    (lambda: gan_deploy.GenerateOptions(sink="zip"), "unknown sink"),
+    (lambda: gan_deploy.GenerateOptions(sink="array", fmt="png"), "the array sink cannot store png"),
+    (lambda: gan_deploy.GenerateOptions(shard=(4, 4)), "bad --shard"),
+    (lambda: gan_deploy.GenerateOptions(writer_kind="fiber"), "unknown writer kind"),
+    (lambda: gan_deploy.GenerateOptions(backend="tpu"), "unknown backend"),
+    (lambda: gan_deploy.GenerateOptions(precision="fp8"), "unknown precision"),
+    (lambda: gan_deploy.GenerateOptions(device="gpu"), "unknown device"),
+    (lambda: gan_deploy.GenerateOptions(executor="ray", jpeg_encoder="cuda"), "--executor ray"),
+    (lambda: gan_deploy.GenerateOptions(resume=True, overwrite=True), "resume and overwrite"),
+    (lambda: gan_deploy.BenchOptions(batch_sizes=(0,)), "bad batch sizes"),
+    (lambda: gan_deploy.BenchOptions(backends=("tpu",)), "unknown backend"),
+    (lambda: gan_deploy.BenchOptions(iters=0), "bad number of measured calls"),
+    (lambda: gan_deploy.BenchOptions(precisions=("fp8",)), "bad precisions"),
+    (lambda: gan_deploy.BenchOptions(compile_mode="fast"), "unknown torch.compile mode"),
+    (lambda: gan_deploy.EvalOptions(n=8), "too few images"),
+    (lambda: gan_deploy.EvalOptions(k=0), "bad k"),
+    (lambda: gan_deploy.EvalOptions(against_backend="auto"), "unknown --against-backend"),
+    (lambda: gan_deploy.EvalOptions(images="x", against_backend="eager"), "needs a generator"),
+])
+def test_options_objects_check_themselves_when_built(make, match):
+    with pytest.raises(gan_deploy.GanDeployError, match=re.escape(match)) as e:
+        make()
+    assert "\n" not in e.value.one_line()
+
+
+def test_options_accept_numpy_integers():
+    import numpy as np
+
+    assert gan_deploy.GenerateOptions(n=np.int64(5), batch_size=np.int32(2)).n == 5
+    assert gan_deploy.BenchOptions(batch_sizes=(np.int64(4),)).batch_sizes == (4,)
