@@ -10,7 +10,7 @@ from gan_deploy.artifacts.load import load_artifact
 from gan_deploy.backends import make_runner
 from gan_deploy.core.errors import GanDeployError
 from gan_deploy.core.images import encode_batch
-from gan_deploy.generate import pipeline
+from gan_deploy.generate import GenerateInterrupted, pipeline
 from gan_deploy.generate.device_jpeg import DeviceJpegEncoder, check_jpeg_encoder
 from gan_deploy.generate.pipeline import GenerateOptions, generate
 from gan_deploy.generate.sinks import Encoded
@@ -102,7 +102,7 @@ def test_a_run_resumes_only_with_the_encoder_it_was_made_with(rgb_checkpoint, tm
     def stop(b0):
         if b0 >= 10:
             raise KeyboardInterrupt
-    with pytest.raises(pipeline.GenerateInterrupted):
+    with pytest.raises(GenerateInterrupted):
         generate(_DevicePixels(make_runner("eager", art, "cpu")),
                  GenerateOptions(n=30, out=out, batch_size=5, fmt="jpg", progress=False, jpeg_encoder="cuda"), on_batch=stop)
     with pytest.raises(GanDeployError, match="jpeg_encoder: recorded 'cuda', now 'cpu'"):

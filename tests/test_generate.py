@@ -15,8 +15,9 @@ from gan_deploy.backends import make_runner
 from gan_deploy.core.errors import GanDeployError
 from gan_deploy.core.fileio import TMP_PREFIX
 from gan_deploy.core.images import decode
+from gan_deploy.generate import GenerateInterrupted, GenerateOptions, generate
+from gan_deploy.generate.options import parse_shard, shard_indices
 from gan_deploy.generate.outdir import LOCK, OutputLock
-from gan_deploy.generate.pipeline import GenerateInterrupted, GenerateOptions, generate, parse_shard, shard_indices
 
 
 def _pixels(folder):
@@ -352,13 +353,14 @@ def test_empty_shard_is_one_clear_line(tiny_checkpoint, tmp_path, cli):
 
 
 def test_batch_too_large_for_memory_names_the_largest_that_fits(tiny_checkpoint, tmp_path):
-    from gan_deploy.generate.pipeline import check_memory, pixel_bytes_per_image
+    from gan_deploy.backends.memory import USABLE, pixel_bytes_per_image
+    from gan_deploy.backends.memory import check_pixels_fit as check_memory
 
     with pytest.raises(GanDeployError, match=r"batch too large .*expected a batch size of at most \d+"):
         generate(make_runner("onnxruntime", load_artifact(tiny_checkpoint)), GenerateOptions(n=10**10, out=tmp_path / "o", batch_size=10**10, progress=False))
     assert not (tmp_path / "o").exists()
     per = pixel_bytes_per_image((64, 64, 3), 100, 2)
-    avail = int(1000 * per / 0.8) + 1
+    avail = int(1000 * per / USABLE) + 1
     assert check_memory(1000, (64, 64, 3), 100, 2, avail) == 2
     with pytest.raises(GanDeployError, match="at most 1000"):
         check_memory(1001, (64, 64, 3), 100, 2, avail)
@@ -445,15 +447,15 @@ def test_resume_takes_the_record_and_refuses_other_settings(tiny_checkpoint, tmp
 
 
 def test_precision_option(tiny_checkpoint, tmp_path, cli):
-    from gan_deploy.generate.pipeline import run
+    from gan_deploy.generate import generate_images as run
 
     art = load_artifact(tiny_checkpoint)
-    with pytest.raises(GanDeployError, match="precision fp16 needs a PyTorch backend"):
+    with pytest.raises(GanDeployError, match="precision fp16 applies to the PyTorch backends only"):
         run(art, GenerateOptions(n=2, out=tmp_path / "a", backend="onnxruntime", precision="fp16", progress=False))
     rep = run(art, GenerateOptions(n=4, out=tmp_path / "b", backend="eager", device="cpu", precision="bf16", progress=False))
     assert rep.n_written == 4 and "bf16" in rep.backend_detail
     r = cli("generate", "-c", tiny_checkpoint, "-n", 2, "--out", tmp_path / "c", "--backend", "onnxruntime", "--precision", "tf32")
-    assert r.exit_code == 2 and "needs a PyTorch backend" in r.output
+    assert r.exit_code == 2 and "applies to the PyTorch backends only" in r.output
     r = cli("generate", "-c", tiny_checkpoint, "-n", 2, "--out", tmp_path / "d", "--precision", "fp8")
     assert r.exit_code == 2 and "fp32" in r.output
 

@@ -14,7 +14,7 @@ import pytest
 from gan_deploy.artifacts.load import load_artifact
 from gan_deploy.backends import make_runner
 from gan_deploy.core.images import decode_bytes, encode_batch
-from gan_deploy.generate.pipeline import GenerateInterrupted, GenerateOptions, generate
+from gan_deploy.generate import GenerateInterrupted, GenerateOptions, generate
 from gan_deploy.generate.sinks import SINKS, Bitset, sink_class
 from gan_deploy.generate.sinks.tar import ustar_header
 

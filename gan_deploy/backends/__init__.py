@@ -1,4 +1,5 @@
-"""Backends: one module per runtime behind `Runner.infer()` (base.py); the registry and `auto` live here.
+"""Backends: one module per runtime behind `Runner.infer()` (base.py); the registry, `auto` and the one precision
+rule (`resolve_backend`, which `make_runner` follows) live here; a batch's memory estimate in memory.py.
 Adding a backend = one module in this folder + one line in BACKENDS.
 
 May import: core, artifacts, export (onnxruntime exports a checkpoint in memory).
@@ -93,21 +94,41 @@ def pick_backend(name: str, artifact: "Artifact", device: str = "auto") -> str:
 TORCH_BACKENDS = ("eager", "compile")  # the backends that take a `precision` option
 
 
-def make_runner(name: str, artifact: "Artifact", device: str = "auto", **options: Any) -> "Runner":
-    """The runner for backend `name` (or `auto`, chosen for `device`) on `artifact`, not yet activated.
-    `runner.auto_reason` says why `auto` chose it."""
+def resolve_backend(name: str, artifact: "Artifact", device: str = "auto", precision: str = "fp32") -> tuple[str, dict[str, Any], str | None]:
+    """The one precision rule: (backend, its options, why `auto` chose it) for backend `name` (or `auto`, chosen
+    for `device`) running `artifact` at the torch `precision` (backends.torch_common.TORCH_PRECISIONS).
+
+    A precision other than fp32 is computed by the PyTorch backends only: with `auto` it picks eager when the
+    artifact has PyTorch weights; any other backend refuses it (ONNX files and engines carry their own precision)."""
+    from gan_deploy.backends.torch_common import check_precision
+
+    check_precision(precision)
     why = None
-    if name == "auto":
+    if name == "auto" and precision != "fp32" and artifact.kind in runner_class("eager").accepts:
+        name, why = "eager", f"auto with precision {precision}: eager (reduced torch precisions run on the PyTorch backends)"
+    elif name == "auto":
         name, why = choose_backend(artifact, device)
     else:
         name = pick_backend(name, artifact, device)
-    precision = options.get("precision")
-    if precision not in (None, "fp32") and name not in TORCH_BACKENDS:
+    return name, precision_options(name, precision), why
+
+
+def precision_options(name: str, precision: str) -> dict[str, Any]:
+    """The runner options that carry `precision` to backend `name`: {"precision": ...} for a PyTorch backend,
+    nothing for the others, which compute in fp32 only (a reduced precision there is refused)."""
+    if name in TORCH_BACKENDS:
+        return {"precision": precision}
+    if precision != "fp32":
         raise GanDeployError(f"precision {precision} applies to the PyTorch backends only", f"backend {name}",
                              expected=f"backend {' or '.join(TORCH_BACKENDS)}",
                              hint="ONNX files and engines carry their own precision (gan-deploy quantize, build-engine)")
-    if name not in TORCH_BACKENDS:
-        options.pop("precision", None)
-    runner = runner_class(name)(artifact, device=device, **options)
+    return {}
+
+
+def make_runner(name: str, artifact: "Artifact", device: str = "auto", **options: Any) -> "Runner":
+    """The runner for backend `name` (or `auto`, chosen for `device`) on `artifact`, not yet activated; a
+    `precision=` option follows `resolve_backend`'s rule. `runner.auto_reason` says why `auto` chose it."""
+    name, precision, why = resolve_backend(name, artifact, device, options.pop("precision", None) or "fp32")
+    runner = runner_class(name)(artifact, device=device, **options, **precision)
     runner.auto_reason = why
     return runner

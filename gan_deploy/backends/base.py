@@ -16,6 +16,7 @@ import numpy as np
 
 from gan_deploy.artifacts.artifact import Artifact
 from gan_deploy.artifacts.spec import kind_name, kinds_phrase
+from gan_deploy.core.device import resolve_device
 from gan_deploy.core.errors import GanDeployError, warn
 
 WARN_FRACTION = 0.01  # NaN/Inf or out-of-range values above this share of the images so far: one warning
@@ -118,21 +119,6 @@ class Runner(ABC):
 
     def describe(self) -> str:
         return f"{self.name} on {self.device}"
-
-
-def resolve_device(device: str) -> str:
-    """auto -> cuda when torch sees a GPU, else cpu. Cheap when torch is already imported."""
-    if device not in ("auto", "cpu", "cuda") and not device.startswith("cuda:"):
-        raise GanDeployError("unknown device", repr(device), expected="auto, cpu, cuda or cuda:N")
-    if device == "cpu":
-        return device
-    import torch
-    has_cuda = torch.cuda.is_available()
-    if device == "auto":
-        return "cuda" if has_cuda else "cpu"
-    if not has_cuda:
-        raise GanDeployError("CUDA device requested but none is available", device, expected="a machine with an NVIDIA GPU and a CUDA build of torch", hint="use --device cpu")
-    return device
 
 
 class OutputHealth:

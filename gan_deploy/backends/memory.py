@@ -3,7 +3,9 @@
 A batch of B images costs its latents (B x Z floats), its images (B x C x H x W floats, once per copy the caller
 keeps) and the generator's activations (every intermediate tensor of one image, times B: a rough upper bound,
 since runtimes reuse buffers). `check_batch_fits` refuses a batch that would not fit with the largest that would,
-instead of an allocator's traceback (or the machine swapping) minutes into a run.
+instead of an allocator's traceback (or the machine swapping) minutes into a run. `check_pixels_fit` does the same
+for the uint8 pixels a bulk run keeps in flight on the host (generate's ring of batches), with the same free
+memory (`available_bytes`) and the same share of it (`USABLE`).
 """
 from __future__ import annotations
 
@@ -149,6 +151,32 @@ def check_batch_fits(artifact: "Artifact", batch: int, device: str = "cpu", *, i
                              expected=f"{option} <= {top:,}" if top >= 1 else "a machine with more free memory",
                              hint=f"use {option} {_round_down(top)} or smaller" if top >= 1 else "free memory or use a smaller model")
     return need
+
+
+def pixel_bytes_per_image(shape: tuple[int, int, int], latent_dim: int, slots: int) -> int:
+    """Host memory one image of a batch costs in a bulk run: its uint8 pixels in each of `slots` ring slots and in
+    the backend's result, the float32 image and the conversion's temporaries (about 3 float32 copies), and its
+    latent's temporaries."""
+    h, w, c = shape
+    return h * w * c * (slots + 1 + 12) + 48 * latent_dim
+
+
+def check_pixels_fit(batch_size: int, shape: tuple[int, int, int], latent_dim: int, slots: int, avail: int | None = None) -> int:
+    """The number of ring slots (<= slots, >= 2) whose pixels fit in USABLE of the host's free memory (`avail`
+    bytes, default `available_bytes()`), or a one-line error naming the largest batch that fits."""
+    avail = available_bytes("cpu") if avail is None else avail
+    if avail is None:
+        return slots
+    budget = avail * USABLE
+    for s in range(slots, 1, -1):
+        if batch_size * pixel_bytes_per_image(shape, latent_dim, s) <= budget:
+            return s
+    largest = int(budget // pixel_bytes_per_image(shape, latent_dim, 2))
+    need = batch_size * pixel_bytes_per_image(shape, latent_dim, 2)
+    h, w, c = shape
+    raise GanDeployError("batch too large for this machine's memory",
+                         f"{batch_size} images of {h}x{w}x{c} need {need / 2**30:.1f} GiB in flight, {avail / 2**30:.1f} GiB available",
+                         expected=f"a batch size of at most {largest}" if largest else "a smaller image", hint="lower the batch size")
 
 
 def _round_down(n: int) -> int:

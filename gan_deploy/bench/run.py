@@ -1,5 +1,8 @@
 """Backends side by side on the same latents: latency, throughput, speed-up and error against eager.
 
+`bench(artifact, BenchOptions(...))` is what `gan-deploy bench` runs; the options check themselves when built,
+and `progress` (core.progress) prints a "measuring ..." line per backend and batch size on stderr unless False.
+
 The reference is eager FP32 PyTorch when the artifact has PyTorch weights, else onnxruntime on the FP32
 ONNX. Variants (e.g. an INT8 or FP16 ONNX from `quantize`) are measured with onnxruntime beside them.
 """
@@ -9,6 +12,7 @@ import functools
 import json
 import math
 from dataclasses import dataclass, field
+from numbers import Integral
 from pathlib import Path
 from typing import Any, Callable
 
@@ -20,7 +24,7 @@ from gan_deploy.backends import make_runner, runner_class, unavailable_reason
 from gan_deploy.backends.torch_common import TORCH_PRECISIONS
 from gan_deploy.core.errors import GanDeployError
 from gan_deploy.core.fileio import atomic_path, atomic_write_text
-from gan_deploy.core.latents import latents_range
+from gan_deploy.core.latents import MAX_SEED, latents_range
 from gan_deploy.core.timing import LatencyStats, measure_interleaved
 
 DEFAULT_BATCH_SIZES = (1, 16, 64, 256)
@@ -135,7 +139,7 @@ def psnr(a: np.ndarray, b: np.ndarray, span: float) -> float:
 
 @dataclass
 class BenchOptions:
-    """Everything `gan-deploy bench` decides, as one object."""
+    """Everything `gan-deploy bench` decides, as one object; checks itself when built (`validate`)."""
 
     backends: tuple[str, ...] | None = None  # None: every registered backend that can run here
     batch_sizes: tuple[int, ...] = DEFAULT_BATCH_SIZES
@@ -151,22 +155,104 @@ class BenchOptions:
     precisions: tuple[str, ...] | None = None  # torch backends' precisions; None: all four on CUDA, fp32 on the CPU
     compile_mode: str | None = None  # torch.compile mode (compile.COMPILE_MODES); None: Inductor's default
     rounds: int = 5  # interleaved measurement rounds (noise hits every backend alike)
+    progress: bool | None = None  # "measuring ..." lines on stderr unless False (core.progress)
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Ranges and choices from the library's constants, one GanDeployError line each; nothing is loaded."""
+        from gan_deploy.backends import BACKENDS
+        from gan_deploy.backends.compile import COMPILE_MODES
+        from gan_deploy.core.device import check_device
+
+        if self.backends is not None:
+            if not self.backends:
+                raise GanDeployError("no backend named", "an empty list", expected="backends such as eager,onnxruntime",
+                                     hint="leave the backends out to measure every backend available here")
+            for name in self.backends:
+                if name not in BACKENDS:
+                    raise GanDeployError("unknown backend", repr(name), expected=f"one of {', '.join(BACKENDS)}")
+        if not self.batch_sizes or any(not isinstance(b, Integral) or b < 1 for b in self.batch_sizes):
+            raise GanDeployError("bad batch sizes", list(self.batch_sizes), expected="one or more integers >= 1")
+        for what, value, low in (("warm-up calls", self.warmup, 0), ("measured calls", self.iters, 1),
+                                 ("measurement rounds", self.rounds, 1), ("gate samples", self.gate_samples, 0)):
+            if not isinstance(value, Integral) or value < low:
+                raise GanDeployError(f"bad number of {what}", value, expected=f">= {low}")
+        if not 0 <= self.min_time_s <= self.max_time_s:
+            raise GanDeployError("bad measuring times", f"min {self.min_time_s} s, max {self.max_time_s} s",
+                                 expected="0 <= min <= max seconds")
+        if not 0 <= self.seed <= MAX_SEED:
+            raise GanDeployError("bad seed", self.seed, expected=f"0 <= seed <= {MAX_SEED}")
+        check_device(self.device)
+        if self.threads is not None and (not isinstance(self.threads, Integral) or self.threads < 1):
+            raise GanDeployError("bad number of threads", self.threads, expected=">= 1")
+        if self.precisions is not None:
+            bad = [p for p in self.precisions if p not in TORCH_PRECISIONS]
+            if not self.precisions or bad:
+                raise GanDeployError("bad precisions", list(self.precisions), expected=f"one or more of {', '.join(TORCH_PRECISIONS)}")
+        if self.compile_mode is not None and self.compile_mode not in COMPILE_MODES:
+            raise GanDeployError("unknown torch.compile mode", repr(self.compile_mode), expected=" | ".join(COMPILE_MODES))
 
 
-def bench(artifact: Artifact, opts: BenchOptions | None = None, progress: Callable[[str], None] | None = None) -> BenchReport:
+def bench(artifact: Artifact, opts: BenchOptions | None = None) -> BenchReport:
     """Measure each backend (and variant) at each batch size on identical latents."""
+    from gan_deploy.backends.memory import check_batch_fits
+    from gan_deploy.core.device import resolve_device
+    from gan_deploy.core.progress import progress_lines
+
     opts = opts or BenchOptions()
-    backends, batch_sizes, warmup, iters = opts.backends, opts.batch_sizes, opts.warmup, opts.iters
-    min_time_s, max_time_s, seed, device, threads = opts.min_time_s, opts.max_time_s, opts.seed, opts.device, opts.threads
-    gate_samples = opts.gate_samples
+    opts.validate()  # again: a dataclass may have been changed since it was built
+    say = progress_lines(opts.progress)
     variants = [_load_variant(v, artifact) for v in opts.variants]
-    if not batch_sizes or min(batch_sizes) < 1:
-        raise GanDeployError("bad batch sizes", list(batch_sizes), expected="one or more integers >= 1")
+    runnable, skipped = _runnable(artifact, opts.backends)
+    dev = resolve_device(opts.device)
+    precisions = opts.precisions or (TORCH_PRECISIONS if dev.startswith("cuda") else ("fp32",))
+    ref_name = "eager" if artifact.kind == "checkpoint" else "onnxruntime"
+    jobs, ref_runner = _runners(artifact, runnable, variants, precisions, dev, opts, ref_name)
+    # every row keeps its images of the largest batch for the error columns: refuse what cannot fit before allocating
+    runners = len(jobs) + (ref_runner not in [r for _, r in jobs])
+    check_batch_fits(artifact, max(opts.batch_sizes), dev, image_copies=runners + 2, activation_copies=runners, option="--batch-sizes")
+    if opts.gate_samples:
+        check_batch_fits(artifact, opts.gate_samples, dev, image_copies=3, activation_copies=0, option="--gate-samples")
+    span = artifact.spec.value_range[1] - artifact.spec.value_range[0]
+    rows: list[BenchRow] = []
+    for b in opts.batch_sizes:
+        z = latents_range(opts.seed, 0, b, artifact.spec.latent_dim)
+        ref_images = ref_runner.infer(z)
+        images = {label: runner.infer(z) for label, runner in jobs}
+        timed: dict[str, tuple[Callable[[], Any], Callable[[], None]]] = {
+            label: (functools.partial(runner.infer, z), runner.synchronize) for label, runner in jobs}
+        if ref_runner not in [r for _, r in jobs]:
+            timed[ref_name] = (functools.partial(ref_runner.infer, z), ref_runner.synchronize)
+        stats = measure_interleaved(timed, b, opts.warmup, opts.iters, opts.rounds, opts.min_time_s, opts.max_time_s,
+                                    lambda what: say(f"measuring {what} ..."))
+        ref_p50 = stats[ref_name].p50_ms
+        for label, runner in jobs:
+            st = stats[label]
+            rows.append(BenchRow(label, runner.describe(), st, ref_p50 / st.p50_ms if st.p50_ms else None,
+                                 float(np.abs(images[label] - ref_images).max()), psnr(images[label], ref_images, span), {}))
+    gate: dict[str, dict[str, Any]] = {}
+    if opts.gate_samples:
+        gate = _gate_figures(jobs, ref_runner, artifact, opts.gate_samples, lambda what: say(f"measuring {what} ..."))
+    flops = None
+    if artifact.kind == "checkpoint":
+        from gan_deploy.bench.flops import generator_flops
+        flops = generator_flops(artifact.torch_module(), artifact.spec.latent_shape)
+    from gan_deploy.bench.flops import cpu_peak_gflops
+    peak, how = cpu_peak_gflops()
+    return BenchReport(artifact.describe(), f"{ref_name} ({ref_runner.describe()})", rows, skipped, flops, peak, how,
+                       {"batch_sizes": list(opts.batch_sizes), "warmup": opts.warmup, "iters": opts.iters,
+                        "min_time_s": opts.min_time_s, "seed": opts.seed, "device": dev, "threads": opts.threads,
+                        "gate_samples": opts.gate_samples, "precisions": list(precisions), "rounds": opts.rounds,
+                        "gpu": _gpu_name(dev)}, gate)
+
+
+def _runnable(artifact: Artifact, backends: tuple[str, ...] | None) -> tuple[list[str], dict[str, str]]:
+    """(backends to measure, skipped: name -> why). A backend asked for by name that cannot run is an error."""
     from gan_deploy.backends import BACKENDS
-    if backends is not None and not backends:
-        raise GanDeployError("no backend named", "an empty list", expected="backends such as eager,onnxruntime",
-                             hint="leave the backends out to measure every backend available here")
-    requested = list(dict.fromkeys(backends)) if backends else [n for n in BACKENDS]
+
+    requested = list(dict.fromkeys(backends)) if backends else list(BACKENDS)
     runnable: list[str] = []
     skipped: dict[str, str] = {}
     for name in requested:
@@ -183,13 +269,16 @@ def bench(artifact: Artifact, opts: BenchOptions | None = None, progress: Callab
             skipped[name] = reason
         else:
             runnable.append(name)
-    ref_name = "eager" if artifact.kind == "checkpoint" else "onnxruntime"
-    options = {"threads": threads} if threads else {}
-    from gan_deploy.backends import TORCH_BACKENDS
-    from gan_deploy.backends.base import resolve_device
+    return runnable, skipped
 
-    dev = resolve_device(device)
-    precisions = opts.precisions or (TORCH_PRECISIONS if dev.startswith("cuda") else ("fp32",))
+
+def _runners(artifact: Artifact, runnable: list[str], variants: list[Artifact], precisions: tuple[str, ...], dev: str,
+             opts: BenchOptions, ref_name: str) -> tuple[list[tuple[str, Any]], Any]:
+    """([(row label, runner)], the reference runner): a row per PyTorch backend and precision (backends'
+    precision rule: `make_runner(..., precision=)`), per other backend, per variant (onnxruntime)."""
+    from gan_deploy.backends import TORCH_BACKENDS
+
+    options = {"threads": opts.threads} if opts.threads else {}
     jobs: list[tuple[str, Any]] = []
     for name in runnable:
         if name in TORCH_BACKENDS:
@@ -198,46 +287,11 @@ def bench(artifact: Artifact, opts: BenchOptions | None = None, progress: Callab
                              make_runner(name, artifact, dev, precision=prec, compile_mode=opts.compile_mode, **options)))
         else:
             jobs.append((name, make_runner(name, artifact, dev, **options)))
-    for v in variants or []:
+    for v in variants:
         jobs.append((f"onnxruntime:{v.precision}", make_runner("onnxruntime", v, dev, **options)))
     # the reference is strict FP32 (TF32 off on a GPU): eager when the artifact has PyTorch weights
     ref_runner = next((r for n, r in jobs if n == ref_name), None) or make_runner(ref_name, artifact, dev, **options)
-    # every row keeps its images of the largest batch for the error columns: refuse what cannot fit before allocating
-    from gan_deploy.backends.memory import check_batch_fits
-
-    runners = len(jobs) + (ref_runner not in [r for _, r in jobs])
-    check_batch_fits(artifact, max(batch_sizes), dev, image_copies=runners + 2, activation_copies=runners, option="--batch-sizes")
-    if gate_samples:
-        check_batch_fits(artifact, gate_samples, dev, image_copies=3, activation_copies=0, option="--gate-samples")
-    span = artifact.spec.value_range[1] - artifact.spec.value_range[0]
-    rows: list[BenchRow] = []
-    for b in batch_sizes:
-        z = latents_range(seed, 0, b, artifact.spec.latent_dim)
-        ref_images = ref_runner.infer(z)
-        images = {label: runner.infer(z) for label, runner in jobs}
-        timed: dict[str, tuple[Callable[[], Any], Callable[[], None]]] = {
-            label: (functools.partial(runner.infer, z), runner.synchronize) for label, runner in jobs}
-        if ref_runner not in [r for _, r in jobs]:
-            timed[ref_name] = (functools.partial(ref_runner.infer, z), ref_runner.synchronize)
-        stats = measure_interleaved(timed, b, warmup, iters, opts.rounds, min_time_s, max_time_s, progress)
-        ref_p50 = stats[ref_name].p50_ms
-        for label, runner in jobs:
-            st = stats[label]
-            rows.append(BenchRow(label, runner.describe(), st, ref_p50 / st.p50_ms if st.p50_ms else None,
-                                 float(np.abs(images[label] - ref_images).max()), psnr(images[label], ref_images, span), {}))
-    gate: dict[str, dict[str, Any]] = {}
-    if gate_samples:
-        gate = _gate_figures(jobs, ref_runner, artifact, gate_samples, progress)
-    flops = None
-    if artifact.kind == "checkpoint":
-        from gan_deploy.bench.flops import generator_flops
-        flops = generator_flops(artifact.torch_module(), artifact.spec.latent_shape)
-    from gan_deploy.bench.flops import cpu_peak_gflops
-    peak, how = cpu_peak_gflops()
-    return BenchReport(artifact.describe(), f"{ref_name} ({ref_runner.describe()})", rows, skipped, flops, peak, how,
-                       {"batch_sizes": list(batch_sizes), "warmup": warmup, "iters": iters, "min_time_s": min_time_s,
-                        "seed": seed, "device": dev, "threads": threads, "gate_samples": gate_samples,
-                        "precisions": list(precisions), "rounds": opts.rounds, "gpu": _gpu_name(dev)}, gate)
+    return jobs, ref_runner
 
 
 def _load_variant(path: str | Path, artifact: Artifact) -> Artifact:
@@ -262,7 +316,7 @@ def _load_variant(path: str | Path, artifact: Artifact) -> Artifact:
     return v
 
 
-def _gate_figures(jobs, ref_runner, artifact: Artifact, n: int, progress) -> dict[str, dict[str, Any]]:
+def _gate_figures(jobs, ref_runner, artifact: Artifact, n: int, say: Callable[[str], None]) -> dict[str, dict[str, Any]]:
     """The quality gate's figures for every non-reference backend, on the gate's own latents (not the timing ones)."""
     from gan_deploy.precision.gate import batched, check_artifact, gate_figures, gate_latents, thresholds_for
 
@@ -273,8 +327,7 @@ def _gate_figures(jobs, ref_runner, artifact: Artifact, n: int, progress) -> dic
     for label, runner in jobs:
         if runner is ref_runner:
             continue
-        if progress:
-            progress(f"gate figures of {label} on {n} images")
+        say(f"gate figures of {label} on {n} images")
         images = batched(runner.infer, z, 256)
         fig = gate_figures(images, ref, artifact.spec.value_range, fresh)
         fig.pop("_quality", None)
@@ -333,7 +386,7 @@ def compare_latency(artifact: Artifact, chosen: str, batch_size: int, device: st
     names = list(dict.fromkeys([chosen, "onnxruntime", "eager"]))
     names = [n for n in names if unavailable_reason(n) is None and artifact.kind in runner_class(n).accepts]
     rep = bench(artifact, BenchOptions(tuple(names), (batch_size,), warmup=3, iters=iters, min_time_s=0.3, max_time_s=5,
-                                       seed=seed, device=device))
+                                       seed=seed, device=device, progress=False))
     return [r.to_dict() for r in rep.rows]
 
 

@@ -72,7 +72,7 @@ def bench(checkpoint, onnx, engine, value_range, backends, batch_sizes, device, 
                         max_time_s=max_time, seed=seed, device=device, threads=threads, variants=tuple(variants),
                         gate_samples=gate_samples, precisions=_precisions(precisions), compile_mode=compile_mode,
                         rounds=rounds)
-    report = run_bench(art, opts, progress=lambda what: click.echo(f"measuring {what} ...", err=True))
+    report = run_bench(art, opts)
     click.echo(report.table())
     if json_out:
         click.echo(f"wrote {write_bench_json(report, json_out)}")

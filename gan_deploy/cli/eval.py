@@ -1,4 +1,4 @@
-"""`gan-deploy eval`: parse the options, call gan_deploy.quality.evaluate.run_eval(), print the report.
+"""`gan-deploy eval`: parse the options, call gan_deploy.quality.evaluate.evaluate(), print the report.
 
 Kept free of imports from gan_deploy.cli.main (which imports this module at its end), so either can be imported first.
 """
@@ -68,7 +68,7 @@ def eval_cmd(checkpoint, onnx, engine, value_range, images, reference, against_b
     """
     from gan_deploy.artifacts.load import load_artifact
     from gan_deploy.artifacts.spec import parse_value_range
-    from gan_deploy.quality.evaluate import run_eval
+    from gan_deploy.quality.evaluate import EvalOptions, evaluate
 
     if images is not None and (checkpoint or onnx or engine):
         raise GanDeployError("--images and a generator were both given", f"--images {images}", expected="one thing to score", hint="drop --checkpoint/--onnx/--engine, or drop --images")
@@ -90,7 +90,9 @@ def eval_cmd(checkpoint, onnx, engine, value_range, images, reference, against_b
             from gan_deploy.backends import runner_class
             if artifact.kind not in runner_class(against_backend).accepts:
                 against = load_artifact(checkpoint)  # the FP32 checkpoint (default: the shipped one)
-    report = run_eval(artifact, backend, device, precision, images, reference, against_backend, against, n, seed, k,
-                      bootstrap, not no_context, batch_size, log=lambda msg: click.echo(msg, err=True))
+    opts = EvalOptions(backend=backend, device=device, precision=precision, images=images, reference=reference,
+                       against_backend=against_backend, against_artifact=against, n=n, seed=seed, k=k, bootstrap=bootstrap,
+                       context=not no_context, batch_size=batch_size)
+    report = evaluate(artifact, opts)
     click.echo(report.summary())
     write_json(json_out, report.to_dict())

@@ -19,8 +19,9 @@ from gan_deploy.cli.options import (
 from gan_deploy.core.errors import GanDeployError
 from gan_deploy.core.images import FORMATS
 from gan_deploy.generate.device_jpeg import JPEG_ENCODERS
-from gan_deploy.generate.pipeline import EXECUTORS, SINKS
+from gan_deploy.generate.options import EXECUTORS
 from gan_deploy.generate.pool import KINDS as WRITER_KINDS
+from gan_deploy.generate.sinks import SINKS
 
 EXIT_INTERRUPTED = 130
 # options a resumed run takes from the run record when they are not given (and refuses when they differ)
@@ -85,7 +86,8 @@ def generate(ctx, checkpoint, onnx, engine, value_range, n, out, batch_size, bac
       gan-deploy generate -n 1000000 --out part0/ --shard 0/4      # one machine's share
       RAY_ADDRESS=auto gan-deploy generate -n 1000000 --out /shared/big/ --executor ray
     """
-    from gan_deploy.generate.pipeline import GenerateInterrupted, GenerateOptions, parse_shard, run
+    from gan_deploy.generate import GenerateInterrupted, GenerateOptions, generate_images
+    from gan_deploy.generate.options import parse_shard
 
     sink_options = {}
     if tar_shard_size is not None:
@@ -108,7 +110,7 @@ def generate(ctx, checkpoint, onnx, engine, value_range, n, out, batch_size, bac
                            backend=given["backend"], device=device, precision=given["precision"], executor=executor,
                            ray_workers=ray_workers, jpeg_encoder=given["jpeg_encoder"])
     try:
-        report = run(art, opts, on_start=lambda what: click.echo(what, err=True))
+        report = generate_images(art, opts, on_start=lambda what: click.echo(what, err=True))
     except GenerateInterrupted as e:
         r = e.report
         click.echo(f"\nInterrupted: {r.n_written + r.n_resumed} complete images in {r.out}"

@@ -14,14 +14,15 @@ from typing import Any, Iterator
 TMP_PREFIX = ".gan-deploy-tmp-"
 
 
-def _umask() -> int:
+def current_umask() -> int:
+    """The process's umask: `os` has no getter, so it is set and put back at once."""
     mask = os.umask(0)
     os.umask(mask)
     return mask
 
 
 # mkstemp creates files 0600; a finished artifact gets the permissions any new file would get
-_FILE_MODE = 0o666 & ~_umask()
+_FILE_MODE = 0o666 & ~current_umask()
 
 
 @contextmanager

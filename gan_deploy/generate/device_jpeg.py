@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from gan_deploy.backends import TORCH_BACKENDS
 from gan_deploy.core.errors import GanDeployError
 from gan_deploy.generate.sinks.base import Encoded
 
@@ -37,7 +38,7 @@ def check_jpeg_encoder(encoder: str, fmt: str, sink: str, device: str | None, ba
                              hint="drop --jpeg-encoder cuda, or write JPEG")
     if sink == "array":
         raise GanDeployError("the array sink stores raw pixels", "--sink array", expected="--sink folder or tar")
-    if backend is not None and backend not in ("eager", "compile"):
+    if backend is not None and backend not in TORCH_BACKENDS:
         raise GanDeployError("a GPU JPEG encoder needs the pixels on the GPU", f"backend {backend}", expected="backend eager or compile",
                              hint="use a checkpoint with --backend eager (or compile) --device cuda, or --jpeg-encoder cpu")
     if device is not None and not device.startswith("cuda"):

@@ -30,8 +30,9 @@ import numpy as np
 
 from gan_deploy.artifacts.artifact import Artifact
 from gan_deploy.core.errors import BackendUnavailable, GanDeployError, StaleArtifact
+from gan_deploy.generate.options import GenerateOptions
 from gan_deploy.generate.outdir import sweep
-from gan_deploy.generate.pipeline import GenerateOptions, GenerateReport, Session, model_inputs, runner_options
+from gan_deploy.generate.session import GenerateReport, Session
 from gan_deploy.generate.sinks.base import Result, SinkWorker, Task
 
 
@@ -103,32 +104,28 @@ def _resources(device: str, workers: int | None) -> tuple[str, dict[str, float],
 
 
 def _backend(artifact: Artifact, backend: str, precision: str) -> tuple[str, dict[str, Any]]:
-    """The backend the workers will run, resolved here when this machine can (for the run record), with its options."""
-    from gan_deploy.backends import runner_class
+    """The backend the workers will run, resolved here when this machine can (for the run record), with its options
+    (backends.resolve_backend: the one precision rule; `auto` as this machine would choose it)."""
+    from gan_deploy.backends import precision_options, resolve_backend, runner_class
 
     if backend != "auto":  # fail here, not in every worker
         runner_class(backend)
     try:
-        return runner_options(backend, artifact, precision)
+        name, options, _ = resolve_backend(backend, artifact, "auto", precision)
+        return name, options
     except BackendUnavailable:  # e.g. TensorRT only on the workers: they resolve `auto` / check it themselves
-        if precision != "fp32" and backend not in ("eager", "compile"):
-            raise
-        return backend, ({"precision": precision} if backend in ("eager", "compile") else {})
+        return backend, precision_options(backend, precision)
 
 
 def generate_ray(artifact: Artifact, opts: GenerateOptions, on_start: Callable[[], None] | None = None) -> GenerateReport:
     """Write the same output as `generate.pipeline.generate` (same options) with Ray Data workers.
     `on_start()` is called once every check has passed, before Ray starts."""
     workers = opts.ray_workers
-    if workers is not None and workers < 1:
-        raise GanDeployError("bad number of Ray workers", workers, expected=">= 1")
     if artifact.kind not in ("checkpoint", "onnx", "engine"):
         raise GanDeployError("unsupported artifact", artifact.kind, expected="checkpoint, onnx or engine")
-    if opts.jpeg_encoder != "cpu":  # Ray workers encode on their CPUs; the GPU encoder runs in a local run's main process
-        raise GanDeployError("the GPU JPEG encoder with the Ray executor", f"--jpeg-encoder {opts.jpeg_encoder}",
-                             expected="--jpeg-encoder cpu with --executor ray", hint="drop --jpeg-encoder, or use --executor local")
-    opts = dataclasses.replace(opts, out=Path(opts.out).resolve())  # workers may run in another working directory
-    session = Session(opts, artifact.spec, model_inputs(artifact), opts.backend, opts.device, opts.precision)
+    # checks itself again (GenerateOptions.validate): e.g. the GPU JPEG encoder only in a local run's main process
+    opts = dataclasses.replace(opts, out=Path(opts.out).resolve(), executor="ray")  # workers may run in another working directory
+    session = Session(opts, artifact.spec, artifact.files(), opts.backend, opts.device, opts.precision)
     backend, options = _backend(artifact, opts.backend, opts.precision)
     session.record["backend"] = backend
     session.set_model(artifact.kind, artifact.path, artifact.sha256)
@@ -156,11 +153,7 @@ def generate_ray(artifact: Artifact, opts: GenerateOptions, on_start: Callable[[
         n_workers = max(1, min(n_workers, len(tasks)))  # an actor per batch at most: each one loads the model
         if wdevice == "cpu":  # one worker per CPU: one thread each
             options = {**options, "threads": int(os.environ.get("GAN_DEPLOY_THREADS", "0")) or 1}
-        ctx = ray.data.DataContext.get_current()
-        ctx.enable_progress_bars = False  # our own bar, as in the single-process path
-        ctx.execution_options.preserve_order = True  # results in task order: the tar sink appends them in order
-        # it would warn, once per process, that the progress bars are off: we switched them off on purpose
-        logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
+        _configure_ray_data()
         session.start_progress(f"generate [ray x{n_workers}]")
         if tasks:
             rows = [{"seq": t.seq, "b0": t.b0, "b": t.b, "lo": t.lo, "hi": t.hi} for t in tasks]
@@ -203,6 +196,16 @@ def generate_ray(artifact: Artifact, opts: GenerateOptions, on_start: Callable[[
         raise KeyboardInterrupt
     report = session.report(backend, detail, time.perf_counter() - t0, infer_s, n_workers, "ray", interrupted, manifest, grid)
     return session.conclude(report, interrupted)
+
+
+def _configure_ray_data() -> None:
+    import ray.data
+
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False  # our own bar, as in the single-process path
+    ctx.execution_options.preserve_order = True  # results in task order: the tar sink appends them in order
+    # it would warn, once per process, that the progress bars are off: we switched them off on purpose
+    logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
 
 
 def _gan_deploy_cause(e: BaseException) -> GanDeployError | None:

@@ -1,7 +1,10 @@
-"""What `gan-deploy eval` runs: images from a generator, a folder or a data set, scored against a reference."""
+"""What `gan-deploy eval` runs: `evaluate(artifact, EvalOptions(...))` scores images from a generator, a folder or
+a data set against a reference. The options check themselves when built; `progress` (core.progress) prints a
+"generating ..." line per generator run on stderr unless False."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from numbers import Integral
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -169,88 +172,150 @@ class EvalReport:
         return "\n".join(lines)
 
 
-def run_eval(artifact: Any = None, backend: str = "auto", device: str = "auto", precision: str = "fp32",
-             images: str | Path | None = None, reference: str | Path = "digits", against_backend: str | None = None,
-             against_artifact: Any = None, n: int = 2000, seed: int = 0, k: int = 5, bootstrap: int = 10,
-             context: bool = True, batch_size: int = 500, log: Any = None) -> EvalReport:
-    """Score a generator (`artifact` run on `backend`) or a folder of `images` against `reference` data, or
-    against the same latents run on `against_backend` (paired: the quantization gate's comparison; the
-    eager reference runs `against_artifact`, a checkpoint, when the scored artifact is ONNX or an engine).
+@dataclass
+class EvalOptions:
+    """Everything `gan-deploy eval` decides, as one object; checks itself when built (`validate`)."""
+
+    backend: str = "auto"  # backends.CHOICES: the backend that generates the scored images
+    device: str = "auto"  # generation only; features are computed on the CPU
+    precision: str = "fp32"  # backends.torch_common.TORCH_PRECISIONS (the PyTorch backends; backends.resolve_backend)
+    images: str | Path | None = None  # score these files (a generate folder, an image folder, .npy/.npz) instead of a generator
+    reference: str | Path = "digits"  # what to score against: a data set load_images reads
+    against_backend: str | None = None  # score against the same latents on this backend instead (paired)
+    against_artifact: Any = None  # the Artifact (a checkpoint) against_backend runs when it cannot run the scored one
+    n: int = 2000  # generated images (latents 0..n-1 of seed)
+    seed: int = 0  # latent seed; also seeds the bootstrap and the halves split
+    k: int = 5  # neighbours for the precision/recall manifolds
+    bootstrap: int = 10  # resamples behind the ± spread (0: none)
+    context: bool = True  # also the context scores (real halves, untrained generator, noise floor)
+    batch_size: int = 500
+    progress: bool | None = None  # "generating ..." lines on stderr unless False (core.progress)
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Ranges and choices from the library's constants, one GanDeployError line each; nothing is loaded."""
+        from gan_deploy.backends import BACKENDS, CHOICES
+        from gan_deploy.backends.torch_common import check_precision
+        from gan_deploy.core.device import check_device
+        from gan_deploy.core.latents import MAX_SEED
+
+        if self.backend not in CHOICES:
+            raise GanDeployError("unknown backend", repr(self.backend), expected=f"one of {', '.join(CHOICES)}")
+        if self.against_backend is not None and self.against_backend not in BACKENDS:
+            raise GanDeployError("unknown --against-backend", repr(self.against_backend), expected=f"one of {', '.join(BACKENDS)}")
+        check_precision(self.precision)
+        check_device(self.device)
+        if not 0 <= self.seed <= MAX_SEED:
+            raise GanDeployError("bad seed", self.seed, expected=f"0 <= seed <= {MAX_SEED}")
+        for what, value, low in (("k", self.k, 1), ("bootstrap", self.bootstrap, 0), ("batch size", self.batch_size, 1),
+                                 ("image count", self.n, 1)):
+            if not isinstance(value, Integral) or value < low:
+                raise GanDeployError(f"bad {what}", value, expected=f">= {low}")
+        if self.against_backend is not None and self.images is not None:
+            raise GanDeployError("--against-backend needs a generator, not a folder of images", str(self.images), hint="score the folder against data with --reference, or pass the generator instead of --images")
+        if self.images is None and self.n < MIN_SAMPLES:
+            raise GanDeployError("too few images to score", f"-n {self.n}", expected=f"at least {MIN_SAMPLES}", hint="use 1000+ (FD is biased upward at small n; compare scores only at the same n)")
+
+
+def evaluate(artifact: Any, opts: EvalOptions | None = None) -> EvalReport:
+    """Score a generator (`artifact` run on `opts.backend`) or a folder of `opts.images` (then `artifact` is None)
+    against `opts.reference` data, or against the same latents run on `opts.against_backend` (paired: the
+    quantization gate's comparison; the reference runs `opts.against_artifact`, a checkpoint, when the scored
+    artifact is ONNX or an engine).
 
     Context scores (unless `context=False`): against data, two disjoint halves of the reference against each
     other and an untrained generator of the same architecture on the same latents; against a backend, the
     reference backend on fresh latents (indices n..2n-1): the sampling noise floor at this n.
     """
-    from gan_deploy.backends import make_runner
+    from gan_deploy.core.progress import progress_lines
     from gan_deploy.core.timing import Stopwatch
 
-    say = log or (lambda msg: None)
-    if images is None and artifact is None:
+    opts = opts or EvalOptions()
+    opts.validate()  # again: a dataclass may have been changed since it was built
+    say = progress_lines(opts.progress)
+    if opts.images is None and artifact is None:
         raise GanDeployError("nothing to score", None, expected="a generator artifact or a folder of images")
-    if against_backend is not None and images is not None:
-        raise GanDeployError("--against-backend needs a generator, not a folder of images", str(images), hint="score the folder against data with --reference, or pass the generator instead of --images")
-    if images is None and n < MIN_SAMPLES:
-        raise GanDeployError("too few images to score", f"-n {n}", expected=f"at least {MIN_SAMPLES}", hint="use 1000+ (FD is biased upward at small n; compare scores only at the same n)")
-    ref_art = None
-    if against_backend is not None:
-        from gan_deploy.backends import runner_class
-
-        ref_art = artifact
-        if artifact.kind not in runner_class(against_backend).accepts:
-            ref_art = against_artifact
-            if ref_art is None:
-                raise GanDeployError(f"backend '{against_backend}' cannot run the scored {artifact.kind}", str(artifact.path), expected="a checkpoint to run it on", hint="pass the checkpoint it was exported from with --checkpoint")
-            _check_same_generator(artifact, ref_art)
+    ref_art = _reference_artifact(artifact, opts) if opts.against_backend is not None else None
     clf = load_classifier()  # all of the above fails before anything is generated
     notes: list[str] = []
     with Stopwatch() as sw:
         runner = None
-        if images is not None:
-            gen = load_images(images)
-            gen_desc = f"{len(gen)} images from {images}"
+        if opts.images is not None:
+            gen = load_images(opts.images)
+            gen_desc = f"{len(gen)} images from {opts.images}"
         else:
-            runner = _runner(make_runner, backend, artifact, device, precision)
-            say(f"generating {n} images with {artifact.describe()} on {runner.name}")
-            gen = generator_images(runner, n, seed, batch_size=batch_size)
-            gen_desc = f"{artifact.describe()} on {runner.name}{'' if precision == 'fp32' else ' ' + precision}, {n} images (seed {seed})"
+            from gan_deploy.backends import make_runner
+
+            runner = make_runner(opts.backend, artifact, opts.device, precision=opts.precision)
+            say(f"generating {opts.n} images with {artifact.describe()} on {runner.name}")
+            gen = generator_images(runner, opts.n, opts.seed, batch_size=opts.batch_size)
+            gen_desc = (f"{artifact.describe()} on {runner.name}{'' if opts.precision == 'fp32' else ' ' + opts.precision}, "
+                        f"{opts.n} images (seed {opts.seed})")
         f_gen = features(gen, classifier=clf)
-        ctx: dict[str, QualityScore] = {}
-        if against_backend is not None:
-            ref_runner = make_runner(against_backend, ref_art, device)  # type: ignore[arg-type]
-            say(f"generating the same {n} latents with {ref_art.describe()} on {ref_runner.name}")
-            ref = generator_images(ref_runner, n, seed, batch_size=batch_size)
-            ref_desc = f"{ref_art.describe()} on {ref_runner.name}, the same {n} latents (paired)"
-            f_ref = features(ref, classifier=clf)
-            score = score_features(f_gen, f_ref, k, bootstrap, seed, True, clf.sha256)
-            if context:
-                fresh = generator_images(ref_runner, n, seed, start=n, batch_size=batch_size)
-                ctx[f"{ref_runner.name} on fresh latents (sampling noise floor)"] = score_features(
-                    features(fresh, classifier=clf), f_ref, k, bootstrap, seed, False, clf.sha256)
+        if ref_art is not None:
+            score, ref_desc, ctx = _against_backend(f_gen, ref_art, opts, clf, say)
         else:
-            ref = reference_images(reference)
-            ref_desc = f"{reference} ({len(ref)} images)"
-            f_ref = features(ref, classifier=clf)
-            score = score_features(f_gen, f_ref, k, bootstrap, seed, False, clf.sha256)
-            if context:
-                h1, h2 = split_halves(np.arange(len(f_ref)), seed)
-                if min(len(h1), len(h2)) >= max(MIN_SAMPLES, k + 1):
-                    ctx[f"real vs real, disjoint halves ({len(h1)} vs {len(h2)})"] = score_features(
-                        f_ref[h1], f_ref[h2], k, bootstrap, seed, False, clf.sha256)
-                if runner is not None:
-                    untrained = untrained_generator_images(artifact, n, seed)
-                    if untrained is not None:
-                        ctx["untrained generator, same latents"] = score_features(
-                            features(untrained, classifier=clf), f_ref, k, bootstrap, seed, False, clf.sha256)
-            if str(reference) not in DATASETS:
+            score, ref_desc, ctx = _against_data(f_gen, artifact if runner is not None else None, opts, clf)
+            if str(opts.reference) not in DATASETS:
                 notes.append("note: the features come from a digits classifier; on other data FD is only a relative, "
                              "same-data comparison (docs/quality.md)")
     return EvalReport(score, gen_desc, ref_desc, ctx, sw.seconds, notes)
 
 
-def _runner(make_runner: Any, backend: str, artifact: Any, device: str, precision: str) -> Any:
-    if backend == "auto" and precision != "fp32" and artifact.kind == "checkpoint":
-        backend = "eager"  # a torch precision was asked for: the PyTorch backend, not the fastest runtime
-    return make_runner(backend, artifact, device, precision=precision)
+def _reference_artifact(artifact: Any, opts: EvalOptions) -> Any:
+    """What `opts.against_backend` runs: the scored artifact, or `opts.against_artifact` when it cannot run that."""
+    from gan_deploy.backends import runner_class
+
+    if artifact.kind in runner_class(opts.against_backend).accepts:  # type: ignore[arg-type]
+        return artifact
+    if opts.against_artifact is None:
+        raise GanDeployError(f"backend '{opts.against_backend}' cannot run the scored {artifact.kind}", str(artifact.path), expected="a checkpoint to run it on", hint="pass the checkpoint it was exported from with --checkpoint")
+    _check_same_generator(artifact, opts.against_artifact)
+    return opts.against_artifact
+
+
+def _against_backend(f_gen: np.ndarray, ref_art: Any, opts: EvalOptions, clf: Any,
+                     say: Any) -> tuple[QualityScore, str, dict[str, QualityScore]]:
+    """Paired: the same latents on the reference backend; context: that backend on fresh latents (the noise floor)."""
+    from gan_deploy.backends import make_runner
+
+    n, seed, k, bootstrap = opts.n, opts.seed, opts.k, opts.bootstrap
+    ref_runner = make_runner(opts.against_backend, ref_art, opts.device)  # type: ignore[arg-type]
+    say(f"generating the same {n} latents with {ref_art.describe()} on {ref_runner.name}")
+    ref = generator_images(ref_runner, n, seed, batch_size=opts.batch_size)
+    ref_desc = f"{ref_art.describe()} on {ref_runner.name}, the same {n} latents (paired)"
+    f_ref = features(ref, classifier=clf)
+    score = score_features(f_gen, f_ref, k, bootstrap, seed, True, clf.sha256)
+    ctx: dict[str, QualityScore] = {}
+    if opts.context:
+        fresh = generator_images(ref_runner, n, seed, start=n, batch_size=opts.batch_size)
+        ctx[f"{ref_runner.name} on fresh latents (sampling noise floor)"] = score_features(
+            features(fresh, classifier=clf), f_ref, k, bootstrap, seed, False, clf.sha256)
+    return score, ref_desc, ctx
+
+
+def _against_data(f_gen: np.ndarray, generator: Any, opts: EvalOptions,
+                  clf: Any) -> tuple[QualityScore, str, dict[str, QualityScore]]:
+    """Against reference data; context: two disjoint halves of it, and an untrained `generator` (when one was run)."""
+    n, seed, k, bootstrap = opts.n, opts.seed, opts.k, opts.bootstrap
+    ref = reference_images(opts.reference)
+    ref_desc = f"{opts.reference} ({len(ref)} images)"
+    f_ref = features(ref, classifier=clf)
+    score = score_features(f_gen, f_ref, k, bootstrap, seed, False, clf.sha256)
+    ctx: dict[str, QualityScore] = {}
+    if opts.context:
+        h1, h2 = split_halves(np.arange(len(f_ref)), seed)
+        if min(len(h1), len(h2)) >= max(MIN_SAMPLES, k + 1):
+            ctx[f"real vs real, disjoint halves ({len(h1)} vs {len(h2)})"] = score_features(
+                f_ref[h1], f_ref[h2], k, bootstrap, seed, False, clf.sha256)
+        if generator is not None:
+            untrained = untrained_generator_images(generator, n, seed)
+            if untrained is not None:
+                ctx["untrained generator, same latents"] = score_features(
+                    features(untrained, classifier=clf), f_ref, k, bootstrap, seed, False, clf.sha256)
+    return score, ref_desc, ctx
 
 
 def _check_same_generator(scored: Any, ref: Any) -> None:

@@ -32,7 +32,7 @@ from gan_deploy.artifacts.artifact import Artifact
 from gan_deploy.artifacts.onnx import require_dynamic_batch
 from gan_deploy.artifacts.spec import GeneratorSpec
 from gan_deploy.core.errors import GanDeployError
-from gan_deploy.core.fileio import TMP_PREFIX, atomic_write_bytes, atomic_write_text, sha256_file
+from gan_deploy.core.fileio import TMP_PREFIX, atomic_write_bytes, atomic_write_text, current_umask, sha256_file
 from gan_deploy.core.outputs import check_writable_folder, refuse_inputs_inside
 from gan_deploy.export.onnx import onnx_bytes_of
 
@@ -261,7 +261,7 @@ def _write_models(repo: Path, plans: list[tuple[Path, str, dict[str, Any]]], eng
             atomic_write_text(stage / "gan_deploy.json", json.dumps(provenance, indent=2) + "\n")
             # config last: a folder with a config.pbtxt is a complete model
             atomic_write_text(stage / "config.pbtxt", text)
-            os.chmod(stage, 0o777 & ~_umask())  # mkdtemp makes it 0700; the model folder gets a folder's usual mode
+            os.chmod(stage, 0o777 & ~current_umask())  # mkdtemp makes it 0700; the model folder gets a folder's usual mode
         for stage, folder in staged:
             _swap_in(stage, folder)
     finally:
@@ -270,9 +270,3 @@ def _write_models(repo: Path, plans: list[tuple[Path, str, dict[str, Any]]], eng
                 shutil.rmtree(stage, ignore_errors=True)
         if created_repo and repo.exists() and not any(repo.iterdir()):
             repo.rmdir()
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 
 import torch
 
+from gan_deploy.core import device as core_device
 from gan_deploy.core.errors import GanDeployError
 from gan_deploy.train.distributed import Env
 
@@ -14,33 +15,22 @@ CUBLAS_WORKSPACE = ":4096:8"  # cuBLAS is deterministic only with a fixed worksp
 
 
 def resolve_device(spec: str, env: Env) -> torch.device:
-    """--device (auto | cpu | cuda | cuda:N) -> a torch.device; under torchrun, `cuda` means this rank's GPU
-    (LOCAL_RANK). Checks the GPU count before anything touches a GPU."""
-    spec = (spec or "auto").lower()
-    if spec == "auto":
-        spec = "cuda" if torch.cuda.is_available() else "cpu"
-    if spec == "cpu":
+    """--device (auto | cpu | cuda | cuda:N) -> a torch.device, by `core.device.resolve_device`'s rules plus what
+    training adds: under torchrun, `cuda` means this rank's GPU (LOCAL_RANK), checked against the GPU count
+    before anything touches a GPU; bare `cuda` alone is the current device."""
+    name = core_device.resolve_device(spec)
+    if name == "cpu":
         return torch.device("cpu")
-    if spec == "cuda" or spec.startswith("cuda:"):
-        if not torch.cuda.is_available():
-            raise GanDeployError("CUDA requested but not available", spec, expected="a machine with an NVIDIA GPU and a CUDA build of torch", hint="use --device cpu (or auto)")
-        n = torch.cuda.device_count()  # reads the count without initialising CUDA
-        if spec == "cuda":
-            if not env.distributed:
-                return torch.device("cuda", torch.cuda.current_device())
-            if env.local_world > n or env.local_rank >= n:  # every rank sees it, so all of them stop, not only the extra ones
-                raise GanDeployError("more processes than GPUs on this machine", f"{env.local_world} processes (LOCAL_RANK {env.local_rank}) for {n} GPU{'s' if n != 1 else ''}", expected=f"one process per GPU: at most {n}", hint=f"use torchrun --nproc-per-node {n} (or fewer), or --device cpu")
-            return torch.device("cuda", env.local_rank)
-        try:
-            dev = torch.device(spec)
-        except RuntimeError:
-            dev = None
-        if dev is None or dev.index is None or dev.index >= n:
-            raise GanDeployError("no such CUDA device", spec, expected=f"cuda:0 .. cuda:{n - 1}")
+    if name != "cuda":
         if env.local_world > 1:  # NCCL refuses two ranks on one GPU ("Duplicate GPU detected")
             raise GanDeployError("--device cuda:N would put every process on one GPU", spec, expected=f"--device cuda with torchrun ({env.local_world} processes here): each process takes the GPU of its LOCAL_RANK", hint="use --device cuda (or auto)")
-        return dev
-    raise GanDeployError("unknown device", spec, expected="auto, cpu, cuda or cuda:N")
+        return torch.device(name)
+    if not env.distributed:
+        return torch.device("cuda", torch.cuda.current_device())
+    n = torch.cuda.device_count()  # reads the count without initialising CUDA
+    if env.local_world > n or env.local_rank >= n:  # every rank sees it, so all of them stop, not only the extra ones
+        raise GanDeployError("more processes than GPUs on this machine", f"{env.local_world} processes (LOCAL_RANK {env.local_rank}) for {n} GPU{'s' if n != 1 else ''}", expected=f"one process per GPU: at most {n}", hint=f"use torchrun --nproc-per-node {n} (or fewer), or --device cpu")
+    return torch.device("cuda", env.local_rank)
 
 
 @contextlib.contextmanager

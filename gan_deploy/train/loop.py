@@ -49,6 +49,7 @@ import torch
 from torch import nn
 
 from gan_deploy.core.errors import GanDeployError
+from gan_deploy.core.progress import show_bar
 from gan_deploy.nets.config import GeneratorConfig
 from gan_deploy.train import distributed, losses
 from gan_deploy.train.batches import Batches
@@ -380,16 +381,16 @@ class _Report:
                  images_per_step: int, desc: str):
         self.o, self.ctx, self.metrics, self.device = o, ctx, out / "metrics.jsonl", device
         self.elapsed_before, self.images_per_step = elapsed_before, images_per_step
-        # progress: None -> a bar on a terminal, else a line per sample grid (logs, CI); True -> bar; False -> silent
-        tty = sys.stderr.isatty()
+        # progress (core.progress): None -> a bar on a terminal, else a line per sample grid (logs, CI); True -> bar;
+        # False -> silent
         self.bar = None
-        if ctx.main and (o.progress or (o.progress is None and tty)):
+        if ctx.main and show_bar(o.progress):
             from tqdm import tqdm
 
             # disable=False: an explicit --progress wins over a TQDM_DISABLE left in the environment
             self.bar = tqdm(total=o.steps, initial=start, unit="step", dynamic_ncols=True, desc=desc,
                             disable=False)
-        self.say_lines = ctx.main and o.progress is None and not tty
+        self.say_lines = ctx.main and o.progress is None and not sys.stderr.isatty()
         self.status = {"train": "", "eval": ""}  # the bar's postfix, in two parts updated at different steps
         self.sum_d = torch.zeros((), device=device)  # loss sums since the last record, on the device: no sync per step
         self.sum_g = torch.zeros((), device=device)

@@ -59,7 +59,7 @@ class TrainOptions:
     eval_samples: int = 1000  # generated images per quality score (fixed latents, so scores along a run compare)
     resume: bool = False
     overwrite: bool = False
-    progress: bool | None = None  # None -> a progress bar when stderr is a terminal, else a line per sample
+    progress: bool | None = None  # core.progress: True bar, False silent, None a bar on a terminal, else a line per sample
 
     def resolved(self) -> TrainOptions:
         """A copy with the defaults that depend on other options filled in (imports the loss module, so torch)."""

@@ -1,0 +1,135 @@
+"""What a generate run is asked to do (`GenerateOptions`), checked when it is built, and the job-shard arithmetic.
+
+The CLI builds a `GenerateOptions`; Python callers too. Every range and choice comes from the library's constants
+(core.latents.MAX_SEED, core.images.FORMATS, sinks.SINKS, pool.KINDS, backends.CHOICES, torch precisions,
+device_jpeg.JPEG_ENCODERS), and a bad value is one GanDeployError line before anything is loaded or written.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from numbers import Integral
+from pathlib import Path
+from typing import Any
+
+from gan_deploy.core.errors import GanDeployError
+from gan_deploy.core.latents import MAX_SEED
+from gan_deploy.generate.device_jpeg import JPEG_ENCODERS
+from gan_deploy.generate.pool import KINDS as WRITER_KINDS
+from gan_deploy.generate.sinks import sink_class
+
+EXECUTORS = ("local", "ray")
+SHARD_EXPECTED = "K/N with 0 <= K < N, e.g. 0/4"
+
+
+def parse_shard(text: str | None) -> tuple[int, int]:
+    """--shard K/N -> (K, N); none: (0, 1), the whole run."""
+    if not text:
+        return (0, 1)
+    try:
+        k, n = (int(p) for p in text.split("/"))
+    except ValueError:
+        raise GanDeployError("bad --shard", repr(text), expected=SHARD_EXPECTED) from None
+    return check_shard((k, n), repr(text))
+
+
+def check_shard(shard: tuple[int, int], shown: str | None = None) -> tuple[int, int]:
+    """A job shard (k, n): this is part k of n, 0 <= k < n."""
+    try:
+        k, n = shard
+        ok = isinstance(k, Integral) and isinstance(n, Integral) and n >= 1 and 0 <= k < n
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise GanDeployError("bad --shard", shown or repr(shard), expected=SHARD_EXPECTED)
+    return shard
+
+
+def shard_indices(n: int, unit: int, shard: tuple[int, int]) -> tuple[int, int]:
+    """[start, stop) of this job shard's images: whole units (batches, or tar shards for the tar sink)."""
+    k, parts = shard
+    n_units = -(-n // unit)
+    u0, u1 = k * n_units // parts, (k + 1) * n_units // parts
+    return min(u0 * unit, n), min(u1 * unit, n)
+
+
+@dataclass
+class GenerateOptions:
+    """Everything `gan-deploy generate` decides, as one object (the CLI builds it; Python callers too)."""
+
+    n: int = 1000  # images in the whole run (all shards together)
+    out: str | Path = "samples"  # output folder (new or empty unless overwrite or resume)
+    batch_size: int = 256
+    seed: int = 0  # image i is a pure function of (seed, i)
+    fmt: str | None = None  # one of core.images.FORMATS; None: the sink's default (png; npy for the array)
+    sink: str = "folder"  # sinks.SINKS: folder | tar | array
+    sink_options: dict[str, Any] = field(default_factory=dict)  # e.g. tar: {"shard_size": 10000, "prefix": "images"}
+    overwrite: bool = False
+    resume: bool = False  # finish the interrupted run in `out` (same settings; its record says which)
+    grid: str | Path | None = None  # also write a sample grid PNG of the first 64 images
+    json_out: str | Path | None = None  # also write the report as JSON (checked before the first batch)
+    manifest: bool = True  # keep manifest.csv (the journal) and generate.json (the run record)
+    writers: int | None = None  # encoder workers; None: cores - 1 processes, or 2 threads per core (at most 8)
+    writer_kind: str = "auto"  # process | thread | auto (processes with >= 3 cores and >= 20,000 images)
+    shard: tuple[int, int] = (0, 1)  # (k, n): write only job shard k of n
+    progress: bool | None = None  # a bar on stderr: True, False, None = on a terminal (core.progress)
+    backend: str = "auto"  # which backend (backends.CHOICES)
+    device: str = "auto"
+    precision: str = "fp32"  # torch_common.TORCH_PRECISIONS, computed by eager / compile (backends.resolve_backend)
+    executor: str = "local"  # local | ray
+    ray_workers: int | None = None  # with executor ray
+    sync_every: float = 1.0  # seconds between fsyncs of the journal
+    jpeg_encoder: str = "cpu"  # device_jpeg.JPEG_ENCODERS: cpu (PIL, in the workers) | cuda (nvJPEG on the GPU, main process)
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Every check that needs neither the model nor the disk, one GanDeployError line each (ranges and choices
+        from the library's constants); the sink's own options, the memory and the paths are checked by the Session."""
+        from gan_deploy.backends import CHOICES as BACKEND_CHOICES
+        from gan_deploy.backends.torch_common import check_precision
+        from gan_deploy.core.device import check_device
+        from gan_deploy.core.images import FORMATS
+
+        _at_least("bad image count", self.n, 1)
+        _at_least("bad batch size", self.batch_size, 1)
+        if not 0 <= self.seed <= MAX_SEED:
+            raise GanDeployError("bad seed", self.seed, expected=f"0 <= seed <= {MAX_SEED}")
+        if self.fmt is not None and self.fmt not in FORMATS:
+            raise GanDeployError("unknown image format", repr(self.fmt), expected=f"one of {', '.join(FORMATS)}")
+        cls = sink_class(self.sink)
+        if self.fmt is not None and self.fmt not in cls.formats:
+            raise GanDeployError(f"the {self.sink} sink cannot store {self.fmt}", repr(self.fmt), expected=" or ".join(cls.formats),
+                                 hint=f"use --format {cls.formats[0]}, or --sink folder (or tar) for {self.fmt} files")
+        check_shard(self.shard)
+        if self.writer_kind not in WRITER_KINDS:
+            raise GanDeployError("unknown writer kind", repr(self.writer_kind), expected=" | ".join(WRITER_KINDS))
+        if self.writers is not None:
+            _at_least("bad number of writers", self.writers, 1)
+        if self.executor not in EXECUTORS:
+            raise GanDeployError("unknown executor", repr(self.executor), expected=" or ".join(EXECUTORS))
+        if self.ray_workers is not None:
+            _at_least("bad number of Ray workers", self.ray_workers, 1)
+        if self.backend not in BACKEND_CHOICES:
+            raise GanDeployError("unknown backend", repr(self.backend), expected=f"one of {', '.join(BACKEND_CHOICES)}")
+        check_precision(self.precision)
+        check_device(self.device)
+        if self.jpeg_encoder not in JPEG_ENCODERS:
+            raise GanDeployError("unknown JPEG encoder", repr(self.jpeg_encoder), expected=" or ".join(JPEG_ENCODERS))
+        if self.executor == "ray" and self.jpeg_encoder != "cpu":  # Ray workers encode on their CPUs
+            raise GanDeployError("the GPU JPEG encoder with the Ray executor", f"--jpeg-encoder {self.jpeg_encoder}",
+                                 expected="--jpeg-encoder cpu with --executor ray", hint="drop --jpeg-encoder, or use --executor local")
+        if not self.sync_every > 0:
+            raise GanDeployError("bad journal sync interval", self.sync_every, expected="seconds > 0")
+        if self.resume and self.overwrite:
+            raise GanDeployError("resume and overwrite together", str(self.out), hint="resume continues a run; overwrite starts a new one")
+        if self.resume and not self.manifest:
+            raise GanDeployError("cannot resume without a manifest", str(self.out), hint="the manifest is the list of what is complete")
+
+
+def _at_least(what: str, value: int, low: int) -> None:
+    if not isinstance(value, Integral) or value < low:
+        raise GanDeployError(what, value, expected=f">= {low}")
+
+
+__all__ = ["EXECUTORS", "GenerateOptions", "check_shard", "parse_shard", "shard_indices"]
