@@ -494,8 +494,8 @@ CASES: list[Case] = [
     C("precision-on-onnxruntime", "eval --onnx tiny.onnx --backend onnxruntime --precision fp16 -n 64", "PyTorch backends only"),
 
     # --- 3/4. export: inputs as outputs, output checked before the work ---
-    C("export-onto-weights", "export -c tiny.safetensors -o tiny.safetensors", "file extension"),
-    C("export-onto-sidecar", "export -c tiny.safetensors -o tiny.json", "file extension"),
+    C("export-onto-weights", "export -c tiny.safetensors -o tiny.safetensors", "would overwrite an input"),
+    C("export-onto-sidecar", "export -c tiny.safetensors -o tiny.json", "would overwrite an input"),
     C("export-onto-symlinked-weights", "export -c tiny.safetensors -o w.onnx", "would overwrite an input", link("tiny.safetensors", "w.onnx")),
     C("export-onto-hardlinked-sidecar", "export -c tiny.safetensors -o s.onnx", "would overwrite an input",
       link("tiny.json", "s.onnx", hard=True)),
@@ -567,7 +567,7 @@ CASES: list[Case] = [
     C("gen-shard-out-of-range", f"{GEN} -c tiny.safetensors --shard 3/2", "bad --shard", None, OUT),
     C("gen-shard-word", f"{GEN} -c tiny.safetensors --shard half", "bad --shard", None, OUT),
     C("gen-seed-negative", "generate -c tiny.safetensors --seed -1 --out out", "--seed"),
-    C("gen-out-is-file", "generate -c tiny.safetensors -n 4 --out tiny.json", "output path is a file"),
+    C("gen-out-is-file", "generate -c tiny.safetensors -n 4 --out tiny.json", "is a file"),
     C("gen-out-not-empty", "generate -c tiny.safetensors -n 4 --out full", "not empty", write("full/keep.txt", "keep")),
     C("gen-backend-tensorrt-checkpoint", f"{GEN} -c tiny.safetensors --backend tensorrt", "tensorrt", None, OUT),
     C("gen-batch-100M", "generate -c tiny.safetensors -n 100000000 -b 100000000 --out out", "memory", None, OUT, subprocess=True, timeout=12),
@@ -609,7 +609,7 @@ CASES: list[Case] = [
     C("eval-images-and-checkpoint", "eval --images imgs -c tiny.safetensors", "--images and a generator", generated()),
     C("eval-images-against-backend", "eval --images imgs --against-backend eager", "needs a generator", generated()),
     C("eval-too-few", "eval -c tiny.safetensors -n 5", "too few images"),
-    C("eval-json-onto-manifest", "eval --images imgs --json imgs/manifest.csv", "would overwrite an input", generated()),
+    C("eval-json-onto-manifest", "eval --images imgs --json imgs/manifest.csv", "not a JSON report", generated()),
     C("eval-json-into-images", "eval --images imgs --json imgs/report.json", "into the scored --images folder", generated()),
     C("eval-json-onto-checkpoint", "eval -c tiny.safetensors -n 64 --json tiny.safetensors", "would overwrite an input"),
     C("eval-against-other-checkpoint", "eval --onnx other.onnx -c tiny.safetensors --against-backend eager -n 64 --no-context",
@@ -651,7 +651,7 @@ CASES: list[Case] = [
     # --- 3. quantize / build-engine (the precision branch owns their outputs) ---
     C("quantize-no-precision", "quantize -c tiny.safetensors", "choose exactly one precision"),
     C("quantize-two-precisions", "quantize --int8 --fp16 -c tiny.safetensors", "choose exactly one precision"),
-    C("quantize-onto-input-onnx", "quantize --int8 --onnx tiny.onnx -o tiny.onnx", "overwrite the input"),
+    C("quantize-onto-input-onnx", "quantize --int8 --onnx tiny.onnx -o tiny.onnx", "would overwrite an input"),
     C("quantize-onto-sidecar", "quantize --int8 -c tiny.safetensors -o tiny.json --gate-samples 64 --calib-samples 16", "overwrite"),
     C("quantize-fp16-onto-sidecar", "quantize --fp16 -c tiny.safetensors -o tiny.json", "overwrite"),
     C("quantize-into-folder", "quantize --int8 -c tiny.safetensors -o dir", "is a directory", mkdir("dir")),
@@ -661,9 +661,9 @@ CASES: list[Case] = [
     C("build-engine-on-cpu", "build-engine --fp16 -c tiny.safetensors", "cannot build a TensorRT engine here", cpu_only=True),
 
     # --- 3. triton-repo: replacement is atomic, inputs are never inside what it replaces ---
-    C("triton-overwrite-own-input", "triton-repo --onnx repo/gan_generator/1/model.onnx --out repo --overwrite", "holding an input",
+    C("triton-overwrite-own-input", "triton-repo --onnx repo/gan_generator/1/model.onnx --out repo --overwrite", "would overwrite an input",
       then(mkdir("repo/gan_generator/1"), lambda d: shutil.copy(d / "tiny.onnx", d / "repo/gan_generator/1/model.onnx"))),
-    C("triton-overwrite-own-checkpoint", "triton-repo -c repo/m/ck.safetensors --name m --out repo --overwrite", "holding an input",
+    C("triton-overwrite-own-checkpoint", "triton-repo -c repo/m/ck.safetensors --name m --out repo --overwrite", "would overwrite an input",
       then(mkdir("repo/m"), lambda d: shutil.copy(d / "tiny.safetensors", d / "repo/m/ck.safetensors"),
            lambda d: shutil.copy(d / "tiny.json", d / "repo/m/ck.json"))),
     C("triton-exists", "triton-repo --onnx tiny.onnx --out repo", "already exists", write("repo/gan_generator/config.pbtxt", "old")),

@@ -57,7 +57,7 @@ def test_bad_options_are_usage_errors(cli, args, message, tmp_path):
 @pytest.mark.parametrize("make,args,message", [
     (lambda p: None, ["generate", "-c", "{p}/missing.safetensors"], "checkpoint not found"),
     (lambda p: (p / "bad.onnx").write_bytes(b"xx"), ["generate", "--onnx", "{p}/bad.onnx"], "corrupt or unreadable ONNX"),
-    (lambda p: (p / "file").write_text("x"), ["generate", "--out", "{p}/file"], "output path is a file"),
+    (lambda p: (p / "file").write_text("x"), ["generate", "--out", "{p}/file"], "is a file"),
     (lambda p: None, ["export", "--factory", "nowhere", "-o", "{p}/x.onnx"], "bad --factory"),
     (lambda p: None, ["bench", "--backends", "eager", "--onnx", "{p}/g.onnx"], "cannot be benchmarked"),
 ])

@@ -44,6 +44,7 @@ class Kind:
     folder: bool = False
     replaces: Callable[[Path], bool] | None = None
     suffix: str | None = None
+    replaced_whole: bool = False  # a folder swapped in whole (triton-repo): no input may lie inside it
 
 
 def _head(p: Path, n: int = _READ_LIMIT) -> bytes:
@@ -121,7 +122,10 @@ KINDS: dict[str, Kind] = {k.name: k for k in (
     Kind("png", "a PNG image (a grid or plot of an earlier run)", replaces=_is_png),
     Kind("json", "a JSON report of an earlier run", replaces=_is_report),
     Kind("serve-config", "a Ray Serve config from `serve --write-config`", replaces=_is_serve_config),
-    Kind("folder", "a folder", folder=True),
+    Kind("timing-cache", "a TensorRT timing cache (.cache)", replaces=lambda p: p.suffix == ".cache"),
+    Kind("generate-folder", "a folder of generated images", folder=True),
+    Kind("train-folder", "a training run folder", folder=True),
+    Kind("triton-repo", "a Triton model repository", folder=True, replaced_whole=True),
 )}
 
 
@@ -169,9 +173,9 @@ def _check_one(out: Output, inputs: list[Path]) -> None:
         raise GanDeployError(f"{opt} is a broken symlink", f"{p} -> {os.readlink(p)}",
                              expected=f"a path for {kind.what}", hint=f"remove the symlink, or choose another {opt}")
     for i in inputs:
-        if same_file(p, i) or (kind.folder and i.exists() and is_within(i, p) and p.exists()):
-            what = "is" if same_file(p, i) else "holds"
-            raise GanDeployError(f"{opt} would overwrite an input of this command", f"{p} {what} {i}",
+        if same_file(p, i) or (kind.replaced_whole and i.exists() and p.exists() and is_within(i, p)):
+            shown = str(p) if str(p) == str(i) else f"{p} {'is' if same_file(p, i) else 'holds'} {i}"
+            raise GanDeployError(f"{opt} would overwrite an input of this command", shown,
                                  expected="an output path that is none of the inputs (nor a sidecar of one)",
                                  hint=f"choose another {opt}: the input would be destroyed")
     if kind.folder:

@@ -1,25 +1,26 @@
 """`gan-deploy bench`: the backends side by side on identical latents."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import click
 
 from gan_deploy.backends.compile import COMPILE_MODES
 from gan_deploy.backends.torch_common import TORCH_PRECISIONS
 from gan_deploy.cli.options import (
+    InputPath,
     artifact_options,
     check_report_outputs,
+    command,
     device_option,
     int_list,
     json_option,
     load_artifact_from_options,
+    output_option,
     seed_option,
 )
 from gan_deploy.core.errors import GanDeployError
 
 
-@click.command("bench", short_help="Latency/throughput of the backends side by side.")
+@command("bench", short_help="Latency/throughput of the backends side by side.")
 @artifact_options()
 @click.option("--backends", default=None, help="Comma-separated backends (default: every one available here).")
 @click.option("--batch-sizes", callback=int_list, default="1,16,64,256", show_default=True)
@@ -29,7 +30,7 @@ from gan_deploy.core.errors import GanDeployError
 @click.option("--min-time", type=click.FloatRange(min=0), default=0.5, show_default=True, help="Measure for at least this many seconds.")
 @click.option("--max-time", type=click.FloatRange(min=0.01), default=10.0, show_default=True, help="Stop measuring one case after this many seconds.")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="onnxruntime intra-op threads (default: all cores).")
-@click.option("--variant", "variants", multiple=True, type=click.Path(dir_okay=False, path_type=Path),
+@click.option("--variant", "variants", multiple=True, type=InputPath(dir_okay=False),
               help="Also measure this ONNX (e.g. from `quantize --int8`) with onnxruntime. Repeatable.")
 @click.option("--precisions", default=None, metavar="LIST",
               help="Precisions of the PyTorch backends, comma-separated from: " + ", ".join(TORCH_PRECISIONS)
@@ -42,7 +43,7 @@ from gan_deploy.core.errors import GanDeployError
 @click.option("--gate-samples", type=click.IntRange(min=0), default=0, show_default=True,
               help="Also show the quality gate's figures (NaN/Inf, saturation, PSNR, FD) of each backend on this many images; 1000 is the gate's own n.")
 @json_option()
-@click.option("--plot", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Write a latency/throughput vs batch size plot (PNG).")
+@output_option("--plot", kind="png", default=None, help="Write a latency/throughput vs batch size plot (PNG).")
 def bench(checkpoint, onnx, engine, value_range, backends, batch_sizes, device, warmup, iters, min_time, max_time, threads,
           variants, precisions, compile_mode, rounds, seed, gate_samples, json_out, plot) -> None:
     """Compare backends on identical latents: latency mean/p50/p90/p99, images/s, speed-up and error vs eager.

@@ -13,23 +13,26 @@ from gan_deploy.cli.options import (
     artifact_options,
     backend_option,
     check_report_outputs,
+    command,
     device_option,
+    input_path_option,
     json_option,
     seed_option,
     torch_precision_option,
     write_json,
 )
 from gan_deploy.core.errors import GanDeployError
+from gan_deploy.data.sources import BUILTIN
 
 
-@click.command("eval", short_help="Quality score: FD, precision, recall vs real data or another backend.")
+@command("eval", short_help="Quality score: FD, precision, recall vs real data or another backend.")
 @artifact_options(checkpoint_help="Generator checkpoint (.safetensors with its .json). Default: the shipped models/digits_dcgan. "
                                   "With --onnx/--engine and --against-backend: the checkpoint the reference backend runs.",
                   onnx_help="ONNX generator to score.", engine_help="TensorRT engine to score.")
-@click.option("--images", type=click.Path(exists=True, path_type=Path), default=None,
+@input_path_option("--images", exists=True, dir_okay=True, default=None,
               help="Score image files instead of a generator: a `gan-deploy generate` folder (its manifest.csv is "
                    "followed), any folder of images, or an .npy/.npz array.")
-@click.option("--reference", "-r", default="digits", show_default=True,
+@input_path_option("--reference", "-r", specials=BUILTIN, dir_okay=True, default="digits", show_default=True,
               help="What to score against: digits (built in), a folder of images (e.g. a `generate` output), "
                    "an .npy/.npz array or an MNIST IDX file.")
 @click.option("--against-backend", type=click.Choice([b for b in BACKEND_CHOICES if b != "auto"]), default=None,

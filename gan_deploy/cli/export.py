@@ -1,18 +1,16 @@
 """`gan-deploy export`: PyTorch -> ONNX, checked against eager."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import click
 
-from gan_deploy.cli.options import DEFAULT_VALUE_RANGE, checkpoint_option, value_range_option
+from gan_deploy.cli.options import DEFAULT_VALUE_RANGE, checkpoint_option, command, input_path_option, output_option, value_range_option
 from gan_deploy.core.errors import GanDeployError
 from gan_deploy.export.onnx import DEFAULT_OPSET, DEFAULT_TOLERANCE, MIN_OPSET
 
 
-@click.command("export", short_help="PyTorch -> ONNX (dynamic batch), checked against eager.")
+@command("export", short_help="PyTorch -> ONNX (dynamic batch), checked against eager.")
 @checkpoint_option(help="Checkpoint to export. Default: the shipped models/digits_dcgan.")
-@click.option("--out", "-o", type=click.Path(dir_okay=False, path_type=Path), default=None,
+@output_option("--out", "-o", kind="onnx", default=None,
               help="ONNX file to write. Default: beside the checkpoint, with .onnx.")
 @click.option("--opset", type=click.IntRange(min=MIN_OPSET), default=DEFAULT_OPSET, show_default=True)
 @click.option("--tolerance", type=click.FloatRange(min=0), default=DEFAULT_TOLERANCE, show_default=True,
@@ -20,7 +18,7 @@ from gan_deploy.export.onnx import DEFAULT_OPSET, DEFAULT_TOLERANCE, MIN_OPSET
 @click.option("--factory", default=None,
               help="Your own generator: 'package.module:callable' or 'path/to/file.py:ClassName'.")
 @click.option("--kwargs", "kwargs_json", default="{}", show_default=True, help="Constructor arguments for --factory, as JSON.")
-@click.option("--weights", type=click.Path(dir_okay=False, path_type=Path), default=None,
+@input_path_option("--weights", default=None,
               help="Weights for --factory: .safetensors, or a state dict (loaded with weights_only=True).")
 @click.option("--latent-dim", type=click.IntRange(min=1), default=None, help="Latent size Z for --factory, if the model has no latent_dim/nz attribute.")
 @value_range_option(default=DEFAULT_VALUE_RANGE, help="Output range of a --factory generator (tanh: -1,1; sigmoid: 0,1).")

@@ -9,9 +9,11 @@ import click
 from gan_deploy.cli.options import (
     artifact_options,
     backend_option,
+    command,
     device_option,
     json_option,
     load_artifact_from_options,
+    output_option,
     seed_option,
     torch_precision_option,
     write_json,
@@ -28,10 +30,10 @@ EXIT_INTERRUPTED = 130
 RESUMED = ("n", "batch_size", "seed", "fmt", "sink", "shard", "backend", "precision", "jpeg_encoder")
 
 
-@click.command("generate", short_help="Batched latent -> image files, tar shards or an array, any backend.")
+@command("generate", short_help="Batched latent -> image files, tar shards or an array, any backend.")
 @artifact_options()
 @click.option("-n", "--num", "n", type=click.IntRange(min=1), default=1000, show_default=True, help="Number of images.")
-@click.option("--out", "-o", type=click.Path(file_okay=True, path_type=Path), default=Path("samples"), show_default=True,
+@output_option("--out", "-o", kind="generate-folder", default=Path("samples"), show_default=True,
               help="Output folder (new or empty, unless --overwrite or --resume).")
 @click.option("--batch-size", "-b", type=click.IntRange(min=1), default=256, show_default=True,
               help="Images per inference call (larger: faster on a GPU, more memory); the files do not depend on it.")
@@ -48,7 +50,7 @@ RESUMED = ("n", "batch_size", "seed", "fmt", "sink", "shard", "backend", "precis
                    "and cores: benchmarks/jpeg_encoders.py measures both.")
 @click.option("--tar-shard-size", type=click.IntRange(min=1), default=None, help="With --sink tar: samples per tar shard [default: 10000].")
 @click.option("--tar-prefix", default=None, help="With --sink tar: shard file names PREFIX-000000.tar [default: images].")
-@click.option("--grid", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Also write a sample grid PNG of the first 64 images.")
+@output_option("--grid", kind="png", default=None, help="Also write a sample grid PNG of the first 64 images.")
 @click.option("--overwrite", is_flag=True, help="Write into a non-empty folder (files of the same name are replaced).")
 @click.option("--resume", is_flag=True, help="Finish the interrupted run in --out (its settings are read from its generate.json).")
 @click.option("--no-manifest", is_flag=True, help="Do not keep manifest.csv (index, seed, file) and generate.json (no --resume then).")

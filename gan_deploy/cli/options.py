@@ -34,6 +34,105 @@ BACKEND_HELP = "auto = the fastest backend available for this artifact on this d
 JSON_HELP = "Also write the report as JSON."
 
 
+# -- paths: every path a command reads or writes is declared with one of these two types -------------------------
+
+class InputPath(click.Path):
+    """A file or folder the command reads. With its sidecar (<stem>.json of a model) it is protected: no output of
+    the command may be it (artifacts.writes.check_outputs, run by `Command` before the command body).
+    `specials`: words the option also takes that are not paths (e.g. train --data digits)."""
+
+    def __init__(self, *, specials: tuple[str, ...] = (), **kw: Any):
+        kw.setdefault("path_type", Path)
+        super().__init__(**kw)
+        self.specials = specials
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, str) and value in self.specials:
+            return value
+        return super().convert(value, param, ctx)
+
+
+class OutputPath(click.Path):
+    """A path the command writes, of one kind of artifacts.writes.KINDS (a callable picks the kind from the
+    command's parameters, e.g. quantize -o is an INT8 or an FP16 model). Checked before the command body."""
+
+    def __init__(self, kind: str | Callable[[dict[str, Any]], str], *, specials: tuple[str, ...] = (), **kw: Any):
+        from gan_deploy.artifacts.writes import KINDS
+
+        kinds = [kind] if isinstance(kind, str) else list(getattr(kind, "kinds", ()))
+        assert kinds and all(k in KINDS for k in kinds), f"declare the output kind(s): {kinds}"
+        folder = KINDS[kinds[0]].folder
+        kw.setdefault("path_type", Path)
+        super().__init__(file_okay=not folder, dir_okay=folder, **kw)
+        self.kind, self.kinds, self.specials = kind, tuple(kinds), specials
+
+    def kind_for(self, params: dict[str, Any]) -> str:
+        return self.kind if isinstance(self.kind, str) else self.kind(params)
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, str) and value in self.specials:
+            return value
+        return super().convert(value, param, ctx)
+
+
+def kind_by(choose: Callable[[dict[str, Any]], str], *kinds: str) -> Callable[[dict[str, Any]], str]:
+    """An output kind that depends on other options; `kinds` lists every kind it can return (for the tests)."""
+    choose.kinds = kinds  # type: ignore[attr-defined]
+    return choose
+
+
+def option_name(p: click.Parameter) -> str:
+    return max(p.opts, key=len) if p.opts else str(p.name)
+
+
+def declared_paths(ctx: click.Context) -> tuple[list[Any], list[Path]]:
+    """(outputs, inputs) of this invocation, from the parameters' declared types."""
+    from gan_deploy.artifacts.writes import Output
+
+    outputs, inputs = [], []
+    for p in ctx.command.params:
+        value = ctx.params.get(p.name) if p.name else None
+        if value is None:
+            continue
+        values = list(value) if isinstance(value, (tuple, list)) else [value]
+        paths = [Path(v) for v in values if isinstance(v, Path)]
+        if isinstance(p.type, OutputPath):
+            outputs += [Output(option_name(p), v, p.type.kind_for(ctx.params)) for v in paths]
+        elif isinstance(p.type, InputPath):
+            inputs += paths
+    return outputs, inputs
+
+
+class Command(click.Command):
+    """A gan-deploy command: before its body runs, every path it was asked to write goes through the one check
+    (artifacts.writes.check_outputs): never an input or an input's sidecar, never an existing file of another
+    kind. tests/test_cli_writes.py proves every command is one and every path option is declared."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        from gan_deploy.artifacts.writes import check_outputs
+
+        outputs, inputs = declared_paths(ctx)
+        if outputs:
+            check_outputs(outputs, inputs)
+        return super().invoke(ctx)
+
+
+def command(name: str | None = None, **kw: Any) -> Callable[[F], Command]:
+    """click.command with the output check (`Command`)."""
+    return click.command(name, cls=Command, **kw)  # type: ignore[return-value]
+
+
+def input_path_option(*decls: str, **kw: Any) -> Callable[[F], F]:
+    type_kw = {k: kw.pop(k) for k in ("exists", "dir_okay", "file_okay", "specials") if k in kw}
+    type_kw.setdefault("dir_okay", False)
+    return click.option(*decls, type=InputPath(**type_kw), **kw)
+
+
+def output_option(*decls: str, kind: str | Callable[[dict[str, Any]], str], **kw: Any) -> Callable[[F], F]:
+    specials = kw.pop("specials", ())
+    return click.option(*decls, type=OutputPath(kind, specials=specials), **kw)
+
+
 def _apply(options: list[Callable[[F], F]]) -> Callable[[F], F]:
     """One decorator from several, listed in the order `--help` shows them."""
     def decorate(f: F) -> F:
@@ -44,7 +143,7 @@ def _apply(options: list[Callable[[F], F]]) -> Callable[[F], F]:
 
 
 def checkpoint_option(help: str = CHECKPOINT_HELP) -> Callable[[F], F]:
-    return click.option("--checkpoint", "-c", type=click.Path(path_type=Path), default=None, help=help)
+    return click.option("--checkpoint", "-c", type=InputPath(), default=None, help=help)
 
 
 def value_range_option(default: str | None = None, help: str = VALUE_RANGE_HELP) -> Callable[[F], F]:
@@ -59,9 +158,9 @@ def artifact_options(*, engine: bool = True, checkpoint_help: str = CHECKPOINT_H
     """The artifact choice: --checkpoint / --onnx / --engine (at most one; the library refuses two) and
     --value-range. `engine=False` for commands that take an FP32 source model (quantize, build-engine)."""
     options = [checkpoint_option(checkpoint_help),
-               click.option("--onnx", type=click.Path(dir_okay=False, path_type=Path), default=None, help=onnx_help)]
+               input_path_option("--onnx", default=None, help=onnx_help)]
     if engine:
-        options.append(click.option("--engine", type=click.Path(dir_okay=False, path_type=Path), default=None, help=engine_help))
+        options.append(input_path_option("--engine", default=None, help=engine_help))
     options.append(value_range_option(help=value_range_help))
     return _apply(options)
 
@@ -86,7 +185,7 @@ def torch_precision_option(help: str) -> Callable[[F], F]:
 
 
 def json_option(help: str = JSON_HELP) -> Callable[[F], F]:
-    return click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), default=None, help=help)
+    return output_option("--json", "json_out", kind="json", default=None, help=help)
 
 
 def seed_option(default: int = 0, help: str | None = None) -> Callable[[F], F]:

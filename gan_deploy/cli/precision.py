@@ -16,10 +16,14 @@ from gan_deploy.cli.options import (
     artifact_options,
     calib_samples_option,
     chosen_precision,
+    command,
     device_option,
     gate_options,
+    input_path_option,
     json_option,
+    kind_by,
     load_artifact_from_options,
+    output_option,
     precision_flags,
     write_json,
 )
@@ -28,6 +32,9 @@ from gan_deploy.engine.build import DEFAULT_PROFILE, DEFAULT_WORKSPACE_MIB
 from gan_deploy.precision.calibrate import CALIB_METHODS
 from gan_deploy.precision.options import FP16_EVALUATORS
 from gan_deploy.precision.sensitivity import DEFAULT_SENSITIVITY_SAMPLES
+
+# quantize -o: an INT8 or an FP16 model, by the precision flag (an existing file of the other kind is refused)
+QUANTIZED_KIND = kind_by(lambda params: "onnx-fp16" if params.get("fp16") else "onnx-int8", "onnx-int8", "onnx-fp16")
 
 # --int8 / --fp16 (/ --fp32): one flag per precision the operation makes (precision.quantize.QUANTIZE_PRECISIONS,
 # engine.build.ENGINE_PRECISIONS; tests/test_cli_options.py checks the keys), in the order --help lists them
@@ -55,10 +62,10 @@ def _parent(checkpoint: Path | None, onnx: Path | None, value_range: str | None)
     return load_artifact_from_options(checkpoint, onnx, None, value_range)
 
 
-@click.command("quantize", short_help="INT8 (Q/DQ, mixed INT8/FP32 if need be) or FP16 ONNX, accepted only if it passes the quality gate.")
+@command("quantize", short_help="INT8 (Q/DQ, mixed INT8/FP32 if need be) or FP16 ONNX, accepted only if it passes the quality gate.")
 @precision_flags(QUANTIZE_FLAGS)
 @artifact_options(engine=False, checkpoint_help=SOURCE_CHECKPOINT_HELP, onnx_help=SOURCE_ONNX_HELP)
-@click.option("--out", "-o", type=click.Path(dir_okay=False, path_type=Path), default=None,
+@output_option("--out", "-o", kind=QUANTIZED_KIND, default=None,
               help="File to write. Default: beside the input, NAME.int8.onnx / NAME.int8-tensorrt.onnx / NAME.fp16.onnx.")
 @click.option("--target", type=click.Choice(list(INT8_TARGETS)), default=INT8_TARGETS[0], show_default=True,
               help="INT8 flavour: onnxruntime (UINT8 activations, fast on CPU) or tensorrt (symmetric INT8, FP32 "
@@ -71,13 +78,13 @@ def _parent(checkpoint: Path | None, onnx: Path | None, value_range: str | None)
               help="Keep ConvTranspose as is (onnxruntime then runs it dequantized in FP32: slower than FP32).")
 @click.option("--no-mixed", is_flag=True,
               help="INT8: if full INT8 fails the gate, stop (no sensitivity analysis, no mixed INT8/FP32 model).")
-@click.option("--policy", "policy_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+@input_path_option("--policy", "policy_file", default=None,
               help="INT8: calibration method and nodes kept FP32 from this file (the --json of an earlier "
                    "`quantize --int8`, or a policy); no search. E.g. the TensorRT flavour of a searched model.")
 @click.option("--report", is_flag=True,
               help="INT8: only the sensitivity report (each unit's damage alone in INT8 on the gate's figures): a "
                    "table, and a PNG bar chart (--plot). Writes no model.")
-@click.option("--plot", type=click.Path(dir_okay=False, path_type=Path), default=None,
+@output_option("--plot", kind="png", default=None,
               help="With --report: the bar chart. Default: beside the input, NAME.int8-sensitivity.png.")
 @click.option("--sensitivity-samples", type=click.IntRange(min=32), default=DEFAULT_SENSITIVITY_SAMPLES, show_default=True,
               help="INT8 mixed search / --report: gate latents each unit's damage is measured on.")
@@ -155,16 +162,16 @@ def quantize(int8, fp16, checkpoint, onnx, value_range, out, target, calib_sampl
         raise GanDeployError(f"no {precision} model was written", result.note, hint="see the report above")
 
 
-@click.command("build-engine", short_help="TensorRT engine (FP16/INT8/FP32) with a sidecar, gated against eager FP32.")
+@command("build-engine", short_help="TensorRT engine (FP16/INT8/FP32) with a sidecar, gated against eager FP32.")
 @precision_flags(ENGINE_FLAGS)
 @artifact_options(engine=False, checkpoint_help=SOURCE_CHECKPOINT_HELP, onnx_help=SOURCE_ONNX_HELP)
-@click.option("--out", "-o", type=click.Path(dir_okay=False, path_type=Path), default=None,
+@output_option("--out", "-o", kind="engine", default=None,
               help="Engine file. Default: engines/NAME.PRECISION.engine (+ engines/NAME.PRECISION.json sidecar).")
 @click.option("--min-batch", type=click.IntRange(min=1), default=DEFAULT_PROFILE[0], show_default=True, help="Optimization profile: smallest batch.")
 @click.option("--opt-batch", type=click.IntRange(min=1), default=DEFAULT_PROFILE[1], show_default=True, help="Batch TensorRT tunes for.")
 @click.option("--max-batch", type=click.IntRange(min=1), default=DEFAULT_PROFILE[2], show_default=True, help="Largest batch.")
 @click.option("--workspace", type=click.IntRange(min=16), default=DEFAULT_WORKSPACE_MIB, show_default=True, help="Workspace limit, MiB.")
-@click.option("--timing-cache", default="auto", show_default=True,
+@output_option("--timing-cache", kind="timing-cache", specials=("auto", "none", "None", "NONE"), default="auto", show_default=True,
               help="Timing cache file reused across builds; 'auto': engines/timing_smXY_trtVER.cache, 'none': no cache.")
 @calib_samples_option(help="INT8 from an FP32 model: prior latents used for calibration.")
 @device_option(default="cuda", help="cuda or cuda:N.")
@@ -205,7 +212,7 @@ def build_engine(fp16, int8, fp32, checkpoint, onnx, value_range, out, min_batch
     reason = unavailable_reason()
     if reason:  # first: without TensorRT or a GPU nothing else matters
         raise BackendUnavailable("cannot build a TensorRT engine here", reason)
-    cache = None if timing_cache.lower() == "none" else ("auto" if timing_cache == "auto" else Path(timing_cache))
+    cache = None if str(timing_cache).lower() == "none" else ("auto" if timing_cache == "auto" else Path(timing_cache))
     opts = EngineOptions(precision=precision, out=out, profile=(min_batch, opt_batch, max_batch), workspace_mib=workspace,
                          timing_cache=cache, gate_samples=gate_samples, calib_samples=calib_samples, device=device,
                          cuda_graphs=not no_cuda_graphs, version_compatible=version_compatible,

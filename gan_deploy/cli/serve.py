@@ -8,10 +8,18 @@ from pathlib import Path
 
 import click
 
-from gan_deploy.cli.options import artifact_options, backend_option, device_option, int_list, load_artifact_from_options
+from gan_deploy.cli.options import (
+    artifact_options,
+    backend_option,
+    command,
+    device_option,
+    int_list,
+    load_artifact_from_options,
+    output_option,
+)
 
 
-@click.command(short_help="HTTP service with request batching across clients (Ray Serve).")
+@command(short_help="HTTP service with request batching across clients (Ray Serve).")
 @artifact_options()
 @backend_option()
 @device_option()
@@ -46,7 +54,7 @@ from gan_deploy.cli.options import artifact_options, backend_option, device_opti
 @click.option("--app-name", default="gan-deploy", show_default=True, help="Ray Serve application name (several can share a cluster).")
 @click.option("--route-prefix", default="/", show_default=True, help="URL prefix of the app (e.g. /gan: /gan/generate).")
 @click.option("--access-log", is_flag=True, help="Log every request (off by default: it costs throughput).")
-@click.option("--write-config", type=click.Path(dir_okay=False, path_type=Path), default=None,
+@output_option("--write-config", kind="serve-config", default=None,
               help="Write the equivalent Ray Serve config file (for `serve deploy` or a KubeRay RayService) and exit.")
 def serve(checkpoint, onnx, engine, value_range, backend, device, host, port, max_batch_size, batch_wait_ms,
           max_images_per_request, max_queued, replicas, num_cpus, num_gpus, read_timeout, request_timeout, max_body_bytes,
@@ -85,11 +93,11 @@ def serve(checkpoint, onnx, engine, value_range, backend, device, host, port, ma
     run_service(cfg, echo=lambda line: click.echo(line, err=True))
 
 
-@click.command("triton-repo", short_help="Model repository for NVIDIA Triton (ONNX and TensorRT plan).")
+@command("triton-repo", short_help="Model repository for NVIDIA Triton (ONNX and TensorRT plan).")
 @artifact_options(checkpoint_help="Checkpoint to export into the repository (default: the shipped model, unless --onnx or --engine).",
                   onnx_help="ONNX generator to put in the repository.",
                   engine_help="TensorRT engine from `gan-deploy build-engine` (with its .json sidecar): adds a <name>_trt model.")
-@click.option("--out", "-o", type=click.Path(file_okay=False, path_type=Path), default=Path("triton_repo"), show_default=True)
+@output_option("--out", "-o", kind="triton-repo", default=Path("triton_repo"), show_default=True)
 @click.option("--name", default="gan_generator", show_default=True, help="Model name (the ONNX model; the plan is <name>_trt).")
 @click.option("--max-batch-size", type=click.IntRange(min=1), default=256, show_default=True,
               help="max_batch_size of the ONNX model (the plan's is its engine profile's max).")

@@ -2,22 +2,22 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import click
 
-from gan_deploy.cli.options import device_option, seed_option
+from gan_deploy.cli.options import command, device_option, input_path_option, output_option, seed_option
+from gan_deploy.data.sources import BUILTIN
 from gan_deploy.nets.config import ARCHS
 from gan_deploy.train.options import AMP_MODES, DEFAULT_STEPS, EVAL_MIN_SAMPLES, LOSSES, TrainOptions
 
 _D = TrainOptions()  # the defaults live in TrainOptions; the options below only show them
 
 
-@click.command("train")
-@click.option("--data", default=_D.data, show_default=True,
+@command("train")
+@input_path_option("--data", specials=BUILTIN, dir_okay=True, default=_D.data, show_default=True,
               help="digits (built in), a folder of images, an .npy/.npz array, or an MNIST IDX file "
                    "(train-images-idx3-ubyte[.gz]; its labels file beside it is picked up).")
-@click.option("--out", "-o", type=click.Path(file_okay=False, path_type=Path), default=None,
+@output_option("--out", "-o", kind="train-folder", default=None,
               help="Run folder. Default: runs/<dataset>_<arch>.")
 @click.option("--arch", type=click.Choice(list(ARCHS)), default=_D.arch, show_default=True)
 @click.option("--loss", type=click.Choice(list(LOSSES)), default=_D.loss, show_default=True,
@@ -94,6 +94,7 @@ def train(ctx: click.Context, **kw: object) -> None:
     typed = {k for k in kw if ctx.get_parameter_source(k) is not click.core.ParameterSource.DEFAULT}
     kw["channels"] = int(kw["channels"])  # type: ignore[call-overload]
     kw["out"] = str(kw["out"]) if kw["out"] is not None else None
+    kw["data"] = str(kw["data"])  # a path (InputPath, for the output check) or a built-in name; the options keep text
     kw["compile"] = kw.pop("compile_")
     typed = {"compile" if k == "compile_" else k for k in typed}
     if kw["resume"]:

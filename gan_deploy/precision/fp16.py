@@ -191,7 +191,7 @@ def fp16_onnx_from_onnx(parent: Artifact, opts: QuantizeOptions, raise_on_reject
     opts.evaluator: auto (onnxruntime if it has FP16 kernels here, else the ONNX reference evaluator on at most
     `REFERENCE_EVALUATOR_SAMPLES` latents), onnxruntime, or reference.
     """
-    out = check_out(Path(opts.out) if opts.out else default_out(parent, "fp16"), parent)
+    out = check_out(Path(opts.out) if opts.out else default_out(parent, "fp16"), parent, "fp16")
     h, recipe, data = fp16_child(parent)
     candidate, checked_with = _fp16_candidate(candidate_artifact(parent, h, out), opts.evaluator)
     gate_samples = opts.gate_samples

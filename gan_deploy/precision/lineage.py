@@ -23,7 +23,6 @@ from gan_deploy.artifacts.onnx import (
     spec_from_onnx_model,
 )
 from gan_deploy.core.errors import GanDeployError
-from gan_deploy.core.outputs import refuse_inputs_as_outputs
 from gan_deploy.core.resources import derived_output_dir
 from gan_deploy.export.onnx import onnx_bytes_of
 
@@ -74,14 +73,13 @@ def candidate_artifact(parent: Artifact, model, out: Path) -> Artifact:
     return Artifact.onnx_in_memory(out, spec, data, parent.config, meta)
 
 
-def check_out(out: Path, parent: Artifact) -> Path:
-    """`out` if a reduced-precision model of `parent` may be written there: not a folder, not one of its inputs."""
+def check_out(out: Path, parent: Artifact, precision: str) -> Path:
+    """`out` if a `precision` model of `parent` may be written there (artifacts.writes: not a folder, none of the
+    parent's files, no existing file but a model of the same precision)."""
+    from gan_deploy.artifacts.writes import Output, check_outputs
+
     out = Path(out)
-    if out.is_dir():
-        raise GanDeployError("output path is a folder", str(out), expected="a file name ending in .onnx")
-    if out.resolve() == parent.path.resolve():
-        raise GanDeployError("output would overwrite the input model", str(out), expected="a different file")
-    refuse_inputs_as_outputs([out], parent.files(), option="-o/--out")  # the checkpoint's sidecar too
+    check_outputs([Output("-o/--out", out, f"onnx-{precision}")], parent.files())
     return out
 
 

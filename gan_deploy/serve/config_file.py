@@ -86,8 +86,8 @@ def write_serve_config(path: str | Path, cfg: ServeConfig) -> str:
         text = json.dumps(config, indent=2) + "\n"
     from gan_deploy.core.fileio import atomic_write_text
     path = Path(path)
-    if path.is_dir():
-        raise GanDeployError("--write-config is a folder", str(path), expected="a file name such as serve.yaml")
+    from gan_deploy.artifacts.writes import Output, check_outputs
+    check_outputs([Output("--write-config", path, "serve-config")], cfg.artifact.files())  # never the model served
     atomic_write_text(path, text)
     how = "checked against Ray's ServeDeploySchema" if checked else "not checked (Ray Serve is not installed)"
     return f"wrote Ray Serve config {path} ({how}); deploy it with: serve deploy {path}"
