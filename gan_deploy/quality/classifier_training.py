@@ -33,6 +33,8 @@ def _shift_batch(x, max_shift: int, gen):
 
 # Longer than the ~80-line guide on purpose: the classifier's whole recipe (split, loop, held-out accuracy, and the
 # config written beside the weights) reads top to bottom in one place, as the trainer does.
+# over 80 lines: one training recipe read top to bottom, as nanoGPT's loop (split, model, epochs, held-out
+# accuracy, atomic write); cut into helpers, its order and its determinism would be harder to check.
 def train_feature_classifier(out: str | Path = "models/digits_classifier.safetensors", epochs: int = 15, width: int = 16, feature_dim: int = 128,
                              batch_size: int = 64, lr: float = 2e-3, seed: int = 0, test_fraction: float = 0.2,
                              max_shift: int = 3, log: Any = print) -> dict[str, Any]:
