@@ -8,7 +8,6 @@ from gan_deploy.backends.torch_common import TORCH_PRECISIONS
 from gan_deploy.cli.options import (
     InputPath,
     artifact_options,
-    check_report_outputs,
     command,
     device_option,
     int_list,
@@ -62,7 +61,6 @@ def bench(checkpoint, onnx, engine, value_range, backends, batch_sizes, device, 
     from gan_deploy.bench.run import write_json as write_bench_json
 
     art = load_artifact_from_options(checkpoint, onnx, engine, value_range)
-    check_report_outputs({"--json": json_out, "--plot": plot}, [art.path, art.path.with_suffix(".json"), *variants])
     names = None
     if backends is not None:
         names = tuple(b.strip() for b in backends.split(",") if b.strip())

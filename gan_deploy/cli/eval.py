@@ -4,15 +4,12 @@ Kept free of imports from gan_deploy.cli.main (which imports this module at its 
 """
 from __future__ import annotations
 
-from pathlib import Path
-
 import click
 
 from gan_deploy.backends import CHOICES as BACKEND_CHOICES
 from gan_deploy.cli.options import (
     artifact_options,
     backend_option,
-    check_report_outputs,
     command,
     device_option,
     input_path_option,
@@ -75,11 +72,7 @@ def eval_cmd(checkpoint, onnx, engine, value_range, images, reference, against_b
 
     if images is not None and (checkpoint or onnx or engine):
         raise GanDeployError("--images and a generator were both given", f"--images {images}", expected="one thing to score", hint="drop --checkpoint/--onnx/--engine, or drop --images")
-    ins: list[Path | None] = [p for p in (checkpoint, onnx, engine) if p is not None]
-    ins += [p.with_suffix(".json") for p in ins if p is not None]
-    if images is not None:
-        ins += [images] if images.is_file() else [images / "manifest.csv"]
-    check_report_outputs({"--json": json_out}, ins)
+    # --json against the inputs and their sidecars: cli.options.Command checked it before this body ran
     if json_out is not None and images is not None and images.is_dir():
         from gan_deploy.core.outputs import is_within
         if is_within(json_out, images):

@@ -287,18 +287,3 @@ def one_of(flags: dict[str, bool], allowed: str) -> str:
     return chosen[0]
 
 
-def check_report_outputs(outputs: dict[str, Path | None], inputs: list[Path | None]) -> None:
-    """Report files (--json, --plot ...): writable, none of the inputs, not two options on one file. Checked
-    before the work, so a long run never ends in "permission denied" or replaces its own input."""
-    from gan_deploy.core.outputs import check_output_file, check_replaceable, refuse_inputs_as_outputs, same_file
-
-    given = [(opt, Path(p)) for opt, p in outputs.items() if p is not None]
-    for i, (opt, p) in enumerate(given):
-        check_output_file(p, option=opt)
-        refuse_inputs_as_outputs([p], inputs, option=opt)
-        if opt == "--json" or p.suffix.lower() == ".png":
-            check_replaceable(p, "json" if opt == "--json" else "png", option=opt)
-        for opt2, p2 in given[i + 1:]:
-            if same_file(p, p2):
-                raise GanDeployError(f"{opt} and {opt2} name the same file", str(p), expected="a file each",
-                                     hint=f"e.g. {opt} report.json {opt2} report.png")
