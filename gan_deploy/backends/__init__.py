@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 BACKENDS: dict[str, str] = {
     "tensorrt": "gan_deploy.backends.tensorrt:TensorRTRunner",
     "onnxruntime": "gan_deploy.backends.onnxruntime:OnnxRuntimeRunner",
+    "openvino": "gan_deploy.backends.openvino:OpenVinoRunner",
     "compile": "gan_deploy.backends.compile:CompileRunner",
     "eager": "gan_deploy.backends.eager:EagerRunner",
 }
