@@ -9,7 +9,7 @@ onnxruntime, tensorrt or a GPU.
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from gan_deploy.core.errors import BackendUnavailable, GanDeployError
 
@@ -51,9 +51,15 @@ def backends_for(artifact: "Artifact") -> list[str]:
 AUTO_ORDER = {"cuda": ("tensorrt", "onnxruntime", "eager"), "cpu": ("onnxruntime", "eager")}
 
 
-def choose_backend(artifact: "Artifact", device: str = "auto") -> tuple[str, str]:
+def choose_backend(artifact: "Artifact", device: str = "auto", batch_size: int | None = None, threads: int | None = None,
+                   vet: Callable[["Runner"], Any] | None = None) -> tuple[str, str]:
     """`auto` for `artifact` on `device`: (backend name, why), e.g. ("eager", "auto on cuda: eager; skipped
-    tensorrt (runs engines only), onnxruntime (no CUDA provider: onnxruntime-gpu is not installed)")."""
+    tensorrt (runs engines only), onnxruntime (no CUDA provider: onnxruntime-gpu is not installed)").
+
+    On a CPU, given the command's `batch_size`, onnxruntime is measured against the challengers (OpenVINO) on this
+    artifact at that batch size and the faster by more than noise runs (autoprobe.py; the choice is cached per
+    artifact, machine, threads and batch size). `vet(runner)` may refuse a challenger after activation (the
+    quality gate re-run on that runtime). Without a batch size (serve, eval): onnxruntime, as before."""
     from gan_deploy.backends.base import resolve_device
 
     dev = resolve_device(device)
@@ -68,6 +74,10 @@ def choose_backend(artifact: "Artifact", device: str = "auto") -> tuple[str, str
             why = cls.unavailable_reason() or cls.device_reason(dev)
         if why is None:
             said = f"; skipped {', '.join(skipped)}" if skipped else ""
+            if kind == "cpu" and batch_size:
+                chosen, measured = _cpu_challenge(artifact, name, batch_size, threads, vet)
+                if measured:
+                    return chosen, f"auto on {dev}: {chosen} ({measured}){said}"
             return name, f"auto on {dev}: {name}{said}"
         skipped.append(f"{name} ({why.split(' (Note:')[0]})")
     if kind == "cuda":  # no CUDA path for this artifact at all: a CPU runtime, said out loud
@@ -81,9 +91,33 @@ def choose_backend(artifact: "Artifact", device: str = "auto") -> tuple[str, str
                              hint="install onnxruntime (CPU) or onnxruntime-gpu/tensorrt (GPU)")
 
 
-def pick_backend(name: str, artifact: "Artifact", device: str = "auto") -> str:
+def _cpu_challenge(artifact: "Artifact", incumbent: str, batch_size: int, threads: int | None,
+                   vet: Callable[["Runner"], Any] | None) -> tuple[str, str | None]:
+    """(backend, why) of the measured choice between `incumbent` and the CPU challengers that can run this artifact;
+    (incumbent, None) when none can."""
+    from gan_deploy.backends import autoprobe
+    from gan_deploy.backends.onnxruntime import env_threads
+
+    challengers = [n for n in autoprobe.CHALLENGERS if n != incumbent and artifact.kind in runner_class(n).accepts
+                   and unavailable_reason(n) is None and runner_class(n).device_reason("cpu") is None]
+    if not challengers:
+        return incumbent, None
+    t = threads or env_threads()
+    key = (artifact.sha256, incumbent, tuple(challengers), batch_size, t)
+    if key not in _CHOSEN:  # one probe per process (and per machine: autoprobe caches it on disk)
+        options = {"threads": t} if t else {}
+        _CHOSEN[key] = autoprobe.measured_choice(artifact, incumbent, challengers, batch_size, t,
+                                                 lambda n: runner_class(n)(artifact, device="cpu", **options), vet)
+    return _CHOSEN[key]
+
+
+_CHOSEN: dict[tuple, tuple[str, str]] = {}
+
+
+def pick_backend(name: str, artifact: "Artifact", device: str = "auto", batch_size: int | None = None,
+                 vet: Callable[["Runner"], Any] | None = None) -> str:
     if name == "auto":
-        return choose_backend(artifact, device)[0]
+        return choose_backend(artifact, device, batch_size, vet=vet)[0]
     cls = runner_class(name)
     reason = cls.unavailable_reason()
     if reason:
@@ -94,12 +128,13 @@ def pick_backend(name: str, artifact: "Artifact", device: str = "auto") -> str:
 TORCH_BACKENDS = ("eager", "compile")  # the backends that take a `precision` option
 
 
-def make_runner(name: str, artifact: "Artifact", device: str = "auto", **options: Any) -> "Runner":
-    """The runner for backend `name` (or `auto`, chosen for `device`) on `artifact`, not yet activated.
-    `runner.auto_reason` says why `auto` chose it."""
+def make_runner(name: str, artifact: "Artifact", device: str = "auto", *, batch_size: int | None = None,
+                vet: Callable[["Runner"], Any] | None = None, **options: Any) -> "Runner":
+    """The runner for backend `name` (or `auto`, chosen for `device`, measured at `batch_size` on a CPU: see
+    choose_backend) on `artifact`, not yet activated. `runner.auto_reason` says why `auto` chose it."""
     why = None
     if name == "auto":
-        name, why = choose_backend(artifact, device)
+        name, why = choose_backend(artifact, device, batch_size, options.get("threads"), vet)
     else:
         name = pick_backend(name, artifact, device)
     precision = options.get("precision")

@@ -232,6 +232,7 @@ def _cache_dir() -> Any:
 
 
 def _first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
+    """The first line that says something: OpenVINO's messages start with "Exception from <source file>" lines."""
+    text = [t.strip() for t in str(e).splitlines() if t.strip() and not t.startswith("Exception from ")]
     line = text[0] if text else type(e).__name__
     return line if len(line) <= 240 else line[:237] + "..."

@@ -1,7 +1,8 @@
 """Backends side by side on the same latents: latency, throughput, speed-up and error against eager.
 
 The reference is eager FP32 PyTorch when the artifact has PyTorch weights, else onnxruntime on the FP32
-ONNX. Variants (e.g. an INT8 or FP16 ONNX from `quantize`) are measured with onnxruntime beside them.
+ONNX. Variants (e.g. an INT8 or FP16 ONNX from `quantize`) are measured with onnxruntime beside them, and with
+OpenVINO when it is among the backends (a row per runtime, each with the gate's verdict on that runtime).
 """
 from __future__ import annotations
 
@@ -184,7 +185,7 @@ def bench(artifact: Artifact, opts: BenchOptions | None = None, progress: Callab
         else:
             runnable.append(name)
     ref_name = "eager" if artifact.kind == "checkpoint" else "onnxruntime"
-    options = {"threads": threads} if threads else {}
+    options: dict[str, Any] = {"threads": threads} if threads else {}
     from gan_deploy.backends import TORCH_BACKENDS
     from gan_deploy.backends.base import resolve_device
 
@@ -200,6 +201,11 @@ def bench(artifact: Artifact, opts: BenchOptions | None = None, progress: Callab
             jobs.append((name, make_runner(name, artifact, dev, **options)))
     for v in variants or []:
         jobs.append((f"onnxruntime:{v.precision}", make_runner("onnxruntime", v, dev, **options)))
+        if "openvino" in runnable:  # the variant on OpenVINO too: its speed, and the gate's verdict on that runtime
+            try:
+                jobs.append((f"openvino:{v.precision}", make_runner("openvino", v, dev, **options).activate()))
+            except GanDeployError as e:  # e.g. OpenVINO computes another image shape for this model: said, not fatal
+                skipped[f"openvino:{v.precision}"] = e.one_line()
     # the reference is strict FP32 (TF32 off on a GPU): eager when the artifact has PyTorch weights
     ref_runner = next((r for n, r in jobs if n == ref_name), None) or make_runner(ref_name, artifact, dev, **options)
     # every row keeps its images of the largest batch for the error columns: refuse what cannot fit before allocating

@@ -89,6 +89,10 @@ def serve(checkpoint, onnx, engine, value_range, backend, device, host, port, ma
         from gan_deploy.serve.api import check_port_free
         runner = make_runner(backend, art, device)  # checks the backend takes this artifact; loads nothing
         backend, device = runner.name, runner.device
+        from gan_deploy.precision.runtime_gate import REGATED_BACKENDS, require_runtime_gate
+        if backend in REGATED_BACKENDS and art.precision != "fp32":  # refused here in one line, not by every replica
+            require_runtime_gate(runner)
+            runner.close()
         check_port_free(host, port)
     if max_batch_size > max_images_per_request * max_queued:
         raise GanDeployError("--max-batch-size can never fill", max_batch_size, expected=f"<= --max-images-per-request x --max-queued ({max_images_per_request * max_queued})")

@@ -502,13 +502,15 @@ def model_inputs(artifact: Any) -> list[Path]:
     return [p, p.with_suffix(".json")] if artifact.kind in ("checkpoint", "engine") else [p]
 
 
-def runner_options(backend: str, artifact: Any, precision: str) -> tuple[str, dict[str, Any]]:
-    """(backend name, make_runner options): precision goes to the PyTorch backends; elsewhere only fp32 is valid."""
+def runner_options(backend: str, artifact: Any, precision: str, batch_size: int | None = None) -> tuple[str, dict[str, Any]]:
+    """(backend name, make_runner options): precision goes to the PyTorch backends; elsewhere only fp32 is valid.
+    `auto` on a CPU measures the runtimes at `batch_size` (backends/autoprobe.py)."""
     from gan_deploy.backends import pick_backend
     from gan_deploy.backends.torch_common import check_precision
+    from gan_deploy.precision.runtime_gate import require_runtime_gate
 
     check_precision(precision)
-    name = pick_backend(backend, artifact)
+    name = pick_backend(backend, artifact, batch_size=batch_size, vet=require_runtime_gate)
     if name in ("eager", "compile"):
         return name, {"precision": precision}
     if precision != "fp32":
@@ -528,9 +530,14 @@ def run(artifact: Any, opts: GenerateOptions, on_start: Callable[[str], None] | 
         from gan_deploy.generate.ray_executor import generate_ray
         return generate_ray(artifact, opts, on_start=(lambda: on_start(f"{artifact.describe()} -> backend {opts.backend} on Ray workers"))
                             if on_start else None)
-    name, options = runner_options(opts.backend, artifact, opts.precision)
-    runner = make_runner(name, artifact, opts.device, spin=False, **options)  # leave idle cycles to the writers
-    return generate(runner, opts, on_start=(lambda: on_start(f"{artifact.describe()} -> backend {runner.name}")) if on_start else None)
+    from gan_deploy.precision.runtime_gate import require_runtime_gate
+
+    name, options = runner_options(opts.backend, artifact, opts.precision, opts.batch_size)
+    runner = make_runner(opts.backend if opts.backend == "auto" else name, artifact, opts.device, batch_size=opts.batch_size,
+                         vet=require_runtime_gate, spin=False, **options)  # spin=False: leave idle cycles to the writers
+    require_runtime_gate(runner)  # a reduced-precision model on a runtime quantize did not gate it on: gated here
+    why = f" ({runner.auto_reason})" if runner.auto_reason else ""
+    return generate(runner, opts, on_start=(lambda: on_start(f"{artifact.describe()} -> backend {runner.name}{why}")) if on_start else None)
 
 
 def generate(runner: Any, opts: GenerateOptions, on_batch: Callable[[int], None] | None = None,

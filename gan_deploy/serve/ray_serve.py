@@ -124,6 +124,8 @@ class GeneratorDeployment:
             raise StaleArtifact("the model file on this replica differs from the one `serve` was started with", f"{art.path} sha256 {art.sha256[:12]}", expected=f"sha256 {cfg.artifact_sha256[:12]}", hint="copy the same file to every node (or use a shared filesystem)")
         self.artifact = art
         self.runner = make_runner(cfg.backend, art, cfg.device).activate()
+        from gan_deploy.precision.runtime_gate import require_runtime_gate
+        require_runtime_gate(self.runner)  # a reduced-precision model on a runtime quantize did not gate it on
         self.spec = art.spec
         # one thread: backend calls stay serialized (runners are not promised to be thread-safe), and the
         # event loop stays free to accept requests and form the next batch while this one runs
