@@ -17,10 +17,11 @@ core/jsonio.py with every field checked; a damaged file is measured again (with 
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import statistics
-import time
+import time  # only for the date a choice was measured; timing is core/timing.py's
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -57,30 +58,13 @@ def decide(medians_ms: dict[str, float], incumbent: str, margin: float = MARGIN)
 
 
 def measure(runners: dict[str, "Runner"], batch_size: int) -> dict[str, list[float]]:
-    """Seconds per `infer` call of each runner, one figure per interleaved round."""
+    """Seconds per `infer` call of each runner on one batch, one figure per round (core/timing.measure_rotated)."""
     from gan_deploy.core.latents import latents_range
+    from gan_deploy.core.timing import measure_rotated
 
     z = latents_range(0, 0, batch_size, next(iter(runners.values())).spec.latent_dim)
-    reps: dict[str, int] = {}
-    for name, r in runners.items():  # warm-up, which also says how many calls fill a round
-        r.infer(z)
-        t0 = time.perf_counter()
-        r.infer(z)
-        reps[name] = max(1, int(ROUND_S / max(time.perf_counter() - t0, 1e-6)))
-    times: dict[str, list[float]] = {n: [] for n in runners}
-    spent = 0.0
-    for k in range(ROUNDS):
-        order = list(runners) if k % 2 == 0 else list(reversed(runners))  # neither runner always goes first
-        for name in order:
-            t0 = time.perf_counter()
-            for _ in range(reps[name]):
-                runners[name].infer(z)
-            dt = time.perf_counter() - t0
-            times[name].append(dt / reps[name])
-            spent += dt
-        if k + 1 >= MIN_ROUNDS and spent >= BUDGET_S * len(runners):
-            break
-    return times
+    calls: dict[str, Callable[[], Any]] = {n: functools.partial(r.infer, z) for n, r in runners.items()}
+    return measure_rotated(calls, ROUND_S, ROUNDS, MIN_ROUNDS, BUDGET_S)
 
 
 def probe_key(artifact: "Artifact", names: list[str], batch_size: int, threads: int) -> dict[str, Any]:
