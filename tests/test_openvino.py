@@ -22,6 +22,7 @@ needs_openvino = pytest.mark.skipif(unavailable_reason("openvino") is not None, 
 def cache(tmp_path, monkeypatch):
     """A fresh user cache folder, and no choice remembered in this process."""
     monkeypatch.setenv("GAN_DEPLOY_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("GAN_DEPLOY_AUTO_MEASURE", "1")
     from gan_deploy import backends
     monkeypatch.setattr(backends, "_CHOSEN", {})
     return tmp_path / "cache"
@@ -111,6 +112,15 @@ def test_a_damaged_choice_file_is_measured_again(tiny_onnx, cache, monkeypatch, 
     assert len(calls) == 2  # measured again
     assert any(issubclass(w.category, GanDeployWarning) and "damaged cache file" in str(w.message) for w in seen)
     assert json.loads(path.read_text())["choice"] == "openvino"  # and rewritten whole
+
+
+@needs_openvino
+def test_measurement_can_be_turned_off(tiny_onnx, cache, monkeypatch):
+    fake, calls = _fake({"onnxruntime": 10.0, "openvino": 1.0})
+    monkeypatch.setattr(autoprobe.measured_choice, "__defaults__", (None, fake))
+    monkeypatch.setenv("GAN_DEPLOY_AUTO_MEASURE", "0")
+    assert choose_backend(load_artifact(onnx=tiny_onnx), "cpu", batch_size=64) == ("onnxruntime", "auto on cpu: onnxruntime")
+    assert not calls
 
 
 @needs_openvino

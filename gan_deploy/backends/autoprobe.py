@@ -14,6 +14,8 @@ The probe, once per (artifact sha256, CPU model and flags, threads, batch size, 
 
 The choice is written to the user's cache folder (core/usercache.py: auto/<key>.json) and read back through
 core/jsonio.py with every field checked; a damaged file is measured again (with a warning), never trusted.
+GAN_DEPLOY_AUTO_MEASURE=0 turns the measurement off (onnxruntime, as before; the test suite sets it so that
+outputs never depend on a timing).
 """
 from __future__ import annotations
 
@@ -31,6 +33,7 @@ if TYPE_CHECKING:
     from gan_deploy.artifacts.artifact import Artifact
     from gan_deploy.backends.base import Runner
 
+ENV_MEASURE = "GAN_DEPLOY_AUTO_MEASURE"  # "0": auto on a CPU takes onnxruntime unmeasured, as before this module
 MARGIN = 0.05  # a challenger must be faster than the incumbent's median by more than this share
 ROUNDS = 7
 MIN_ROUNDS = 3
