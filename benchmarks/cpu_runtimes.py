@@ -14,12 +14,14 @@ A runtime that refuses a file (OpenVINO computing another image shape, or failin
 in the table instead of a figure. Then `generate --sink array` end to end with --backend onnxruntime, openvino
 and auto (the measured choice), images/s from its JSON report.
 
-    GAN_DEPLOY_THREADS=2 python benchmarks/cpu_runtimes.py --models models/digits_dcgan.onnx,models/digits_dcgan.int8.onnx \\
+    GAN_DEPLOY_THREADS=2 python benchmarks/cpu_runtimes.py \\
+        --models "models/digits_dcgan.onnx,models/digits_dcgan.int8.onnx;models/stylegan2_tiny.onnx,models/stylegan2_tiny.int8.onnx" \\
         [--batch-sizes 1,64,256] [--threads 2] [--json out.json] [--generate-n 4096]
 """
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import statistics
@@ -27,7 +29,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -60,39 +62,44 @@ def direct(path: Path, batch: int, latent_dim: int, threads: int) -> Any:
     return run
 
 
-def table_rows(path: Path, batch_sizes: list[int], threads: int, rounds: int, max_time: float) -> list[dict[str, Any]]:
-    art = load_artifact(onnx=path)
+def table_rows(paths: list[Path], batch_sizes: list[int], threads: int, rounds: int, max_time: float) -> list[dict[str, Any]]:
+    """One network's files (its FP32 ONNX and the reduced-precision ones made from it): every (file, runtime) pair
+    is timed in the same rotated rounds at each batch size, so ratios across files are measured, not inferred."""
+    arts = {p: load_artifact(onnx=p) for p in paths}
+    runners: dict[tuple[Path, str], Any] = {}
+    refused: dict[tuple[Path, str], str] = {}
+    for p, art in arts.items():
+        for name in ("onnxruntime", "openvino", "openvino-latency"):
+            try:  # openvino-latency: our runner with one request at every batch size (the THROUGHPUT split's A/B)
+                backend, options = (("openvino", {"hint": "latency"}) if name == "openvino-latency" else (name, {}))
+                runners[p, name] = make_runner(backend, art, "cpu", threads=threads, **options).activate()
+            except GanDeployError as e:
+                refused[p, name] = e.one_line()
     rows: list[dict[str, Any]] = []
-    runners: dict[str, Any] = {}
-    refused: dict[str, str] = {}
-    for name in ("onnxruntime", "openvino", "openvino-latency"):
-        try:  # openvino-latency: our runner with one request at every batch size (the THROUGHPUT split's A/B)
-            backend, options = (("openvino", {"hint": "latency"}) if name == "openvino-latency" else (name, {}))
-            runners[name] = make_runner(backend, art, "cpu", threads=threads, **options).activate()
-        except GanDeployError as e:
-            refused[name] = e.one_line()
     for b in batch_sizes:
-        z = latents_range(0, 0, b, art.spec.latent_dim)
-        fns = {name: ((lambda r=r: r.infer(z)), (lambda: None)) for name, r in runners.items()}  # (call, sync)
-        try:
-            d = direct(path, b, art.spec.latent_dim, threads)
-            want = (b, *art.spec.image_shape)
-            got = d(z).shape
-            if tuple(got) != want:
-                raise RuntimeError(f"images of shape {list(got)}, the model declares {list(want)}")
-            fns["openvino-direct"] = ((lambda d=d: d(z)), (lambda: None))
-        except Exception as e:  # noqa: BLE001 - OpenVINO's own error types: reported in the table
-            refused["openvino-direct"] = str(e).strip().splitlines()[-1][:200] if str(e).strip() else type(e).__name__
-        times = measure_rotated({k: f for k, (f, _) in fns.items()}, round_s=max_time / rounds, rounds=rounds,
-                                min_rounds=rounds, budget_s=0)
-        medians = {n: 1e3 * statistics.median(v) for n, v in times.items()}
-        row: dict[str, Any] = {"model": path.name, "precision": art.precision, "batch": b}
-        for name, ms in medians.items():
-            row[name] = round(ms, 3)
-        for name, why in refused.items():
-            row[name] = f"refused: {why}"
-        rows.append(row)
-        print(json.dumps(row), flush=True)
+        z = latents_range(0, 0, b, arts[paths[0]].spec.latent_dim)
+        fns: dict[str, Callable[[], Any]] = {f"{p.name}|{name}": functools.partial(r.infer, z) for (p, name), r in runners.items()}
+        for p, art in arts.items():
+            try:
+                d = direct(p, b, art.spec.latent_dim, threads)
+                want = (b, *art.spec.image_shape)
+                got = d(z).shape
+                if tuple(got) != want:
+                    raise RuntimeError(f"images of shape {list(got)}, the model declares {list(want)}")
+                fns[f"{p.name}|openvino-direct"] = functools.partial(d, z)
+            except Exception as e:  # noqa: BLE001 - OpenVINO's own error types: reported in the table
+                refused[p, "openvino-direct"] = str(e).strip().splitlines()[-1][:200] if str(e).strip() else type(e).__name__
+        times = measure_rotated(fns, round_s=max_time / rounds, rounds=rounds, min_rounds=rounds, budget_s=0)
+        for p, art in arts.items():
+            row: dict[str, Any] = {"model": p.name, "precision": art.precision, "batch": b}
+            for key, v in times.items():
+                if key.startswith(p.name + "|"):
+                    row[key.split("|")[1]] = round(1e3 * statistics.median(v), 3)
+            for (q, name), why in refused.items():
+                if q == p:
+                    row[name] = f"refused: {why}"
+            rows.append(row)
+            print(json.dumps(row), flush=True)
     return rows
 
 
@@ -113,7 +120,8 @@ def generate_e2e(path: Path, backend: str, n: int, batch: int, threads: int) -> 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--models", required=True, help="comma-separated ONNX files")
+    ap.add_argument("--models", required=True, help="comma-separated ONNX files of one network (measured together); "
+                                                   "';' separates networks")
     ap.add_argument("--batch-sizes", default="1,64,256")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=5)
@@ -122,11 +130,12 @@ def main() -> None:
     ap.add_argument("--generate-batch", type=int, default=64)
     ap.add_argument("--json", type=Path)
     a = ap.parse_args()
-    paths = [Path(p) for p in a.models.split(",")]
+    groups = [[Path(p) for p in g.split(",")] for g in a.models.split(";")]
+    paths = [p for g in groups for p in g]
     batch_sizes = [int(b) for b in a.batch_sizes.split(",")]
     out: dict[str, Any] = {"load_average": os.getloadavg(), "threads": a.threads, "rows": [], "generate": []}
-    for p in paths:
-        out["rows"] += table_rows(p, batch_sizes, a.threads, a.rounds, a.max_time)
+    for g in groups:
+        out["rows"] += table_rows(g, batch_sizes, a.threads, a.rounds, a.max_time)
     if a.generate_n:
         for p in paths:
             for backend in ("onnxruntime", "openvino", "auto"):
