@@ -53,14 +53,15 @@ AUTO_ORDER = {"cuda": ("tensorrt", "onnxruntime", "eager"), "cpu": ("onnxruntime
 
 
 def choose_backend(artifact: "Artifact", device: str = "auto", batch_size: int | None = None, threads: int | None = None,
-                   vet: Callable[["Runner"], Any] | None = None) -> tuple[str, str]:
+                   vet: Callable[["Runner"], Any] | None = None, spin: bool = True) -> tuple[str, str]:
     """`auto` for `artifact` on `device`: (backend name, why), e.g. ("eager", "auto on cuda: eager; skipped
     tensorrt (runs engines only), onnxruntime (no CUDA provider: onnxruntime-gpu is not installed)").
 
     On a CPU, given the command's `batch_size`, onnxruntime is measured against the challengers (OpenVINO) on this
     artifact at that batch size and the faster by more than noise runs (autoprobe.py; the choice is cached per
     artifact, machine, threads and batch size). `vet(runner)` may refuse a challenger after activation (the
-    quality gate re-run on that runtime). Without a batch size (serve, eval): onnxruntime, as before."""
+    quality gate re-run on that runtime). `spin`: whether the command lets onnxruntime's threads spin (generate does
+    not): the probe runs onnxruntime as the command will. Without a batch size (serve, eval): onnxruntime, as before."""
     from gan_deploy.backends.base import resolve_device
 
     dev = resolve_device(device)
@@ -76,7 +77,7 @@ def choose_backend(artifact: "Artifact", device: str = "auto", batch_size: int |
         if why is None:
             said = f"; skipped {', '.join(skipped)}" if skipped else ""
             if kind == "cpu" and batch_size:
-                chosen, measured = _cpu_challenge(artifact, name, batch_size, threads, vet)
+                chosen, measured = _cpu_challenge(artifact, name, batch_size, threads, vet, spin)
                 if measured:
                     return chosen, f"auto on {dev}: {chosen} ({measured}){said}"
             return name, f"auto on {dev}: {name}{said}"
@@ -93,7 +94,7 @@ def choose_backend(artifact: "Artifact", device: str = "auto", batch_size: int |
 
 
 def _cpu_challenge(artifact: "Artifact", incumbent: str, batch_size: int, threads: int | None,
-                   vet: Callable[["Runner"], Any] | None) -> tuple[str, str | None]:
+                   vet: Callable[["Runner"], Any] | None, spin: bool = True) -> tuple[str, str | None]:
     """(backend, why) of the measured choice between `incumbent` and the CPU challengers that can run this artifact;
     (incumbent, None) when none can."""
     from gan_deploy.backends import autoprobe
@@ -106,11 +107,12 @@ def _cpu_challenge(artifact: "Artifact", incumbent: str, batch_size: int, thread
     if not challengers:
         return incumbent, None
     t = threads or env_threads()
-    key = (artifact.sha256, incumbent, tuple(challengers), batch_size, t)
+    key = (artifact.sha256, incumbent, tuple(challengers), batch_size, t, spin)
     if key not in _CHOSEN:  # one probe per process (and per machine: autoprobe caches it on disk)
-        options = {"threads": t} if t else {}
+        options: dict[str, Any] = {"threads": t} if t else {}
+        options["spin"] = spin  # onnxruntime as the command runs it (spinning threads measure well on an idle CPU only)
         _CHOSEN[key] = autoprobe.measured_choice(artifact, incumbent, challengers, batch_size, t,
-                                                 lambda n: runner_class(n)(artifact, device="cpu", **options), vet)
+                                                 lambda n: runner_class(n)(artifact, device="cpu", **options), vet, spin=spin)
     return _CHOSEN[key]
 
 
@@ -118,9 +120,9 @@ _CHOSEN: dict[tuple, tuple[str, str]] = {}
 
 
 def pick_backend(name: str, artifact: "Artifact", device: str = "auto", batch_size: int | None = None,
-                 vet: Callable[["Runner"], Any] | None = None) -> str:
+                 vet: Callable[["Runner"], Any] | None = None, spin: bool = True) -> str:
     if name == "auto":
-        return choose_backend(artifact, device, batch_size, vet=vet)[0]
+        return choose_backend(artifact, device, batch_size, vet=vet, spin=spin)[0]
     cls = runner_class(name)
     reason = cls.unavailable_reason()
     if reason:
@@ -137,7 +139,7 @@ def make_runner(name: str, artifact: "Artifact", device: str = "auto", *, batch_
     choose_backend) on `artifact`, not yet activated. `runner.auto_reason` says why `auto` chose it."""
     why = None
     if name == "auto":
-        name, why = choose_backend(artifact, device, batch_size, options.get("threads"), vet)
+        name, why = choose_backend(artifact, device, batch_size, options.get("threads"), vet, options.get("spin", True))
     else:
         name = pick_backend(name, artifact, device)
     precision = options.get("precision")

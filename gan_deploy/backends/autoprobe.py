@@ -70,14 +70,14 @@ def measure(runners: dict[str, "Runner"], batch_size: int) -> dict[str, list[flo
     return measure_rotated(calls, ROUND_S, ROUNDS, MIN_ROUNDS, BUDGET_S)
 
 
-def probe_key(artifact: "Artifact", names: list[str], batch_size: int, threads: int) -> dict[str, Any]:
+def probe_key(artifact: "Artifact", names: list[str], batch_size: int, threads: int, spin: bool = True) -> dict[str, Any]:
     """What the choice depends on: the file, the machine, the threads, the batch size and the runtimes' versions."""
     import os
 
     from gan_deploy.core.hardware import cpu_flags, cpu_model
 
     return {"sha256": artifact.sha256, "cpu": cpu_model(), "cpu_flags": hashlib.sha256(" ".join(sorted(cpu_flags())).encode()).hexdigest()[:16],
-            "cores": os.cpu_count() or 0, "threads": threads, "batch_size": batch_size,
+            "cores": os.cpu_count() or 0, "threads": threads, "batch_size": batch_size, "spin": spin,
             "runtimes": {n: _version(n) for n in names}}
 
 
@@ -137,11 +137,11 @@ def write_choice(path: Path, key: dict[str, Any], choice: str, why: str, medians
 
 def measured_choice(artifact: "Artifact", incumbent: str, challengers: list[str], batch_size: int, threads: int,
                     make: Callable[[str], "Runner"], vet: Callable[["Runner"], Any] | None = None,
-                    measure_fn: Measure = measure) -> tuple[str, str]:
+                    measure_fn: Measure = measure, *, spin: bool = True) -> tuple[str, str]:
     """(backend, why) for `auto`: the cached choice for this key, else a probe of the incumbent and the challengers
     (built by `make(name)`, vetted by `vet(runner)` after activation), recorded for the next start."""
     names = [incumbent, *challengers]
-    key = probe_key(artifact, names, batch_size, threads)
+    key = probe_key(artifact, names, batch_size, threads, spin)
     path = cache_file(key)
     if path is not None:
         cached = read_choice(path, key, names)

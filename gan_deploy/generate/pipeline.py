@@ -510,7 +510,7 @@ def runner_options(backend: str, artifact: Any, precision: str, batch_size: int 
     from gan_deploy.precision.runtime_gate import require_runtime_gate
 
     check_precision(precision)
-    name = pick_backend(backend, artifact, batch_size=batch_size, vet=require_runtime_gate)
+    name = pick_backend(backend, artifact, batch_size=batch_size, vet=require_runtime_gate, spin=False)
     if name in ("eager", "compile"):
         return name, {"precision": precision}
     if precision != "fp32":
