@@ -5,7 +5,8 @@ made from it) and batch size, the callables below are timed against each other i
 rotated each round (gan_deploy.core.timing.measure_rotated: a runtime whose threads spin after a call
 slows whichever runs next, so none always follows the same one), medians:
 
-    onnxruntime      make_runner("onnxruntime", ...).infer(z)
+    onnxruntime      make_runner("onnxruntime", ...).infer(z)   (threads spin after a call, as in bench and serve)
+    onnxruntime-nospin  the same with spin=False, as generate runs it (and as auto's probe does for generate)
     openvino         make_runner("openvino", ...).infer(z)       (our runner: static shape, hint per batch size)
     openvino-latency the same with hint="latency" at every batch size (one request: the A/B of the THROUGHPUT split)
     openvino-direct  core.compile_model(file reshaped to [b, Z], LATENCY hint, same threads), one request, infer(z)
@@ -69,9 +70,9 @@ def table_rows(paths: list[Path], batch_sizes: list[int], threads: int, rounds: 
     runners: dict[tuple[Path, str], Any] = {}
     refused: dict[tuple[Path, str], str] = {}
     for p, art in arts.items():
-        for name in ("onnxruntime", "openvino", "openvino-latency"):
+        for name, backend, options in (("onnxruntime", "onnxruntime", {}), ("onnxruntime-nospin", "onnxruntime", {"spin": False}),
+                                       ("openvino", "openvino", {}), ("openvino-latency", "openvino", {"hint": "latency"})):
             try:  # openvino-latency: our runner with one request at every batch size (the THROUGHPUT split's A/B)
-                backend, options = (("openvino", {"hint": "latency"}) if name == "openvino-latency" else (name, {}))
                 runners[p, name] = make_runner(backend, art, "cpu", threads=threads, **options).activate()
             except GanDeployError as e:
                 refused[p, name] = e.one_line()

@@ -1,9 +1,9 @@
 """OpenVINO: ONNX files (FP32, FP16 and our Q/DQ INT8, both flavours) on the CPU with Intel's runtime.
 
-Compiled once per batch shape (a static [b, Z] input): measured on the shipped DCGAN on 2 cores, a static shape
-was faster than one dynamic-batch model at every batch size (FP32 batch 256: 272 vs 371 ms; INT8 batch 64: 80
-vs 117 ms; docs/backends.md). At most MAX_STATIC_SHAPES shapes are compiled; any further batch size (serve's
-dynamic batching can make many) runs on one dynamic-batch model, compiled when first needed.
+Compiled once per batch shape (a static [b, Z] input): measured on the shipped DCGAN FP32 on 2 cores, a static shape
+was faster than one dynamic-batch model at every batch size (batch 1: 0.68 vs 0.88 ms, 64: 60.4 vs 64.9 ms, 256:
+272 vs 371 ms; docs/precision.md, "CPU runtimes"). At most MAX_STATIC_SHAPES shapes are compiled; any further batch
+size (serve's dynamic batching can make many) runs on one dynamic-batch model, compiled when first needed.
 
 Performance hint per batch size: LATENCY below THROUGHPUT_MIN_BATCH (serve, batch 1), else THROUGHPUT, where the
 batch is split across OpenVINO's streams and run as that many requests at once (a single request on a
