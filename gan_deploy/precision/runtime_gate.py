@@ -88,14 +88,14 @@ def _passed_before(path: Path, key: dict[str, Any]) -> bool:
 
 
 def require_runtime_gate(runner: Any) -> GateReport | None:
-    """Activate `runner`; if it is a runtime other than quantize's running a reduced-precision ONNX, gate the model
+    """If `runner` is a runtime other than quantize's running a reduced-precision ONNX: activate it and gate the model
     on it (or find its pass recorded). Raises GateRejected with the figures when it fails; returns the report of a
-    gate run here, None when none was needed or possible."""
-    runner.activate()
+    gate run here, None when none was needed or possible. Any other runner is left as it is (not activated)."""
     art = runner.artifact
     precision = getattr(art, "precision", "fp32")
     if runner.name not in REGATED_BACKENDS or art.kind != "onnx" or precision not in ("int8", "fp16"):
         return None
+    runner.activate()
     n = _gate_samples(art)
     key = _key(runner, n)
     path = _cache_file(key)
