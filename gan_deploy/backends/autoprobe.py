@@ -116,6 +116,7 @@ def read_choice(path: Path, key: dict[str, Any], candidates: list[str]) -> tuple
         medians = field(d, "median_ms", path, what, kind="dict", hint=hint)
         for name, ms in medians.items():
             field(medians, name, path, what, kind="number", check=lambda v: v > 0, expected="milliseconds > 0", hint=hint)
+        field(d, "measured_at", path, what, kind="str", check=lambda v: len(v) <= 40, expected="a UTC time", hint=hint)
         if medians and choice not in medians:
             raise GanDeployError(f"{what} field is invalid", f"{path}: choice={choice!r} has no median_ms", hint=hint)
     except GanDeployError as e:
