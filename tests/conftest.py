@@ -8,6 +8,10 @@ import pytest
 import torch
 
 os.environ.setdefault("GAN_DEPLOY_THREADS", "1")  # deterministic, and no oversubscription on CI's 2 cores
+os.environ.setdefault("GAN_DEPLOY_AUTO_MEASURE", "0")  # `auto` never depends on a timing here (tests of it set 1)
+if "GAN_DEPLOY_CACHE_DIR" not in os.environ:  # OpenVINO's compiled models and auto's choices: never the user's cache
+    import tempfile
+    os.environ["GAN_DEPLOY_CACHE_DIR"] = tempfile.mkdtemp(prefix="gan-deploy-test-cache-")
 torch.set_num_threads(1)
 
 from gan_deploy.artifacts.checkpoint import save_checkpoint  # noqa: E402

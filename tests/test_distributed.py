@@ -108,3 +108,17 @@ def test_ray_other_sinks_are_byte_identical(ray_local, tiny_checkpoint, tmp_path
     rep = generate_ray(art, GenerateOptions(out=tmp_path / "ray", ray_workers=2, **opts))
     assert rep.n_written == N and rep.sink == sink
     _same_folder(tmp_path / "one", tmp_path / "ray")  # tar shards (appended by the driver in order) or the array, manifest, record
+
+
+def test_ray_workers_run_openvino(ray_local, tiny_onnx, tmp_path):
+    from gan_deploy.backends import unavailable_reason
+    from gan_deploy.generate.ray_executor import generate_ray
+
+    if unavailable_reason("openvino"):
+        pytest.skip("openvino is not installed")
+    art = load_artifact(onnx=tiny_onnx)
+    generate(make_runner("openvino", art, "cpu"), GenerateOptions(n=N, out=tmp_path / "one", batch_size=BATCH, seed=SEED, progress=False))
+    rep = generate_ray(art, GenerateOptions(backend="openvino", device="cpu", n=N, out=tmp_path / "ray", batch_size=BATCH, seed=SEED,
+                                            progress=False, ray_workers=2))
+    assert rep.n_written == N and "openvino" in rep.backend_detail
+    _same_folder(tmp_path / "one", tmp_path / "ray")

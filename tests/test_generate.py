@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from gan_deploy.artifacts.load import load_artifact
-from gan_deploy.backends import make_runner
+from gan_deploy.backends import make_runner, unavailable_reason
 from gan_deploy.core.errors import GanDeployError
 from gan_deploy.core.fileio import TMP_PREFIX
 from gan_deploy.core.images import decode
@@ -313,9 +313,9 @@ def test_outputs_are_checked_before_the_first_batch(tiny_checkpoint, tmp_path, c
     before = ck.read_bytes(), sidecar.read_bytes()
     out = tmp_path / "out"
     cases = [
-        (["--grid", ck], "the sample grid would overwrite an input"),
-        (["--json", sidecar], "the JSON report would overwrite an input"),
-        (["--grid", tmp_path / "g.png", "--json", tmp_path / "g.png"], "are the same file"),
+        (["--grid", ck], "--grid would overwrite an input"),
+        (["--json", sidecar], "--json would overwrite an input"),
+        (["--grid", tmp_path / "g.png", "--json", tmp_path / "g.png"], "name the same file"),
         (["--grid", out / "000003.png"], "would be overwritten by the run's own files"),
         (["--json", out / "manifest.csv"], "would be overwritten by the run's own files"),
     ]
@@ -513,3 +513,41 @@ def test_a_batch_larger_than_n_computes_one_batch_of_n(tiny_checkpoint, tmp_path
     generate(runner, GenerateOptions(n=7, out=tmp_path / "a", batch_size=100_000_000, progress=False))  # no memory error
     generate(runner, GenerateOptions(n=7, out=tmp_path / "b", batch_size=7, progress=False))
     assert {p.name: p.read_bytes() for p in (tmp_path / "a").glob("*.png")} == {p.name: p.read_bytes() for p in (tmp_path / "b").glob("*.png")}
+
+
+@pytest.mark.skipif(unavailable_reason("openvino") is not None, reason="openvino is not installed")
+def test_openvino_generates_onnxruntimes_images_byte_identical_across_batch_sizes_and_shards(tiny_onnx, tmp_path):
+    """generate --backend openvino: the images onnxruntime makes (within a grey level), and the same bytes whatever the
+    batch size (OpenVINO compiles a shape per batch size: 1-image and 23-image batches, split across streams at
+    >= 16) and whatever the job shards."""
+    art = load_artifact(onnx=tiny_onnx)
+    opts = dict(n=46, seed=9, progress=False, manifest=False, sink="array")
+    generate(make_runner("onnxruntime", art, "cpu"), GenerateOptions(out=tmp_path / "ort", batch_size=23, **opts))
+    for b in (23, 1, 16, 5):
+        generate(make_runner("openvino", art, "cpu"), GenerateOptions(out=tmp_path / f"ov{b}", batch_size=b, **opts))
+    ref = np.load(tmp_path / "ort" / "images.npy")
+    ov = np.load(tmp_path / "ov23" / "images.npy")
+    assert ov.shape == ref.shape == (46, 16, 16, 1) and np.abs(ov.astype(int) - ref).max() <= 1
+    for b in (1, 16, 5):
+        assert np.array_equal(np.load(tmp_path / f"ov{b}" / "images.npy"), ov), b
+    files = {**opts, "sink": "folder"}
+    generate(make_runner("openvino", art, "cpu"), GenerateOptions(out=tmp_path / "all", batch_size=16, **files))
+    for k in range(3):
+        generate(make_runner("openvino", art, "cpu"), GenerateOptions(out=tmp_path / "shards", batch_size=16, shard=(k, 3),
+                                                                      overwrite=True, **files))
+    whole = {p.name: p.read_bytes() for p in (tmp_path / "all").iterdir()}
+    assert whole == {p.name: p.read_bytes() for p in (tmp_path / "shards").iterdir()} and len(whole) == 46
+    assert np.array_equal(np.stack([decode(tmp_path / "all" / f"{i:06d}.png") for i in range(46)]).reshape(ov.shape), ov)
+
+
+@pytest.mark.skipif(unavailable_reason("openvino") is not None, reason="openvino is not installed")
+def test_cli_generate_with_openvino_and_auto_says_why(cli, tiny_onnx, tmp_path, monkeypatch):
+    monkeypatch.setenv("GAN_DEPLOY_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("GAN_DEPLOY_AUTO_MEASURE", "1")
+    r = cli("generate", "--onnx", tiny_onnx, "--backend", "openvino", "-n", 7, "-b", 4, "--out", tmp_path / "a")
+    assert r.exit_code == 0, r.output
+    assert "-> backend openvino" in r.output and len(list((tmp_path / "a").glob("*.png"))) == 7
+    r = cli("generate", "--onnx", tiny_onnx, "-n", 7, "-b", 4, "--out", tmp_path / "b")
+    assert r.exit_code == 0, r.output
+    assert "(auto on cpu: " in r.output and "measured at batch 4" in r.output, r.output
+    assert list((tmp_path / "cache" / "auto").glob("*.json"))

@@ -194,7 +194,7 @@ def test_metrics_percentiles_and_prometheus():
 
 # -- a replica and the proxy hook, without Ray ------------------------------------------------------------
 
-def _replica(monkeypatch, checkpoint, delay: float | None = None, **over):
+def _replica(monkeypatch, checkpoint, delay: float | None = None, backend: str = "eager", **over):
     """A replica of the deployment, outside Ray (its methods run on the test's event loop): the tiny generator,
     and optionally a `delay` in seconds before every answer's images (a slow backend)."""
     pytest.importorskip("ray.serve", reason="Ray Serve is not installed")
@@ -207,7 +207,7 @@ def _replica(monkeypatch, checkpoint, delay: float | None = None, **over):
     context = SimpleNamespace(replica_id=SimpleNamespace(unique_id="r0"), _deployment_config=SimpleNamespace(max_ongoing_requests=1024))
     monkeypatch.setattr(ray_serve, "get_replica_context", lambda: context)  # what @serve.batch and the replica ask Ray
     art = load_artifact(checkpoint)
-    cfg = ServeConfig(art, backend="eager", device="cpu", max_batch_size=8, batch_wait_ms=5,
+    cfg = ServeConfig(art, backend=backend, device="cpu", max_batch_size=8, batch_wait_ms=5,
                       max_images_per_request=MAX_IMAGES, **{"max_queued": 2, "read_timeout_s": 0.5, "request_timeout_s": 5.0, **over})
     cls = GeneratorDeployment.func_or_class
     # @serve.batch keeps one lazily made queue per decorated method (a replica has one instance); each test
@@ -277,6 +277,29 @@ def test_replica_reads_the_body_before_taking_a_slot(monkeypatch, tiny_checkpoin
         assert huge.status_code == 431 and json.loads(huge.body)["error"]["reason"] == "headers_too_large"
         m = rep.snapshot()
         assert m["requests"]["408"] == 3 and m["requests"]["200"] == 1 and m["requests"]["413"] == 1
+    _run(main())
+
+
+def test_replica_runs_openvino(monkeypatch, tiny_checkpoint, tiny_onnx):
+    """`serve --backend openvino`: the replica's runtime is OpenVINO, with eager's images (within a grey level)."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from gan_deploy.backends import unavailable_reason
+    if unavailable_reason("openvino"):
+        pytest.skip("openvino is not installed")
+
+    async def main():
+        images = {}
+        for backend, model in (("openvino", tiny_onnx), ("eager", tiny_checkpoint)):
+            rep = _replica(monkeypatch, model, backend=backend)
+            assert rep.runner.name == backend
+            r = await rep(_request("POST", "/generate", [(0, b'{"seed": 3, "start": 5, "count": 1, "format": "png"}')]))
+            assert r.status_code == 200, r.body
+            images[backend] = np.asarray(Image.open(io.BytesIO(r.body)), dtype=int)
+        assert np.abs(images["openvino"] - images["eager"]).max() <= 1
     _run(main())
 
 

@@ -10,7 +10,8 @@ onnxruntime, tensorrt or a GPU.
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING, Any
+import os
+from typing import TYPE_CHECKING, Any, Callable
 
 from gan_deploy.core.errors import BackendUnavailable, GanDeployError
 
@@ -22,6 +23,7 @@ if TYPE_CHECKING:
 BACKENDS: dict[str, str] = {
     "tensorrt": "gan_deploy.backends.tensorrt:TensorRTRunner",
     "onnxruntime": "gan_deploy.backends.onnxruntime:OnnxRuntimeRunner",
+    "openvino": "gan_deploy.backends.openvino:OpenVinoRunner",
     "compile": "gan_deploy.backends.compile:CompileRunner",
     "eager": "gan_deploy.backends.eager:EagerRunner",
 }
@@ -51,9 +53,16 @@ def backends_for(artifact: "Artifact") -> list[str]:
 AUTO_ORDER = {"cuda": ("tensorrt", "onnxruntime", "eager"), "cpu": ("onnxruntime", "eager")}
 
 
-def choose_backend(artifact: "Artifact", device: str = "auto") -> tuple[str, str]:
+def choose_backend(artifact: "Artifact", device: str = "auto", batch_size: int | None = None, threads: int | None = None,
+                   vet: Callable[["Runner"], Any] | None = None, spin: bool = True) -> tuple[str, str]:
     """`auto` for `artifact` on `device`: (backend name, why), e.g. ("eager", "auto on cuda: eager; skipped
-    tensorrt (runs engines only), onnxruntime (no CUDA provider: onnxruntime-gpu is not installed)")."""
+    tensorrt (runs engines only), onnxruntime (no CUDA provider: onnxruntime-gpu is not installed)").
+
+    On a CPU, given the command's `batch_size`, onnxruntime is measured against the challengers (OpenVINO) on this
+    artifact at that batch size and the faster by more than noise runs (autoprobe.py; the choice is cached per
+    artifact, machine, threads and batch size). `vet(runner)` may refuse a challenger after activation (the
+    quality gate re-run on that runtime). `spin`: whether the command lets onnxruntime's threads spin (generate does
+    not): the probe runs onnxruntime as the command will. Without a batch size (serve, eval): onnxruntime, as before."""
     from gan_deploy.backends.base import resolve_device
 
     dev = resolve_device(device)
@@ -68,6 +77,10 @@ def choose_backend(artifact: "Artifact", device: str = "auto") -> tuple[str, str
             why = cls.unavailable_reason() or cls.device_reason(dev)
         if why is None:
             said = f"; skipped {', '.join(skipped)}" if skipped else ""
+            if kind == "cpu" and batch_size:
+                chosen, measured = _cpu_challenge(artifact, name, batch_size, threads, vet, spin)
+                if measured:
+                    return chosen, f"auto on {dev}: {chosen} ({measured}){said}"
             return name, f"auto on {dev}: {name}{said}"
         skipped.append(f"{name} ({why.split(' (Note:')[0]})")
     if kind == "cuda":  # no CUDA path for this artifact at all: a CPU runtime, said out loud
@@ -81,9 +94,36 @@ def choose_backend(artifact: "Artifact", device: str = "auto") -> tuple[str, str
                              hint="install onnxruntime (CPU) or onnxruntime-gpu/tensorrt (GPU)")
 
 
-def pick_backend(name: str, artifact: "Artifact", device: str = "auto") -> str:
+def _cpu_challenge(artifact: "Artifact", incumbent: str, batch_size: int, threads: int | None,
+                   vet: Callable[["Runner"], Any] | None, spin: bool = True) -> tuple[str, str | None]:
+    """(backend, why) of the measured choice between `incumbent` and the CPU challengers that can run this artifact;
+    (incumbent, None) when none can."""
+    from gan_deploy.backends import autoprobe
+    from gan_deploy.backends.onnxruntime import env_threads
+
+    if os.environ.get(autoprobe.ENV_MEASURE, "").strip() == "0":  # a fixed choice (reproducible runs, the test suite)
+        return incumbent, None
+    challengers = [n for n in autoprobe.CHALLENGERS if n != incumbent and artifact.kind in runner_class(n).accepts
+                   and unavailable_reason(n) is None and runner_class(n).device_reason("cpu") is None]
+    if not challengers:
+        return incumbent, None
+    t = threads or env_threads()
+    key = (artifact.sha256, incumbent, tuple(challengers), batch_size, t, spin)
+    if key not in _CHOSEN:  # one probe per process (and per machine: autoprobe caches it on disk)
+        options: dict[str, Any] = {"threads": t} if t else {}
+        options["spin"] = spin  # onnxruntime as the command runs it (spinning threads measure well on an idle CPU only)
+        _CHOSEN[key] = autoprobe.measured_choice(artifact, incumbent, challengers, batch_size, t,
+                                                 lambda n: runner_class(n)(artifact, device="cpu", **options), vet, spin=spin)
+    return _CHOSEN[key]
+
+
+_CHOSEN: dict[tuple, tuple[str, str]] = {}
+
+
+def pick_backend(name: str, artifact: "Artifact", device: str = "auto", batch_size: int | None = None,
+                 vet: Callable[["Runner"], Any] | None = None, spin: bool = True) -> str:
     if name == "auto":
-        return choose_backend(artifact, device)[0]
+        return choose_backend(artifact, device, batch_size, vet=vet, spin=spin)[0]
     cls = runner_class(name)
     reason = cls.unavailable_reason()
     if reason:
@@ -94,9 +134,12 @@ def pick_backend(name: str, artifact: "Artifact", device: str = "auto") -> str:
 TORCH_BACKENDS = ("eager", "compile")  # the backends that take a `precision` option
 
 
-def resolve_backend(name: str, artifact: "Artifact", device: str = "auto", precision: str = "fp32") -> tuple[str, dict[str, Any], str | None]:
+def resolve_backend(name: str, artifact: "Artifact", device: str = "auto", precision: str = "fp32", *,
+                    batch_size: int | None = None, threads: int | None = None, vet: Callable[["Runner"], Any] | None = None,
+                    spin: bool = True) -> tuple[str, dict[str, Any], str | None]:
     """The one precision rule: (backend, its options, why `auto` chose it) for backend `name` (or `auto`, chosen
-    for `device`) running `artifact` at the torch `precision` (backends.torch_common.TORCH_PRECISIONS).
+    for `device`, measured at `batch_size` on a CPU: see choose_backend) running `artifact` at the torch
+    `precision` (backends.torch_common.TORCH_PRECISIONS).
 
     A precision other than fp32 is computed by the PyTorch backends only: with `auto` it picks eager when the
     artifact has PyTorch weights; any other backend refuses it (ONNX files and engines carry their own precision)."""
@@ -107,7 +150,7 @@ def resolve_backend(name: str, artifact: "Artifact", device: str = "auto", preci
     if name == "auto" and precision != "fp32" and artifact.kind in runner_class("eager").accepts:
         name, why = "eager", f"auto with precision {precision}: eager (reduced torch precisions run on the PyTorch backends)"
     elif name == "auto":
-        name, why = choose_backend(artifact, device)
+        name, why = choose_backend(artifact, device, batch_size, threads, vet, spin)
     else:
         name = pick_backend(name, artifact, device)
     return name, precision_options(name, precision), why
@@ -125,10 +168,14 @@ def precision_options(name: str, precision: str) -> dict[str, Any]:
     return {}
 
 
-def make_runner(name: str, artifact: "Artifact", device: str = "auto", **options: Any) -> "Runner":
-    """The runner for backend `name` (or `auto`, chosen for `device`) on `artifact`, not yet activated; a
-    `precision=` option follows `resolve_backend`'s rule. `runner.auto_reason` says why `auto` chose it."""
-    name, precision, why = resolve_backend(name, artifact, device, options.pop("precision", None) or "fp32")
+def make_runner(name: str, artifact: "Artifact", device: str = "auto", *, batch_size: int | None = None,
+                vet: Callable[["Runner"], Any] | None = None, **options: Any) -> "Runner":
+    """The runner for backend `name` (or `auto`, chosen for `device`, measured at `batch_size` on a CPU) on
+    `artifact`, not yet activated; a `precision=` option follows `resolve_backend`'s rule. `runner.auto_reason`
+    says why `auto` chose it."""
+    name, precision, why = resolve_backend(name, artifact, device, options.pop("precision", None) or "fp32",
+                                           batch_size=batch_size, threads=options.get("threads"), vet=vet,
+                                           spin=options.get("spin", True))
     runner = runner_class(name)(artifact, device=device, **options, **precision)
     runner.auto_reason = why
     return runner

@@ -4,7 +4,8 @@
 and `progress` (core.progress) prints a "measuring ..." line per backend and batch size on stderr unless False.
 
 The reference is eager FP32 PyTorch when the artifact has PyTorch weights, else onnxruntime on the FP32
-ONNX. Variants (e.g. an INT8 or FP16 ONNX from `quantize`) are measured with onnxruntime beside them.
+ONNX. Variants (e.g. an INT8 or FP16 ONNX from `quantize`) are measured with onnxruntime beside them, and with
+OpenVINO when it is among the backends (a row per runtime, each with the gate's verdict on that runtime).
 """
 from __future__ import annotations
 
@@ -209,7 +210,7 @@ def bench(artifact: Artifact, opts: BenchOptions | None = None) -> BenchReport:
     dev = resolve_device(opts.device)
     precisions = opts.precisions or (TORCH_PRECISIONS if dev.startswith("cuda") else ("fp32",))
     ref_name = "eager" if artifact.kind == "checkpoint" else "onnxruntime"
-    jobs, ref_runner = _runners(artifact, runnable, variants, precisions, dev, opts, ref_name)
+    jobs, ref_runner = _runners(artifact, runnable, variants, precisions, dev, opts, ref_name, skipped)
     # every row keeps its images of the largest batch for the error columns: refuse what cannot fit before allocating
     runners = len(jobs) + (ref_runner not in [r for _, r in jobs])
     check_batch_fits(artifact, max(opts.batch_sizes), dev, image_copies=runners + 2, activation_copies=runners, option="--batch-sizes")
@@ -273,12 +274,13 @@ def _runnable(artifact: Artifact, backends: tuple[str, ...] | None) -> tuple[lis
 
 
 def _runners(artifact: Artifact, runnable: list[str], variants: list[Artifact], precisions: tuple[str, ...], dev: str,
-             opts: BenchOptions, ref_name: str) -> tuple[list[tuple[str, Any]], Any]:
+             opts: BenchOptions, ref_name: str,
+             skipped: dict[str, str]) -> tuple[list[tuple[str, Any]], Any]:
     """([(row label, runner)], the reference runner): a row per PyTorch backend and precision (backends'
     precision rule: `make_runner(..., precision=)`), per other backend, per variant (onnxruntime)."""
     from gan_deploy.backends import TORCH_BACKENDS
 
-    options = {"threads": opts.threads} if opts.threads else {}
+    options: dict[str, Any] = {"threads": opts.threads} if opts.threads else {}
     jobs: list[tuple[str, Any]] = []
     for name in runnable:
         if name in TORCH_BACKENDS:
@@ -289,6 +291,11 @@ def _runners(artifact: Artifact, runnable: list[str], variants: list[Artifact], 
             jobs.append((name, make_runner(name, artifact, dev, **options)))
     for v in variants:
         jobs.append((f"onnxruntime:{v.precision}", make_runner("onnxruntime", v, dev, **options)))
+        if "openvino" in runnable:  # the variant on OpenVINO too: its speed, and the gate's verdict on that runtime
+            try:
+                jobs.append((f"openvino:{v.precision}", make_runner("openvino", v, dev, **options).activate()))
+            except GanDeployError as e:  # e.g. OpenVINO computes another image shape for this model: said, not fatal
+                skipped[f"openvino:{v.precision}"] = e.one_line()
     # the reference is strict FP32 (TF32 off on a GPU): eager when the artifact has PyTorch weights
     ref_runner = next((r for n, r in jobs if n == ref_name), None) or make_runner(ref_name, artifact, dev, **options)
     return jobs, ref_runner

@@ -23,3 +23,12 @@ def has_int8_dot_product() -> bool:
 
 def is_x86() -> bool:
     return platform.machine().lower() in ("x86_64", "amd64", "i686", "x86")
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_model() -> str:
+    """The CPU's model name ("AMD EPYC 7B13"), or the machine type where /proc/cpuinfo has none."""
+    p = Path("/proc/cpuinfo")
+    text = p.read_text() if p.exists() else ""
+    m = re.search(r"^model name\s*:(.*)$", text, re.M)
+    return m.group(1).strip() if m else (platform.processor() or platform.machine())

@@ -100,6 +100,35 @@ def measure_interleaved(fns: dict[str, tuple[Callable[[], Any], Callable[[], Non
     return {k: LatencyStats.from_samples(batch_size, v) for k, v in samples.items()}
 
 
+def measure_rotated(fns: dict[str, Callable[[], Any]], round_s: float = 0.02, rounds: int = 7, min_rounds: int = 3,
+                    budget_s: float = 3.0) -> dict[str, list[float]]:
+    """Seconds per call of each callable, one figure per round: a warm-up call each (the second call says how many
+    calls fill `round_s`), then up to `rounds` rounds in which every callable runs its calls in turn, the order
+    rotated each round. Rotation matters on a CPU: a runtime whose threads spin after a call (onnxruntime's do)
+    slows whichever callable runs right after it, so none may always follow the same one. Stops after `min_rounds`
+    once `budget_s` per callable is spent."""
+    names = list(fns)
+    reps: dict[str, int] = {}
+    for n in names:
+        fns[n]()
+        t0 = time.perf_counter()
+        fns[n]()
+        reps[n] = max(1, int(round_s / max(time.perf_counter() - t0, 1e-6)))
+    samples: dict[str, list[float]] = {n: [] for n in names}
+    spent = 0.0
+    for k in range(max(1, rounds)):
+        for n in names[k % len(names):] + names[:k % len(names)]:
+            t0 = time.perf_counter()
+            for _ in range(reps[n]):
+                fns[n]()
+            dt = time.perf_counter() - t0
+            samples[n].append(dt / reps[n])
+            spent += dt
+        if k + 1 >= min_rounds and spent >= budget_s * len(names):
+            break
+    return samples
+
+
 class Stopwatch:
     """Wall-clock span of a whole job (generate end to end)."""
 

@@ -8,7 +8,7 @@ same work on Ray Data workers (ray_executor.py, --executor ray), the manifest (j
 lock and path checks (outdir.py), the encoder workers (pool.py), the GPU JPEG encoder (device_jpeg.py), the
 sinks (sinks/: one module per sink and the SINKS registry). Dependencies inside: run -> pipeline, ray_executor
 -> session -> options; the two executors never import each other.
-May import: core, artifacts, backends.
+May import: core, artifacts, backends, precision (the gate re-run on the runtime that runs a reduced-precision model).
 """
 from gan_deploy.generate.options import GenerateOptions
 from gan_deploy.generate.pipeline import generate

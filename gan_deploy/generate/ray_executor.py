@@ -50,6 +50,8 @@ class _BatchWriter:
         if art.sha256 != sha256:
             raise StaleArtifact("the model file on this worker differs from the driver's", f"{art.path} sha256 {art.sha256[:12]}", expected=f"sha256 {sha256[:12]}", hint="copy the same file to every node (or use a shared filesystem)")
         self.runner = make_runner(backend, art, device, **options).activate()
+        from gan_deploy.precision.runtime_gate import require_runtime_gate
+        require_runtime_gate(self.runner)  # passed on the driver: found in this machine's cache; another CPU: gated here
         self.latent_dim, self.seed = art.spec.latent_dim, seed
         self.worker = worker
         worker.open()
@@ -117,6 +119,20 @@ def _backend(artifact: Artifact, backend: str, precision: str) -> tuple[str, dic
         return backend, precision_options(backend, precision)
 
 
+def _gate_here(artifact: Artifact, backend: str, options: dict[str, Any]) -> None:
+    """A reduced-precision model on a runtime quantize did not gate it on: gated once on the driver, before Ray starts
+    (a one-line refusal instead of every worker failing)."""
+    from gan_deploy.precision.runtime_gate import REGATED_BACKENDS, require_runtime_gate
+
+    if backend in REGATED_BACKENDS and artifact.precision != "fp32":
+        from gan_deploy.backends import make_runner
+        runner = make_runner(backend, artifact, "cpu", **options)
+        try:
+            require_runtime_gate(runner)
+        finally:
+            runner.close()
+
+
 def generate_ray(artifact: Artifact, opts: GenerateOptions, on_start: Callable[[], None] | None = None) -> GenerateReport:
     """Write the same output as `generate.pipeline.generate` (same options) with Ray Data workers.
     `on_start()` is called once every check has passed, before Ray starts."""
@@ -127,6 +143,7 @@ def generate_ray(artifact: Artifact, opts: GenerateOptions, on_start: Callable[[
     opts = dataclasses.replace(opts, out=Path(opts.out).resolve(), executor="ray")  # workers may run in another working directory
     session = Session(opts, artifact.spec, artifact.files(), opts.backend, opts.device, opts.precision)
     backend, options = _backend(artifact, opts.backend, opts.precision)
+    _gate_here(artifact, backend, options)
     session.record["backend"] = backend
     session.set_model(artifact.kind, artifact.path, artifact.sha256)
     session.check(slots=2)

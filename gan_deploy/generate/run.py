@@ -23,10 +23,15 @@ def generate_images(artifact: Artifact, opts: GenerateOptions, on_start: Callabl
         return generate_ray(artifact, opts, on_start=(lambda: on_start(f"{artifact.describe()} -> backend {opts.backend} on Ray workers"))
                             if on_start else None)
     from gan_deploy.backends import make_runner
+    from gan_deploy.precision.runtime_gate import require_runtime_gate
 
-    # precision follows backends.resolve_backend's rule; spin=False leaves idle cycles to the writers
-    runner = make_runner(opts.backend, artifact, opts.device, spin=False, precision=opts.precision)
-    return generate(runner, opts, on_start=(lambda: on_start(f"{artifact.describe()} -> backend {runner.name}")) if on_start else None)
+    # precision follows backends.resolve_backend's rule; `auto` on a CPU measures the runtimes at this batch size
+    # (backends/autoprobe.py); spin=False leaves idle cycles to the writers
+    runner = make_runner(opts.backend, artifact, opts.device, batch_size=opts.batch_size, vet=require_runtime_gate,
+                         spin=False, precision=opts.precision)
+    require_runtime_gate(runner)  # a reduced-precision model on a runtime quantize did not gate it on: gated here
+    why = f" ({runner.auto_reason})" if runner.auto_reason else ""
+    return generate(runner, opts, on_start=(lambda: on_start(f"{artifact.describe()} -> backend {runner.name}{why}")) if on_start else None)
 
 
 __all__ = ["generate_images"]

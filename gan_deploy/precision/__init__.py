@@ -9,7 +9,8 @@ figures), `int8.py` (`Int8Builder`, the one INT8 builder, and onnxruntime's Q/DQ
 (PrecisionReport; writing a gated model), `lineage.py` (parent FP32 ONNX, child metadata and file name, the
 gate's FP32 reference), `policy.py` (Int8Policy and its reader), `calibrate.py` (prior latents; activation
 ranges: minmax, percentile, entropy from one calibration run), `rewrite.py` (all graph surgery: BatchNorm
-folding, ConvTranspose -> Conv + DepthToSpace, untying biases, `prepare_int8`), `gate.py` (NaN/Inf, saturation,
+folding, ConvTranspose -> Conv + DepthToSpace, untying biases, `prepare_int8`), `runtime_gate.py` (the gate re-run on the runtime that runs a model: OpenVINO),
+`gate.py` (NaN/Inf, saturation,
 PSNR and FD checks every reduced-precision artifact must pass).
 May import: core, artifacts, export, backends (the gate runs candidates), quality.
 """

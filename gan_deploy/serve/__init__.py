@@ -11,6 +11,6 @@ Owns, one concept per module:
     proxy_hooks.py  ASGI middleware in Ray's proxy (admission, JSON for Ray's own answers)
     triton.py       the Triton model repository
 
-May import: core, artifacts, export, backends (the service and the Triton repository run or export an
-artifact). Never the CLI.
+May import: core, artifacts, export, backends, precision (the service and the Triton repository run or export an
+artifact; the gate re-run on the runtime). Never the CLI.
 """

@@ -113,6 +113,8 @@ class GeneratorDeployment:
         cfg = self.cfg = ServeConfig.from_dict(config)
         art = self.artifact = cfg.artifact
         self.runner = make_runner(cfg.backend, art, cfg.device).activate()
+        from gan_deploy.precision.runtime_gate import require_runtime_gate
+        require_runtime_gate(self.runner)  # a reduced-precision model on a runtime quantize did not gate it on
         self.spec = art.spec
         # one thread: backend calls stay serialized (runners are not promised to be thread-safe), and the
         # event loop stays free to accept requests and form the next batch while this one runs

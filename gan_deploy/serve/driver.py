@@ -351,9 +351,15 @@ def settle_locally(cfg: ServeConfig) -> ServeConfig:
     """The config as it runs in a new local Ray: "auto" backend and device resolved on this machine (a one-line
     error for a backend that cannot take the artifact; nothing is loaded), and the port checked free."""
     from gan_deploy.backends import make_runner
+    from gan_deploy.precision.runtime_gate import REGATED_BACKENDS, require_runtime_gate
 
     runner = make_runner(cfg.backend, cfg.artifact, cfg.device)
     cfg = replace(cfg, backend=runner.name, device=runner.device)
+    if runner.name in REGATED_BACKENDS and cfg.artifact.precision != "fp32":  # refused here in one line, not by every replica
+        try:
+            require_runtime_gate(runner)
+        finally:
+            runner.close()
     check_port_free(cfg.host, cfg.port)
     return cfg
 
