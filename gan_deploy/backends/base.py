@@ -169,7 +169,7 @@ class OutputHealth:
             return None
         mn, mx, span = float(finite.min()), float(finite.max()), self.hi - self.lo
         end = "black" if mx <= self.lo + span / 32 else "white" if mn >= self.hi - span / 32 else None
-        if end and mx - mn < span / 64 and mx > mn:
+        if end and mx - mn < span / 64:  # a constant at one end too: every image one flat colour
             return (f"span [{mn:.3g}, {mx:.3g}], at one end of the declared value range [{self.lo:g}, {self.hi:g}]: "
                     f"they will be nearly {end}")
         return None

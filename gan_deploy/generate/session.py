@@ -158,7 +158,7 @@ class Session:
             sweep(self.out)
             if opts.resume:
                 self._check_record(read_record(self.out))
-                read_journal(self.out / MANIFEST, self.sink.columns, self.done)
+                read_journal(self.out / MANIFEST, self.sink.columns, self.done, self.opts.n)
                 self.sink.verify(self.done)
                 self.n_before = self.done.count()
                 self.sink.prepare(resume=True)
