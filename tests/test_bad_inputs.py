@@ -509,6 +509,8 @@ CASES: list[Case] = [
     C("engine-auto-on-cpu", f"{GEN} --engine bad.engine", "runs only on an NVIDIA GPU with TensorRT", engine(), OUT, cpu_only=True),
     C("engine-auto-on-cpu-names-source", "eval --engine bad.engine -n 64", "with --onnx FILE or -c FILE", engine(), cpu_only=True),
     C("engine-bench-on-cpu", "bench --engine bad.engine", "runs only on an NVIDIA GPU with TensorRT", engine(), cpu_only=True),
+    C("engine-given-an-onnx", "triton-repo --engine tiny.onnx --out repo", "not a TensorRT engine: it is an ONNX file"),
+    C("engine-given-a-checkpoint", f"{GEN} --engine tiny.safetensors", "pass it with -c/--checkpoint", None, OUT),
     C("engine-and-onnx", "bench --engine bad.engine --onnx tiny.onnx", "more than one generator", engine()),
 
     # --- 6. contradictory options ---

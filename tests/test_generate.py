@@ -313,9 +313,9 @@ def test_outputs_are_checked_before_the_first_batch(tiny_checkpoint, tmp_path, c
     before = ck.read_bytes(), sidecar.read_bytes()
     out = tmp_path / "out"
     cases = [
-        (["--grid", ck], "the sample grid would overwrite an input"),
-        (["--json", sidecar], "the JSON report would overwrite an input"),
-        (["--grid", tmp_path / "g.png", "--json", tmp_path / "g.png"], "are the same file"),
+        (["--grid", ck], "--grid would overwrite an input"),
+        (["--json", sidecar], "--json would overwrite an input"),
+        (["--grid", tmp_path / "g.png", "--json", tmp_path / "g.png"], "name the same file"),
         (["--grid", out / "000003.png"], "would be overwritten by the run's own files"),
         (["--json", out / "manifest.csv"], "would be overwritten by the run's own files"),
     ]
