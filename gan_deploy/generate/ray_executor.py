@@ -41,16 +41,8 @@ class _BatchWriter:
 
     def __init__(self, kind: str, path: str, sha256: str, value_range: tuple[float, float] | None, backend: str,
                  device: str, options: dict[str, Any], seed: int, worker: SinkWorker):
-        from gan_deploy.artifacts.load import load_artifact
-        from gan_deploy.backends import make_runner
-
-        paths = {kind: path}
-        art = load_artifact(paths.get("checkpoint"), paths.get("onnx"), paths.get("engine"),
-                            value_range if kind == "onnx" else None)
-        if art.sha256 != sha256:
-            raise StaleArtifact("the model file on this worker differs from the driver's", f"{art.path} sha256 {art.sha256[:12]}", expected=f"sha256 {sha256[:12]}", hint="copy the same file to every node (or use a shared filesystem)")
-        self.runner = make_runner(backend, art, device, **options).activate()
-        self.latent_dim, self.seed = art.spec.latent_dim, seed
+        self.runner = _worker_runner(kind, path, sha256, value_range, backend, device, options).activate()
+        self.latent_dim, self.seed = self.runner.spec.latent_dim, seed
         self.worker = worker
         worker.open()
 
@@ -88,9 +80,9 @@ def _probe_here(artifact: Artifact, backend: str, options: dict[str, Any], sessi
     return True
 
 
-def _probe_remote(kind: str, path: str, sha256: str, value_range: tuple[float, float] | None, backend: str, device: str,
-                  options: dict[str, Any], probe: dict[str, Any]) -> None:
-    """The probe batch on a worker (a Ray task): a refusal reaches the driver as the worker's GanDeployError."""
+def _worker_runner(kind: str, path: str, sha256: str, value_range: tuple[float, float] | None, backend: str, device: str,
+                   options: dict[str, Any]) -> Any:
+    """The runner a worker builds from the driver's model file (the same file: checked by sha256), not yet activated."""
     from gan_deploy.artifacts.load import load_artifact
     from gan_deploy.backends import make_runner
 
@@ -99,9 +91,18 @@ def _probe_remote(kind: str, path: str, sha256: str, value_range: tuple[float, f
     if art.sha256 != sha256:
         raise StaleArtifact("the model file on this worker differs from the driver's", f"{art.path} sha256 {art.sha256[:12]}",
                             expected=f"sha256 {sha256[:12]}", hint="copy the same file to every node (or use a shared filesystem)")
+    return make_runner(backend, art, device, **options)
+
+
+def _probe_remote(model: tuple, probe: dict[str, Any]) -> None:
+    """The probe batch on a worker (a Ray task): a refusal reaches the driver as the worker's GanDeployError."""
     from gan_deploy.backends.base import check_images
 
-    check_images(make_runner(backend, art, device, **options), **probe)
+    runner = _worker_runner(*model)
+    try:
+        check_images(runner, **probe)
+    finally:
+        runner.close()
 
 
 def _init_ray(workers: int | None) -> bool:
@@ -182,8 +183,8 @@ def generate_ray(artifact: Artifact, opts: GenerateOptions, on_start: Callable[[
         session.record["device"] = wdevice.split(":")[0]
         if not probed:  # the backend runs on the workers only: one of them computes the probe batch
             probe = ray.remote(**resources)(_probe_remote)  # type: ignore[call-overload]
-            ray.get(probe.remote(artifact.kind, str(artifact.path.resolve()), artifact.sha256, artifact.spec.value_range,
-                                 backend, wdevice, options, session.probe_range()))
+            model = (artifact.kind, str(artifact.path.resolve()), artifact.sha256, artifact.spec.value_range, backend, wdevice, options)
+            ray.get(probe.remote(model, session.probe_range()))
         session.open()
         opened = True
         tasks[:] = session.tasks()
