@@ -189,6 +189,33 @@ def _generate_into(d: Path, out: str) -> None:
     assert res.exit_code == 0, res.output
 
 
+def run_record(edit: Callable[[dict], None], folder: str = "done") -> Callable[[Path], None]:
+    """A finished generate run in FOLDER whose generate.json was then edited by `edit(d)`."""
+    def setup(d: Path) -> None:
+        _generate_into(d, folder)
+        rec = _json(d / folder / "generate.json")
+        edit(rec)
+        _dump(d / folder / "generate.json", rec)
+    return setup
+
+
+def record_field(key: str, value: Any) -> Callable[[Path], None]:
+    return run_record(lambda r: r.__setitem__(key, value))
+
+
+def manifest_row(row: str, folder: str = "done") -> Callable[[Path], None]:
+    """A finished generate run in FOLDER with one more row appended to its manifest."""
+    def setup(d: Path) -> None:
+        _generate_into(d, folder)
+        with open(d / folder / "manifest.csv", "a") as f:
+            f.write(row + "\n")
+    return setup
+
+
+def policy(obj: Any, name: str = "p.json") -> Callable[[Path], None]:
+    return write(name, json.dumps(obj))
+
+
 FACTORY = '''import torch
 import torch.nn as nn
 
@@ -478,6 +505,12 @@ CASES: list[Case] = [
     C("engine-source-changed", "bench --engine bad.engine", "has changed",
       then(engine(), lambda d: shutil.copy(d / "tiny.json", d / "tiny.onnx"))),
     C("engine-on-cpu", f"{GEN} --engine bad.engine --backend tensorrt", "tensorrt", engine(), OUT, cpu_only=True),
+    # --- messages that point at the right thing: an engine where no GPU is, what to run instead ---
+    C("engine-auto-on-cpu", f"{GEN} --engine bad.engine", "runs only on an NVIDIA GPU with TensorRT", engine(), OUT, cpu_only=True),
+    C("engine-auto-on-cpu-names-source", "eval --engine bad.engine -n 64", "with --onnx FILE or -c FILE", engine(), cpu_only=True),
+    C("engine-bench-on-cpu", "bench --engine bad.engine", "runs only on an NVIDIA GPU with TensorRT", engine(), cpu_only=True),
+    C("engine-given-an-onnx", "triton-repo --engine tiny.onnx --out repo", "not a TensorRT engine: it is an ONNX file"),
+    C("engine-given-a-checkpoint", f"{GEN} --engine tiny.safetensors", "pass it with -c/--checkpoint", None, OUT),
     C("engine-and-onnx", "bench --engine bad.engine --onnx tiny.onnx", "more than one generator", engine()),
 
     # --- 6. contradictory options ---
@@ -588,6 +621,32 @@ CASES: list[Case] = [
     C("gen-unknown-option", f"{GEN} -c tiny.safetensors --bogus", "No such option", None, OUT),
     C("gen-resume-nothing", "generate --out empty --resume", "nothing to resume", mkdir("empty"), ("empty", "empty/*")),
     C("gen-out-dangling-symlink", "generate -n 4 -b 4 -c tiny.safetensors --out dang", "broken symlink", link("nowhere/x", "dang")),
+    # --- 4. the run record (generate.json) read back by --resume: every field checked, one line naming it ---
+    C("gen-record-n-string", "generate --out done --resume", "n='4'", record_field("n", "4")),
+    C("gen-record-n-zero", "generate --out done --resume", "n=0", record_field("n", 0)),
+    C("gen-record-seed-negative", "generate --out done --resume", "seed=-1", record_field("seed", -1)),
+    C("gen-record-batch-float", "generate --out done --resume", "batch_size=4.0", record_field("batch_size", 4.0)),
+    C("gen-record-fmt-unknown", "generate --out done --resume", "fmt='gif'", record_field("fmt", "gif")),
+    C("gen-record-sink-number", "generate --out done --resume", "sink=3", record_field("sink", 3)),
+    C("gen-record-sink-options-list", "generate --out done --resume", "sink_options=[]", record_field("sink_options", [])),
+    C("gen-record-shard-string", "generate --out done --resume", "shard='0/1'", record_field("shard", "0/1")),
+    C("gen-record-shard-out-of-range", "generate --out done --resume", "shard=[2, 1]", record_field("shard", [2, 1])),
+    C("gen-record-stop-past-n", "generate --out done --resume", "stop=99", record_field("stop", 99)),
+    C("gen-record-image-strings", "generate --out done --resume", "image=['16'", record_field("image", ["16", "16", "1"])),
+    C("gen-record-range-reversed", "generate --out done --resume", "value_range=[1, -1]", record_field("value_range", [1, -1])),
+    C("gen-record-backend-number", "generate --out done --resume", "backend=5", record_field("backend", 5)),
+    C("gen-record-precision", "generate --out done --resume", "precision='fp8'", record_field("precision", "fp8")),
+    C("gen-record-model-string", "generate --out done --resume", "model='tiny'", record_field("model", "tiny")),
+    C("gen-record-model-sha-number", "generate --out done --resume", "sha256=12", run_record(lambda r: r["model"].update(sha256=12))),
+    C("gen-record-model-path-list", "generate --out done --resume", "path=[", run_record(lambda r: r["model"].update(path=["x"]))),
+    C("gen-record-n-missing", "generate --out done --resume", "'n'", run_record(lambda r: r.pop("n"))),
+    C("gen-record-not-object", "generate --out done --resume", "not a gan-deploy generate run record",
+      then(lambda d: _generate_into(d, "done"), write("done/generate.json", "[1]"))),
+    # --- 4. manifest rows: an index that is not one of the run's is one line naming it ---
+    C("gen-manifest-index-word", "generate --out done --resume", "row 'x,0,x.png'", manifest_row("x,0,x.png")),
+    C("gen-manifest-index-negative", "generate --out done --resume", "index -1", manifest_row("-1,0,x.png")),
+    C("gen-manifest-index-past-n", "generate --out done --resume", "index 4", manifest_row("4,0,000004.png")),
+    C("gen-manifest-index-overflow", "generate --out done --resume", "row '99999999999999999999", manifest_row("99999999999999999999,0,x")),
     C("gen-resume-manifest-folder", "generate -n 4 -b 4 -c tiny.safetensors --out done --resume", "manifest",
       then(lambda d: _generate_into(d, "done"), lambda d: (d / "done/manifest.csv").unlink(), mkdir("done/manifest.csv")),
       ("done", "done/*")),
@@ -656,6 +715,23 @@ CASES: list[Case] = [
     C("quantize-fp16-onto-sidecar", "quantize --fp16 -c tiny.safetensors -o tiny.json", "overwrite"),
     C("quantize-into-folder", "quantize --int8 -c tiny.safetensors -o dir", "is a directory", mkdir("dir")),
     C("quantize-calib-tiny", "quantize --int8 -c tiny.safetensors --calib-samples 1", "--calib-samples"),
+    # --- 4. --policy files: each field checked (type, choice), one line naming the file and field ---
+    C("quantize-policy-exclude-string", "quantize --int8 --onnx tiny.onnx --policy p.json", "exclude='conv'", policy({"exclude": "conv"})),
+    C("quantize-policy-exclude-numbers", "quantize --int8 --onnx tiny.onnx --policy p.json", "exclude=[1, 2]", policy({"exclude": [1, 2]})),
+    C("quantize-policy-reasons-number", "quantize --int8 --onnx tiny.onnx --policy p.json", "reasons=5", policy({"reasons": 5})),
+    C("quantize-policy-method-list", "quantize --int8 --onnx tiny.onnx --policy p.json", "calib_method=['minmax']",
+      policy({"calib_method": ["minmax"]})),
+    C("quantize-policy-keep-number", "quantize --int8 --onnx tiny.onnx --policy p.json", "keep=16", policy({"keep": 16})),
+    C("quantize-policy-source-object", "quantize --int8 --onnx tiny.onnx --policy p.json", "source={}", policy({"source": {}})),
+    C("quantize-policy-report-recipe", "quantize --int8 --onnx tiny.onnx --policy p.json", "exclude=7",
+      policy({"recipe": {"policy": {"exclude": 7}}})),
+    # quantizing an INT8 model under the name quantize gives its output: the input is the culprit, not -o
+    C("quantize-int8-of-int8-default-name", "quantize --int8 --onnx m.int8.onnx", "already reduced precision: m.int8.onnx (int8)",
+      then(onnx_meta(precision="int8"), lambda d: (d / "bad.onnx").rename(d / "m.int8.onnx"))),
+    C("quantize-fp16-of-int8", "quantize --fp16 --onnx m.int8.onnx", "already reduced precision: m.int8.onnx (int8)",
+      then(onnx_meta(precision="int8"), lambda d: (d / "bad.onnx").rename(d / "m.int8.onnx"))),
+    C("quantize-default-out-is-input", "quantize --fp16 --onnx f.fp16.onnx", "-o/--out (not given: its default) would overwrite",
+      lambda d: shutil.copy(d / "tiny.onnx", d / "f.fp16.onnx")),
     C("quantize-garbage-onnx", "quantize --fp16 --onnx bad.onnx", "corrupt or unreadable ONNX", write("bad.onnx", b"\x00\x01")),
     C("build-engine-no-precision", "build-engine -c tiny.safetensors", "choose exactly one precision"),
     C("build-engine-on-cpu", "build-engine --fp16 -c tiny.safetensors", "cannot build a TensorRT engine here", cpu_only=True),

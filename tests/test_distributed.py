@@ -122,3 +122,30 @@ def test_ray_workers_run_openvino(ray_local, tiny_onnx, tmp_path):
                                             progress=False, ray_workers=2))
     assert rep.n_written == N and "openvino" in rep.backend_detail
     _same_folder(tmp_path / "one", tmp_path / "ray")
+
+
+def test_a_probe_the_driver_cannot_run_is_run_on_a_worker(ray_local, tmp_path, monkeypatch):
+    """The backend runs on the workers only (e.g. TensorRT): one worker computes the probe batch, and a model whose
+    images are NaN is refused before the folder is made."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto as T
+    from onnx import helper as h
+    from onnx import numpy_helper as nh
+
+    from gan_deploy.generate import ray_executor
+
+    w = nh.from_array(np.random.default_rng(0).standard_normal((8, 64)).astype(np.float32), "W")
+    shape = nh.from_array(np.array([-1, 1, 8, 8], dtype=np.int64), "shape")
+    g = h.make_graph([h.make_node("MatMul", ["z", "W"], ["a"]), h.make_node("Log", ["a"], ["t"]),
+                      h.make_node("Reshape", ["t", "shape"], ["image"])], "g",
+                     [h.make_tensor_value_info("z", T.FLOAT, ["N", 8])], [h.make_tensor_value_info("image", T.FLOAT, ["N", 1, 8, 8])],
+                     [w, shape])
+    m = h.make_model(g, opset_imports=[h.make_opsetid("", 17)])
+    m.ir_version = 8
+    onnx.save(m, tmp_path / "nan.onnx")
+    monkeypatch.setattr(ray_executor, "_probe_here", lambda *a: False)
+    opts = GenerateOptions(backend="onnxruntime", device="cpu", n=8, out=tmp_path / "out", progress=False, ray_workers=1)
+    with pytest.raises(GanDeployError, match="values NaN/Inf"):
+        ray_executor.generate_ray(load_artifact(onnx=tmp_path / "nan.onnx"), opts)
+    assert not (tmp_path / "out").exists()

@@ -551,3 +551,108 @@ def test_cli_generate_with_openvino_and_auto_says_why(cli, tiny_onnx, tmp_path, 
     assert r.exit_code == 0, r.output
     assert "(auto on cpu: " in r.output and "measured at batch 4" in r.output, r.output
     assert list((tmp_path / "cache" / "auto").glob("*.json"))
+
+
+# -- outputs that are not images: the probe batch decides, before anything is written ------------------------------
+
+def _graph(path: Path, act: str, scale: float = 1.0) -> Path:
+    """A tiny ONNX generator z [N, 8] -> MatMul(W * scale) -> act -> image [N, 1, 8, 8] (declared range [-1, 1])."""
+    import onnx
+    from onnx import TensorProto as T
+    from onnx import helper as h
+    from onnx import numpy_helper as nh
+
+    w = nh.from_array((np.random.default_rng(0).standard_normal((8, 64)) * scale).astype(np.float32), "W")
+    shape = nh.from_array(np.array([-1, 1, 8, 8], dtype=np.int64), "shape")
+    g = h.make_graph([h.make_node("MatMul", ["z", "W"], ["a"]), h.make_node(act, ["a"], ["t"]),
+                      h.make_node("Reshape", ["t", "shape"], ["image"])], "g",
+                     [h.make_tensor_value_info("z", T.FLOAT, ["N", 8])], [h.make_tensor_value_info("image", T.FLOAT, ["N", 1, 8, 8])],
+                     [w, shape])
+    m = h.make_model(g, opset_imports=[h.make_opsetid("", 17)])
+    m.ir_version = 8
+    onnx.save(m, path)
+    return path
+
+
+def _black_checkpoint(path: Path, bias: float) -> Path:
+    """The tiny DCGAN with its last layer's weights near zero and its bias `bias`: tanh(bias) everywhere."""
+    import torch
+    from conftest import TINY
+
+    from gan_deploy.artifacts.checkpoint import save_checkpoint
+    from gan_deploy.nets.networks import build_generator, init_weights
+    torch.manual_seed(0)
+    g = build_generator(TINY)
+    g.apply(init_weights)
+    last = [m for m in g.modules() if isinstance(m, torch.nn.ConvTranspose2d)][-1]
+    with torch.no_grad():
+        last.weight.mul_(1e-3 if bias > -10 else 0.0)
+        last.bias.fill_(bias)
+    return save_checkpoint(path, g, TINY).path
+
+
+def _not_images(kind: str, d: Path) -> list[str]:
+    if kind == "nan":  # Log of a Gaussian: half the values NaN
+        return ["--onnx", str(_graph(d / "nan.onnx", "Log"))]
+    if kind == "huge":  # no tanh and weights x1000: values in the thousands for a [-1, 1] model
+        return ["--onnx", str(_graph(d / "huge.onnx", "Identity", 1000.0))]
+    if kind == "constant":  # exactly -1 everywhere: every image black
+        return ["-c", str(_black_checkpoint(d / "black.safetensors", -30.0))]
+    return ["-c", str(_black_checkpoint(d / "dark.safetensors", -5.0))]  # within 1e-4 of -1: black, values inside the range
+
+
+@pytest.mark.parametrize("kind,figure", [("nan", "% of values NaN/Inf"), ("huge", "100% out of range [-1, 1]"),
+                                          ("constant", "nearly black"), ("dark", "nearly black")])
+def test_a_model_that_makes_no_images_is_refused_before_writing(cli, tmp_path, kind, figure):
+    model = _not_images(kind, tmp_path)
+    for args in ([], ["--executor", "ray"]):  # the Ray executor probes on the driver, before Ray starts
+        r = cli("generate", *model, "-n", 100, "-b", 32, "--out", tmp_path / "out", *args)
+        errors = [x for x in r.output.splitlines() if x.startswith("Error:")]
+        assert r.exit_code == 2 and len(errors) == 1, r.output
+        assert figure in errors[0] and "in the first 64 image(s)" in errors[0] and "--allow-bad-images" in errors[0], errors[0]
+        assert "warning:" not in r.output  # the refusal says it all
+        assert not (tmp_path / "out").exists()
+    # a folder that was there stays as it was (--overwrite: the refusal comes before the run's files)
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "keep.txt").write_text("mine")
+    r = cli("generate", *model, "-n", 8, "--out", tmp_path / "out", "--overwrite")
+    assert r.exit_code == 2 and sorted(p.name for p in (tmp_path / "out").iterdir()) == ["keep.txt"], r.output
+
+
+@pytest.mark.parametrize("kind", ["nan", "huge", "constant"])
+def test_allow_bad_images_writes_them_with_the_warning(cli, tmp_path, kind):
+    r = cli("generate", *_not_images(kind, tmp_path), "-n", 8, "--out", tmp_path / "out", "--allow-bad-images")
+    assert r.exit_code == 0, r.output
+    warnings = [x for x in r.output.splitlines() if x.startswith("warning:")]
+    assert len(warnings) == 1 and ("NaN/Inf" in warnings[0] or "value range" in warnings[0]), r.output
+    assert len(list((tmp_path / "out").glob("*.png"))) == 8
+
+
+def test_an_untrained_generator_passes_the_probe(cli, tmp_path):
+    """DCGAN's initial weights give near-constant mid-range images: grey, not black; no refusal, no warning."""
+    import torch
+    from conftest import TINY
+
+    from gan_deploy.artifacts.checkpoint import save_checkpoint
+    from gan_deploy.nets.networks import build_generator, init_weights
+    torch.manual_seed(1)
+    g = build_generator(TINY)
+    g.apply(init_weights)
+    ck = save_checkpoint(tmp_path / "untrained.safetensors", g, TINY).path
+    for backend in ("eager", "onnxruntime"):
+        r = cli("generate", "-c", ck, "-n", 8, "--backend", backend, "--out", tmp_path / backend)
+        assert r.exit_code == 0 and "warning" not in r.output, r.output
+
+
+def test_the_probe_uses_the_runs_first_images_in_its_batches(tiny_checkpoint, tmp_path, monkeypatch):
+    """A job shard's probe is its own first images, in batches no larger than the run's (memory), and costs
+    at most PROBE_IMAGES images."""
+    from gan_deploy.backends.base import PROBE_IMAGES
+
+    runner = make_runner("onnxruntime", load_artifact(tiny_checkpoint))
+    seen: list[int] = []
+    real = runner.infer_impl
+    monkeypatch.setattr(runner, "infer_impl", lambda z: (seen.append(len(z)), real(z))[1])
+    generate(runner, GenerateOptions(n=400, out=tmp_path / "o", batch_size=50, shard=(1, 4), progress=False))
+    probe = seen[:2]
+    assert probe == [50, 14] and sum(probe) == PROBE_IMAGES

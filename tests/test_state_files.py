@@ -107,3 +107,34 @@ def test_resume_with_overwrite_is_refused_not_dropped(run, tmp_path):
     res = CliRunner().invoke(main, ["train", "--out", str(out), "--resume", "--overwrite", "--steps", "6"])
     assert res.exit_code == 2 and "--resume and --overwrite contradict each other" in res.output, res.output
     assert (out / "generator.safetensors").exists()  # nothing was started over
+
+
+# -- generate.json: the validated reader accepts every record a real run writes, and refuses a tampered one ----------
+
+@pytest.mark.parametrize("args", [[], ["--sink", "tar", "--tar-shard-size", "3", "--tar-prefix", "p"], ["--sink", "array"],
+                                  ["--format", "jpg", "--shard", "1/2", "--backend", "eager"]])
+def test_every_record_a_run_writes_reads_back(tiny_checkpoint, tmp_path, args):
+    from gan_deploy.generate.journal import read_record
+
+    out = tmp_path / "out"
+    res = CliRunner().invoke(main, ["generate", "-c", str(tiny_checkpoint), "-n", "7", "-b", "2", "--out", str(out), *args])
+    assert res.exit_code == 0, res.output
+    assert read_record(out)["n"] == 7
+    res = CliRunner().invoke(main, ["generate", "--out", str(out), "--resume"])
+    assert res.exit_code == 0 and "nothing to do" in res.output, res.output
+
+
+@pytest.mark.parametrize("key,value,needle", [("n", "7", "n='7'"), ("start", -1, "start=-1"), ("image", [16, 16], "image=[16, 16]"),
+                                              ("jpeg_encoder", "gpu", "jpeg_encoder='gpu'"), ("device", "tpu", "device='tpu'"),
+                                              ("latent_dim", 0, "latent_dim=0")])
+def test_a_tampered_run_record_is_one_line_naming_the_file_and_field(tiny_checkpoint, tmp_path, key, value, needle):
+    out = tmp_path / "out"
+    assert CliRunner().invoke(main, ["generate", "-c", str(tiny_checkpoint), "-n", "7", "-b", "2", "--out", str(out)]).exit_code == 0
+    rec = json.loads((out / "generate.json").read_text())
+    rec[key] = value
+    (out / "generate.json").write_text(json.dumps(rec))
+    before = sorted((p.name, p.stat().st_mtime_ns) for p in out.iterdir())
+    res = CliRunner().invoke(main, ["generate", "--out", str(out), "--resume"])
+    assert res.exit_code == 2 and res.output.count("\n") == 1, res.output
+    assert needle in res.output and "generate.json" in res.output, res.output
+    assert sorted((p.name, p.stat().st_mtime_ns) for p in out.iterdir()) == before  # nothing written

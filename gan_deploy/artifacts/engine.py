@@ -143,6 +143,11 @@ def parse_sidecar(text: str, where: str | Path = "<sidecar>") -> dict[str, Any]:
 
 
 def read_sidecar(engine: str | Path) -> dict[str, Any]:
+    p = Path(engine)
+    other = {".onnx": ("an ONNX file", "--onnx"), ".safetensors": ("a checkpoint", "-c/--checkpoint")}.get(p.suffix.lower())
+    if other:  # else the message would be about a missing engine sidecar, pointing away from the mistake
+        raise GanDeployError(f"not a TensorRT engine: it is {other[0]}", str(p), expected="a .engine (or .plan) file from `gan-deploy build-engine`",
+                             hint=f"pass it with {other[1]}, or build an engine from it with `gan-deploy build-engine --fp16 {other[1].split('/')[0]} {p}`")
     side = sidecar_path(engine)
     if not side.exists():
         raise GanDeployError("engine has no sidecar JSON", str(side), expected="the .json that `gan-deploy build-engine` writes beside it", hint="engines built elsewhere cannot be checked; rebuild it with `gan-deploy build-engine`")

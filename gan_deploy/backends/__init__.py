@@ -91,7 +91,18 @@ def choose_backend(artifact: "Artifact", device: str = "auto", batch_size: int |
                               f"on the CPU; for the GPU install onnxruntime-gpu, build an engine, or export your "
                               f"generator with `export --factory` to run it with PyTorch")
     raise BackendUnavailable("no backend can run this artifact here", artifact.describe(), expected="; ".join(skipped),
-                             hint="install onnxruntime (CPU) or onnxruntime-gpu/tensorrt (GPU)")
+                             hint=unavailable_hint(artifact))
+
+
+def unavailable_hint(artifact: "Artifact") -> str:
+    """What to do when nothing here runs `artifact`: what fits its kind (onnxruntime cannot run an engine)."""
+    if artifact.kind == "engine":
+        sidecar = artifact.metadata.get("gan_deploy.engine_sidecar")
+        said = f" ({sidecar} names it under \"source\")" if sidecar else ""
+        return ("a TensorRT engine runs only on an NVIDIA GPU with TensorRT installed; on this machine run the ONNX file or "
+                f"checkpoint it was built from{said} with --onnx FILE or -c FILE")
+    able = sorted({n for n in BACKENDS if artifact.kind in runner_class(n).accepts})
+    return f"install a backend that runs {artifact.kind} files: {', '.join(able)} (pip install onnxruntime, or onnxruntime-gpu for the GPU)"
 
 
 def _cpu_challenge(artifact: "Artifact", incumbent: str, batch_size: int, threads: int | None,

@@ -17,7 +17,7 @@ import numpy as np
 from gan_deploy.artifacts.artifact import Artifact
 from gan_deploy.artifacts.spec import kind_name, kinds_phrase
 from gan_deploy.core.device import resolve_device
-from gan_deploy.core.errors import GanDeployError, warn
+from gan_deploy.core.errors import GanDeployError, GanDeployWarning, warn
 
 WARN_FRACTION = 0.01  # NaN/Inf or out-of-range values above this share of the images so far: one warning
 
@@ -145,25 +145,39 @@ class OutputHealth:
         finite = np.isfinite(images)
         self.nonfinite += int(images.size - np.count_nonzero(finite))
         self.out_of_range += int(np.count_nonzero(finite & ((images < self.lo_ok) | (images > self.hi_ok))))
-        if not self.warned and (self.nonfinite > WARN_FRACTION * self.values or self.out_of_range > WARN_FRACTION * self.values):
+        if not self.warned and self.over():
             self.warned = True
             warn(self.message())
         return images
 
     def check_spread(self, images: np.ndarray) -> None:
-        """A probe batch whose values all sit at one end of the declared range: the range is likely not the model's
-        ([0, 255] declared on a tanh or sigmoid model gives black images, with every value inside the range). An
-        untrained generator's near-constant mid-range output is not flagged."""
-        finite = images[np.isfinite(images)]
-        if finite.size < 2 or self.warned:
+        """A probe batch whose values all sit at one end of the declared range: warns once (see `spread`)."""
+        if self.warned:
             return
+        end = self.spread(images)
+        if end:
+            self.warned = True
+            warn(f"images from {self.what} {end}. The range is likely not the model's: pass the right --value-range "
+                 "(-1,1 for tanh, 0,1 for sigmoid) or fix the gan_deploy.value_range metadata")
+
+    def spread(self, images: np.ndarray) -> str | None:
+        """None, or what is wrong when every finite value sits at one end of the declared range ([0, 255] declared on
+        a tanh or sigmoid model gives black images, with every value inside the range). An untrained generator's
+        near-constant mid-range output is not flagged."""
+        finite = images[np.isfinite(images)]
+        if finite.size < 2:
+            return None
         mn, mx, span = float(finite.min()), float(finite.max()), self.hi - self.lo
         end = "black" if mx <= self.lo + span / 32 else "white" if mn >= self.hi - span / 32 else None
-        if end and mx - mn < span / 64 and mx > mn:
-            self.warned = True
-            warn(f"images from {self.what} span [{mn:.3g}, {mx:.3g}], at one end of the declared value range "
-                 f"[{self.lo:g}, {self.hi:g}]: they will be nearly {end}. The range is likely not the model's: pass the "
-                 "right --value-range (-1,1 for tanh, 0,1 for sigmoid) or fix the gan_deploy.value_range metadata")
+        if end and mx - mn < span / 64:  # a constant at one end too: every image one flat colour
+            return (f"span [{mn:.3g}, {mx:.3g}], at one end of the declared value range [{self.lo:g}, {self.hi:g}]: "
+                    f"they will be nearly {end}")
+        return None
+
+    def over(self) -> bool:
+        """True when NaN/Inf or out-of-range values pass WARN_FRACTION of the values seen (the rule for the warning
+        and for the probe batch's refusal)."""
+        return self.nonfinite > WARN_FRACTION * self.values or self.out_of_range > WARN_FRACTION * self.values
 
     def fractions(self) -> tuple[float, float]:
         n = max(self.values, 1)
@@ -180,3 +194,48 @@ class OutputHealth:
                 "sigmoid) or fix the gan_deploy.value_range metadata" if oor > WARN_FRACTION
                 else "the model produces NaN/Inf: check its weights (or a reduced precision that overflows)")
         return f"images from {self.what}: {'; '.join(parts)}; {hint}"
+
+
+PROBE_IMAGES = 64  # generate's probe: the run's first this many images decide whether the model makes images at all
+ALLOW_OPTION = "--allow-bad-images"
+
+
+def check_images(runner: Runner, seed: int, start: int = 0, count: int = PROBE_IMAGES, batch: int | None = None,
+                 allow: bool = False) -> None:
+    """Before anything is written: compute images [start, start + count) of `seed` (in batches of at most `batch`)
+    and refuse, in one line with the figures, a model whose images are mostly NaN/Inf, outside the declared value
+    range or all at one end of it (OutputHealth's rule: WARN_FRACTION and the one-end spread). `allow`
+    (--allow-bad-images) turns the refusal into the warning the run would print anyway. Activates the runner;
+    warnings raised while loading it are held back when the run is refused (the refusal says it all)."""
+    import warnings
+
+    from gan_deploy.core.latents import latents_range
+
+    with warnings.catch_warnings(record=True) as held:
+        warnings.simplefilter("always", GanDeployWarning)
+        runner.activate()
+        probe = OutputHealth(runner.spec.value_range, f"{runner.name} on {runner.artifact.path}")
+        probe.warned = True  # counts only: the verdict is below
+        step = max(1, min(batch or count, count))
+        images = [probe.observe(runner.infer_impl(runner._checked(latents_range(seed, b0, min(step, start + count - b0),
+                                                                                   runner.spec.latent_dim))))
+                  for b0 in range(start, start + count, step)]
+    spread = None if probe.over() else probe.spread(np.concatenate(images))
+    if (probe.over() or spread) and not allow:
+        nf, oor = probe.fractions()
+        figures = (f"{nf:.0%} of values NaN/Inf, {oor:.0%} out of range [{probe.lo:g}, {probe.hi:g}] in the first {count} "
+                   f"image(s)" + (f"; they {spread}" if spread else ""))
+        cause = ("fix the value range (--value-range 0,1 for sigmoid, -1,1 for tanh, or the gan_deploy.value_range metadata)"
+                 if spread or oor > nf else "check the model's weights (or a reduced precision that overflows)")
+        raise GanDeployError(f"the model does not produce images (it would write black or clipped pixels): {probe.what}",
+                             figures, expected=f"at most {WARN_FRACTION:.0%} NaN/Inf and out-of-range values, spread over the range",
+                             hint=f"{cause}; pass {ALLOW_OPTION} to write them anyway")
+    for w in held:
+        if issubclass(w.category, GanDeployWarning):
+            warn(str(w.message))
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    for part in images:  # the warning the run prints anyway (once), now rather than at the first batch
+        runner.health.observe(part)
+    if spread:
+        runner.health.check_spread(np.concatenate(images))

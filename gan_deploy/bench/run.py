@@ -23,7 +23,7 @@ from gan_deploy.artifacts.artifact import Artifact
 from gan_deploy.artifacts.spec import kind_name, kinds_phrase
 from gan_deploy.backends import make_runner, runner_class, unavailable_reason
 from gan_deploy.backends.torch_common import TORCH_PRECISIONS
-from gan_deploy.core.errors import GanDeployError
+from gan_deploy.core.errors import BackendUnavailable, GanDeployError
 from gan_deploy.core.fileio import atomic_path, atomic_write_text
 from gan_deploy.core.latents import MAX_SEED, latents_range
 from gan_deploy.core.timing import LatencyStats, measure_interleaved
@@ -209,7 +209,12 @@ def bench(artifact: Artifact, opts: BenchOptions | None = None) -> BenchReport:
     runnable, skipped = _runnable(artifact, opts.backends)
     dev = resolve_device(opts.device)
     precisions = opts.precisions or (TORCH_PRECISIONS if dev.startswith("cuda") else ("fp32",))
-    ref_name = "eager" if artifact.kind == "checkpoint" else "onnxruntime"
+    if not runnable:  # e.g. an engine on a machine without TensorRT: say what would run it, not what cannot
+        from gan_deploy.backends import unavailable_hint
+        raise BackendUnavailable("no backend can benchmark this artifact here", artifact.describe(),
+                                 expected="; ".join(f"{n} ({why})" for n, why in skipped.items()), hint=unavailable_hint(artifact))
+    # the reference: eager when the artifact has PyTorch weights, onnxruntime for ONNX, the engine itself for an engine
+    ref_name = {"checkpoint": "eager", "engine": "tensorrt"}.get(artifact.kind, "onnxruntime")
     jobs, ref_runner = _runners(artifact, runnable, variants, precisions, dev, opts, ref_name, skipped)
     # every row keeps its images of the largest batch for the error columns: refuse what cannot fit before allocating
     runners = len(jobs) + (ref_runner not in [r for _, r in jobs])

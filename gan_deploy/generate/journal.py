@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -21,7 +22,7 @@ import numpy as np
 
 from gan_deploy.core.errors import GanDeployError
 from gan_deploy.core.fileio import O_CLOEXEC, O_NOFOLLOW, FolderWriter, write_all
-from gan_deploy.core.jsonio import read_document
+from gan_deploy.core.jsonio import field, is_int, is_number, read_document
 from gan_deploy.generate.sinks.base import Bitset, Sink
 
 MANIFEST = "manifest.csv"
@@ -77,8 +78,9 @@ class Journal:
                 self.fd = -1
 
 
-def read_journal(path: Path, columns: tuple[str, ...], done: Bitset) -> int:
-    """Mark in `done` every index the journal lists (within done's range); returns the number of rows read."""
+def read_journal(path: Path, columns: tuple[str, ...], done: Bitset, n: int | None = None) -> int:
+    """Mark in `done` every index the journal lists (within done's range); returns the number of rows read.
+    A row whose index is not an integer, or (given the run's `n`) not in [0, n), is one line naming it."""
     header = ",".join(columns)
     try:
         if path.is_symlink() or (path.exists() and not path.is_file()):
@@ -100,11 +102,25 @@ def read_journal(path: Path, columns: tuple[str, ...], done: Bitset) -> int:
                 lines.pop()  # a row cut short: its image is redone
             try:
                 idx = np.array([int(line.split(b",", 1)[0]) for line in lines], dtype=np.int64)
-            except ValueError:
-                raise GanDeployError("damaged manifest", str(path), expected="rows index,seed,...", hint="start the run again without resuming") from None
+            except (ValueError, OverflowError):
+                bad = next(line for line in lines if not _is_index(line.split(b",", 1)[0]))
+                raise GanDeployError("damaged manifest", f"{path}: row {bad[:60].decode(errors='replace').rstrip()!r}",
+                                     expected="rows index,seed,... with an integer index", hint="start the run again without resuming") from None
+            out = (idx < 0) | (idx >= n) if n is not None else idx < 0
+            if out.any():
+                raise GanDeployError("damaged manifest", f"{path}: index {int(idx[out][0])}",
+                                     expected=f"image indices 0 <= index < {n}" if n is not None else "image indices >= 0",
+                                     hint="start the run again without resuming")
             rows += len(idx)
             done.set_indices(idx)
     return rows
+
+
+def _is_index(text: bytes) -> bool:
+    try:
+        return -(1 << 63) <= int(text) < (1 << 63)
+    except ValueError:
+        return False
 
 
 def write_manifest(out: Path, sink: Sink, done: Bitset, chunk: int = 65536) -> Path:
@@ -137,6 +153,58 @@ def write_record(out: Path, record: dict[str, Any]) -> None:
 
 
 def read_record(out: str | Path) -> dict[str, Any]:
-    """The run record of the generate run in `out` (what --resume continues)."""
-    return read_document(Path(out) / RECORD, RECORD_FORMAT, RECORD_VERSION, what="generate run record",
-                         hint="only a folder written by `gan-deploy generate` can be resumed")
+    """The run record of the generate run in `out` (what --resume continues), every field checked (type, range,
+    choice) with one line naming the file and the field: a hand-edited record is refused, never a TypeError."""
+    path = Path(out) / RECORD
+    hint = "only a folder written by `gan-deploy generate` can be resumed; start the run again without --resume"
+    d = read_document(path, RECORD_FORMAT, RECORD_VERSION, what="generate run record", hint=hint)
+    check_record(d, path, hint)
+    return d
+
+
+def check_record(d: dict[str, Any], where: Path, hint: str) -> None:
+    """Each field of a run record as Session.record writes it (see session.py)."""
+    from gan_deploy.backends import BACKENDS
+    from gan_deploy.backends.torch_common import TORCH_PRECISIONS
+    from gan_deploy.core.images import FORMATS
+    from gan_deploy.core.latents import MAX_SEED
+    from gan_deploy.generate.device_jpeg import JPEG_ENCODERS
+    from gan_deploy.generate.sinks import SINKS, sink_class
+
+    what = "generate run record"
+
+    def f(key: str, kind: str, check: Callable[[Any], bool] | None = None, expected: str | None = None, required: bool = True) -> Any:
+        return field(d, key, where, what, kind=kind, check=check, expected=expected, hint=hint, required=required)
+
+    def ints(v: list, k: int, low: int) -> bool:
+        return len(v) == k and all(is_int(x) and x >= low for x in v)
+
+    n = f("n", "int", lambda v: v >= 1, "an integer >= 1")
+    f("seed", "int", lambda v: 0 <= v <= MAX_SEED, f"0 <= seed <= {MAX_SEED}")
+    f("batch_size", "int", lambda v: v >= 1, "an integer >= 1")
+    f("fmt", "str", lambda v: v in FORMATS, " | ".join(FORMATS))
+    sink = f("sink", "str", lambda v: v in SINKS, " | ".join(SINKS))
+    opts = f("sink_options", "dict", expected="an object")
+    try:
+        sink_class(sink).check_options(dict(opts))
+    except GanDeployError as e:
+        raise GanDeployError(f"{what} field is invalid", f"{where}: sink_options ({e.what}: {e.value})", expected=e.expected, hint=hint) from None
+    f("shard", "list", lambda v: ints(v, 2, 0) and v[0] < v[1], "[K, N] with 0 <= K < N")
+    start = f("start", "int", lambda v: 0 <= v <= n, f"0 <= start <= n ({n})")
+    f("stop", "int", lambda v: start <= v <= n, f"start ({start}) <= stop <= n ({n})")
+    f("image", "list", lambda v: ints(v, 3, 1), "[height, width, channels], integers >= 1")
+    f("latent_dim", "int", lambda v: v >= 1, "an integer >= 1")
+    f("value_range", "list", lambda v: len(v) == 2 and all(is_number(x) for x in v) and v[0] < v[1], "[lo, hi] with lo < hi")
+    f("backend", "str", lambda v: v in BACKENDS or v == "auto", " | ".join((*BACKENDS, "auto")))
+    f("device", "str", lambda v: v in ("cpu", "cuda"), "cpu | cuda")
+    f("precision", "str", lambda v: v in TORCH_PRECISIONS, " | ".join(TORCH_PRECISIONS))
+    f("jpeg_encoder", "str", lambda v: v in JPEG_ENCODERS, " | ".join(JPEG_ENCODERS), required=False)
+    model = f("model", "dict", expected='an object {"kind", "path", "sha256"}', required=False)
+    if model is not None:
+        where_model = f"{where}: model"
+        field(model, "kind", where_model, what, kind="str", check=lambda v: v in ("checkpoint", "onnx", "engine"),
+              expected="checkpoint | onnx | engine", hint=hint)
+        field(model, "path", where_model, what, kind="str", check=lambda v: 0 < len(v) < 4096 and "\0" not in v,
+              expected="a file path", hint=hint)
+        field(model, "sha256", where_model, what, kind="str", check=lambda v: re.fullmatch(r"[0-9a-f]{64}", v) is not None,
+              expected="64 hex digits", hint=hint)

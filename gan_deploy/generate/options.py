@@ -79,6 +79,7 @@ class GenerateOptions:
     ray_workers: int | None = None  # with executor ray
     sync_every: float = 1.0  # seconds between fsyncs of the journal
     jpeg_encoder: str = "cpu"  # device_jpeg.JPEG_ENCODERS: cpu (PIL, in the workers) | cuda (nvJPEG on the GPU, main process)
+    allow_bad_images: bool = False  # a probe batch of NaN/Inf or out-of-range values: warn and write, not refuse
 
     def __post_init__(self) -> None:
         self.validate()

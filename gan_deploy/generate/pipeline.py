@@ -55,6 +55,7 @@ def generate(runner: Any, opts: GenerateOptions, on_batch: Callable[[int], None]
     kind, writers = choose_writers(opts.writer_kind, opts.writers, session.stop - session.start, session.cls)
     slots = session.check(slots=2 * writers + 2)
     encoder = DeviceJpegEncoder() if opts.jpeg_encoder == "cuda" else None  # torchvision: found before anything is written
+    session.probe(runner)  # loads the model: images that are not images are refused before the folder is made
     session.open()
     interrupted = complete = False
     seconds_inference = seconds_total = 0.0

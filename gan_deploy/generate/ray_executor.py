@@ -41,18 +41,10 @@ class _BatchWriter:
 
     def __init__(self, kind: str, path: str, sha256: str, value_range: tuple[float, float] | None, backend: str,
                  device: str, options: dict[str, Any], seed: int, worker: SinkWorker):
-        from gan_deploy.artifacts.load import load_artifact
-        from gan_deploy.backends import make_runner
-
-        paths = {kind: path}
-        art = load_artifact(paths.get("checkpoint"), paths.get("onnx"), paths.get("engine"),
-                            value_range if kind == "onnx" else None)
-        if art.sha256 != sha256:
-            raise StaleArtifact("the model file on this worker differs from the driver's", f"{art.path} sha256 {art.sha256[:12]}", expected=f"sha256 {sha256[:12]}", hint="copy the same file to every node (or use a shared filesystem)")
-        self.runner = make_runner(backend, art, device, **options).activate()
+        self.runner = _worker_runner(kind, path, sha256, value_range, backend, device, options).activate()
         from gan_deploy.precision.runtime_gate import require_runtime_gate
         require_runtime_gate(self.runner)  # passed on the driver: found in this machine's cache; another CPU: gated here
-        self.latent_dim, self.seed = art.spec.latent_dim, seed
+        self.latent_dim, self.seed = self.runner.spec.latent_dim, seed
         self.worker = worker
         worker.open()
 
@@ -72,6 +64,47 @@ class _BatchWriter:
                          ("backend", self.runner.describe())):
                 out[k].append(v)
         return {k: np.asarray(v, dtype=object if k == "payload" else None) for k, v in out.items()}
+
+
+def _probe_here(artifact: Artifact, backend: str, options: dict[str, Any], session: Session) -> bool:
+    """The probe batch (Session.probe) on the driver, with the workers' backend; False when it cannot run here
+    (e.g. TensorRT on the workers only)."""
+    from gan_deploy.backends import make_runner
+
+    try:
+        runner = make_runner(backend, artifact, "cpu" if session.opts.device == "cpu" else "auto", **options)
+    except BackendUnavailable:
+        return False
+    try:
+        session.probe(runner)
+    finally:
+        runner.close()
+    return True
+
+
+def _worker_runner(kind: str, path: str, sha256: str, value_range: tuple[float, float] | None, backend: str, device: str,
+                   options: dict[str, Any]) -> Any:
+    """The runner a worker builds from the driver's model file (the same file: checked by sha256), not yet activated."""
+    from gan_deploy.artifacts.load import load_artifact
+    from gan_deploy.backends import make_runner
+
+    paths = {kind: path}
+    art = load_artifact(paths.get("checkpoint"), paths.get("onnx"), paths.get("engine"), value_range if kind == "onnx" else None)
+    if art.sha256 != sha256:
+        raise StaleArtifact("the model file on this worker differs from the driver's", f"{art.path} sha256 {art.sha256[:12]}",
+                            expected=f"sha256 {sha256[:12]}", hint="copy the same file to every node (or use a shared filesystem)")
+    return make_runner(backend, art, device, **options)
+
+
+def _probe_remote(model: tuple, probe: dict[str, Any]) -> None:
+    """The probe batch on a worker (a Ray task): a refusal reaches the driver as the worker's GanDeployError."""
+    from gan_deploy.backends.base import check_images
+
+    runner = _worker_runner(*model)
+    try:
+        check_images(runner, **probe)
+    finally:
+        runner.close()
 
 
 def _init_ray(workers: int | None) -> bool:
@@ -147,6 +180,7 @@ def generate_ray(artifact: Artifact, opts: GenerateOptions, on_start: Callable[[
     session.record["backend"] = backend
     session.set_model(artifact.kind, artifact.path, artifact.sha256)
     session.check(slots=2)
+    probed = _probe_here(artifact, backend, options, session)  # before Ray starts, when this machine can run the backend
     if on_start is not None:
         on_start()
 
@@ -164,6 +198,10 @@ def generate_ray(artifact: Artifact, opts: GenerateOptions, on_start: Callable[[
     try:
         wdevice, resources, n_workers = _resources(opts.device, workers)
         session.record["device"] = wdevice.split(":")[0]
+        if not probed:  # the backend runs on the workers only: one of them computes the probe batch
+            probe = ray.remote(**resources)(_probe_remote)  # type: ignore[call-overload]
+            model = (artifact.kind, str(artifact.path.resolve()), artifact.sha256, artifact.spec.value_range, backend, wdevice, options)
+            ray.get(probe.remote(model, session.probe_range()))
         session.open()
         opened = True
         tasks[:] = session.tasks()

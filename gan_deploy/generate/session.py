@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from gan_deploy.backends.base import PROBE_IMAGES, check_images
 from gan_deploy.backends.memory import check_pixels_fit
 from gan_deploy.core.errors import GanDeployError
 from gan_deploy.core.progress import show_bar
@@ -130,6 +131,17 @@ class Session:
         check_paths(self.out, self.sink, self.inputs, {"the sample grid": self.grid, "the JSON report": self.json_out})
         return check_pixels_fit(self.max_batch, self.shape, self.latent_dim, slots, avail)
 
+    def probe(self, runner: Any) -> None:
+        """Activate `runner` and compute the run's first images (at most PROBE_IMAGES): a model whose images are
+        mostly NaN/Inf or outside the value range is refused here, before anything is written, unless
+        opts.allow_bad_images (then the warning only)."""
+        check_images(runner, **self.probe_range())
+
+    def probe_range(self) -> dict[str, Any]:
+        """check_images' arguments for this run: its first images, in batches it computes anyway."""
+        return {"seed": self.opts.seed, "start": self.start, "count": min(PROBE_IMAGES, self.stop - self.start),
+                "batch": self.max_batch, "allow": self.opts.allow_bad_images}
+
     @property
     def max_batch(self) -> int:
         """The largest batch the run computes: a batch size above n computes one batch of n (the same images)."""
@@ -146,7 +158,7 @@ class Session:
             sweep(self.out)
             if opts.resume:
                 self._check_record(read_record(self.out))
-                read_journal(self.out / MANIFEST, self.sink.columns, self.done)
+                read_journal(self.out / MANIFEST, self.sink.columns, self.done, self.opts.n)
                 self.sink.verify(self.done)
                 self.n_before = self.done.count()
                 self.sink.prepare(resume=True)

@@ -16,7 +16,7 @@ from gan_deploy.core.errors import GanDeployError
 from gan_deploy.core.fileio import sha256_bytes
 from gan_deploy.export.onnx import onnx_bytes_of
 from gan_deploy.precision.gate import run_gate, thresholds_for
-from gan_deploy.precision.lineage import candidate_artifact, check_out, child_meta, default_out, fp32_parent, reference_runner
+from gan_deploy.precision.lineage import candidate_artifact, check_out, child_meta, fp32_parent, reference_runner
 from gan_deploy.precision.options import QuantizeOptions
 from gan_deploy.precision.report import PrecisionReport, finish
 from gan_deploy.precision.rewrite import drop_unused, fold_batchnorms
@@ -191,7 +191,7 @@ def fp16_onnx_from_onnx(parent: Artifact, opts: QuantizeOptions, raise_on_reject
     opts.evaluator: auto (onnxruntime if it has FP16 kernels here, else the ONNX reference evaluator on at most
     `REFERENCE_EVALUATOR_SAMPLES` latents), onnxruntime, or reference.
     """
-    out = check_out(Path(opts.out) if opts.out else default_out(parent, "fp16"), parent, "fp16")
+    out = check_out(Path(opts.out) if opts.out else None, parent, "fp16")
     h, recipe, data = fp16_child(parent)
     candidate, checked_with = _fp16_candidate(candidate_artifact(parent, h, out), opts.evaluator)
     gate_samples = opts.gate_samples

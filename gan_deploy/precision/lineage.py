@@ -38,10 +38,7 @@ def fp32_parent(parent: Artifact):
     """The parent's FP32 ONNX model and bytes, refusing a reduced-precision one."""
     import onnx
 
-    if parent.kind == "engine":
-        raise GanDeployError("cannot quantize a TensorRT engine", str(parent.path), expected="a checkpoint or an FP32 ONNX file")
-    if parent.precision != "fp32":
-        raise GanDeployError("the input model is already reduced precision", f"{parent.path} ({parent.precision})", expected="an FP32 checkpoint or ONNX file", hint="quantize the FP32 model it came from")
+    check_fp32(parent)
     data = onnx_bytes_of(parent)
     return onnx.load_model_from_string(data), data
 
@@ -73,13 +70,25 @@ def candidate_artifact(parent: Artifact, model, out: Path) -> Artifact:
     return Artifact.onnx_in_memory(out, spec, data, parent.config, meta)
 
 
-def check_out(out: Path, parent: Artifact, precision: str) -> Path:
+def check_fp32(parent: Artifact) -> None:
+    """The parent must be FP32 (a checkpoint or an FP32 ONNX): what is wrong with the input is said first."""
+    if parent.kind == "engine":
+        raise GanDeployError("cannot quantize a TensorRT engine", str(parent.path), expected="a checkpoint or an FP32 ONNX file")
+    if parent.precision != "fp32":
+        raise GanDeployError("the input model is already reduced precision", f"{parent.path} ({parent.precision})",
+                             expected="an FP32 checkpoint or ONNX file", hint="quantize the FP32 model it came from")
+
+
+def check_out(out: Path | None, parent: Artifact, precision: str, target: str | None = None) -> Path:
     """`out` if a `precision` model of `parent` may be written there (artifacts.writes: not a folder, none of the
-    parent's files, no existing file but a model of the same precision)."""
+    parent's files, no existing file but a model of the same precision); None: default_out, said as such. The parent is checked first: a model
+    already INT8 is refused as that, not as an output (its default output name may be its own)."""
     from gan_deploy.artifacts.writes import Output, check_outputs
 
-    out = Path(out)
-    check_outputs([Output("-o/--out", out, f"onnx-{precision}")], parent.files())
+    check_fp32(parent)
+    option = "-o/--out" if out is not None else "-o/--out (not given: its default)"
+    out = Path(out) if out is not None else default_out(parent, precision, target)
+    check_outputs([Output(option, out, f"onnx-{precision}")], parent.files())
     return out
 
 

@@ -6,11 +6,13 @@ A policy is what a mixed-precision search (`search.py`) finds and what `quantize
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from dataclasses import field as dc_field
 from pathlib import Path
 from typing import Any
 
 from gan_deploy.core.errors import GanDeployError
+from gan_deploy.core.jsonio import field
 from gan_deploy.precision.calibrate import CALIB_METHODS
 
 KEEP_PRECISIONS = ("fp32",)  # what nodes kept out of INT8 run in (FP16 islands inside a Q/DQ model: not done)
@@ -30,7 +32,7 @@ class Int8Policy:
     calib_method: str = "minmax"  # CALIB_METHODS
     exclude: tuple[str, ...] = ()
     keep: str = "fp32"  # KEEP_PRECISIONS
-    reasons: dict[str, str] = field(default_factory=dict)
+    reasons: dict[str, str] = dc_field(default_factory=dict)
     source: str = "default"  # default | search | the file it was read from
 
     @property
@@ -45,18 +47,24 @@ class Int8Policy:
     def from_dict(cls, d: Any, where: str = "<policy>") -> "Int8Policy":
         if isinstance(d, dict) and "recipe" in d and isinstance(d["recipe"], dict) and "policy" in d["recipe"]:
             d = d["recipe"]["policy"]  # a `quantize --json` report: its model's policy
-        if not isinstance(d, dict) or not isinstance(d.get("exclude", []), list):
+        if not isinstance(d, dict):
             raise GanDeployError("not an INT8 policy", where, expected='a JSON object {"calib_method": ..., "exclude": [node names]}',
                                  hint="use the JSON that `quantize --int8 --json FILE` wrote")
-        method, keep = d.get("calib_method", "minmax"), d.get("keep", "fp32")
+        what, hint = "INT8 policy", "use the JSON that `quantize --int8 --json FILE` wrote"
+        # each field checked for type and choice, named with the file (core.jsonio.field: one line, never a TypeError)
+        method = field(d, "calib_method", where, what, kind="str", expected=" or ".join(CALIB_METHODS), hint=hint,
+                       required=False, default="minmax")
         if method not in CALIB_METHODS:  # not check_calib_method: a policy file's error names the file
             raise GanDeployError("INT8 policy has an unknown calibration method", f"{where}: {method!r}", expected=" or ".join(CALIB_METHODS))
+        keep = field(d, "keep", where, what, kind="str", expected=" or ".join(KEEP_PRECISIONS), hint=hint, required=False, default="fp32")
         if keep not in KEEP_PRECISIONS:
             raise GanDeployError("INT8 policy keeps nodes in an unsupported precision", f"{where}: {keep!r}", expected=" or ".join(KEEP_PRECISIONS))
-        if not all(isinstance(n, str) for n in d.get("exclude", [])):
-            raise GanDeployError("INT8 policy: exclude must list node names", where, expected="strings")
-        return cls(method, tuple(d.get("exclude", [])), keep, {str(k): str(v) for k, v in dict(d.get("reasons", {})).items()},
-                   str(d.get("source", where)))
+        exclude = field(d, "exclude", where, what, kind="list", check=lambda v: all(isinstance(n, str) for n in v),
+                        expected="a list of node names (strings)", hint=hint, required=False, default=[])
+        reasons = field(d, "reasons", where, what, kind="dict", check=lambda v: all(isinstance(r, str) for r in v.values()),
+                        expected="an object {node name: reason}", hint=hint, required=False, default={})
+        source = field(d, "source", where, what, kind="str", expected="a string", hint=hint, required=False, default=where)
+        return cls(method, tuple(exclude), keep, dict(reasons), source)
 
     @classmethod
     def load(cls, path: str | Path) -> "Int8Policy":

@@ -213,7 +213,7 @@ def int8_onnx_from_onnx(parent: Artifact, opts: QuantizeOptions, raise_on_reject
     INT8 with the calibration method the gate favours, else a mixed INT8/FP32 model (see the module doc).
     `opts.precision` is not read."""
     policy = opts.int8_policy()
-    out = check_out(Path(opts.out) if opts.out else default_out(parent, "int8", opts.target), parent, "int8")
+    out = check_out(Path(opts.out) if opts.out else None, parent, "int8", opts.target)
     say = opts.progress or (lambda _msg: None)
     t = opts.thresholds or thresholds_for("int8")
     b = Int8Builder.for_parent(parent, opts.target, opts.calib_samples, opts.calib_seed, opts.rewrite)
