@@ -6,8 +6,9 @@ balancer needs and uvicorn does not do by itself.
   only idle keep-alive connections. Header blocks over 16 KiB get a JSON 431 (llhttp has no limit of its own).
 * A connection cap: past `max_connections` open connections, a new connection is still read (for a short
   while), and a probe (/healthz, /readyz, /metrics) on it is answered, so a load balancer keeps seeing the
-  instance; anything else gets a JSON 503 `too_many_connections` with Connection: close. Past twice the
-  cap, new connections are closed at accept. Counted in /metrics (`gan_deploy_connections_total`), one log
+  instance; anything else gets a JSON 503 `too_many_connections` with Connection: close, and it is closed
+  after 1 s without a request. Past `hard_cap` (the cap plus max(cap, 4096)), new connections are closed at
+  accept, before the open-file limit is reached. Counted in /metrics (`gan_deploy_connections_total`), one log
   line when a burst starts and one when it ends.
 * JSON for malformed HTTP: the parser is llhttp (uvicorn's `httptools` protocol), which rejects both
   Content-Length and Transfer-Encoding, two Content-Lengths, obs-folded headers, bad chunk sizes and a space
@@ -85,9 +86,10 @@ class EdgeProtocol(HttpToolsProtocol):
         edge = self.edge
         edge.connections.add(self)
         n = len(edge.connections)
-        self._awaiting_head, self._head_bytes, self._head_timer = True, 0, None
+        self._awaiting_head, self._head_bytes = True, 0
+        self._head_timer: asyncio.TimerHandle | None = None
         self._excess = n > edge.cfg.max_connections
-        if n > 2 * edge.cfg.max_connections:  # a flood: no reading at all
+        if n > hard_cap(edge.cfg.max_connections):  # a flood: no reading at all
             edge.metrics.record_connection("refused")
             edge.over(n)
             transport.abort()
@@ -171,17 +173,22 @@ def protocol_for(edge: Edge) -> type[EdgeProtocol]:
     return type("GanDeployEdgeProtocol", (EdgeProtocol,), {"edge": edge})
 
 
+def hard_cap(max_connections: int) -> int:
+    """Open connections past which new ones are closed at accept (between the cap and this: probes only)."""
+    return max_connections + max(max_connections, 4096)
+
+
 def check_open_files(max_connections: int) -> None:
-    """Raise this process's open-file limit to what max_connections needs (twice the cap, plus slack), or refuse."""
+    """Raise this process's open-file limit to what max_connections needs (the hard cap, plus slack), or refuse."""
     import resource
 
-    need = 2 * max_connections + 256
+    need = hard_cap(max_connections) + 256
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft >= need or soft == resource.RLIM_INFINITY:
         return
     if hard != resource.RLIM_INFINITY and hard < need:
         raise GanDeployError("--max-connections exceeds the open-file limit", max_connections,
-                             expected=f"at most {(hard - 256) // 2} (the hard limit of open files is {hard})",
+                             expected=f"a cap whose hard cap ({hard_cap(max_connections)}) + 256 fits the open-file limit {hard}",
                              hint="lower --max-connections, or raise the limit (ulimit -Hn, or the container's nofile)")
     resource.setrlimit(resource.RLIMIT_NOFILE, (need, hard))
 
@@ -245,7 +252,7 @@ def make_server(service: GanService, cfg: ServeConfig, ready: Callable[[str], No
     config = uvicorn.Config(
         service, host=cfg.host, port=cfg.port, http=protocol_for(edge), ws="none", lifespan="off", interface="asgi3",
         timeout_keep_alive=cfg.keep_alive_s, timeout_graceful_shutdown=cfg.drain_timeout_s,  # type: ignore[arg-type]
-       
+
         server_header=False, date_header=True, backlog=2048, access_log=cfg.access_log, log_config=None,
         log_level="info" if cfg.access_log else "warning", proxy_headers=False)
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):

@@ -27,7 +27,6 @@ from gan_deploy.serve.request import (
     CACHE_CONTROL,
     FIELDS,
     RESPONSE_FORMATS,
-    ImageRequest,
     RequestError,
     etag,
     header_bytes,
@@ -123,10 +122,10 @@ class GanService:
         reason: str | None = None
         status = 500
         try:
-            try:
-                async with asyncio.timeout(self.cfg.request_timeout_s):
-                    status, reason = await self._dispatch(scope, receive, send, path, method, t0, infer)
-            except TimeoutError:
+            try:  # (asyncio.wait_for, not asyncio.timeout: Python 3.10 is supported)
+                status, reason = await asyncio.wait_for(self._dispatch(scope, receive, send, path, method, t0, infer),
+                                                        self.cfg.request_timeout_s)
+            except asyncio.TimeoutError:
                 raise RequestError(504, None, f"{self.cfg.request_timeout_s:g} s", f"an answer within {self.cfg.request_timeout_s:g} s",
                                    "the request took longer than the request timeout", "request_timeout") from None
         except RequestError as e:
@@ -294,20 +293,23 @@ class GanService:
                 raise RequestError(413, None, f"{int(declared)} bytes", f"a body of at most {limit} bytes", "request body too large", "body_too_large")
         parts: list[bytes] = []
         n = 0
+
+        async def read() -> None:
+            nonlocal n
+            while True:
+                msg = await receive()
+                if msg["type"] == "http.disconnect":
+                    raise _Gone()
+                chunk = msg.get("body", b"")
+                n += len(chunk)
+                if n > limit:
+                    raise RequestError(413, None, f"more than {limit} bytes", f"a body of at most {limit} bytes", "request body too large", "body_too_large")
+                parts.append(chunk)
+                if not msg.get("more_body", False):
+                    return
         try:
-            async with asyncio.timeout(timeout):
-                while True:
-                    msg = await receive()
-                    if msg["type"] == "http.disconnect":
-                        raise _Gone()
-                    chunk = msg.get("body", b"")
-                    n += len(chunk)
-                    if n > limit:
-                        raise RequestError(413, None, f"more than {limit} bytes", f"a body of at most {limit} bytes", "request body too large", "body_too_large")
-                    parts.append(chunk)
-                    if not msg.get("more_body", False):
-                        break
-        except TimeoutError:
+            await asyncio.wait_for(read(), timeout)
+        except asyncio.TimeoutError:
             got = f"{n} of {int(declared)} bytes" if declared is not None else f"{n} bytes"
             raise RequestError(408, None, got, f"the whole body within {timeout:g} s (--read-timeout)",
                                "the request body arrived too slowly", "body_timeout") from None
