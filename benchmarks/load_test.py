@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import http.client
 import json
 import math
 import os
@@ -200,7 +201,7 @@ def start_service(args: list[str], pythonpath: str, log: Path, timeout_s: float)
             with urllib.request.urlopen(f"{url}/readyz", timeout=2) as r:
                 if r.status == 200:
                     return proc, url, time.perf_counter() - t0
-        except OSError:
+        except (OSError, http.client.HTTPException):  # not listening yet, or a proxy still starting
             pass
         time.sleep(0.2)
     proc.kill()
