@@ -8,7 +8,9 @@ running on this machine). Then, for each images-per-request count in --counts (d
   request the moment it has the answer (a closed loop), for --duration seconds or --requests requests,
   whichever comes first. A request for 1 image asks for format "png" (the PNG file itself), more for
   "base64" JSON. Every image is compared with the file `gan-deploy generate` wrote for the same (seed, index).
-  Reports requests/s, images/s, client-side latency p50/p90/p99, the 503 count, other failures and wrong images.
+  Reports requests/s, images/s, client-side latency p50/p90/p99, the 503 count, other failures and wrong images,
+  and (for a service it started) the CPU time the service's processes spent per request and per image: on a
+  shared machine the throughput follows the other jobs' load, the CPU cost per request much less.
 * --overload K: then K such clients with 1-image requests for --overload-seconds against the service's queue:
   how many got 200 and 503, and the time to a 503 (how fast an overloaded service says so).
 
@@ -183,6 +185,29 @@ def run_overload(host: str, port: int, prefix: str, clients: int, seconds: float
             "time_to_200_ms": {q: 1000 * percentile(to_200, float(q[1:])) for q in ("p50", "p99")}}
 
 
+def tree_cpu_s(pid: int | None) -> float:
+    """CPU seconds (user + system) used so far by process `pid` and every process below it (Ray's too);
+    0 when unknown. What a request costs in CPU does not depend on how busy the machine is, unlike its time."""
+    if pid is None:
+        return 0.0
+    try:
+        import psutil
+    except ImportError:
+        return 0.0
+    total = 0.0
+    try:
+        root = psutil.Process(pid)
+        for p in [root, *root.children(recursive=True)]:
+            try:
+                t = p.cpu_times()
+                total += t.user + t.system
+            except psutil.Error:
+                pass
+    except psutil.Error:
+        pass
+    return total
+
+
 def start_service(args: list[str], pythonpath: str, log: Path, timeout_s: float) -> tuple[subprocess.Popen, str, float]:
     """`python -m gan_deploy serve ARGS` with PYTHONPATH=pythonpath on a free loopback port; (process, url, start-up s)."""
     with socket.socket() as s:
@@ -263,11 +288,16 @@ def main() -> int:
         try:
             results["load"] = []
             for count in counts:
+                cpu0 = tree_cpu_s(proc.pid if proc else None)
                 r = run_load(host, port, prefix, a.clients, count, requests, duration, ref)
+                cpu = tree_cpu_s(proc.pid if proc else None) - cpu0
+                r["server_cpu_ms_per_request"] = 1000 * cpu / max(1, r["requests_ok"] + r["refused_503"])
+                r["server_cpu_ms_per_image"] = 1000 * cpu / max(1, r["requests_ok"] * count)
                 results["load"].append(r)
                 print(f"{a.label:<8} {count:>4} img/req {a.clients} clients: {r['requests_per_s']:>7.0f} req/s {r['images_per_s']:>7.0f} img/s "
                       f"p50 {r['latency_ms']['p50']:>6.1f} ms p90 {r['latency_ms']['p90']:>6.1f} ms p99 {r['latency_ms']['p99']:>6.1f} ms "
-                      f"503s {r['refused_503']} failed {r['failed']} wrong {r['n_wrong']} (load avg {os.getloadavg()[0]:.1f})", flush=True)
+                      f"503s {r['refused_503']} failed {r['failed']} wrong {r['n_wrong']} server CPU {r['server_cpu_ms_per_request']:.2f} ms/req "
+                      f"{r['server_cpu_ms_per_image']:.3f} ms/img (load avg {os.getloadavg()[0]:.1f})", flush=True)
                 for w in r["wrong"][:3]:
                     print(f"  wrong: {w}")
             if a.overload:

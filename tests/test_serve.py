@@ -321,7 +321,7 @@ def test_service_every_error_is_json_and_counted(tiny_checkpoint, monkeypatch):
     async def main():
         rep = _Svc(tiny_checkpoint)
 
-        def broken_backend(z):
+        def broken_backend(seeds, indices):
             raise RuntimeError("CUDA error: out of memory")
         rep.gen.batcher.infer = broken_backend
         r = await rep(_request("POST", "/generate", [(0, b'{"count": 1}')]))
@@ -385,19 +385,19 @@ def test_batcher_merges_concurrent_pieces_and_drops_cancelled_ones():
     from gan_deploy.serve.batcher import Batcher
     calls: list[int] = []
 
-    def infer(z):
-        calls.append(len(z))
-        return z * 2
+    def infer(seeds, indices):
+        calls.append(len(seeds))
+        return np.array(indices) * 2
 
     async def main():
         b = Batcher(infer, max_batch_size=8, batch_wait_s=0.05)
-        pieces = [np.full((k, 2), k, dtype=np.float32) for k in (1, 3, 4, 2)]
-        gone = asyncio.ensure_future(b.run(np.zeros((5, 2), dtype=np.float32)))
+        pieces = [list(range(10 * k, 10 * k + k)) for k in (1, 3, 4, 2)]
+        gone = asyncio.ensure_future(b.run([0] * 5, list(range(5))))
         await asyncio.sleep(0)
         gone.cancel()
-        out = await asyncio.gather(*(b.run(p) for p in pieces))
+        out = await asyncio.gather(*(b.run([0] * len(p), p) for p in pieces))
         for p, (px, _) in zip(pieces, out):
-            assert np.array_equal(px, p * 2)
+            assert px.tolist() == [2 * i for i in p]
         assert calls == [8, 2]  # 1 + 3 + 4 in one call (the cancelled 5 never ran), then the 2 that did not fit
     _run(main())
 

@@ -20,49 +20,52 @@ from typing import Any, Callable
 import numpy as np
 
 from gan_deploy.serve.metrics import Metrics
+from gan_deploy.serve.request import ImageRequest, chunks, request_latents
 
 
 class Batcher:
-    """`await run(z)`: the pixels of latents z [k, Z] (k <= max_batch_size), computed in a batch with other
-    waiting pieces, and when that backend call started (perf_counter)."""
+    """`await run(seeds, indices)`: the pixels of those k (seed, index) pairs (k <= max_batch_size), computed
+    in one backend call with other waiting pieces, and when that call started (perf_counter). `infer(seeds,
+    indices)` runs on the inference thread, latents included: their hashing is CPU the event loop keeps."""
 
-    def __init__(self, infer: Callable[[np.ndarray], np.ndarray], max_batch_size: int, batch_wait_s: float,
+    def __init__(self, infer: Callable[[list[int], list[int]], np.ndarray], max_batch_size: int, batch_wait_s: float,
                  metrics: Metrics | None = None, pool: ThreadPoolExecutor | None = None):
         self.infer, self.max_batch_size, self.batch_wait_s, self.metrics = infer, max_batch_size, batch_wait_s, metrics
         self.pool = pool or ThreadPoolExecutor(max_workers=1, thread_name_prefix="gan-deploy-infer")
-        self._waiting: deque[tuple[np.ndarray, asyncio.Future, float]] = deque()
+        self._waiting: deque[tuple[tuple[list[int], list[int]], asyncio.Future, float]] = deque()
         self._images = 0  # images in _waiting
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
 
-    async def run(self, z: np.ndarray) -> tuple[np.ndarray, float]:
+    async def run(self, seeds: list[int], indices: list[int]) -> tuple[np.ndarray, float]:
         loop = asyncio.get_running_loop()
         if self._task is None or self._task.done():
             self._wake = asyncio.Event()
             self._task = loop.create_task(self._loop())
         fut: asyncio.Future = loop.create_future()
-        self._waiting.append((z, fut, time.perf_counter()))
-        self._images += len(z)
+        self._waiting.append(((seeds, indices), fut, time.perf_counter()))
+        self._images += len(seeds)
         assert self._wake is not None
         self._wake.set()
         return await fut
 
-    def _take(self) -> list[tuple[np.ndarray, asyncio.Future]]:
+    def _take(self) -> list[tuple[tuple[list[int], list[int]], asyncio.Future]]:
         """Pieces for one backend call: the oldest first, up to max_batch_size images (a piece is never split)."""
-        out: list[tuple[np.ndarray, asyncio.Future]] = []
+        out: list[tuple[tuple[list[int], list[int]], asyncio.Future]] = []
         n = 0
         while self._waiting:
-            z, fut, _ = self._waiting[0]
+            piece, fut, _ = self._waiting[0]
+            k = len(piece[0])
             if fut.done():  # cancelled: its client left
                 self._waiting.popleft()
-                self._images -= len(z)
+                self._images -= k
                 continue
-            if out and n + len(z) > self.max_batch_size:
+            if out and n + k > self.max_batch_size:
                 break
             self._waiting.popleft()
-            self._images -= len(z)
-            out.append((z, fut))
-            n += len(z)
+            self._images -= k
+            out.append((piece, fut))
+            n += k
         return out
 
     async def _loop(self) -> None:
@@ -88,22 +91,23 @@ class Batcher:
             pieces = self._take()
             if not pieces:
                 continue
-            z = pieces[0][0] if len(pieces) == 1 else np.concatenate([p for p, _ in pieces])
+            seeds = [s for (ss, _), _ in pieces for s in ss]
+            indices = [i for (_, ii), _ in pieces for i in ii]
             t0 = time.perf_counter()
             try:
-                pixels = await loop.run_in_executor(self.pool, self.infer, z)
+                pixels = await loop.run_in_executor(self.pool, self.infer, seeds, indices)
             except Exception as e:  # every waiting request gets the error (a 500), the loop goes on
                 for _, fut in pieces:
                     if not fut.done():
                         fut.set_exception(e)
                 continue
             if self.metrics is not None:
-                self.metrics.record_batch(len(z), time.perf_counter() - t0)
+                self.metrics.record_batch(len(seeds), time.perf_counter() - t0)
             a = 0
-            for p, fut in pieces:
+            for (ss, _), fut in pieces:
                 if not fut.done():
-                    fut.set_result((pixels[a:a + len(p)], t0))
-                a += len(p)
+                    fut.set_result((pixels[a:a + len(ss)], t0))
+                a += len(ss)
 
 
 class LocalGenerator:
@@ -113,7 +117,6 @@ class LocalGenerator:
     def __init__(self, cfg: Any, metrics: Metrics | None = None):
         """`cfg`: a ServeConfig (backend and device settled or "auto")."""
         from gan_deploy.backends import make_runner
-        from gan_deploy.core.latents import latents_range
 
         self.cfg = cfg
         self.artifact = cfg.artifact
@@ -126,12 +129,13 @@ class LocalGenerator:
         pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gan-deploy-infer")
         for n in sorted({1, cfg.max_batch_size}):  # first-call costs (allocations, kernels) before "ready",
             # on the thread that will run every later call (CUDA state such as graphs is per thread's stream)
-            pool.submit(self.runner.infer_pixels, latents_range(0, 0, n, self.spec.latent_dim)).result()
+            pool.submit(self._infer, [0] * n, list(range(n))).result()
         self.batcher = Batcher(self._infer, cfg.max_batch_size, cfg.batch_wait_ms / 1000.0, metrics, pool)
 
-    def _infer(self, z: np.ndarray) -> np.ndarray:
-        # [N, H, W, C] uint8; a GPU runner converts on the device and copies a quarter of the bytes
-        return self.runner.infer_pixels(z)
+    def _infer(self, seeds: list[int], indices: list[int]) -> np.ndarray:
+        # latents (one vectorized call per distinct seed), then [N, H, W, C] uint8; a GPU runner converts on the
+        # device and copies a quarter of the bytes
+        return self.runner.infer_pixels(request_latents(ImageRequest(seeds, indices), self.spec.latent_dim))
 
     def describe(self) -> str:
         return self.runner.describe()
@@ -141,11 +145,12 @@ class LocalGenerator:
         return self.runner.name
 
     async def pixels(self, seeds: list[int], indices: list[int]) -> np.ndarray:
-        from gan_deploy.serve.request import ImageRequest, chunks, request_latents
-
         t_admitted = time.perf_counter()
-        z = request_latents(ImageRequest(seeds, indices), self.spec.latent_dim)
-        parts = await asyncio.gather(*(self.batcher.run(z[a:b]) for a, b in chunks(len(z), self.cfg.max_batch_size)))
+        n, size = len(seeds), self.cfg.max_batch_size
+        if n <= size:  # one piece: no gather (a task per piece)
+            parts = [await self.batcher.run(seeds, indices)]
+        else:
+            parts = await asyncio.gather(*(self.batcher.run(seeds[a:b], indices[a:b]) for a, b in chunks(n, size)))
         if self.metrics is not None:
             self.metrics.record_queue(max(t for _, t in parts) - t_admitted)
         return parts[0][0] if len(parts) == 1 else np.concatenate([p for p, _ in parts])

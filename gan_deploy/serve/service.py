@@ -72,9 +72,28 @@ async def _send(send: Any, status: int, body: bytes, ctype: bytes, extra: dict[s
     await send({"type": "http.response.body", "body": body})
 
 
-async def _until_gone(receive: Any) -> None:
-    while (await receive())["type"] != "http.disconnect":
-        pass
+class _Alarm:
+    """Cancels the current task after `seconds`, and says whether it did: a timeout as one timer, not a task
+    per request as asyncio.wait_for makes (asyncio.timeout would do this too, from Python 3.11 on)."""
+
+    def __init__(self, seconds: float):
+        self.task = asyncio.current_task()
+        self.fired = False
+        self.handle = asyncio.get_running_loop().call_later(seconds, self._fire)
+
+    def _fire(self) -> None:
+        self.fired = True
+        if self.task is not None:
+            self.task.cancel()
+
+    def caught(self) -> bool:
+        """In an `except CancelledError`: True (and the cancellation undone) when it was this alarm."""
+        if self.fired and self.task is not None and hasattr(self.task, "uncancel"):
+            self.task.uncancel()
+        return self.fired
+
+    def cancel(self) -> None:
+        self.handle.cancel()
 
 
 class GanService:
@@ -122,12 +141,16 @@ class GanService:
         reason: str | None = None
         status = 500
         try:
-            try:  # (asyncio.wait_for, not asyncio.timeout: Python 3.10 is supported)
-                status, reason = await asyncio.wait_for(self._dispatch(scope, receive, send, path, method, t0, infer),
-                                                        self.cfg.request_timeout_s)
-            except asyncio.TimeoutError:
+            alarm = _Alarm(self.cfg.request_timeout_s)
+            try:
+                status, reason = await self._dispatch(scope, receive, send, path, method, t0, infer)
+            except asyncio.CancelledError:
+                if not alarm.caught():
+                    raise
                 raise RequestError(504, None, f"{self.cfg.request_timeout_s:g} s", f"an answer within {self.cfg.request_timeout_s:g} s",
                                    "the request took longer than the request timeout", "request_timeout") from None
+            finally:
+                alarm.cancel()
         except RequestError as e:
             status, reason = e.status, e.reason
             close = self.draining or self.closing or e.status in (400, 408, 413, 415, 431) or bool(scope.get(EXCESS_KEY))
@@ -248,23 +271,28 @@ class GanService:
         self.in_flight += 1
         released = False
         try:
-            work = asyncio.ensure_future(self.gen.pixels(req.seeds, req.indices))
-            gone = asyncio.ensure_future(_until_gone(receive))
+            me, gone = asyncio.current_task(), [False]
+
+            async def watch() -> None:  # a disconnect while the images are made cancels their making
+                while (await receive())["type"] != "http.disconnect":
+                    pass
+                gone[0] = True
+                if me is not None:
+                    me.cancel()
+            watcher = asyncio.ensure_future(watch())
             try:
-                await asyncio.wait((work, gone), return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                if not work.done():
-                    work.cancel()
-                gone.cancel()
-            if not work.done():
-                raise _Gone()
-            try:
-                pixels = work.result()
+                pixels = await self.gen.pixels(req.seeds, req.indices)
             except asyncio.CancelledError:
+                if gone[0]:
+                    if me is not None and hasattr(me, "uncancel"):
+                        me.uncancel()
+                    raise _Gone() from None
                 raise
             except Exception as e:  # a backend failure answers 500 and leaves the service running
                 msg = str(e).splitlines()[0][:300] if str(e) else ""
                 raise RequestError(500, None, type(e).__name__, "a working backend", f"inference failed: {msg}", "backend_failed") from None
+            finally:
+                watcher.cancel()
             self.in_flight -= 1  # the answer is ready: the slot is free before the client can have it
             released = True
             if len(req) <= RENDER_INLINE:
@@ -293,9 +321,8 @@ class GanService:
                 raise RequestError(413, None, f"{int(declared)} bytes", f"a body of at most {limit} bytes", "request body too large", "body_too_large")
         parts: list[bytes] = []
         n = 0
-
-        async def read() -> None:
-            nonlocal n
+        alarm = _Alarm(timeout)
+        try:
             while True:
                 msg = await receive()
                 if msg["type"] == "http.disconnect":
@@ -306,13 +333,15 @@ class GanService:
                     raise RequestError(413, None, f"more than {limit} bytes", f"a body of at most {limit} bytes", "request body too large", "body_too_large")
                 parts.append(chunk)
                 if not msg.get("more_body", False):
-                    return
-        try:
-            await asyncio.wait_for(read(), timeout)
-        except asyncio.TimeoutError:
+                    break
+        except asyncio.CancelledError:
+            if not alarm.caught():
+                raise
             got = f"{n} of {int(declared)} bytes" if declared is not None else f"{n} bytes"
             raise RequestError(408, None, got, f"the whole body within {timeout:g} s (--read-timeout)",
                                "the request body arrived too slowly", "body_timeout") from None
+        finally:
+            alarm.cancel()
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
     # -- views ------------------------------------------------------------------------------------------
