@@ -10,7 +10,7 @@ The public Python API (what the CLI calls; each operation takes one options obje
 
     export_onnx(checkpoint, out)        bench(art, BenchOptions(...))        quantize(art, QuantizeOptions(...))
     build_engine(art, EngineOptions(...))    train(TrainOptions(...))    evaluate(artifact=art, ...)
-    run_service(ServeConfig(art, port=8000))   # the HTTP service (Ray Serve) until SIGTERM or Ctrl-C, then drained
+    run_service(ServeConfig(art, port=8000))   # the HTTP service until SIGTERM or Ctrl-C, then drained
 
 Importing this package is cheap and needs no GPU, onnxruntime or TensorRT: names load on first use.
 """

@@ -496,6 +496,14 @@ def test_serve_config_gpus_follow_the_device_unless_given(tiny_checkpoint):
     (dict(keep_alive_s=0), "bad --keep-alive-timeout"),
     (dict(start_timeout_s=0.5), "bad --start-timeout"),
     (dict(backend="tpu"), "unknown backend"),
+    (dict(max_connections=0), "bad --max-connections"),
+    (dict(max_connections=100_001), "bad --max-connections"),
+    (dict(num_replicas=1025), "bad --replicas"),
+    (dict(max_queued=100_001), "bad --max-queued"),
+    (dict(max_images_per_request=70_000), "bad --max-images-per-request"),
+    (dict(header_timeout_s=0), "bad --header-timeout"),
+    (dict(pre_stop_s=-1), "bad --pre-stop"),
+    (dict(pre_stop_s=4000), "bad --pre-stop"),
 ])
 def test_serve_config_checks_itself(tiny_checkpoint, over, words):
     from gan_deploy.artifacts.load import load_artifact
@@ -532,6 +540,10 @@ def test_serve_cli_refuses_bad_options(cli, tiny_checkpoint):
         s.listen()
         r = cli("serve", "--checkpoint", tiny_checkpoint, "--backend", "eager", "--port", s.getsockname()[1])
     assert r.exit_code == 2 and "cannot listen" in r.output
+    for flag, value in (("--max-connections", 10**6), ("--replicas", 5000), ("--header-timeout", 0), ("--pre-stop", -2)):
+        r = cli("serve", "--checkpoint", tiny_checkpoint, flag, value)
+        lines = r.output.strip().splitlines()
+        assert r.exit_code == 2 and len(lines) == 1 and lines[0].startswith(f"Error: bad {flag}"), r.output
 
 
 # -- `gan-deploy serve` as a process ----------------------------------------------------------------

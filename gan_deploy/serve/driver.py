@@ -66,9 +66,11 @@ def init_local_ray(**kwargs: Any) -> None:
     globals()["_owns_ray"] = True
 
 
-def local_resources() -> dict[str, float]:
-    """This machine's CPUs and (when torch is installed) CUDA GPUs, honouring CUDA_VISIBLE_DEVICES."""
+def local_resources(gpus: bool = True) -> dict[str, float]:
+    """This machine's CPUs and (with `gpus`, when torch is installed) CUDA GPUs, honouring CUDA_VISIBLE_DEVICES."""
     found: dict[str, float] = {"CPU": float(os.cpu_count() or 1)}
+    if not gpus:  # nothing asks for one: no torch import (seconds) to count them
+        return found
     try:
         import torch
         found["GPU"] = float(torch.cuda.device_count())
@@ -79,9 +81,9 @@ def local_resources() -> dict[str, float]:
 
 def check_resources(cfg: ServeConfig, total: dict[str, float] | None = None, where: str = "in the Ray cluster") -> None:
     """Refuse at once what this Ray cluster can never place (e.g. --num-gpus 1 on a machine without a GPU)."""
-    import ray
-
-    total = ray.cluster_resources() if total is None else total
+    if total is None:
+        import ray
+        total = ray.cluster_resources()
     for res, per in (("GPU", cfg.gpus), ("CPU", cfg.num_cpus)):
         if res not in total:
             continue
@@ -205,9 +207,12 @@ def stop() -> None:
     """Tear down what this process started on Ray: the local Ray it started (Serve, every app, Ray), or else only
     its apps on the cluster it connected to (other apps and Serve itself keep running); then disconnect."""
     import sys
-    if "ray" not in sys.modules:
+    if "ray" not in sys.modules:  # never started: nothing to stop, and no Ray import (seconds) to find that out
         return
     import ray
+    if not ray.is_initialized():
+        _apps.clear()
+        return
     from ray import serve
     try:
         if ray.is_initialized():  # serve.shutdown() would start a Ray just to find nothing
@@ -230,7 +235,7 @@ def settle_locally(cfg: ServeConfig) -> ServeConfig:
 
     runner = make_runner(cfg.backend, cfg.artifact, cfg.device)
     cfg = replace(cfg, backend=runner.name, device=runner.device)
-    check_resources(cfg, local_resources(), "on this machine")
+    check_resources(cfg, local_resources(gpus=cfg.gpus > 0), "on this machine")
     check_port_free(cfg.host, cfg.port)
     return cfg
 
@@ -243,7 +248,10 @@ def run_service(cfg: ServeConfig, echo: Callable[[str], None] | None = None) -> 
     Without a Ray cluster to join it first settles the backend and device here (`settle_locally`), so a bad
     choice is a one-line error, not a traceback. `echo` gets the human status lines (`gan-deploy serve`
     prints them to stderr): starting, the URL, draining, stopped."""
-    from gan_deploy.serve.edge import make_server
+    try:
+        from gan_deploy.serve.edge import make_server
+    except ImportError as e:
+        raise GanDeployError("the HTTP server is not installed", f"{e.name}", hint='from the clone: pip install -e ".[serve]"') from None
     from gan_deploy.serve.service import GanService
 
     say = echo or (lambda _line: None)
