@@ -402,6 +402,32 @@ def test_batcher_merges_concurrent_pieces_and_drops_cancelled_ones():
     _run(main())
 
 
+def test_replica_answers_the_same_contract_behind_rays_proxy(tiny_checkpoint):
+    """What `serve deploy` of the config file runs: a replica's __call__ (Ray's proxy as the listener) is the
+    same GanService, with its own batcher; and its pixels() (the edge's handle call) the same images."""
+    pytest.importorskip("ray.serve", reason="Ray Serve is not installed")
+    from starlette.requests import Request
+
+    from gan_deploy.artifacts.load import load_artifact
+    from gan_deploy.serve.deployment import GeneratorDeployment
+
+    cfg = ServeConfig(load_artifact(tiny_checkpoint), backend="eager", device="cpu", max_images_per_request=MAX_IMAGES)
+    replica = GeneratorDeployment.func_or_class(cfg.to_dict())
+
+    async def main():
+        scope, receive = _request("POST", "/generate", [(0, b'{"seed": 5, "indices": [3], "format": "png"}')])
+        ok = await replica(Request(scope, receive))
+        scope, receive = _request("POST", "/generate", [(0, b'{"seeds": [1, -2]}')])
+        bad = await replica(Request(scope, receive))
+        px = await replica.pixels([5], [3])
+        return ok, bad, px
+    ok, bad, px = _run(main())
+    assert ok.status_code == 200 and ok.body.startswith(b"\x89PNG") and ok.headers["etag"]
+    assert bad.status_code == 422 and json.loads(bad.body)["error"]["field"] == "seeds[1]"
+    from gan_deploy.core.images import encode
+    assert encode(px[0], "png") == ok.body
+
+
 def test_write_config_is_a_valid_ray_serve_config(cli, tiny_checkpoint, tmp_path):
     """`--write-config` writes what `serve deploy` / KubeRay take, from the same options, without starting Ray."""
     yaml = pytest.importorskip("yaml")
