@@ -1192,5 +1192,5 @@ def test_no_private_ray_apis_or_environment_switches():
     """Item 5: the service uses only documented Ray APIs: no private modules, constants or environment switches."""
     src = "\n".join(p.read_text() for p in (ROOT / "gan_deploy" / "serve").glob("*.py"))
     for needle in ("ray._private", "serve._private", "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER",
-                   "ray_constants", "_global_client"):
+                   "ray_constants", "_global_client", "_blocking=", "run_many"):
         assert needle not in src, needle

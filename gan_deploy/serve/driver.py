@@ -5,7 +5,7 @@ everything this process started torn down again. `run_service(cfg)` is the whole
 benchmark use them).
 
 Only documented Ray APIs: `ray.init`, `serve.start(proxy_location="Disabled")` (Ray's HTTP proxy off: the edge
-is the listener), `serve.run_many`, `serve.status`, `serve.get_app_handle`, `serve.delete`, `serve.shutdown`,
+is the listener), `serve.run`, `serve.status`, `serve.get_app_handle`, `serve.delete`, `serve.shutdown`,
 `ray.cluster_resources`. Ray is imported inside the functions: importing this module (and
 `gan_deploy.run_service`) stays cheap and works without Ray.
 """
@@ -16,6 +16,7 @@ import logging
 import os
 import signal
 import socket
+import threading
 import time
 from dataclasses import replace
 from typing import Any, Callable
@@ -105,9 +106,16 @@ def deploy_many(apps: list[ServeConfig], logging_config: dict | None = None, tim
     from gan_deploy.serve.deployment import build_app
 
     logging_config = logging_config or {"log_level": "WARNING", "enable_access_log": False}
-    serve.run_many([serve.RunTarget(build_app(cfg), name=cfg.app_name, route_prefix=None, logging_config=logging_config)
-                    for cfg in apps],
-                   wait_for_ingress_deployment_creation=False, wait_for_applications_running=False)
+
+    def run(cfg: ServeConfig) -> None:
+        # serve.run (Ray's stable API) returns once the app runs, and may wait forever (replicas that cannot be
+        # placed): it runs on a thread of its own while serve.status() below decides, within timeout_s
+        try:
+            serve.run(build_app(cfg), name=cfg.app_name, route_prefix=None, logging_config=logging_config)
+        except Exception:  # reported below from serve.status(), in one line
+            pass
+    for cfg in apps:
+        threading.Thread(target=run, args=(cfg,), name=f"gan-deploy-deploy-{cfg.app_name}", daemon=True).start()
     _apps.extend(cfg.app_name for cfg in apps)
     deadline = time.monotonic() + timeout_s
     pending = [cfg.app_name for cfg in apps]
@@ -124,7 +132,7 @@ def deploy_many(apps: list[ServeConfig], logging_config: dict | None = None, tim
                 why = _status_message(app)
                 for n in pending:
                     try:
-                        serve.delete(n, _blocking=False)
+                        serve.delete(n)
                     except Exception:
                         pass
                 if not failed:
