@@ -1,26 +1,25 @@
-"""Load test of `gan-deploy serve`: concurrent clients on loopback, every image response checked byte for byte.
+"""Load test of `gan-deploy serve`: keep-alive clients on loopback, every image checked byte for byte.
 
-Starts the service in-process (local Ray, 127.0.0.1, a free port) unless --url points at one already running
-on this machine, and reports how long the start took. Then:
+Starts `gan-deploy serve` as a process (the code of this tree, or of another checkout with --pythonpath, so
+two versions run under the same load script) on a free loopback port, or uses --url (a service already
+running on this machine). Then, for each images-per-request count in --counts (default 1,16,256):
 
-* load: N client threads, each with its own keep-alive connection, each sending requests for 1..--max-count
-  images of a random (seed, start) until --requests in all or --duration seconds have passed, whichever
-  comes first. Every image is compared with the file `gan-deploy generate` wrote for the same seed and index.
-  Reports throughput, client-side latency p50/p90/p99 and the mean batch the service formed (its /metrics,
-  before and after). --compare-unbatched (self-started only) runs the same load against a second app with
-  max batch size 1 (no batching across clients).
-* --overload K: K asyncio clients in a closed loop (each sends its next request as soon as it has an answer)
-  for --overload-seconds against the batched app, whose queue holds --max-queued requests: reports how many
-  got 200 and 503, and the time to a 503 (p50/p99/max): how fast an overloaded service says so.
-* --slow-clients K: K connections that announce a 100-byte body and send 12 bytes stay open while the load
-  runs; reports the load's figures meanwhile and when (and with what) the slow ones were answered.
+* K asyncio clients (--clients, default 16), each with its own keep-alive connection, each sending its next
+  request the moment it has the answer (a closed loop), for --duration seconds or --requests requests,
+  whichever comes first. A request for 1 image asks for format "png" (the PNG file itself), more for
+  "base64" JSON. Every image is compared with the file `gan-deploy generate` wrote for the same (seed, index).
+  Reports requests/s, images/s, client-side latency p50/p90/p99, the 503 count, other failures and wrong images,
+  and (for a service it started) the CPU time the service's processes spent per request and per image: on a
+  shared machine the throughput follows the other jobs' load, the CPU cost per request much less.
+* --overload K: then K such clients with 1-image requests for --overload-seconds against the service's queue:
+  how many got 200 and 503, and the time to a 503 (how fast an overloaded service says so).
 
-    python benchmarks/load_test.py --clients 16 --requests 800 --duration 60 --compare-unbatched
-    python benchmarks/load_test.py --overload 256 --slow-clients 64 --json load.json
-    python benchmarks/load_test.py --url http://127.0.0.1:8000 --onnx models/digits_dcgan.onnx
+    python benchmarks/load_test.py --onnx models/digits_dcgan.onnx --counts 1,16,256 --duration 20
+    python benchmarks/load_test.py --onnx g.onnx --pythonpath /tmp/oldserve     # another version of the code
+    python benchmarks/load_test.py --url http://127.0.0.1:8000 --onnx g.onnx    # a running service
 
 Loopback only: --url must be 127.0.0.1, ::1 or localhost. Every phase is bounded in requests and seconds.
-Exit code 1 if any response is wrong or fails.
+Exit code 1 if any image is wrong or any request failed other than with a 503.
 """
 from __future__ import annotations
 
@@ -30,12 +29,15 @@ import base64
 import http.client
 import json
 import math
+import os
 import random
+import signal
 import socket
+import subprocess
 import sys
 import tempfile
-import threading
 import time
+import urllib.request
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -46,8 +48,7 @@ from gan_deploy.artifacts.load import load_artifact  # noqa: E402
 from gan_deploy.backends import make_runner  # noqa: E402
 from gan_deploy.generate.pipeline import GenerateOptions, generate  # noqa: E402
 
-MAX_REQUESTS, MAX_DURATION = 100_000, 600.0  # hard bounds whatever the arguments say
-MAX_OVERLOAD_CLIENTS, MAX_SLOW_CLIENTS = 2000, 1000
+MAX_REQUESTS, MAX_DURATION, MAX_CLIENTS = 200_000, 600.0, 2000  # hard bounds whatever the arguments say
 SEEDS, PER_SEED = (0, 1, 2, 3), 256  # the reference: generate's files for these seeds, indices 0..PER_SEED-1
 
 
@@ -67,138 +68,28 @@ def references(art, backend: str, folder: Path) -> dict[tuple[int, int], bytes]:
     return ref
 
 
-class Client(threading.Thread):
-    def __init__(self, k: int, host: str, port: int, path: str, max_count: int, budget: "Budget",
-                 ref: dict[tuple[int, int], bytes]):
-        super().__init__(daemon=True)
-        self.rng = random.Random(k)
-        self.host, self.port, self.path, self.max_count, self.budget, self.ref = host, port, path, max_count, budget, ref
-        self.latencies: list[float] = []
-        self.images = 0
-        self.statuses: dict[int, int] = {}
-        self.wrong: list[str] = []
-
-    def run(self) -> None:
-        conn = http.client.HTTPConnection(self.host, self.port, timeout=60)
-        while self.budget.take():
-            seed = self.rng.choice(SEEDS)
-            count = self.rng.randint(1, self.max_count)
-            start = self.rng.randrange(0, PER_SEED - count + 1)
-            fmt = "png" if count == 1 else "base64"
-            body = json.dumps({"seed": seed, "start": start, "count": count, "format": fmt})
-            t0 = time.perf_counter()
-            try:
-                conn.request("POST", self.path, body, {"Content-Type": "application/json"})
-                resp = conn.getresponse()
-                data = resp.read()
-            except (OSError, http.client.HTTPException) as e:
-                self.statuses[-1] = self.statuses.get(-1, 0) + 1
-                self.wrong.append(f"{body}: {type(e).__name__} {e}")
-                conn.close()
-                conn = http.client.HTTPConnection(self.host, self.port, timeout=60)
-                continue
-            dt = time.perf_counter() - t0
-            self.statuses[resp.status] = self.statuses.get(resp.status, 0) + 1
-            if resp.status != 200:
-                self.wrong.append(f"{body}: HTTP {resp.status} {data[:200]!r}")
-                if resp.getheader("connection", "").lower() == "close":
-                    conn.close()
-                    conn = http.client.HTTPConnection(self.host, self.port, timeout=60)
-                continue
-            got = [data] if fmt == "png" else [base64.b64decode(im["png"]) for im in json.loads(data)["images"]]
-            want = [self.ref[(seed, i)] for i in range(start, start + count)]
-            if got != want:
-                self.wrong.append(f"{body}: images differ from generate's files")
-                continue
-            self.latencies.append(dt)
-            self.images += count
-        conn.close()
-
-
-class Budget:
-    """At most `requests` requests and `seconds` of wall time, shared by all clients."""
-
-    def __init__(self, requests: int, seconds: float):
-        self.left, self.deadline = requests, time.perf_counter() + seconds
-        self.lock = threading.Lock()
-
-    def take(self) -> bool:
-        with self.lock:
-            if self.left <= 0 or time.perf_counter() > self.deadline:
-                return False
-            self.left -= 1
-            return True
-
-
-def metrics(host: str, port: int, prefix: str) -> dict:
-    conn = http.client.HTTPConnection(host, port, timeout=30)
-    conn.request("GET", f"{prefix}/metrics?format=json")
-    m = json.loads(conn.getresponse().read())
-    conn.close()
-    return m
-
-
-def run_load(host: str, port: int, prefix: str, clients: int, requests: int, duration: float, max_count: int,
-             ref: dict) -> dict:
-    before = metrics(host, port, prefix)
-    budget = Budget(requests, duration)
-    threads = [Client(k, host, port, f"{prefix}/generate", max_count, budget, ref) for k in range(clients)]
-    t0 = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=duration + 120)
-    wall = time.perf_counter() - t0
-    after = metrics(host, port, prefix)
-    lat = [x for t in threads for x in t.latencies]
-    statuses: dict[int, int] = {}
-    for t in threads:
-        for s, c in t.statuses.items():
-            statuses[s] = statuses.get(s, 0) + c
-    batches = after["batches"] - before["batches"]
-    batch_images = after["batch_images"] - before["batch_images"]
-    return {
-        "clients": clients, "seconds": wall, "requests_ok": len(lat), "statuses": statuses,
-        "images": sum(t.images for t in threads), "images_per_s": sum(t.images for t in threads) / wall,
-        "requests_per_s": len(lat) / wall,
-        "latency_ms": {q: 1000 * percentile(lat, float(q[1:])) for q in ("p50", "p90", "p99")},
-        "backend_calls": batches, "mean_formed_batch": batch_images / batches if batches else 0.0,
-        "max_formed_batch": after["max_batch_size_formed"],
-        "server_latency_ms": after["latency_ms"],
-        "wrong": [w for t in threads for w in t.wrong][:20],
-        "n_wrong": sum(len(t.wrong) for t in threads),
-    }
-
-
-# -- overload: many closed-loop clients, a bounded queue ----------------------------------------------
-
-class _Conn:
-    """One keep-alive HTTP/1.1 connection (asyncio streams); reconnects when the server closes it."""
+class Conn:
+    """One keep-alive HTTP/1.1 connection (asyncio streams), reconnecting after Connection: close."""
 
     def __init__(self, host: str, port: int):
         self.host, self.port = host, port
         self.reader: asyncio.StreamReader | None = None
         self.writer: asyncio.StreamWriter | None = None
 
-    async def post(self, path: str, body: bytes, timeout: float) -> tuple[int, bytes, dict]:
-        """(status, body, headers); status -1 on a failure (the connection is then dropped)."""
-        try:
-            if self.writer is None:
-                self.reader, self.writer = await asyncio.wait_for(asyncio.open_connection(self.host, self.port), timeout)
-            assert self.reader is not None
-            self.writer.write(b"POST %s HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n"
-                              % (path.encode(), self.host.encode(), len(body)) + body)
-            head = await asyncio.wait_for(self.reader.readuntil(b"\r\n\r\n"), timeout)
-            lines = head.decode("latin-1").split("\r\n")
-            status = int(lines[0].split()[1])
-            headers = {k.strip().lower(): v.strip() for k, _, v in (ln.partition(":") for ln in lines[1:] if ln)}
-            data = await asyncio.wait_for(self.reader.readexactly(int(headers.get("content-length", "0"))), timeout)
-            if headers.get("connection", "").lower() == "close":
-                self.close()
-            return status, data, headers
-        except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError, ValueError, IndexError, AssertionError):
+    async def post(self, path: str, body: bytes, timeout: float = 60.0) -> tuple[int, dict[str, str], bytes]:
+        if self.writer is None:
+            self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+        assert self.reader is not None
+        self.writer.write(f"POST {path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\nContent-Type: application/json\r\n"
+                          f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+        head = await asyncio.wait_for(self.reader.readuntil(b"\r\n\r\n"), timeout)
+        lines = head.decode("latin-1").split("\r\n")
+        status = int(lines[0].split()[1])
+        headers = {k.strip().lower(): v.strip() for k, v in (ln.split(":", 1) for ln in lines[1:] if ":" in ln)}
+        data = await asyncio.wait_for(self.reader.readexactly(int(headers.get("content-length", "0"))), timeout)
+        if headers.get("connection", "").lower() == "close":
             self.close()
-            return -1, b"", {}
+        return status, headers, data
 
     def close(self) -> None:
         if self.writer is not None:
@@ -206,40 +97,44 @@ class _Conn:
         self.reader = self.writer = None
 
 
-def run_overload(host: str, port: int, prefix: str, clients: int, seconds: float, ref: dict, honor_retry_after: bool) -> dict:
-    """`clients` closed-loop clients for `seconds`, each on its own keep-alive connection: a 1-image PNG request,
-    wait for the answer, repeat (after a 503: at once, or after its Retry-After with honor_retry_after)."""
-    path = f"{prefix}/generate"
-    ok_t: list[float] = []
-    refused_t: list[float] = []
-    other: dict[int, int] = {}
+def run_load(host: str, port: int, prefix: str, clients: int, count: int, requests: int, seconds: float,
+             ref: dict[tuple[int, int], bytes]) -> dict:
+    """K closed-loop keep-alive clients asking for `count` images per request; every image checked."""
+    fmt = "png" if count == 1 else "base64"
+    lat: list[float] = []
+    statuses: dict[int, int] = {}
     wrong: list[str] = []
-    json_503 = retry_after = 0
+    left = [requests]
+    images = [0]
 
     async def client(k: int, deadline: float) -> None:
-        nonlocal json_503, retry_after
-        rng = random.Random(1000 + k)
-        conn = _Conn(host, port)
-        while time.perf_counter() < deadline:
-            seed, i = rng.choice(SEEDS), rng.randrange(PER_SEED)
-            body = json.dumps({"seed": seed, "indices": [i], "format": "png"}).encode()
+        rng = random.Random(k)
+        conn = Conn(host, port)
+        while left[0] > 0 and time.perf_counter() < deadline:
+            left[0] -= 1
+            seed = rng.choice(SEEDS)
+            start = rng.randrange(0, PER_SEED - count + 1)
+            body = json.dumps({"seed": seed, "start": start, "count": count, "format": fmt}).encode()
             t0 = time.perf_counter()
-            status, data, headers = await conn.post(path, body, 60)
+            try:
+                status, _, data = await conn.post(f"{prefix}/generate", body)
+            except (OSError, asyncio.IncompleteReadError, asyncio.TimeoutError, ValueError) as e:
+                statuses[-1] = statuses.get(-1, 0) + 1
+                wrong.append(f"{body.decode()}: {type(e).__name__} {e}")
+                conn.close()
+                continue
             dt = time.perf_counter() - t0
-            if status == 200:
-                ok_t.append(dt)
-                if data != ref[(seed, i)]:
-                    wrong.append(f"{body!r}: image differs from generate's file")
-            elif status == 503:
-                refused_t.append(dt)
-                json_503 += headers.get("content-type", "").startswith("application/json")
-                retry_after += "retry-after" in headers
-                if honor_retry_after:
-                    await asyncio.sleep(min(float(headers.get("retry-after", "1")), max(0.0, deadline - time.perf_counter())))
-            else:
-                other[status] = other.get(status, 0) + 1
-                if len(wrong) < 20:
-                    wrong.append(f"HTTP {status}: {data[:160]!r}")
+            statuses[status] = statuses.get(status, 0) + 1
+            if status != 200:
+                if status != 503:
+                    wrong.append(f"{body.decode()}: HTTP {status} {data[:200]!r}")
+                continue
+            got = [data] if fmt == "png" else [base64.b64decode(im["png"]) for im in json.loads(data)["images"]]
+            if got != [ref[(seed, i)] for i in range(start, start + count)]:
+                wrong.append(f"{body.decode()}: images differ from generate's files")
+                continue
+            lat.append(dt)
+            images[0] += count
         conn.close()
 
     async def main() -> float:
@@ -248,171 +143,184 @@ def run_overload(host: str, port: int, prefix: str, clients: int, seconds: float
         return time.perf_counter() - t0
 
     wall = asyncio.run(main())
-    return {"clients": clients, "honor_retry_after": honor_retry_after, "seconds": wall, "ok": len(ok_t),
-            "refused_503": len(refused_t), "other": other, "ok_per_s": len(ok_t) / wall, "refused_per_s": len(refused_t) / wall,
-            "time_to_503_ms": {q: 1000 * percentile(refused_t, float(q[1:])) for q in ("p50", "p90", "p99")} | {"max": 1000 * max(refused_t, default=float("nan"))},
-            "time_to_200_ms": {q: 1000 * percentile(ok_t, float(q[1:])) for q in ("p50", "p90", "p99")},
-            "json_503s": json_503, "retry_after_503s": retry_after, "wrong": wrong[:20], "n_wrong": len(wrong)}
+    ok = statuses.get(200, 0)
+    return {"clients": clients, "images_per_request": count, "format": fmt, "seconds": wall, "requests_ok": ok,
+            "requests_per_s": ok / wall, "images_per_s": images[0] / wall, "refused_503": statuses.get(503, 0),
+            "failed": sum(n for s, n in statuses.items() if s not in (200, 503)), "statuses": statuses,
+            "latency_ms": {q: 1000 * percentile(lat, float(q[1:])) for q in ("p50", "p90", "p99")},
+            "n_wrong": len(wrong), "wrong": wrong[:20]}
 
 
-# -- slow clients -------------------------------------------------------------------------------------
+def run_overload(host: str, port: int, prefix: str, clients: int, seconds: float) -> dict:
+    """K closed-loop clients with 1-image requests: 200s, 503s, and how long a 503 took."""
+    to_503: list[float] = []
+    to_200: list[float] = []
+    other: dict[int, int] = {}
 
-def open_slow_clients(host: str, port: int, prefix: str, k: int) -> list[tuple[socket.socket, float]]:
-    """k connections that announce a 100-byte body and send 12 bytes of it, then nothing."""
-    out = []
-    for _ in range(k):
-        s = socket.create_connection((host, port), timeout=30)
-        s.sendall(b"POST %s/generate HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n"
-                  % (prefix.encode(), host.encode()) + b'{"count": 1,')
-        out.append((s, time.perf_counter()))
-    return out
+    async def client(k: int, deadline: float) -> None:
+        conn = Conn(host, port)
+        while time.perf_counter() < deadline:
+            t0 = time.perf_counter()
+            try:
+                status, headers, data = await conn.post(f"{prefix}/generate", json.dumps({"seed": k % 4, "indices": [k % PER_SEED], "format": "png"}).encode(), 30)
+            except (OSError, asyncio.IncompleteReadError, asyncio.TimeoutError, ValueError):
+                other[-1] = other.get(-1, 0) + 1
+                conn.close()
+                await asyncio.sleep(0.01)
+                continue
+            (to_200 if status == 200 else to_503 if status == 503 else []).append(time.perf_counter() - t0)
+            if status not in (200, 503):
+                other[status] = other.get(status, 0) + 1
+        conn.close()
+
+    async def main() -> float:
+        t0 = time.perf_counter()
+        await asyncio.gather(*(client(k, t0 + seconds) for k in range(clients)))
+        return time.perf_counter() - t0
+
+    wall = asyncio.run(main())
+    return {"clients": clients, "seconds": wall, "ok": len(to_200), "ok_per_s": len(to_200) / wall, "refused_503": len(to_503),
+            "refused_per_s": len(to_503) / wall, "other": other,
+            "time_to_503_ms": {q: 1000 * percentile(to_503, float(q[1:])) for q in ("p50", "p99")},
+            "time_to_200_ms": {q: 1000 * percentile(to_200, float(q[1:])) for q in ("p50", "p99")}}
 
 
-def collect_slow_clients(slow: list[tuple[socket.socket, float]], limit_s: float) -> dict:
-    """What each slow connection got (status line) and after how long; closes them."""
-    answers: dict[str, int] = {}
-    waited: list[float] = []
-    deadline = time.perf_counter() + limit_s
-    for s, t_open in slow:
+def tree_cpu_s(pid: int | None) -> float:
+    """CPU seconds (user + system) used so far by process `pid` and every process below it (Ray's too), from
+    /proc (Linux); 0 when unknown. What a request costs in CPU depends much less on how busy the machine is
+    than its latency does."""
+    if pid is None or not os.path.isdir("/proc"):
+        return 0.0
+    stats: dict[int, tuple[int, float]] = {}  # pid -> (parent, cpu seconds)
+    tick = os.sysconf("SC_CLK_TCK")
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
         try:
-            s.settimeout(max(0.1, deadline - time.perf_counter()))
-            head = s.recv(4096)
-            line = head.split(b"\r\n")[0].decode("latin-1") or "closed"
-            waited.append(time.perf_counter() - t_open)
-        except OSError as e:
-            line = type(e).__name__
-        answers[line] = answers.get(line, 0) + 1
-        s.close()
-    return {"answers": answers, "answered_after_s": {"min": min(waited, default=float("nan")), "max": max(waited, default=float("nan"))}}
+            with open(f"/proc/{d}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        stats[int(d)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / tick)  # ppid, utime + stime
+    children: dict[int, list[int]] = {}
+    for p, (parent, _) in stats.items():
+        children.setdefault(parent, []).append(p)
+    total, todo = 0.0, [pid]
+    while todo:
+        p = todo.pop()
+        total += stats.get(p, (0, 0.0))[1]
+        todo += children.get(p, [])
+    return total
 
 
-def default_model(tmp: Path, checkpoint: str | None, onnx: str | None):
-    if onnx or checkpoint:
-        return load_artifact(checkpoint, onnx)
-    from gan_deploy.artifacts.checkpoint import DEFAULT_CHECKPOINT, save_checkpoint
-    if DEFAULT_CHECKPOINT.exists():
-        return load_artifact(DEFAULT_CHECKPOINT)
-    import torch
+def start_service(args: list[str], pythonpath: str, log: Path, timeout_s: float) -> tuple[subprocess.Popen, str, float]:
+    """`python -m gan_deploy serve ARGS` with PYTHONPATH=pythonpath on a free loopback port; (process, url, start-up s)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "PYTHONPATH": pythonpath, "PYTHONUNBUFFERED": "1"}
+    env.pop("RAY_ADDRESS", None)
+    t0 = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-m", "gan_deploy", "serve", *args, "--host", "127.0.0.1", "--port", str(port)],
+                            env=env, stdout=open(log, "wb"), stderr=subprocess.STDOUT, start_new_session=True, cwd=log.parent)
+    url = f"http://127.0.0.1:{port}"
+    while time.perf_counter() - t0 < timeout_s:
+        if proc.poll() is not None:
+            raise SystemExit(f"serve exited {proc.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(f"{url}/readyz", timeout=2) as r:
+                if r.status == 200:
+                    return proc, url, time.perf_counter() - t0
+        except (OSError, http.client.HTTPException):  # not listening yet, or a proxy still starting
+            pass
+        time.sleep(0.2)
+    proc.kill()
+    raise SystemExit(f"serve did not become ready in {timeout_s:g} s:\n{log.read_text()[-3000:]}")
 
-    from gan_deploy.nets.config import GeneratorConfig
-    from gan_deploy.nets.networks import build_generator, init_weights
-    torch.manual_seed(0)
-    cfg = GeneratorConfig()  # the default model's architecture and size, random weights
-    g = build_generator(cfg)
-    g.apply(init_weights)
-    print(f"(no trained default model: using a random generator of its size, {cfg})", file=sys.stderr)
-    return load_artifact(save_checkpoint(tmp / "random.safetensors", g, cfg, train={"dataset": "none"}).path)
+
+def stop_service(proc: subprocess.Popen) -> float:
+    t0 = time.perf_counter()
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=90)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    return time.perf_counter() - t0
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--url", help="a running service on loopback (default: start one here)")
+    ap.add_argument("--url", help="a running service on loopback (default: start `gan-deploy serve` here)")
+    ap.add_argument("--pythonpath", default=str(ROOT), help="the code the started service runs (default: this tree)")
+    ap.add_argument("--serve-args", default="", help="more `gan-deploy serve` options for the started service")
     ap.add_argument("--checkpoint")
     ap.add_argument("--onnx")
     ap.add_argument("--backend", default="onnxruntime")
     ap.add_argument("--clients", type=int, default=16)
-    ap.add_argument("--requests", type=int, default=1000, help=f"total requests (at most {MAX_REQUESTS})")
-    ap.add_argument("--duration", type=float, default=60.0, help=f"seconds at most (at most {MAX_DURATION:g})")
-    ap.add_argument("--max-count", type=int, default=4, help="images per request: uniform in 1..max-count")
-    ap.add_argument("--max-batch-size", type=int, default=64)
-    ap.add_argument("--batch-wait-ms", type=float, default=5.0)
-    ap.add_argument("--max-queued", type=int, default=64, help="the batched app's queue (self-started only)")
-    ap.add_argument("--compare-unbatched", action="store_true", help="also run against max batch size 1")
-    ap.add_argument("--overload", type=int, default=0, metavar="K", help=f"then K closed-loop clients (at most {MAX_OVERLOAD_CLIENTS})")
+    ap.add_argument("--counts", default="1,16,256", help="images per request, one load phase each")
+    ap.add_argument("--requests", type=int, default=20000, help=f"requests per phase (at most {MAX_REQUESTS})")
+    ap.add_argument("--duration", type=float, default=20.0, help=f"seconds per phase (at most {MAX_DURATION:g})")
+    ap.add_argument("--overload", type=int, default=0, metavar="K", help=f"then K closed-loop clients (at most {MAX_CLIENTS})")
     ap.add_argument("--overload-seconds", type=float, default=10.0)
-    ap.add_argument("--honor-retry-after", action="store_true", help="overload clients wait Retry-After after a 503 (default: retry at once)")
-    ap.add_argument("--slow-clients", type=int, default=0, metavar="K", help=f"K slow connections during a load run (at most {MAX_SLOW_CLIENTS})")
-    ap.add_argument("--read-timeout", type=float, default=10.0, help="the service's body read timeout (self-started only)")
-    ap.add_argument("--json", help="write the figures here")
+    ap.add_argument("--label", default="", help="a name for this run in the output")
+    ap.add_argument("--json", help="append the figures (one JSON line) to this file")
     a = ap.parse_args()
     requests, duration = min(a.requests, MAX_REQUESTS), min(a.duration, MAX_DURATION)
-    overload, slow_k = min(a.overload, MAX_OVERLOAD_CLIENTS), min(a.slow_clients, MAX_SLOW_CLIENTS)
-    overload_s = min(a.overload_seconds, MAX_DURATION)
-    if not 1 <= a.max_count <= PER_SEED or a.clients < 1:
-        ap.error(f"--max-count must be in 1..{PER_SEED} and --clients >= 1")
+    counts = [int(c) for c in a.counts.split(",")]
+    if not all(1 <= c <= PER_SEED for c in counts) or not 1 <= a.clients <= MAX_CLIENTS:
+        ap.error(f"--counts must be in 1..{PER_SEED} and --clients in 1..{MAX_CLIENTS}")
+    if not (a.onnx or a.checkpoint):
+        ap.error("--onnx or --checkpoint: the model the service runs (the reference files are made from it)")
 
-    results: dict = {}
+    results: dict = {"label": a.label, "load_average": os.getloadavg(), "cpus": os.cpu_count()}
     with tempfile.TemporaryDirectory() as tmp:
-        art = default_model(Path(tmp), a.checkpoint, a.onnx)
-        print(f"model: {art.describe()}", file=sys.stderr)
+        art = load_artifact(a.checkpoint, a.onnx)
         ref = references(art, a.backend, Path(tmp))
-        apps = {"batched": ""}
-        started = False
+        proc = None
         if a.url:
             u = urlsplit(a.url)
             if u.hostname not in ("127.0.0.1", "::1", "localhost"):
                 ap.error("--url must be on loopback (127.0.0.1, ::1 or localhost): this is a local load test")
-            host, port, apps["batched"] = u.hostname, u.port or 80, u.path.rstrip("/")
+            url = a.url.rstrip("/")
         else:
-            from gan_deploy.serve import driver as serve
-            from gan_deploy.serve.config import ServeConfig
-            with socket.socket() as s:
-                s.bind(("127.0.0.1", 0))
-                host, port = "127.0.0.1", s.getsockname()[1]
-            common = dict(backend=a.backend, device="cpu", max_images_per_request=max(256, a.max_count), num_cpus=0.5,
-                          read_timeout_s=a.read_timeout, max_queued=a.max_queued, host=host, port=port)
-            print("starting Ray Serve ...", file=sys.stderr)
-            t0 = time.perf_counter()
-            serve.start(ServeConfig(art, **common, max_batch_size=a.max_batch_size, batch_wait_ms=a.batch_wait_ms, app_name="batched"))
-            results["startup_s"] = time.perf_counter() - t0
-            print(f"started in {results['startup_s']:.1f} s (Ray, Serve, the replica with its model loaded and warmed)", file=sys.stderr)
-            started = True
-            if a.compare_unbatched:
-                t0 = time.perf_counter()
-                serve.deploy(ServeConfig(art, **common, max_batch_size=1, batch_wait_ms=0.0, app_name="unbatched", route_prefix="/unbatched"))
-                serve.wait_for_http(f"http://{host}:{port}/unbatched")
-                results["second_app_startup_s"] = time.perf_counter() - t0
-                apps["unbatched"] = "/unbatched"
+            model = ["--onnx", a.onnx] if a.onnx else ["--checkpoint", a.checkpoint]
+            proc, url, results["startup_s"] = start_service([*model, "--backend", a.backend, "--max-images-per-request", "256",
+                                                             *a.serve_args.split()], a.pythonpath, Path(tmp) / "serve.log", 300)
+            print(f"{a.label}: started in {results['startup_s']:.1f} s", file=sys.stderr)
+        u = urlsplit(url)
+        host, port, prefix = u.hostname or "127.0.0.1", u.port or 80, u.path.rstrip("/")
         try:
-            results["load"] = {}
-            for name, prefix in apps.items():
-                print(f"load: {a.clients} clients, <= {requests} requests, <= {duration:g} s, 1..{a.max_count} images "
-                      f"per request -> {name} ...", file=sys.stderr)
-                results["load"][name] = run_load(host, port, prefix, a.clients, requests, duration, a.max_count, ref)
-            if slow_k:
-                print(f"slow clients: {slow_k} connections announce 100 bytes and send 12, while {a.clients} clients load "
-                      f"the batched app ...", file=sys.stderr)
-                slow = open_slow_clients(host, port, apps["batched"], slow_k)
-                time.sleep(0.5)
-                during = run_load(host, port, apps["batched"], a.clients, min(requests, 400), min(duration, 20.0), a.max_count, ref)
-                results["slow_clients"] = {"k": slow_k, "load_meanwhile": during,
-                                           **collect_slow_clients(slow, a.read_timeout + 30)}
-            if overload:
-                print(f"overload: {overload} closed-loop clients for {overload_s:g} s against a queue of "
-                      f"{a.max_queued} ...", file=sys.stderr)
-                results["overload"] = run_overload(host, port, apps["batched"], overload, overload_s, ref, a.honor_retry_after)
-                results["overload"]["ready_after"] = metrics(host, port, apps["batched"]).get("ready")
+            results["load"] = []
+            for count in counts:
+                cpu0 = tree_cpu_s(proc.pid if proc else None)
+                r = run_load(host, port, prefix, a.clients, count, requests, duration, ref)
+                cpu = tree_cpu_s(proc.pid if proc else None) - cpu0
+                r["server_cpu_ms_per_request"] = 1000 * cpu / max(1, r["requests_ok"] + r["refused_503"])
+                r["server_cpu_ms_per_image"] = 1000 * cpu / max(1, r["requests_ok"] * count)
+                results["load"].append(r)
+                print(f"{a.label:<8} {count:>4} img/req {a.clients} clients: {r['requests_per_s']:>7.0f} req/s {r['images_per_s']:>7.0f} img/s "
+                      f"p50 {r['latency_ms']['p50']:>6.1f} ms p90 {r['latency_ms']['p90']:>6.1f} ms p99 {r['latency_ms']['p99']:>6.1f} ms "
+                      f"503s {r['refused_503']} failed {r['failed']} wrong {r['n_wrong']} server CPU {r['server_cpu_ms_per_request']:.2f} ms/req "
+                      f"{r['server_cpu_ms_per_image']:.3f} ms/img (load avg {os.getloadavg()[0]:.1f})", flush=True)
+                for w in r["wrong"][:3]:
+                    print(f"  wrong: {w}")
+            if a.overload:
+                o = results["overload"] = run_overload(host, port, prefix, min(a.overload, MAX_CLIENTS), min(a.overload_seconds, MAX_DURATION))
+                print(f"{a.label:<8} overload {o['clients']} clients: {o['ok_per_s']:.0f} ok/s, {o['refused_per_s']:.0f} 503/s; time to 503 "
+                      f"p50 {o['time_to_503_ms']['p50']:.1f} ms p99 {o['time_to_503_ms']['p99']:.1f} ms; other {o['other']}", flush=True)
         finally:
-            if started:
-                serve.stop()
-
-    if "startup_s" in results:
-        print(f"start-up: {results['startup_s']:.1f} s")
-    print(f"{'app':<10} {'requests':>8} {'images/s':>9} {'req/s':>7} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} "
-          f"{'mean batch':>10} {'max batch':>9} {'calls':>6} {'wrong':>5}")
-    rows = list(results["load"].items()) + ([("w/ slow", results["slow_clients"]["load_meanwhile"])] if "slow_clients" in results else [])
-    for name, r in rows:
-        print(f"{name:<10} {r['requests_ok']:>8} {r['images_per_s']:>9.0f} {r['requests_per_s']:>7.0f} "
-              f"{r['latency_ms']['p50']:>8.1f} {r['latency_ms']['p90']:>8.1f} {r['latency_ms']['p99']:>8.1f} "
-              f"{r['mean_formed_batch']:>10.2f} {r['max_formed_batch']:>9} {r['backend_calls']:>6} {r['n_wrong']:>5}")
-        for w in r["wrong"][:5]:
-            print(f"  wrong: {w}")
-    if "slow_clients" in results:
-        sc = results["slow_clients"]
-        print(f"slow clients: {sc['k']} answered {sc['answers']} after {sc['answered_after_s']['min']:.1f}-{sc['answered_after_s']['max']:.1f} s")
-    if "overload" in results:
-        o = results["overload"]
-        t = o["time_to_503_ms"]
-        print(f"overload: {o['clients']} clients ({'honouring Retry-After' if o['honor_retry_after'] else 'retrying at once'}), {o['seconds']:.1f} s: {o['ok']} x 200 ({o['ok_per_s']:.0f}/s), "
-              f"{o['refused_503']} x 503 ({o['refused_per_s']:.0f}/s, {o['json_503s']} JSON, {o['retry_after_503s']} with Retry-After), "
-              f"other {o['other']}; time to 503 p50 {t['p50']:.1f} ms, p90 {t['p90']:.1f} ms, p99 {t['p99']:.1f} ms, max {t['max']:.1f} ms; "
-              f"time to 200 p50 {o['time_to_200_ms']['p50']:.0f} ms, p99 {o['time_to_200_ms']['p99']:.0f} ms")
-        for w in o["wrong"][:5]:
-            print(f"  wrong: {w}")
+            if proc is not None:
+                results["stop_s"] = stop_service(proc)
+                log = (Path(tmp) / "serve.log").read_text(errors="replace")
+                results["stop_noise_lines"] = sum(1 for ln in log.splitlines() if "ray.kill" in ln or "Traceback" in ln)
+                print(f"{a.label}: stopped in {results['stop_s']:.1f} s (exit {proc.returncode}; {results['stop_noise_lines']} "
+                      "'ray.kill'/Traceback lines)", file=sys.stderr)
     if a.json:
-        Path(a.json).write_text(json.dumps({"model": art.describe(), "backend": a.backend, **results}, indent=2) + "\n")
-    n_wrong = sum(r["n_wrong"] for _, r in rows) + results.get("overload", {}).get("n_wrong", 0)
-    return 1 if n_wrong else 0
+        with open(a.json, "a") as f:
+            f.write(json.dumps(results) + "\n")
+    bad = sum(r["n_wrong"] for r in results["load"])
+    return 1 if bad else 0
 
 
 if __name__ == "__main__":

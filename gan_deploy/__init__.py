@@ -18,7 +18,8 @@ The public Python API: what the CLI calls, each operation with one options objec
 `build_engine(art, EngineOptions(...))` makes a TensorRT engine (an NVIDIA GPU and TensorRT needed). `progress`
 in every options object means the same: True show it on stderr, False nothing, None a bar only on a terminal
 (gan_deploy.core.progress).
-`run_service(ServeConfig(art, port=8000))` runs the HTTP service (Ray Serve) until SIGTERM or Ctrl-C, then drains.
+`run_service(ServeConfig(art, port=8000))` runs the HTTP service (in process; Ray Serve replicas with `ray=True`) until SIGTERM or Ctrl-C,
+then drains.
 
 Importing this package is cheap and needs no GPU, onnxruntime or TensorRT: names load on first use.
 """

@@ -1,4 +1,4 @@
-"""`gan-deploy serve` (online HTTP service on Ray Serve) and `gan-deploy triton-repo` (Triton model repository).
+"""`gan-deploy serve` (online HTTP service: our listener, batching in-process or on Ray Serve replicas) and `gan-deploy triton-repo` (Triton model repository).
 
 Ray and tritonclient are imported inside the commands only: `gan-deploy --help` stays fast without them.
 """
@@ -19,60 +19,68 @@ from gan_deploy.cli.options import (
 )
 
 
-@command(short_help="HTTP service with request batching across clients (Ray Serve).")
+@command(short_help="HTTP service with request batching across clients (in-process, or Ray Serve replicas).")
 @artifact_options()
 @backend_option()
 @device_option()
 @click.option("--host", default="127.0.0.1", show_default=True,
-              help="Address to listen on (0.0.0.0: every interface). On loopback, the local Ray binds loopback too.")
-@click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True)
+              help="Address to listen on (0.0.0.0: every interface).")
+@click.option("--port", type=int, default=8000, show_default=True)
 @click.option("--max-batch-size", type=click.IntRange(min=1), default=64, show_default=True,
               help="Most images per backend call; requests are merged up to this.")
-@click.option("--batch-wait-ms", type=click.FloatRange(min=0), default=5.0, show_default=True,
+@click.option("--batch-wait-ms", type=float, default=5.0, show_default=True,
               help="How long a batch waits for more requests before it runs.")
-@click.option("--max-images-per-request", type=click.IntRange(min=1), default=256, show_default=True)
-@click.option("--max-queued", type=click.IntRange(min=1), default=64, show_default=True,
+@click.option("--max-images-per-request", type=int, default=256, show_default=True)
+@click.option("--max-queued", type=int, default=64, show_default=True,
               help="Most /generate requests admitted per replica at once; more are answered 503 at once.")
-@click.option("--replicas", type=click.IntRange(min=1), default=1, show_default=True, help="Generator replicas (on a Ray cluster: across nodes).")
-@click.option("--num-cpus", type=click.FloatRange(min=0), default=1.0, show_default=True, help="CPUs Ray reserves per replica.")
-@click.option("--num-gpus", type=click.FloatRange(min=0), default=None, help="GPUs Ray reserves per replica (default: 1 with a CUDA device, else 0).")
-@click.option("--read-timeout", type=click.FloatRange(min=0.1), default=10.0, show_default=True,
+@click.option("--replicas", type=int, default=1, show_default=True, help="Generator replicas on Ray Serve (more than 1 implies --ray).")
+@click.option("--ray", "use_ray", is_flag=True, help="Run the generator as Ray Serve replicas (implied by --replicas > 1, --ray-address or $RAY_ADDRESS; default: in this process).")
+@click.option("--num-cpus", type=float, default=1.0, show_default=True, help="CPUs Ray reserves per replica.")
+@click.option("--num-gpus", type=float, default=None, help="GPUs Ray reserves per replica (default: 1 with a CUDA device, else 0).")
+@click.option("--read-timeout", type=float, default=10.0, show_default=True,
               help="Seconds the whole request body may take to arrive (slower: 408).")
-@click.option("--request-timeout", type=click.FloatRange(min=0.1), default=60.0, show_default=True,
+@click.option("--request-timeout", type=float, default=60.0, show_default=True,
               help="Seconds from arrival to answer (longer: 504).")
-@click.option("--max-body-bytes", type=click.IntRange(min=64), default=None,
+@click.option("--max-body-bytes", type=int, default=None,
               help="Largest request body (default: 4096 + 64 x --max-images-per-request).")
-@click.option("--max-header-bytes", type=click.IntRange(min=256, max=16384), default=8192, show_default=True,
+@click.option("--max-header-bytes", type=int, default=8192, show_default=True,
               help="Largest request header block (larger: 431; the HTTP server itself refuses more than 16 KiB).")
-@click.option("--keep-alive-timeout", type=click.IntRange(min=1), default=5, show_default=True,
+@click.option("--keep-alive-timeout", type=int, default=5, show_default=True,
               help="Seconds an idle keep-alive connection stays open.")
-@click.option("--drain-timeout", type=click.FloatRange(min=0), default=30.0, show_default=True,
-              help="On SIGTERM or Ctrl-C: seconds in-flight requests get to finish before shutdown.")
-@click.option("--start-timeout", type=click.FloatRange(min=1), default=120.0, show_default=True,
+@click.option("--max-connections", type=int, default=1024, show_default=True,
+              help="Open connections at most; past it probes are still answered, anything else gets a JSON 503.")
+@click.option("--header-timeout", type=float, default=10.0, show_default=True,
+              help="Seconds a connection's request line and headers may take (silent or slower: closed, or a JSON 408).")
+@click.option("--pre-stop", type=float, default=0.0, show_default=True,
+              help="On SIGTERM: seconds /readyz answers 503 while requests are still served, before the listener closes.")
+@click.option("--drain-timeout", type=float, default=30.0, show_default=True,
+              help="On SIGTERM or Ctrl-C, once the listener closed: seconds in-flight requests get to finish.")
+@click.option("--start-timeout", type=float, default=120.0, show_default=True,
               help="Seconds the replicas may take to start (placement, model load, warm-up) before giving up.")
 @click.option("--ray-address", default=None, help="Ray cluster to run on (default: $RAY_ADDRESS, else a new local Ray).")
 @click.option("--app-name", default="gan-deploy", show_default=True, help="Ray Serve application name (several can share a cluster).")
 @click.option("--route-prefix", default="/", show_default=True, help="URL prefix of the app (e.g. /gan: /gan/generate).")
 @click.option("--access-log", is_flag=True, help="Log every request (off by default: it costs throughput).")
 @output_option("--write-config", kind="serve-config", default=None,
-              help="Write the equivalent Ray Serve config file (for `serve deploy` or a KubeRay RayService) and exit.")
+              help="Write a Ray Serve config file deploying the same app (for `serve deploy` or a KubeRay RayService) and exit.")
 def serve(checkpoint, onnx, engine, value_range, backend, device, host, port, max_batch_size, batch_wait_ms,
-          max_images_per_request, max_queued, replicas, num_cpus, num_gpus, read_timeout, request_timeout, max_body_bytes,
-          max_header_bytes, keep_alive_timeout, drain_timeout, start_timeout, ray_address, app_name, route_prefix, access_log,
-          write_config) -> None:
+          max_images_per_request, max_queued, replicas, use_ray, num_cpus, num_gpus, read_timeout, request_timeout, max_body_bytes,
+          max_header_bytes, keep_alive_timeout, max_connections, header_timeout, pre_stop, drain_timeout, start_timeout, ray_address,
+          app_name, route_prefix, access_log, write_config) -> None:
     """Serve the generator over HTTP, batching concurrent requests into one backend call.
 
     POST /generate with a JSON body naming images by (seed, index), exactly as `generate` does: the image
     for (S, i) is byte-identical to file i of `gan-deploy generate --seed S`. Answers PNG bytes, base64
     PNGs in JSON, or a .npy array, with an ETag. GET /healthz (liveness), /readyz (readiness), /metrics
     (Prometheus text, or ?format=json); KServe v2 under /v2. Every error is JSON with a reason; an
-    overloaded service answers 503 with Retry-After at once. SIGTERM or Ctrl-C drains, then stops.
+    overloaded service answers 503 with Retry-After at once. SIGTERM or Ctrl-C drains (/readyz 503 for
+    --pre-stop seconds, then the listener closes and requests in flight finish), then stops.
 
     \b
     Examples:
       gan-deploy serve --onnx models/digits_dcgan.onnx --port 8000
-      curl -s localhost:8000/generate -d '{"seed": 7, "start": 0, "count": 4}'
-      curl -s localhost:8000/generate -d '{"seeds": [7], "format": "png"}' -o seed7.png
+      curl -s localhost:8000/generate -H 'Content-Type: application/json' -d '{"seed": 7, "start": 0, "count": 4}'
+      curl -s localhost:8000/generate -H 'Content-Type: application/json' -d '{"seeds": [7], "format": "png"}' -o seed7.png
       gan-deploy serve --onnx /shared/g.onnx --host 0.0.0.0 --replicas 4 --write-config serve.yaml  # serve deploy / KubeRay
       RAY_ADDRESS=auto gan-deploy serve --device cuda --replicas 4 --host 0.0.0.0   # a Ray cluster
     """
@@ -84,7 +92,8 @@ def serve(checkpoint, onnx, engine, value_range, backend, device, host, port, ma
                       num_cpus=num_cpus, num_gpus=num_gpus, read_timeout_s=read_timeout, request_timeout_s=request_timeout,
                       max_body_bytes=max_body_bytes or 0, max_header_bytes=max_header_bytes, drain_timeout_s=drain_timeout,
                       host=host, port=port, route_prefix=route_prefix, app_name=app_name, ray_address=ray_address,
-                      keep_alive_s=keep_alive_timeout, start_timeout_s=start_timeout, access_log=access_log)
+                      keep_alive_s=keep_alive_timeout, start_timeout_s=start_timeout, access_log=access_log,
+                      max_connections=max_connections, header_timeout_s=header_timeout, pre_stop_s=pre_stop, ray=use_ray)
     if write_config is not None:
         from gan_deploy.serve.config_file import write_serve_config
         click.echo(write_serve_config(write_config, cfg))

@@ -19,7 +19,14 @@ from gan_deploy.core.errors import GanDeployError, StaleArtifact
 APP_NAME = "gan-deploy"  # the Ray Serve application's default name
 MAX_HEADER_BYTES = 16384  # the HTTP server itself refuses larger header blocks
 # read by the process that starts the service only, never by a replica: not in to_dict()
-DRIVER_FIELDS = ("host", "port", "route_prefix", "app_name", "ray_address", "keep_alive_s", "start_timeout_s", "access_log")
+DRIVER_FIELDS = ("host", "port", "route_prefix", "app_name", "ray_address", "keep_alive_s", "start_timeout_s", "access_log",
+                 "max_connections", "header_timeout_s", "pre_stop_s", "ray")
+# upper bounds of every resource option (one place): past them a one-line error, not an exhausted machine
+MAX_CONNECTIONS = 100_000
+MAX_REPLICAS = 1024
+MAX_QUEUED = 100_000
+MAX_IMAGES = 65_536
+MAX_SECONDS = 3600.0
 
 
 @dataclass(frozen=True)
@@ -52,6 +59,10 @@ class ServeConfig:
     keep_alive_s: int = 5  # how long an idle keep-alive connection stays open
     start_timeout_s: float = 120.0  # placement, model load and warm-up of the replicas
     access_log: bool = False  # log every request (it costs throughput)
+    max_connections: int = 1024  # open connections at the edge; past it: probes answered, everything else a JSON 503
+    header_timeout_s: float = 10.0  # a connection's request line and headers must arrive within this
+    pre_stop_s: float = 0.0  # SIGTERM: /readyz 503 for this long while requests are still served, then the listener closes
+    ray: bool = False  # run the generator as Ray Serve replicas (implied by num_replicas > 1 or a ray_address)
 
     def __post_init__(self) -> None:
         if not isinstance(self.artifact, Artifact):
@@ -59,23 +70,26 @@ class ServeConfig:
                                  expected="gan_deploy.load_artifact(...)'s result")
         if self.backend not in BACKEND_CHOICES:
             raise GanDeployError("unknown backend", repr(self.backend), expected=f"one of {', '.join(BACKEND_CHOICES)}")
-        _at_least("--max-batch-size", self.max_batch_size, 1, integer=True)
-        _at_least("--batch-wait-ms", self.batch_wait_ms, 0)
-        _at_least("--max-images-per-request", self.max_images_per_request, 1, integer=True)
-        _at_least("--max-queued", self.max_queued, 1, integer=True)
-        _at_least("--replicas", self.num_replicas, 1, integer=True)
-        _at_least("--num-cpus", self.num_cpus, 0)
+        _at_least("--max-batch-size", self.max_batch_size, 1, MAX_IMAGES, integer=True)
+        _at_least("--batch-wait-ms", self.batch_wait_ms, 0, 1000 * MAX_SECONDS)
+        _at_least("--max-images-per-request", self.max_images_per_request, 1, MAX_IMAGES, integer=True)
+        _at_least("--max-queued", self.max_queued, 1, MAX_QUEUED, integer=True)
+        _at_least("--replicas", self.num_replicas, 1, MAX_REPLICAS, integer=True)
+        _at_least("--num-cpus", self.num_cpus, 0, 1024)
         if self.num_gpus is not None:
-            _at_least("--num-gpus", self.num_gpus, 0)
-        _at_least("--read-timeout", self.read_timeout_s, 0.1)
-        _at_least("--request-timeout", self.request_timeout_s, 0.1)
+            _at_least("--num-gpus", self.num_gpus, 0, 64)
+        _at_least("--read-timeout", self.read_timeout_s, 0.1, MAX_SECONDS)
+        _at_least("--request-timeout", self.request_timeout_s, 0.1, MAX_SECONDS)
         if self.max_body_bytes != 0:  # 0: derived
-            _at_least("--max-body-bytes", self.max_body_bytes, 64, integer=True)
+            _at_least("--max-body-bytes", self.max_body_bytes, 64, 64 * 1024 * 1024, integer=True)
         _at_least("--max-header-bytes", self.max_header_bytes, 256, MAX_HEADER_BYTES, integer=True)
-        _at_least("--drain-timeout", self.drain_timeout_s, 0)
-        _at_least("--port", self.port, 1, 65535, integer=True)
-        _at_least("--keep-alive-timeout", self.keep_alive_s, 1, integer=True)
-        _at_least("--start-timeout", self.start_timeout_s, 1)
+        _at_least("--drain-timeout", self.drain_timeout_s, 0, MAX_SECONDS)
+        _at_least("--port", self.port, 0, 65535, integer=True)  # 0: any free port (tests)
+        _at_least("--keep-alive-timeout", self.keep_alive_s, 1, MAX_SECONDS, integer=True)
+        _at_least("--start-timeout", self.start_timeout_s, 1, MAX_SECONDS)
+        _at_least("--max-connections", self.max_connections, 1, MAX_CONNECTIONS, integer=True)
+        _at_least("--header-timeout", self.header_timeout_s, 0.1, MAX_SECONDS)
+        _at_least("--pre-stop", self.pre_stop_s, 0, MAX_SECONDS)
         if not isinstance(self.route_prefix, str) or not self.route_prefix.startswith("/") or (
                 len(self.route_prefix) > 1 and self.route_prefix.endswith("/")):
             raise GanDeployError("bad --route-prefix", repr(self.route_prefix), expected="'/' or a path such as /gan (no trailing slash)")
@@ -104,8 +118,13 @@ class ServeConfig:
         return 4096 + 64 * self.max_images_per_request
 
     @property
+    def uses_ray(self) -> bool:
+        """Whether the generator runs as Ray Serve replicas (else in the HTTP process itself)."""
+        return self.ray or self.num_replicas > 1 or bool(self.ray_address or os.environ.get("RAY_ADDRESS"))
+
+    @property
     def capacity(self) -> int:
-        """/generate requests admitted at once over all replicas (what one proxy may forward)."""
+        """/generate requests admitted at once over all replicas (what the edge admits)."""
         return self.max_queued * self.num_replicas
 
     def to_dict(self) -> dict[str, Any]:

@@ -25,7 +25,7 @@ def deployment_options(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
     # Ray's own per-replica limits sit far above the service's (max_queued): a replica holds cheap coroutines
     # (slow clients, bodies being read, health probes, requests waiting for a batch) and decides admission
     # itself, at once; so nothing waits in Ray's router behind /generate, and Ray's router queue in front is
-    # a last line (its 503 carries Retry-After, and proxy_hooks makes it JSON where Ray loads that).
+    # a last line (its 503 carries Retry-After).
     ongoing = max(1024, 4 * config["max_queued"] + 256)
     return {
         GENERATOR: {"num_replicas": config["num_replicas"], "max_ongoing_requests": ongoing, "max_queued_requests": ongoing,

@@ -88,6 +88,11 @@ class Metrics:
         self.queue_seconds = Histogram(SECONDS_BUCKETS)  # admitted -> its last piece's backend call starts
         self.compute_seconds = Histogram(SECONDS_BUCKETS)  # one backend call (per batch)
         self.disconnect_routes: dict[str, int] = {}
+        self.connections: dict[str, int] = {}  # connection events at the edge: accepted, over_cap, header_timeout, idle_timeout
+
+    def record_connection(self, event: str) -> None:
+        with self._lock:
+            self.connections[event] = self.connections.get(event, 0) + 1
 
     def record_http(self, route: str, method: str, status: int, reason: str | None = None) -> None:
         route = route if route in ROUTES else "other"
@@ -165,6 +170,7 @@ class Metrics:
                                "queue_seconds": self.queue_seconds.snapshot(), "compute_seconds": self.compute_seconds.snapshot()},
                 "_quantiles": [(q, _percentile(lat, 100 * q)) for q in QUANTILES],
                 "_disconnect_routes": dict(self.disconnect_routes),
+                "connections": dict(self.connections),
             }
         d.update(extra)
         return d
@@ -215,6 +221,9 @@ def prometheus_text(snap: dict[str, Any], prefix: str = "gan_deploy") -> str:
     sample("images_total", snap["images"])
     head("backend_calls_total", "counter", "Backend calls (batches formed across requests).")
     sample("backend_calls_total", snap["batches"])
+    head("connections_total", "counter", "Connections at the edge: accepted, over_cap (past --max-connections), header_timeout, silent_timeout.")
+    for ev, n in sorted(snap.get("connections", {}).items()):
+        sample("connections_total", n, event=ev)
     hs = snap["histograms"]
     histogram("batch_size_images", hs["batch_size"], "Images per backend call (batches formed across requests).")
     histogram("request_duration_seconds", hs["request_seconds"], "Time from arrival in the replica to the answer, successful /generate.")
@@ -229,6 +238,7 @@ def prometheus_text(snap: dict[str, Any], prefix: str = "gan_deploy") -> str:
                                  ("queue_capacity_requests", "capacity", "Most /generate requests this replica admits at once."),
                                  ("ready", "ready", "1 when the service takes traffic (model loaded and warmed, not draining)."),
                                  ("draining", "draining", "1 while draining before shutdown."),
+                                 ("open_connections", "open_connections", "Connections open at the edge."),
                                  ("generator_replicas", "replicas", "Replicas configured.")):
         if key in snap:
             head(name, "gauge", help_text)

@@ -60,6 +60,9 @@ REASONS = (
     "no_images", "wrong_type", "out_of_range", "too_many_images", "body_too_large", "headers_too_large",
     "body_timeout", "request_timeout", "overloaded", "draining", "not_ready", "not_found", "method_not_allowed",
     "backend_failed", "unavailable", "internal",
+    # at the edge (serve/edge.py, serve/service.py): malformed HTTP or a missing Host, a header block that did not
+    # arrive within --header-timeout, a connection past --max-connections, a body that is not JSON
+    "bad_http", "header_timeout", "too_many_connections", "unsupported_media_type",
 )
 
 
@@ -84,7 +87,7 @@ class RequestError(Exception):
 
 
 # the `reason` of an error raised without one, by HTTP status
-DEFAULT_REASONS = {400: "bad_json", 404: "not_found", 405: "method_not_allowed", 408: "body_timeout", 413: "body_too_large",
+DEFAULT_REASONS = {400: "bad_json", 404: "not_found", 405: "method_not_allowed", 408: "body_timeout", 413: "body_too_large", 415: "unsupported_media_type",
                    422: "out_of_range", 431: "headers_too_large", 500: "internal", 503: "overloaded", 504: "request_timeout"}
 
 
