@@ -3,6 +3,6 @@
 Owns: the user-facing error (`errors`), atomic file writes and hashing (`fileio`), versioned JSON documents
 (`jsonio`), seed-derived latents (`latents`), pixels and image files (`images`), the one clock (`timing`),
 shipped assets (`resources`), devices (`device`), what `progress` means (`progress`), where a command may write
-(`outputs`) and CPU facts (`hardware`).
+(`outputs`) and the machine: CPU features, cores and available memory (`hardware`).
 May import: nothing from gan_deploy (the standard library, numpy; torch only inside functions).
 """

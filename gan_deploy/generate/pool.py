@@ -183,6 +183,8 @@ def _process_main(worker: SinkWorker, shm_name: str, slot_shape: tuple[int, ...]
     lower_priority()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group: the main process decides
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    if hasattr(signal, "pthread_sigmask"):  # blocked while it started (_main_hidden): what is pending is now ignored
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
     from multiprocessing import shared_memory
 
     shm = shared_memory.SharedMemory(name=shm_name)
@@ -210,26 +212,30 @@ def _process_main(worker: SinkWorker, shm_name: str, slot_shape: tuple[int, ...]
 _MAIN_LOCK = threading.Lock()
 
 
+_STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+
+
 @contextlib.contextmanager
 def _main_hidden() -> Iterator[None]:
     """Spawned workers need nothing from __main__ (their code and the sink workers live in gan_deploy): hide it
-    while they start, so they neither re-import nor re-run the caller's script (no `if __name__ == "__main__"`
-    guard needed) and start faster. (A SinkWorker class defined in a script's __main__ cannot run in processes.)"""
+    while one starts, so it neither re-imports nor re-runs the caller's script (no `if __name__ == "__main__"`
+    guard needed) and starts faster. (A SinkWorker class defined in a script's __main__ cannot run in processes.)
+
+    Ctrl-C and SIGTERM are blocked (not ignored) meanwhile: the worker inherits the blocked mask across exec, so a
+    Ctrl-C to the process group does not kill it mid-import (it unblocks them once it ignores them), and this
+    process keeps the signal pending, not lost: it arrives as soon as this one start is over, between two starts."""
     with _MAIN_LOCK:
         main = sys.modules.get("__main__")
         sys.modules["__main__"] = types.ModuleType("__main__")  # no __file__, no __spec__: nothing to import
-        # ignored signals stay ignored across exec: a Ctrl-C while a worker starts up does not kill it mid-import
-        restore = []
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                restore.append((sig, signal.signal(sig, signal.SIG_IGN)))
+        blocked = hasattr(signal, "pthread_sigmask")
+        previous = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS) if blocked else None
         try:
             yield
         finally:
-            for sig, handler in restore:
-                signal.signal(sig, handler)
             if main is not None:
                 sys.modules["__main__"] = main
+            if blocked:
+                signal.pthread_sigmask(signal.SIG_SETMASK, previous)  # a pending signal is delivered here
 
 
 class ProcessPool(_Pool):
@@ -253,12 +259,30 @@ class ProcessPool(_Pool):
                                   args=(worker, self.shm.name, self.slot_shape, n_slots, self.tasks, self.results, self.cancel,
                                         os.getpid()))
                       for k in range(n_workers)]
-        with _main_hidden():
-            for p in self.procs:
-                p.start()
+        try:
+            for p in self.procs:  # one at a time: a Ctrl-C or SIGTERM (as KeyboardInterrupt) stops the start-up
+                start_process(p)
+        except BaseException:
+            self._abort_start()
+            raise
         self._stop_collector = False
         self.collector = threading.Thread(target=self._collect, name="gan-deploy-collector", daemon=True)
         self.collector.start()
+
+    def _abort_start(self) -> None:
+        """Stopped while starting: the workers already started are killed (they hold no task, so no file is
+        half-written) and reaped, and the shared memory is freed."""
+        for p in self.procs:
+            if p.pid is not None:
+                p.kill()
+        for p in self.procs:
+            if p.pid is not None:
+                p.join()
+        self.closed = True
+        self.results.close()
+        del self.slots
+        self.shm.close()
+        self.shm.unlink()
 
     def submit(self, task: Task, pixels: np.ndarray | Encoded) -> None:
         with self.cond:
@@ -324,6 +348,12 @@ class ProcessPool(_Pool):
         del self.slots
         self.shm.close()
         self.shm.unlink()
+
+
+def start_process(p) -> None:
+    """Start one encoder process (spawn: about 0.3 s on 2 cores); tests slow it down to interrupt a start-up."""
+    with _main_hidden():
+        p.start()
 
 
 def make_pool(kind: str, worker: SinkWorker, n_workers: int, deliver: Deliver, slot_shape: tuple[int, ...],
