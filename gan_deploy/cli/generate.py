@@ -122,6 +122,8 @@ def generate(ctx, checkpoint, onnx, engine, value_range, n, out, batch_size, bac
                    f"{' (listed in ' + str(r.manifest) + '; finish with --resume)' if r.manifest else ''}.", err=True)
         sys.exit(EXIT_INTERRUPTED)
     click.echo(report.summary())
+    if report.empty:  # an empty job shard: that one line, nothing written, exit 0 (a fleet runs every K)
+        return
     if report.grid:
         click.echo(f"sample grid: {report.grid}")
     if compare:

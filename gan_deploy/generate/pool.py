@@ -221,21 +221,31 @@ def _main_hidden() -> Iterator[None]:
     while one starts, so it neither re-imports nor re-runs the caller's script (no `if __name__ == "__main__"`
     guard needed) and starts faster. (A SinkWorker class defined in a script's __main__ cannot run in processes.)
 
-    Ctrl-C and SIGTERM are blocked (not ignored) meanwhile: the worker inherits the blocked mask across exec, so a
-    Ctrl-C to the process group does not kill it mid-import (it unblocks them once it ignores them), and this
-    process keeps the signal pending, not lost: it arrives as soon as this one start is over, between two starts."""
+    Ctrl-C and SIGTERM are held, not lost, while one worker starts: blocked in this thread, so the worker inherits
+    them blocked across exec (a Ctrl-C to the process group does not kill it mid-import; it unblocks them once it
+    ignores them), and recorded if another thread receives them, so that they never interrupt the start half-way
+    (a worker without its start-up data). Once the start is over they reach this process's own handlers."""
     with _MAIN_LOCK:
         main = sys.modules.get("__main__")
         sys.modules["__main__"] = types.ModuleType("__main__")  # no __file__, no __spec__: nothing to import
-        blocked = hasattr(signal, "pthread_sigmask")
-        previous = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS) if blocked else None
+        held: list[int] = []
+        previous: dict[int, object] = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in _STOP_SIGNALS:
+                previous[sig] = signal.signal(sig, lambda signum, _frame: held.append(signum))
+        masked = hasattr(signal, "pthread_sigmask")
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS) if masked else None
         try:
             yield
         finally:
             if main is not None:
                 sys.modules["__main__"] = main
-            if blocked:
-                signal.pthread_sigmask(signal.SIG_SETMASK, previous)  # a pending signal is delivered here
+            if masked:
+                signal.pthread_sigmask(signal.SIG_SETMASK, mask)  # a pending signal is delivered: recorded in `held`
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)  # type: ignore[arg-type]
+            if held:  # now the handlers the caller had decide (generate: stop as Ctrl-C does)
+                signal.raise_signal(held[0])
 
 
 class ProcessPool(_Pool):
