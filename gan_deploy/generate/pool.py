@@ -231,19 +231,20 @@ def _main_hidden() -> Iterator[None]:
         held: list[int] = []
         previous: dict[int, object] = {}
         if threading.current_thread() is threading.main_thread():
-            for sig in _STOP_SIGNALS:
-                previous[sig] = signal.signal(sig, lambda signum, _frame: held.append(signum))
-        masked = hasattr(signal, "pthread_sigmask")
-        mask = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS) if masked else None
+            for stop in _STOP_SIGNALS:
+                previous[stop] = signal.signal(stop, lambda signum, _frame: held.append(signum))
+        mask: set[int] | None = None
+        if hasattr(signal, "pthread_sigmask"):
+            mask = set(signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS))
         try:
             yield
         finally:
             if main is not None:
                 sys.modules["__main__"] = main
-            if masked:
+            if mask is not None:
                 signal.pthread_sigmask(signal.SIG_SETMASK, mask)  # a pending signal is delivered: recorded in `held`
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)  # type: ignore[arg-type]
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)  # type: ignore[arg-type]
             if held:  # now the handlers the caller had decide (generate: stop as Ctrl-C does)
                 signal.raise_signal(held[0])
 
