@@ -216,37 +216,45 @@ _STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
 
 
 @contextlib.contextmanager
+def _signals_held() -> Iterator[None]:
+    """Ctrl-C and SIGTERM are held, not lost, for the duration: blocked in this thread (a process started meanwhile
+    inherits them blocked across exec), and recorded if another thread receives them, so that they never cut a
+    step in half (a worker started without its start-up data, a task half-written into the queue's pipe). On exit
+    the first one held reaches the handlers the caller had (generate: stop as Ctrl-C does)."""
+    held: list[int] = []
+    previous: dict[int, object] = {}
+    mask: set[int] | None = None
+    try:
+        if threading.current_thread() is threading.main_thread():
+            for stop in _STOP_SIGNALS:
+                previous[stop] = signal.signal(stop, lambda signum, _frame: held.append(signum))
+        if hasattr(signal, "pthread_sigmask"):
+            mask = set(signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS))
+        yield
+    finally:
+        if mask is not None:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)  # a pending signal is delivered: recorded in `held`
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)  # type: ignore[arg-type]
+        if held:
+            signal.raise_signal(held[0])
+
+
+@contextlib.contextmanager
 def _main_hidden() -> Iterator[None]:
     """Spawned workers need nothing from __main__ (their code and the sink workers live in gan_deploy): hide it
     while one starts, so it neither re-imports nor re-runs the caller's script (no `if __name__ == "__main__"`
     guard needed) and starts faster. (A SinkWorker class defined in a script's __main__ cannot run in processes.)
-
-    Ctrl-C and SIGTERM are held, not lost, while one worker starts: blocked in this thread, so the worker inherits
-    them blocked across exec (a Ctrl-C to the process group does not kill it mid-import; it unblocks them once it
-    ignores them), and recorded if another thread receives them, so that they never interrupt the start half-way
-    (a worker without its start-up data). Once the start is over they reach this process's own handlers."""
-    with _MAIN_LOCK:
+    Signals are held meanwhile (`_signals_held`): the worker starts with Ctrl-C and SIGTERM blocked, so a Ctrl-C to
+    the process group does not kill it mid-import (it unblocks them once it ignores them)."""
+    with _MAIN_LOCK, _signals_held():
         main = sys.modules.get("__main__")
         sys.modules["__main__"] = types.ModuleType("__main__")  # no __file__, no __spec__: nothing to import
-        held: list[int] = []
-        previous: dict[int, object] = {}
-        if threading.current_thread() is threading.main_thread():
-            for stop in _STOP_SIGNALS:
-                previous[stop] = signal.signal(stop, lambda signum, _frame: held.append(signum))
-        mask: set[int] | None = None
-        if hasattr(signal, "pthread_sigmask"):
-            mask = set(signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS))
         try:
             yield
         finally:
             if main is not None:
                 sys.modules["__main__"] = main
-            if mask is not None:
-                signal.pthread_sigmask(signal.SIG_SETMASK, mask)  # a pending signal is delivered: recorded in `held`
-            for signum, handler in previous.items():
-                signal.signal(signum, handler)  # type: ignore[arg-type]
-            if held:  # now the handlers the caller had decide (generate: stop as Ctrl-C does)
-                signal.raise_signal(held[0])
 
 
 class ProcessPool(_Pool):
@@ -303,16 +311,18 @@ class ProcessPool(_Pool):
                 self.cond.wait(0.1)
             slot = self.free.pop()
             self.outstanding += 1
+        handed = False
         try:
-            if isinstance(pixels, Encoded):  # files encoded on the GPU: their bytes go through the queue (the slot still
-                self.tasks.put((slot, task, pixels))  # counts, so what is in flight stays bounded)
-            else:
-                np.copyto(self.slots[slot, :task.b], pixels)  # the one copy: into shared memory, read in place by the worker
-                self.tasks.put((slot, task, None))
-        except BaseException:  # Ctrl-C right here: the task was not handed out
-            with self.cond:
-                self.free.append(slot)
-                self.outstanding -= 1
+            if not isinstance(pixels, Encoded):  # files encoded on the GPU: their bytes go through the queue (the slot
+                np.copyto(self.slots[slot, :task.b], pixels)  # still counts); pixels: the one copy, into shared memory
+            with _signals_held():  # a Ctrl-C or SIGTERM waits for the put: never half a message in the pipe
+                self.tasks.put((slot, task, pixels if isinstance(pixels, Encoded) else None))
+                handed = True  # a signal held meanwhile is raised on the way out: the task is out, and comes back
+        except BaseException:
+            if not handed:  # Ctrl-C before the put: the task was not handed out
+                with self.cond:
+                    self.free.append(slot)
+                    self.outstanding -= 1
             raise
 
     def _check_workers(self) -> None:
