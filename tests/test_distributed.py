@@ -56,14 +56,18 @@ def test_ray_shards_union_is_the_single_run(ray_local, tiny_checkpoint, single, 
 
     art = load_artifact(tiny_checkpoint)
     seen = set()
-    for k in range(2):
-        rep = generate_ray(art, GenerateOptions(backend="onnxruntime", device="cpu", n=N, out=tmp_path / f"s{k}", batch_size=BATCH, seed=SEED, shard=(k, 2), progress=False, ray_workers=2))
+    for k in range(3):  # the local executor's partition (by image index, not by batch): shard k is [29k/3, 29(k+1)/3)
+        rep = generate_ray(art, GenerateOptions(backend="onnxruntime", device="cpu", n=N, out=tmp_path / f"s{k}", batch_size=BATCH, seed=SEED, shard=(k, 3), progress=False, ray_workers=2))
+        assert (rep.first_index, rep.n_written) == (k * N // 3, (k + 1) * N // 3 - k * N // 3)
         images = {p.name for p in (tmp_path / f"s{k}").glob("*.png")}
         assert len(images) == rep.n_written and not images & seen
         seen |= images
         for name in images:
             assert (tmp_path / f"s{k}" / name).read_bytes() == (single / name).read_bytes()
     assert seen == {p.name for p in single.glob("*.png")}
+    # more shards than images: an empty shard writes nothing and says so (Ray is not even asked)
+    rep = generate_ray(art, GenerateOptions(backend="onnxruntime", device="cpu", n=N, out=tmp_path / "e", batch_size=BATCH, seed=SEED, shard=(0, N + 1), progress=False))
+    assert rep.empty and rep.n_written == 0 and not (tmp_path / "e").exists()
 
 
 def test_cli_executor_ray(ray_local, cli, tiny_checkpoint, single, tmp_path):

@@ -105,10 +105,12 @@ def test_shards_union_is_byte_identical(tiny_checkpoint, tmp_path):
 
 def test_shard_arithmetic():
     assert parse_shard("1/4") == (1, 4)
-    spans = [shard_indices(1000, 64, (k, 4)) for k in range(4)]
+    spans = [shard_indices(1000, 1, (k, 4)) for k in range(4)]
     assert spans[0][0] == 0 and spans[-1][1] == 1000
     assert all(a[1] == b[0] for a, b in zip(spans, spans[1:]))
-    assert all(s[0] % 64 == 0 for s in spans)
+    assert [b - a for a, b in spans] == [250] * 4  # image indices, not batches: the batch size plays no part
+    assert [shard_indices(1000, 64, (k, 4)) for k in range(4)] == [(0, 256), (256, 512), (512, 768), (768, 1000)]  # tar shards of 64: 16 units
+    assert [shard_indices(3, 1, (k, 5)) for k in range(5)] == [(0, 0), (0, 1), (1, 1), (1, 2), (2, 3)]
     for bad in ("4/4", "x", "1/0", "-1/2"):
         with pytest.raises(GanDeployError, match="bad --shard"):
             parse_shard(bad)
@@ -341,15 +343,26 @@ def test_outputs_are_checked_before_the_first_batch(tiny_checkpoint, tmp_path, c
     assert (inside / "generate.json").read_bytes() == sidecar.read_bytes()
 
 
-def test_empty_shard_is_one_clear_line(tiny_checkpoint, tmp_path, cli):
-    """Before: -n 10 --shard 0/2 wrote 0 files, reported inf images/s and exited 0."""
-    r = cli("generate", "-c", tiny_checkpoint, "-n", 10, "--shard", "0/2", "--out", tmp_path / "o")
-    assert r.exit_code == 2 and "empty job shard" in r.output and "inf" not in r.output
-    assert [line for line in r.output.splitlines() if "shard" in line][0].startswith("Error") and not (tmp_path / "o").exists()
-    with pytest.raises(GanDeployError, match="at most 1 shard"):
-        generate(make_runner("onnxruntime", load_artifact(tiny_checkpoint)), GenerateOptions(n=10, out=tmp_path / "p", shard=(0, 2), progress=False))
-    rep = generate(make_runner("onnxruntime", load_artifact(tiny_checkpoint)), GenerateOptions(n=10, out=tmp_path / "q", shard=(1, 2), progress=False))
-    assert rep.n_written == 10
+def test_an_empty_shard_writes_nothing_and_exits_0(tiny_checkpoint, tmp_path, cli):
+    """Before: -n 60 --shard 0/3 exited 2 ("empty job shard"), so a Kubernetes Indexed Job or a Slurm array over
+    every K failed. Now every K succeeds; an empty shard (more shards than images) says so in one line."""
+    r = cli("generate", "-c", tiny_checkpoint, "-n", 60, "--shard", "0/100", "--out", tmp_path / "o", "--grid", tmp_path / "g.png",
+            "--json", tmp_path / "r.json")
+    lines = [x for x in r.output.splitlines() if x.strip()]
+    assert r.exit_code == 0 and len(lines) == 1, r.output
+    assert "job shard 0/100 is empty: 60 images cut into 100 job shards" in lines[0] and "nothing written" in lines[0]
+    assert not any(p.exists() for p in (tmp_path / "o", tmp_path / "g.png", tmp_path / "r.json"))
+    r = cli("generate", "-c", tiny_checkpoint, "-n", 60, "--shard", "1/100", "--out", tmp_path / "p")
+    assert r.exit_code == 0 and _listed(tmp_path / "p") == ["000000.png"]
+    # -n 60 --shard K/3: 20 images each, whatever the batch size (they were whole batches: shard 0/3 was empty at -b 256)
+    for k, bs in ((0, 256), (1, 7), (2, 1)):
+        rep = generate(make_runner("onnxruntime", load_artifact(tiny_checkpoint)),
+                       GenerateOptions(n=60, out=tmp_path / f"q{k}", batch_size=bs, shard=(k, 3), progress=False))
+        assert (rep.first_index, rep.n_written) == (20 * k, 20)
+    # the tar sink's unit is the tar shard: 60 images in tar shards of 25 are 3 units
+    rep = generate(make_runner("onnxruntime", load_artifact(tiny_checkpoint)),
+                   GenerateOptions(n=60, out=tmp_path / "t", sink="tar", sink_options={"shard_size": 25}, shard=(0, 4), progress=False))
+    assert rep.empty and "3 tar shards of 25" in rep.summary() and not (tmp_path / "t").exists()
 
 
 def test_batch_too_large_for_memory_names_the_largest_that_fits(tiny_checkpoint, tmp_path):
@@ -493,7 +506,7 @@ def test_an_encoder_process_that_dies_stops_the_run_cleanly(tiny_checkpoint, tmp
 
 
 def test_a_refusal_is_the_only_line_printed(tiny_checkpoint, tmp_path, cli):
-    for args in (["-n", 10, "--shard", "0/2"], ["-n", 4, "--grid", tmp_path / "notes.txt"], ["-n", 0]):
+    for args in (["-n", 10, "--writers", 100000], ["-n", 4, "--grid", tmp_path / "notes.txt"], ["-n", 0]):
         (tmp_path / "notes.txt").write_text("mine")
         r = cli("generate", "-c", tiny_checkpoint, "--out", tmp_path / "o", *args)
         lines = [x for x in r.output.splitlines() if x.strip()]
@@ -656,3 +669,92 @@ def test_the_probe_uses_the_runs_first_images_in_its_batches(tiny_checkpoint, tm
     generate(runner, GenerateOptions(n=400, out=tmp_path / "o", batch_size=50, shard=(1, 4), progress=False))
     probe = seen[:2]
     assert probe == [50, 14] and sum(probe) == PROBE_IMAGES
+
+
+def _children(pid):
+    """Live (not zombie) processes whose parent is `pid`, from /proc (psutil is not a dependency)."""
+    out = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                stat = (d / "stat").read_text()
+            except OSError:
+                continue
+            fields = stat[stat.rindex(")") + 2:].split()  # state, ppid, ...
+            if int(fields[1]) == pid and fields[0] != "Z":
+                out.append(int(d.name))
+    return out
+
+
+def _alive(pid):
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rindex(")") + 2:].split()[0] != "Z"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_sigterm_while_process_writers_start_stops_the_run(tiny_checkpoint, tmp_path, monkeypatch):
+    """Before: the encoder processes started with SIGTERM ignored, so `--writers 100000 --writer-kind process` could
+    not be stopped while starting them. Now SIGTERM (sent from another thread, as a scheduler's would arrive) during
+    the start-up stops starting more, kills and reaps those started, and ends the run interrupted with nothing listed."""
+    import multiprocessing
+    import threading
+
+    from gan_deploy.generate import pool as pool_mod
+    from gan_deploy.generate.options import writer_bound
+
+    writers = min(8, writer_bound("process")[0])
+    real, started = pool_mod.start_process, []
+
+    def slow_start(p):  # a start-up long enough to be interrupted (as thousands of processes would be)
+        started.append(p)
+        if len(started) == 2:
+            threading.Thread(target=lambda: (time.sleep(0.2), os.kill(os.getpid(), signal.SIGTERM))).start()
+        time.sleep(0.3)
+        real(p)
+    monkeypatch.setattr(pool_mod, "start_process", slow_start)
+    out = tmp_path / "out"
+    t0 = time.monotonic()
+    with pytest.raises(GenerateInterrupted) as e:
+        generate(make_runner("onnxruntime", load_artifact(tiny_checkpoint)),
+                 GenerateOptions(n=100, out=out, batch_size=10, progress=False, writer_kind="process", writers=writers))
+    assert 2 <= len(started) < writers and time.monotonic() - t0 < 30
+    assert e.value.report.n_written == 0 and _listed(out) == []
+    assert not multiprocessing.active_children() and not any(p.pid and _alive(p.pid) for p in started)
+    assert not list(out.glob(TMP_PREFIX + "*")) and not (out / LOCK).exists()
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the run's handler is gone again
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_sigterm_during_the_start_up_of_a_real_run(tiny_checkpoint, tmp_path):
+    """The same with the real command and the real start-up of 8 encoder processes (about 0.3-1 s each here):
+    SIGTERM once the model is loaded and the workers are starting; exit 130, no worker left behind."""
+    from gan_deploy.generate.options import writer_bound
+
+    writers = min(8, writer_bound("process")[0])
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "gan_deploy", "generate", "-c", str(tiny_checkpoint), "-n", "200", "-b", "10",
+                             "--writer-kind", "process", "--writers", str(writers), "--out", str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    seen: set[int] = set()
+    try:
+        line = proc.stderr.readline()  # "... -> backend ...": every check passed, the workers start next
+        assert "-> backend" in line, line
+        deadline = time.monotonic() + 20
+        while not seen and time.monotonic() < deadline:  # the first worker has started
+            seen.update(_children(proc.pid))
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGTERM)
+        for _ in range(20):
+            seen.update(_children(proc.pid))
+            time.sleep(0.005)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert seen and proc.returncode == 130, err
+    assert "Interrupted" in err and "Traceback" not in err
+    time.sleep(0.5)
+    assert not [p for p in seen if _alive(p)]

@@ -201,3 +201,73 @@ def test_a_factory_checkpoint_exports_again(tmp_path):
     rep = onnx_from_factory(f"{tmp_path / 'gen.py'}:G", tmp_path / "a.onnx")
     again = onnx_from_checkpoint(rep.torch_artifact, tmp_path / "b.onnx")
     assert again.spec.image_shape == (1, 8, 8) and load_artifact(onnx=tmp_path / "b.onnx").spec.latent_dim == 4
+
+
+def test_resource_bounds_name_the_machine(monkeypatch):
+    """Every resource bound comes from core.hardware's two facts (cores, available memory) and its message says so."""
+    from gan_deploy.core import hardware
+    from gan_deploy.generate import options as gen_options
+    from gan_deploy.generate.options import WRITER_PROCESS_BYTES, GenerateOptions, ray_workers_bound, writer_bound
+
+    assert hardware.cpu_cores() >= 1 and hardware.host_available_bytes() > 0
+    assert writer_bound("thread", cores=2) == (32, "16 writer threads per core on this 2-core machine")
+    assert writer_bound("process", cores=2, avail=64 << 30)[0] == 8
+    top, why = writer_bound("process", cores=64, avail=1 << 30)  # memory binds first: 0.7 GiB / 64 MiB
+    assert top == int((1 << 30) * hardware.USABLE) // WRITER_PROCESS_BYTES and "1.0 GiB available memory" in why
+    assert writer_bound("auto", cores=2)[0] == 32 and writer_bound("auto", cores=4, avail=64 << 30)[0] == 16
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    assert ray_workers_bound(cores=2, avail=64 << 30)[0] == 8 and ray_workers_bound(cores=64, avail=2 << 30)[0] == 2
+    monkeypatch.setenv("RAY_ADDRESS", "auto")
+    assert ray_workers_bound() is None  # a cluster: its own CPUs bound the workers when it is reached
+    monkeypatch.setattr(hardware, "cpu_cores", lambda: 3)
+    monkeypatch.setattr(hardware, "host_available_bytes", lambda: 64 << 30)
+    with pytest.raises(GanDeployError, match=r"--writers 100,000; expected at most 12 \(4 writer processes per core on this 3-core machine\)"):
+        GenerateOptions(writers=100000, writer_kind="process")
+    GenerateOptions(writers=12, writer_kind="process")  # the bound itself is allowed
+    with pytest.raises(GanDeployError, match=r"at most 48 \(16 writer threads per core"):
+        GenerateOptions(writers=49, writer_kind="thread")
+    with pytest.raises(GanDeployError, match="image indices are 64-bit"):
+        GenerateOptions(n=gen_options.MAX_IMAGES + 1)
+    GenerateOptions(n=gen_options.MAX_IMAGES)  # nothing is allocated for the n asked (the bitset is paged)
+    monkeypatch.setenv("GAN_DEPLOY_THREADS", "13")
+    with pytest.raises(GanDeployError, match=r"GAN_DEPLOY_THREADS 13; expected at most 12 \(4 threads per core on this 3-core machine\)"):
+        GenerateOptions()
+    monkeypatch.setenv("GAN_DEPLOY_THREADS", "12")
+    GenerateOptions()
+
+
+def test_bench_threads_and_quantize_samples_are_bounded(monkeypatch):
+    from gan_deploy.bench.run import BenchOptions
+    from gan_deploy.core import hardware
+    from gan_deploy.precision.options import MAX_QUANTIZE_SAMPLES, QuantizeOptions
+
+    monkeypatch.setattr(hardware, "cpu_cores", lambda: 2)
+    BenchOptions(threads=8)
+    with pytest.raises(GanDeployError, match=r"--threads 9; expected at most 8 \(4 threads per core on this 2-core machine\)"):
+        BenchOptions(threads=9)
+    QuantizeOptions(calib_samples=MAX_QUANTIZE_SAMPLES, gate_samples=MAX_QUANTIZE_SAMPLES, sensitivity_samples=MAX_QUANTIZE_SAMPLES)
+    for field in ("calib_samples", "gate_samples", "sensitivity_samples"):
+        with pytest.raises(GanDeployError, match="too many samples.*at most 1,000,000"):
+            QuantizeOptions(**{field: MAX_QUANTIZE_SAMPLES + 1})
+
+
+def test_train_batch_is_checked_against_memory(tmp_path, monkeypatch):
+    """train --batch-size: G's and D's activations (kept for the backward pass) per image against the free memory,
+    before the run folder is made; the estimate does not change the run (no RNG drawn, batch norm untouched)."""
+    from gan_deploy.core import hardware
+    from gan_deploy.train import TrainOptions, train
+
+    tiny = dict(width=8, latent_dim=8, image_size=16, batch_size=16, log_every=5, progress=False, eval_every=0, steps=2,
+                sample_every=0, checkpoint_every=0)
+    monkeypatch.setattr(hardware, "host_available_bytes", lambda: 1 << 20)  # 1 MiB free
+    with pytest.raises(GanDeployError, match=r"--batch-size 16 needs more memory than is free.*expected --batch-size <= \d"):
+        train(TrainOptions(out=str(tmp_path / "run"), **tiny))
+    assert not (tmp_path / "run").exists()
+    monkeypatch.setattr(hardware, "host_available_bytes", lambda: 64 << 30)
+    train(TrainOptions(out=str(tmp_path / "a"), deterministic=True, **tiny))
+    from gan_deploy.train import loop
+
+    monkeypatch.setattr(loop, "_check_batch_memory", lambda *a: None)  # the same run without the estimate
+    train(TrainOptions(out=str(tmp_path / "b"), deterministic=True, **tiny))
+    weights = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*.safetensors"))
+    assert weights and all((tmp_path / "a" / w).read_bytes() == (tmp_path / "b" / w).read_bytes() for w in weights)

@@ -121,6 +121,103 @@ def test_job_shards_give_the_same_bytes(runner, reference, tmp_path, sink):
     assert union == {k: v for k, v in ref.items() if k not in ("manifest.csv", "generate.json")}
 
 
+def _indices(folder):
+    """The image indices a run's manifest lists, in order."""
+    return [int(r["index"]) for r in csv.DictReader(open(folder / "manifest.csv"))]
+
+
+def _pixels_by_index(folder, sink):
+    """index -> uint8 pixels of every image a run left (decoded from files, tar members or array rows)."""
+    rows = list(csv.DictReader(open(folder / "manifest.csv")))
+    if sink == "folder":
+        return {int(r["index"]): decode_bytes((folder / r["file"]).read_bytes(), "png") for r in rows}
+    if sink == "tar":
+        out = {}
+        for r in rows:
+            with tarfile.open(folder / r["file"]) as t:
+                out[int(r["index"])] = decode_bytes(t.extractfile(r["member"]).read(), "png")
+        return out
+    a = np.load(folder / "images.npy")
+    return {int(r["index"]): a[int(r["row"])] for r in rows}
+
+
+def _fleet(runner, base, sink, n, parts, batch_sizes):
+    """Every job shard K = 0..parts-1 of an n-image run, shard K with batch_sizes[K % len] (thread writers):
+    [(folder, report)], folder None where the shard is empty (then nothing may exist)."""
+    runs = []
+    for k in range(parts):
+        out = base / f"k{k}"
+        rep = generate(runner, _opts(out, sink, n=n, batch_size=batch_sizes[k % len(batch_sizes)], shard=(k, parts),
+                                     writer_kind="thread", writers=2))
+        if rep.empty:
+            assert not out.exists() and rep.n_written == 0 and f"job shard {k}/{parts} is empty" in rep.summary()
+            runs.append((None, rep))
+        else:
+            assert rep.n_written == rep.n_requested > 0
+            runs.append((out, rep))
+    return runs
+
+
+@pytest.mark.parametrize("sink", list(SINKS))
+def test_a_fleet_of_shards_is_one_run(runner, tmp_path, sink):
+    """`--shard K/N` for every K, as a Kubernetes Indexed Job or a Slurm array runs it, for several N (one, a few,
+    more shards than images or tar shards) and n, batch sizes that do not divide n: the union of the shards is one
+    uninterrupted run byte for byte, with no overlap; shard K holds the same indices whatever its batch size (each
+    shard its own); an empty shard writes nothing."""
+    for n, bs in ((N, BATCH), (10, 4), (1, 3)):
+        ref = tmp_path / f"ref{n}"
+        generate(runner, _opts(ref, sink, n=n, batch_size=bs, writer_kind="thread"))
+        ref_files, ref_pixels = _files(ref), _pixels_by_index(ref, sink)
+        for parts in (1, 3, 7, n + 3):
+            same = _fleet(runner, tmp_path / f"same{n}-{parts}", sink, n, parts, [bs])
+            spans = [(rep.first_index, rep.first_index + rep.n_requested) for _, rep in same if not rep.empty]
+            assert spans[0][0] == 0 and spans[-1][1] == n and all(a[1] == b[0] for a, b in zip(spans, spans[1:]))
+            written = [folder for folder, _ in same if folder is not None]
+            if sink == "tar":  # a job shard is whole tar shards: at most ceil(n / TAR) shards have images
+                assert len(written) == min(parts, -(-n // TAR))
+            else:  # one image is the unit: every shard has an image until there are more shards than images
+                assert len(written) == min(parts, n)
+            # the union, byte for byte: files / tar shards are the reference's, the arrays' rows concatenate to its array
+            if sink == "array":
+                rows = np.concatenate([np.load(f / "images.npy") for f in written])
+                assert rows.tobytes() == np.load(ref / "images.npy").tobytes()
+            else:
+                union: dict[str, bytes] = {}
+                for f in written:
+                    data = {k: v for k, v in _files(f).items() if k not in ("manifest.csv", "generate.json")}
+                    assert not set(data) & set(union)  # no overlap
+                    union.update(data)
+                assert union == {k: v for k, v in ref_files.items() if k not in ("manifest.csv", "generate.json")}
+            listed = [i for f in written for i in _indices(f)]
+            assert listed == list(range(n))  # every index once, in shard order
+            # each shard with its own batch size (dividing n or not, above n): the same indices, the same pixels
+            # (within the one-level rounding a batch size may cause: test_other_batch_size_same_pixels)
+            mixed = _fleet(runner, tmp_path / f"mixed{n}-{parts}", sink, n, parts, [3, bs, 8, n + 1, 1])
+            for (f_same, r_same), (f_mixed, r_mixed) in zip(same, mixed):
+                assert (r_same.first_index, r_same.n_requested, bool(r_same.empty)) == (r_mixed.first_index, r_mixed.n_requested, bool(r_mixed.empty))
+                if f_same is not None:
+                    assert _indices(f_mixed) == _indices(f_same)
+                    for i, px in _pixels_by_index(f_mixed, sink).items():
+                        assert np.abs(px.astype(int) - ref_pixels[i]).max() <= 1
+
+
+@pytest.mark.parametrize("sink", list(SINKS))
+def test_a_shard_interrupted_then_resumed_is_the_shard(runner, tmp_path, sink):
+    whole = tmp_path / "whole"
+    generate(runner, _opts(whole, sink, shard=(1, 3), batch_size=3))
+
+    def stop(b0):  # shard 1/3 of 23 is [7, 15) (tar: [7, 14)): batches of 3 from 6; stopped after the one at 9
+        if b0 >= 9:
+            raise KeyboardInterrupt
+    out = tmp_path / "out"
+    with pytest.raises(GenerateInterrupted) as e:
+        generate(runner, _opts(out, sink, shard=(1, 3), batch_size=3, writer_kind="thread"), on_batch=stop)
+    assert 0 <= e.value.report.n_written < e.value.report.n_requested
+    rep = generate(runner, _opts(out, sink, shard=(1, 3), batch_size=3, resume=True))
+    assert rep.n_resumed + rep.n_written == rep.n_requested
+    assert _files(out) == _files(whole)  # images, manifest and run record, byte for byte
+
+
 @pytest.mark.parametrize("sink", list(SINKS))
 def test_interrupted_then_resumed_is_byte_identical(runner, reference, tmp_path, sink):
     out = tmp_path / "out"

@@ -9,17 +9,15 @@ memory (`available_bytes`) and the same share of it (`USABLE`).
 """
 from __future__ import annotations
 
-import os
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from gan_deploy.core.errors import GanDeployError
+from gan_deploy.core.hardware import USABLE  # the share of the free memory a batch may take: one figure for every bound
 
 if TYPE_CHECKING:
     from gan_deploy.artifacts.artifact import Artifact
 
 FLOAT = 4  # bytes per float32
-USABLE = 0.7  # share of the free memory a batch may take (the rest: the process, the runtime, the page cache)
 
 
 def activation_bytes_per_image(artifact: "Artifact") -> int:
@@ -99,38 +97,9 @@ def available_bytes(device: str = "cpu") -> int | None:
             return int(free)
         except Exception:
             return None
-    avail = None
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                avail = int(line.split()[1]) * 1024
-                break
-    except (OSError, ValueError, IndexError):
-        pass
-    if avail is None:
-        try:
-            avail = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-        except (ValueError, OSError, AttributeError):
-            return None
-    limit = _cgroup_room()
-    return min(avail, limit) if limit is not None else avail
+    from gan_deploy.core.hardware import host_available_bytes
 
-
-def _cgroup_room() -> int | None:
-    """Bytes a cgroup (v2, else v1) memory limit still leaves this process's group, if there is a limit."""
-    for limit_file, usage_file in (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
-                                   ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.usage_in_bytes")):
-        try:
-            text = Path(limit_file).read_text().strip()
-            if text == "max":
-                return None
-            limit, usage = int(text), int(Path(usage_file).read_text().strip())
-        except (OSError, ValueError):
-            continue
-        if limit >= 1 << 60:  # v1's "no limit"
-            return None
-        return max(limit - usage, 0)
-    return None
+    return host_available_bytes()
 
 
 def check_batch_fits(artifact: "Artifact", batch: int, device: str = "cpu", *, image_copies: int = 1,
@@ -185,8 +154,6 @@ def _round_down(n: int) -> int:
 
 
 def _gib(n: float) -> str:
-    if n >= 1 << 30:
-        return f"{n / 2**30:,.1f} GiB"
-    if n >= 1 << 20:
-        return f"{n / 2**20:,.1f} MiB"
-    return f"{n / 1024:,.1f} KiB"
+    from gan_deploy.core.hardware import gib
+
+    return gib(n)

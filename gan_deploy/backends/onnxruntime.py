@@ -145,7 +145,8 @@ class OnnxRuntimeRunner(Runner):
 
 
 def env_threads() -> int:
-    """GAN_DEPLOY_THREADS: onnxruntime's intra-op threads (0 or unset: onnxruntime's default, every core)."""
+    """GAN_DEPLOY_THREADS: onnxruntime's intra-op threads (0 or unset: onnxruntime's default, every core), at most
+    core.hardware.compute_threads_bound()."""
     text = os.environ.get("GAN_DEPLOY_THREADS", "").strip()
     if not text:
         return 0
@@ -153,9 +154,13 @@ def env_threads() -> int:
         n = int(text)
     except ValueError:
         n = -1
-    if not 0 <= n <= 4096:
+    if n < 0:
         raise GanDeployError("bad GAN_DEPLOY_THREADS", repr(os.environ["GAN_DEPLOY_THREADS"]),
                              expected="an integer >= 0 (0: every core)", hint="unset it, or e.g. export GAN_DEPLOY_THREADS=2")
+    from gan_deploy.core.errors import check_at_most
+    from gan_deploy.core.hardware import compute_threads_bound
+
+    check_at_most("too many threads", "GAN_DEPLOY_THREADS", n, *compute_threads_bound(), hint="unset it (every core), or e.g. export GAN_DEPLOY_THREADS=2")
     return n
 
 

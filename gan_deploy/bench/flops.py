@@ -1,7 +1,6 @@
 """How much arithmetic one image costs, and what this CPU could do at best: to put throughput in context."""
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 
@@ -40,7 +39,9 @@ def cpu_peak_gflops() -> tuple[float, str]:
     peak = cores x GHz x FLOPs/cycle/core, with 2 FMA units per core: AVX-512 = 64, AVX2+FMA = 32, SSE = 8.
     Cloud vCPUs may be hyper-threads sharing FMA units, and turbo clocks differ: treat this as an upper bound.
     """
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    from gan_deploy.core.hardware import cpu_cores
+
+    cores = cpu_cores()
     text = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
     flags = set(re.search(r"^flags\s*:(.*)$", text, re.M).group(1).split()) if "flags" in text else set()
     mhz_vals = [float(v) for v in re.findall(r"^cpu MHz\s*:\s*([\d.]+)", text, re.M)]

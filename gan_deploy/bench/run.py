@@ -188,6 +188,12 @@ class BenchOptions:
         check_device(self.device)
         if self.threads is not None and (not isinstance(self.threads, Integral) or self.threads < 1):
             raise GanDeployError("bad number of threads", self.threads, expected=">= 1")
+        if self.threads is not None:
+            from gan_deploy.core.errors import check_at_most
+            from gan_deploy.core.hardware import compute_threads_bound
+
+            check_at_most("too many threads", "--threads", self.threads, *compute_threads_bound(),
+                          hint="leave --threads out: onnxruntime then uses every core")
         if self.precisions is not None:
             bad = [p for p in self.precisions if p not in TORCH_PRECISIONS]
             if not self.precisions or bad:

@@ -54,9 +54,11 @@ RESUMED = ("n", "batch_size", "seed", "fmt", "sink", "shard", "backend", "precis
 @click.option("--overwrite", is_flag=True, help="Write into a non-empty folder (files of the same name are replaced).")
 @click.option("--resume", is_flag=True, help="Finish the interrupted run in --out (its settings are read from its generate.json).")
 @click.option("--no-manifest", is_flag=True, help="Do not keep manifest.csv (index, seed, file) and generate.json (no --resume then).")
-@click.option("--shard", default=None, metavar="K/N", help="Write only job shard K of N (whole batches, or whole tar shards); the N shards together equal one run.")
+@click.option("--shard", default=None, metavar="K/N", help="Write only job shard K of N: a share of the image indices, the same whatever the batch size (whole tar "
+                   "shards with --sink tar); the N shards together equal one run. An empty shard writes nothing and exits 0.")
 @click.option("--writers", type=click.IntRange(min=1), default=None,
-              help="Encoder workers (default: cores - 1 processes, or 2 threads per core, at most 8).")
+              help="Encoder workers (default: cores - 1 processes, or 2 threads per core, at most 8). At most 16 threads or "
+                   "4 processes per core (processes: also what the free memory holds at ~64 MiB each).")
 @click.option("--writer-kind", type=click.Choice(list(WRITER_KINDS)), default="auto", show_default=True,
               help="process: encoder processes fed through shared memory; thread: threads (auto: processes with >= 3 cores and >= 20,000 images).")
 @click.option("--compare", is_flag=True, help="Afterwards, time the chosen backend against onnxruntime and eager on the same batch.")
@@ -64,7 +66,8 @@ RESUMED = ("n", "batch_size", "seed", "fmt", "sink", "shard", "backend", "precis
 @click.option("--executor", type=click.Choice(list(EXECUTORS)), default="local", show_default=True,
               help="ray: spread the batches over Ray Data workers ($RAY_ADDRESS for a cluster, else a local Ray); same files.")
 @click.option("--ray-workers", type=click.IntRange(min=1), default=None,
-              help="With --executor ray: number of workers (default: every CPU, or every GPU with --device cuda).")
+              help="With --executor ray: number of workers (default: every CPU, or every GPU with --device cuda). A local Ray: at "
+                   "most 4 per core and what the free memory holds at ~512 MiB each; a cluster: its CPUs or GPUs.")
 @click.option("--allow-bad-images", is_flag=True,
               help="Write the images even when the first ones are mostly NaN/Inf or outside the model's value range "
                    "(black or clipped pixels); without it such a run is refused before anything is written.")
@@ -122,6 +125,8 @@ def generate(ctx, checkpoint, onnx, engine, value_range, n, out, batch_size, bac
                    f"{' (listed in ' + str(r.manifest) + '; finish with --resume)' if r.manifest else ''}.", err=True)
         sys.exit(EXIT_INTERRUPTED)
     click.echo(report.summary())
+    if report.empty:  # an empty job shard: that one line, nothing written, exit 0 (a fleet runs every K)
+        return
     if report.grid:
         click.echo(f"sample grid: {report.grid}")
     if compare:

@@ -32,6 +32,13 @@ class GanDeployError(Exception):
         return msg.replace("\n", " ")
 
 
+def check_at_most(what: str, option: str, value: Any, top: int, why: str, hint: str | None = None) -> None:
+    """A resource option above its bound: one line naming the option, the bound and where the bound comes from
+    (e.g. "too many writers: --writers 100000; expected at most 32 (16 writer threads per core on this 2-core machine)")."""
+    if value > top:
+        raise GanDeployError(what, f"{option} {value:,}", expected=f"at most {top:,} ({why})", hint=hint)
+
+
 class BackendUnavailable(GanDeployError):
     """The backend cannot run here (library or device missing). Carries the install hint."""
 

@@ -11,7 +11,8 @@ from numbers import Integral
 from pathlib import Path
 from typing import Any
 
-from gan_deploy.core.errors import GanDeployError
+from gan_deploy.backends.memory import USABLE
+from gan_deploy.core.errors import GanDeployError, check_at_most
 from gan_deploy.core.latents import MAX_SEED
 from gan_deploy.generate.device_jpeg import JPEG_ENCODERS
 from gan_deploy.generate.pool import KINDS as WRITER_KINDS
@@ -19,6 +20,65 @@ from gan_deploy.generate.sinks import sink_class
 
 EXECUTORS = ("local", "ray")
 SHARD_EXPECTED = "K/N with 0 <= K < N, e.g. 0/4"
+
+# -- bounds on the resource options: above one, a GanDeployError line names the bound and where it comes from ----
+# the index range: latents hash a 64-bit index (core.latents), and numpy, the journal and the shard arithmetic keep
+# indices as int64; the bookkeeping grows with what is done, not with n (sinks.base.Bitset is paged)
+MAX_IMAGES = 2**63 - 1
+# encoder threads release the GIL in zlib/libjpeg/pwrite; beyond a few per core they only wait on one another
+WRITER_THREADS_PER_CORE = 16
+# an encoder process is CPU-bound: more than a few per core only shares the same cores (a few cover I/O waits)
+WRITER_PROCESSES_PER_CORE = 4
+# one spawned encoder process: 38 MiB RSS after its imports (measured: numpy, PIL, the sinks), plus a batch's
+# encoded files and the encoder's buffers
+WRITER_PROCESS_BYTES = 64 << 20
+# `auto` starts worker processes only with cores to spare and enough images to pay their start-up (~0.3 s each,
+# measured on 2 cores: below this, or on 1-2 cores where the backend needs the same cores, threads win)
+PROCESS_MIN_CORES = 3
+PROCESS_MIN_IMAGES = 20000
+# a local Ray (no RAY_ADDRESS) runs every worker here: each one a process with its own runtime and model
+RAY_WORKERS_PER_CORE = 4
+RAY_WORKER_BYTES = 512 << 20  # a Ray worker process with onnxruntime (or torch) and the model loaded
+
+
+def writer_bound(kind: str, cores: int | None = None, avail: int | None = None) -> tuple[int, str]:
+    """(the most encoder workers of `kind`, where that bound comes from). Threads: WRITER_THREADS_PER_CORE per core;
+    processes: WRITER_PROCESSES_PER_CORE per core and what the available memory holds at WRITER_PROCESS_BYTES each;
+    auto: the process bound where `auto` may pick processes (>= PROCESS_MIN_CORES cores), else the thread bound."""
+    from gan_deploy.core.hardware import cpu_cores, gib, host_available_bytes
+
+    cores = cores or cpu_cores()
+    if kind == "auto":
+        kind = "process" if cores >= PROCESS_MIN_CORES else "thread"
+    if kind == "thread":
+        return WRITER_THREADS_PER_CORE * cores, f"{WRITER_THREADS_PER_CORE} writer threads per core on this {cores}-core machine"
+    top, why = WRITER_PROCESSES_PER_CORE * cores, f"{WRITER_PROCESSES_PER_CORE} writer processes per core on this {cores}-core machine"
+    avail = host_available_bytes() if avail is None else avail
+    if avail is not None:
+        by_memory = max(1, int(avail * USABLE) // WRITER_PROCESS_BYTES)
+        if by_memory < top:
+            top, why = by_memory, (f"{gib(avail)} available memory at about {gib(WRITER_PROCESS_BYTES)} per writer process, "
+                                   f"{USABLE:.0%} of it usable")
+    return top, why
+
+
+def ray_workers_bound(cores: int | None = None, avail: int | None = None) -> tuple[int, str] | None:
+    """(the most Ray workers, why) for a local Ray; None on a cluster ($RAY_ADDRESS): the cluster's CPUs or GPUs bound
+    the workers when it is reached (ray_executor._resources)."""
+    import os
+
+    from gan_deploy.core.hardware import cpu_cores, gib, host_available_bytes
+
+    if os.environ.get("RAY_ADDRESS"):
+        return None
+    cores = cores or cpu_cores()
+    top, why = RAY_WORKERS_PER_CORE * cores, f"{RAY_WORKERS_PER_CORE} Ray workers per core on this {cores}-core machine (no RAY_ADDRESS: a local Ray)"
+    avail = host_available_bytes() if avail is None else avail
+    if avail is not None:
+        by_memory = max(1, int(avail * USABLE) // RAY_WORKER_BYTES)
+        if by_memory < top:
+            top, why = by_memory, f"{gib(avail)} available memory at about {gib(RAY_WORKER_BYTES)} per local Ray worker, {USABLE:.0%} of it usable"
+    return top, why
 
 
 def parse_shard(text: str | None) -> tuple[int, int]:
@@ -45,7 +105,9 @@ def check_shard(shard: tuple[int, int], shown: str | None = None) -> tuple[int, 
 
 
 def shard_indices(n: int, unit: int, shard: tuple[int, int]) -> tuple[int, int]:
-    """[start, stop) of this job shard's images: whole units (batches, or tar shards for the tar sink)."""
+    """[start, stop) of this job shard's images: whole units of `unit` images (Sink.shard_unit: one image for the
+    folder and array sinks, one tar shard for the tar sink; never the batch size), spread as evenly as N allows.
+    More shards than units: some shards are empty, and every unit is in exactly one shard."""
     k, parts = shard
     n_units = -(-n // unit)
     u0, u1 = k * n_units // parts, (k + 1) * n_units // parts
@@ -93,6 +155,7 @@ class GenerateOptions:
         from gan_deploy.core.images import FORMATS
 
         _at_least("bad image count", self.n, 1)
+        check_at_most("too many images", "-n", self.n, MAX_IMAGES, "image indices are 64-bit integers")
         _at_least("bad batch size", self.batch_size, 1)
         if not 0 <= self.seed <= MAX_SEED:
             raise GanDeployError("bad seed", self.seed, expected=f"0 <= seed <= {MAX_SEED}")
@@ -107,14 +170,24 @@ class GenerateOptions:
             raise GanDeployError("unknown writer kind", repr(self.writer_kind), expected=" | ".join(WRITER_KINDS))
         if self.writers is not None:
             _at_least("bad number of writers", self.writers, 1)
+            top, why = writer_bound(self.writer_kind)
+            check_at_most("too many writers", "--writers", self.writers, top, why,
+                          hint="leave --writers out for the default (cores - 1 processes, or 2 threads per core)")
         if self.executor not in EXECUTORS:
             raise GanDeployError("unknown executor", repr(self.executor), expected=" or ".join(EXECUTORS))
         if self.ray_workers is not None:
             _at_least("bad number of Ray workers", self.ray_workers, 1)
+            bound = ray_workers_bound() if self.executor == "ray" else None
+            if bound is not None:
+                check_at_most("too many Ray workers", "--ray-workers", self.ray_workers, *bound,
+                              hint="leave --ray-workers out (one per CPU), or set RAY_ADDRESS to use a cluster")
         if self.backend not in BACKEND_CHOICES:
             raise GanDeployError("unknown backend", repr(self.backend), expected=f"one of {', '.join(BACKEND_CHOICES)}")
         check_precision(self.precision)
         check_device(self.device)
+        from gan_deploy.backends.onnxruntime import env_threads
+
+        env_threads()  # GAN_DEPLOY_THREADS, checked and bounded before the output folder exists (read again by the runtime)
         if self.jpeg_encoder not in JPEG_ENCODERS:
             raise GanDeployError("unknown JPEG encoder", repr(self.jpeg_encoder), expected=" or ".join(JPEG_ENCODERS))
         if self.executor == "ray" and self.jpeg_encoder != "cpu":  # Ray workers encode on their CPUs
@@ -133,4 +206,5 @@ def _at_least(what: str, value: int, low: int) -> None:
         raise GanDeployError(what, value, expected=f">= {low}")
 
 
-__all__ = ["EXECUTORS", "GenerateOptions", "check_shard", "parse_shard", "shard_indices"]
+__all__ = ["EXECUTORS", "MAX_IMAGES", "GenerateOptions", "check_shard", "parse_shard", "ray_workers_bound", "shard_indices",
+           "writer_bound"]

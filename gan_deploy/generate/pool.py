@@ -183,6 +183,8 @@ def _process_main(worker: SinkWorker, shm_name: str, slot_shape: tuple[int, ...]
     lower_priority()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group: the main process decides
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    if hasattr(signal, "pthread_sigmask"):  # blocked while it started (_main_hidden): what is pending is now ignored
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
     from multiprocessing import shared_memory
 
     shm = shared_memory.SharedMemory(name=shm_name)
@@ -210,24 +212,47 @@ def _process_main(worker: SinkWorker, shm_name: str, slot_shape: tuple[int, ...]
 _MAIN_LOCK = threading.Lock()
 
 
+_STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+
+
+@contextlib.contextmanager
+def _signals_held() -> Iterator[None]:
+    """Ctrl-C and SIGTERM are held, not lost, for the duration: blocked in this thread (a process started meanwhile
+    inherits them blocked across exec), and recorded if another thread receives them, so that they never cut a
+    step in half (a worker started without its start-up data, a task half-written into the queue's pipe). On exit
+    the first one held reaches the handlers the caller had (generate: stop as Ctrl-C does)."""
+    held: list[int] = []
+    previous: dict[int, object] = {}
+    mask: set[int] | None = None
+    try:
+        if threading.current_thread() is threading.main_thread():
+            for stop in _STOP_SIGNALS:
+                previous[stop] = signal.signal(stop, lambda signum, _frame: held.append(signum))
+        if hasattr(signal, "pthread_sigmask"):
+            mask = set(signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS))
+        yield
+    finally:
+        if mask is not None:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)  # a pending signal is delivered: recorded in `held`
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)  # type: ignore[arg-type]
+        if held:
+            signal.raise_signal(held[0])
+
+
 @contextlib.contextmanager
 def _main_hidden() -> Iterator[None]:
     """Spawned workers need nothing from __main__ (their code and the sink workers live in gan_deploy): hide it
-    while they start, so they neither re-import nor re-run the caller's script (no `if __name__ == "__main__"`
-    guard needed) and start faster. (A SinkWorker class defined in a script's __main__ cannot run in processes.)"""
-    with _MAIN_LOCK:
+    while one starts, so it neither re-imports nor re-runs the caller's script (no `if __name__ == "__main__"`
+    guard needed) and starts faster. (A SinkWorker class defined in a script's __main__ cannot run in processes.)
+    Signals are held meanwhile (`_signals_held`): the worker starts with Ctrl-C and SIGTERM blocked, so a Ctrl-C to
+    the process group does not kill it mid-import (it unblocks them once it ignores them)."""
+    with _MAIN_LOCK, _signals_held():
         main = sys.modules.get("__main__")
         sys.modules["__main__"] = types.ModuleType("__main__")  # no __file__, no __spec__: nothing to import
-        # ignored signals stay ignored across exec: a Ctrl-C while a worker starts up does not kill it mid-import
-        restore = []
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                restore.append((sig, signal.signal(sig, signal.SIG_IGN)))
         try:
             yield
         finally:
-            for sig, handler in restore:
-                signal.signal(sig, handler)
             if main is not None:
                 sys.modules["__main__"] = main
 
@@ -253,12 +278,30 @@ class ProcessPool(_Pool):
                                   args=(worker, self.shm.name, self.slot_shape, n_slots, self.tasks, self.results, self.cancel,
                                         os.getpid()))
                       for k in range(n_workers)]
-        with _main_hidden():
-            for p in self.procs:
-                p.start()
+        try:
+            for p in self.procs:  # one at a time: a Ctrl-C or SIGTERM (as KeyboardInterrupt) stops the start-up
+                start_process(p)
+        except BaseException:
+            self._abort_start()
+            raise
         self._stop_collector = False
         self.collector = threading.Thread(target=self._collect, name="gan-deploy-collector", daemon=True)
         self.collector.start()
+
+    def _abort_start(self) -> None:
+        """Stopped while starting: the workers already started are killed (they hold no task, so no file is
+        half-written) and reaped, and the shared memory is freed."""
+        for p in self.procs:
+            if p.pid is not None:
+                p.kill()
+        for p in self.procs:
+            if p.pid is not None:
+                p.join()
+        self.closed = True
+        self.results.close()
+        del self.slots
+        self.shm.close()
+        self.shm.unlink()
 
     def submit(self, task: Task, pixels: np.ndarray | Encoded) -> None:
         with self.cond:
@@ -268,16 +311,18 @@ class ProcessPool(_Pool):
                 self.cond.wait(0.1)
             slot = self.free.pop()
             self.outstanding += 1
+        handed = False
         try:
-            if isinstance(pixels, Encoded):  # files encoded on the GPU: their bytes go through the queue (the slot still
-                self.tasks.put((slot, task, pixels))  # counts, so what is in flight stays bounded)
-            else:
-                np.copyto(self.slots[slot, :task.b], pixels)  # the one copy: into shared memory, read in place by the worker
-                self.tasks.put((slot, task, None))
-        except BaseException:  # Ctrl-C right here: the task was not handed out
-            with self.cond:
-                self.free.append(slot)
-                self.outstanding -= 1
+            if not isinstance(pixels, Encoded):  # files encoded on the GPU: their bytes go through the queue (the slot
+                np.copyto(self.slots[slot, :task.b], pixels)  # still counts); pixels: the one copy, into shared memory
+            with _signals_held():  # a Ctrl-C or SIGTERM waits for the put: never half a message in the pipe
+                self.tasks.put((slot, task, pixels if isinstance(pixels, Encoded) else None))
+                handed = True  # a signal held meanwhile is raised on the way out: the task is out, and comes back
+        except BaseException:
+            if not handed:  # Ctrl-C before the put: the task was not handed out
+                with self.cond:
+                    self.free.append(slot)
+                    self.outstanding -= 1
             raise
 
     def _check_workers(self) -> None:
@@ -324,6 +369,12 @@ class ProcessPool(_Pool):
         del self.slots
         self.shm.close()
         self.shm.unlink()
+
+
+def start_process(p) -> None:
+    """Start one encoder process (spawn: about 0.3 s on 2 cores); tests slow it down to interrupt a start-up."""
+    with _main_hidden():
+        p.start()
 
 
 def make_pool(kind: str, worker: SinkWorker, n_workers: int, deliver: Deliver, slot_shape: tuple[int, ...],

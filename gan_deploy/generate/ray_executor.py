@@ -175,11 +175,17 @@ def generate_ray(artifact: Artifact, opts: GenerateOptions, on_start: Callable[[
     # checks itself again (GenerateOptions.validate): e.g. the GPU JPEG encoder only in a local run's main process
     opts = dataclasses.replace(opts, out=Path(opts.out).resolve(), executor="ray")  # workers may run in another working directory
     session = Session(opts, artifact.spec, artifact.files(), opts.backend, opts.device, opts.precision)
+    if session.empty:  # this job shard has no images: nothing is written, Ray is not started, the report says why
+        return session.empty_report(opts.backend)
     backend, options = _backend(artifact, opts.backend, opts.precision)
     _gate_here(artifact, backend, options)
     session.record["backend"] = backend
     session.set_model(artifact.kind, artifact.path, artifact.sha256)
     session.check(slots=2)
+    if not opts.device.startswith("cuda"):  # a CPU worker's batch (latents, images, activations) in this host's memory
+        from gan_deploy.backends.memory import check_batch_fits
+
+        check_batch_fits(artifact, session.max_batch, "cpu")
     probed = _probe_here(artifact, backend, options, session)  # before Ray starts, when this machine can run the backend
     if on_start is not None:
         on_start()
@@ -206,8 +212,10 @@ def generate_ray(artifact: Artifact, opts: GenerateOptions, on_start: Callable[[
         opened = True
         tasks[:] = session.tasks()
         n_workers = max(1, min(n_workers, len(tasks)))  # an actor per batch at most: each one loads the model
-        if wdevice == "cpu":  # one worker per CPU: one thread each
-            options = {**options, "threads": int(os.environ.get("GAN_DEPLOY_THREADS", "0")) or 1}
+        if wdevice == "cpu":  # one worker per CPU: one thread each (GAN_DEPLOY_THREADS checked and bounded there)
+            from gan_deploy.backends.onnxruntime import env_threads
+
+            options = {**options, "threads": env_threads() or 1}
         _configure_ray_data()
         session.start_progress(f"generate [ray x{n_workers}]")
         if tasks:

@@ -48,6 +48,7 @@ class GenerateReport:
     sink_detail: str = ""
     writer_kind: str = "thread"
     n_resumed: int = 0  # complete before this run (resume)
+    empty: str = ""  # an empty job shard: why it has no images (nothing was written)
 
     @property
     def images_per_s(self) -> float:
@@ -60,6 +61,8 @@ class GenerateReport:
         return d
 
     def summary(self) -> str:
+        if self.empty:
+            return self.empty
         if self.n_written == 0:
             return f"nothing to do: all {self.n_resumed} images in {self.out} were already complete"
 
@@ -86,11 +89,8 @@ class Session:
         sink_opts = self.cls.check_options(dict(opts.sink_options))
         unit = self.cls.shard_unit(batch_size, sink_opts)
         self.start, self.stop = shard_indices(n, unit, opts.shard)
-        if self.start >= self.stop:
-            k, parts = opts.shard
-            units = -(-n // unit)
-            raise GanDeployError("empty job shard", f"shard {k}/{parts} of {n} images in {units} unit(s) of {unit} has no images",
-                                 expected=f"at most {units} shard(s)", hint="use fewer shards or a smaller batch size")
+        self.shard_unit = unit
+        self.empty = self.start >= self.stop  # an empty job shard: the executors write nothing (empty_report)
         self.shape = (spec.height, spec.width, spec.channels)
         self.latent_dim = spec.latent_dim
         self.layout = Layout(n, self.start, self.stop, seed, self.fmt, self.shape)
@@ -345,6 +345,16 @@ class Session:
             from gan_deploy.core.fileio import atomic_write_text
             atomic_write_text(self.json_out, json.dumps(report.to_dict(), indent=2) + "\n")
         return report
+
+    def empty_report(self, backend: str) -> GenerateReport:
+        """The report of an empty job shard (more shards than images, or tar shards): nothing written, a line saying why."""
+        k, parts = self.opts.shard
+        n, unit = self.opts.n, self.shard_unit
+        units = f"{-(-n // unit):,} tar shards of {unit:,}" if unit > 1 else f"{n:,} images"
+        why = (f"job shard {k}/{parts} is empty: {units} cut into {parts:,} job shards leave this one none; "
+               f"nothing written to {self.out}")
+        return GenerateReport(self.out, backend, backend, 0, 0, self.start, self.opts.batch_size, self.opts.seed, self.fmt,
+                              0.0, 0.0, 0.0, 0, sink=self.cls.name, empty=why)
 
     def report(self, backend: str, detail: str, total: float, inference: float, writers: int, kind: str, interrupted: bool,
                manifest: Path | None, grid: Path | None) -> GenerateReport:

@@ -23,7 +23,6 @@ as a CalibrationDataReader where an older onnxruntime needs a calibration run of
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -209,7 +208,9 @@ def _augmented_session(model, tensors: list[str]):
     so = ort.SessionOptions()
     so.log_severity_level = 3
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # every tensor as the graph computes it
-    threads = int(os.environ.get("GAN_DEPLOY_THREADS", "0") or 0)
+    from gan_deploy.backends.onnxruntime import env_threads
+
+    threads = env_threads()  # checked and bounded there
     if threads:
         so.intra_op_num_threads = threads
     return ort.InferenceSession(aug.SerializeToString(), so, providers=["CPUExecutionProvider"])

@@ -9,13 +9,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from gan_deploy.core.errors import GanDeployError
+from gan_deploy.core.errors import GanDeployError, check_at_most
 from gan_deploy.precision.calibrate import CALIB_SEED, DEFAULT_CALIB_SAMPLES, check_calib_method, check_calib_samples
 from gan_deploy.precision.gate import DEFAULT_GATE_SAMPLES, GateThresholds
 from gan_deploy.precision.int8 import check_int8_target
 from gan_deploy.precision.policy import Int8Policy
 
 QUANTIZE_PRECISIONS = ("int8", "fp16")
+# the most latents calibration, the gate or the sensitivity analysis may take: every one is a forward pass of the
+# FP32 model (and of each candidate model for the gate: the mixed search runs it dozens of times), and the gate keeps
+# the FP32 images of all of them. The shipped model runs about 20,000 images/s on 2 cores: 1,000,000 latents is
+# already ~1-2 minutes per pass, hours for a search, and 1,000x the defaults (512, 1,000, 64), whose figures are
+# stable to well under the gate's margins; the memory they take is checked against the machine when the model is known.
+MAX_QUANTIZE_SAMPLES = 1_000_000
 FP16_EVALUATORS = ("auto", "onnxruntime", "reference")
 
 
@@ -63,6 +69,11 @@ class QuantizeOptions:
         _int_at_least("bad number of gate samples", self.gate_samples, 1)
         _int_at_least("bad number of sensitivity samples", self.sensitivity_samples, 1, none_ok=True)
         _int_at_least("bad number of speed rounds", self.speed_rounds, 1, none_ok=True)
+        for option, value in (("--calib-samples", self.calib_samples), ("--gate-samples", self.gate_samples),
+                              ("--sensitivity-samples", self.sensitivity_samples)):
+            if value is not None:
+                check_at_most("too many samples", option, value, MAX_QUANTIZE_SAMPLES,
+                              "a forward pass each, per candidate model: 1,000x the defaults")
         if isinstance(self.min_speedup, bool) or not isinstance(self.min_speedup, (int, float)) or not self.min_speedup >= 0:
             raise GanDeployError("bad minimum speedup", repr(self.min_speedup), expected="a number >= 0")
         if self.policy is not None and not isinstance(self.policy, (str, Path, Int8Policy)):

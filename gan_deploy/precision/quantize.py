@@ -26,6 +26,10 @@ from gan_deploy.precision.search import int8_onnx_from_onnx
 
 def quantize(parent: Artifact, opts: QuantizeOptions, raise_on_reject: bool = False) -> PrecisionReport:
     """What `gan-deploy quantize` runs: an INT8 or FP16 model of `parent`, written only if it passes the gate."""
+    from gan_deploy.backends.memory import check_batch_fits
+
+    # the gate keeps the FP32 and the reduced model's images of every gate latent: refused before any work
+    check_batch_fits(parent, opts.gate_samples, "cpu", image_copies=2, activation_copies=0, option="--gate-samples")
     if opts.precision == "int8":
         return int8_onnx_from_onnx(parent, opts, raise_on_reject)
     return fp16_onnx_from_onnx(parent, opts, raise_on_reject)

@@ -238,6 +238,8 @@ def evaluate(artifact: Any, opts: EvalOptions | None = None) -> EvalReport:
     if opts.images is None and artifact is None:
         raise GanDeployError("nothing to score", None, expected="a generator artifact or a folder of images")
     ref_art = _reference_artifact(artifact, opts) if opts.against_backend is not None else None
+    if opts.images is None:  # the memory the generated images take, checked before any is generated
+        _check_memory(artifact, opts, against=ref_art is not None)
     clf = load_classifier()  # all of the above fails before anything is generated
     notes: list[str] = []
     with Stopwatch() as sw:
@@ -262,6 +264,17 @@ def evaluate(artifact: Any, opts: EvalOptions | None = None) -> EvalReport:
                 notes.append("note: the features come from a digits classifier; on other data FD is only a relative, "
                              "same-data comparison (docs/quality.md)")
     return EvalReport(score, gen_desc, ref_desc, ctx, sw.seconds, notes)
+
+
+def _check_memory(artifact: Any, opts: EvalOptions, against: bool) -> None:
+    """--batch-size: one batch where the generator runs (latents, images, activations: backends.memory); -n: the
+    generated images held for the features (float32 on the host), twice more against a backend (same latents and
+    fresh ones). One line naming the largest that fits, before anything is generated."""
+    from gan_deploy.backends.memory import check_batch_fits
+    from gan_deploy.core.device import resolve_device
+
+    check_batch_fits(artifact, min(opts.batch_size, opts.n), resolve_device(opts.device), option="--batch-size")
+    check_batch_fits(artifact, opts.n, "cpu", image_copies=3 if against else 1, activation_copies=0, option="-n")
 
 
 def _reference_artifact(artifact: Any, opts: EvalOptions) -> Any:

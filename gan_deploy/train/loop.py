@@ -105,6 +105,7 @@ def _train(o: TrainOptions, cfg: GeneratorConfig, device: torch.device, ctx: Dis
                  if o.eval_every else None)
     nets = _build(o, cfg, device, ctx)
     start, elapsed_before = _resume(resume_from, o, nets, ctx) if resume_from is not None else (0, 0.0)
+    _check_batch_memory(o, nets, cfg, device)
     _wrap(nets, o, device, ctx)
     data = torch.from_numpy(ds.images).to(device).contiguous(memory_format=nets.fmt)  # [N, C, H, W], the whole data set
     batches = Batches(data, o.batch_size, o.seed, ctx.rank, ctx.world)
@@ -185,6 +186,7 @@ def step_runner(opts: TrainOptions) -> tuple[Callable[[int], None], int, torch.d
         raise GanDeployError("--amp fp16 needs a CUDA device", f"device {device}", expected="--amp bf16 or none on the CPU")
     ds = _load_data(o, ctx)
     nets = _build(o, cfg, device, ctx)
+    _check_batch_memory(o, nets, cfg, device)
     _wrap(nets, o, device, ctx)
     data = torch.from_numpy(ds.images).to(device).contiguous(memory_format=nets.fmt)
     batches = Batches(data, o.batch_size, o.seed, ctx.rank, ctx.world)
@@ -263,6 +265,46 @@ def _build(o: TrainOptions, cfg: GeneratorConfig, device: torch.device, ctx: Dis
     gen = torch.Generator(device=device).manual_seed(distributed.rank_seed(o.seed, ctx.rank))
     amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(o.amp)
     return _Nets(G, D, ema, opt_g, opt_d, scalers, gen, loss, fmt, cfg.latent_dim, device, amp_dtype)
+
+
+def _check_batch_memory(o: TrainOptions, n: _Nets, cfg: GeneratorConfig, device: torch.device) -> None:
+    """--batch-size against the free memory where training runs: per image, every activation of G and of D (on a
+    real and on a fake image) kept for the backward pass, about as much again for their gradients and as much
+    for autograd's temporaries (3x, a rough upper bound). One line naming the largest batch that fits."""
+    from gan_deploy.core.hardware import check_fits, host_available_bytes
+
+    def activations(module: nn.Module, x: torch.Tensor) -> int:
+        total = 0
+
+        def hook(_m, _inp, out) -> None:
+            nonlocal total
+            if isinstance(out, torch.Tensor):
+                total += out.numel() * 4  # float32 (autocast halves some: an upper bound)
+        leaves = [m for m in module.modules() if not list(m.children())]
+        handles = [m.register_forward_hook(hook) for m in leaves]
+        was = module.training
+        try:
+            with torch.no_grad():
+                module.eval()(x)  # batch norm in eval mode: its running statistics are not touched
+        finally:
+            for h in handles:
+                h.remove()
+            module.train(was)
+        return total
+
+    with torch.random.fork_rng(devices=[]):  # no RNG drawn either: the run is unchanged
+        z = torch.zeros(1, cfg.latent_dim, device=device)
+        was = n.G.training
+        with torch.no_grad():
+            img = n.G.eval()(z)
+        n.G.train(was)
+        per_image = 3 * (activations(n.G, z) + 2 * activations(n.D, img)) + 4 * (cfg.latent_dim + 2 * img[0].numel())
+    if device.type == "cuda":
+        free: int | None = int(torch.cuda.mem_get_info(device)[0])
+    else:
+        free = host_available_bytes()
+    check_fits("--batch-size", o.batch_size, per_image, free, "GPU" if device.type == "cuda" else "host",
+               "image: G's and D's activations on real and fake images, their gradients and autograd's temporaries")
 
 
 def _resume(path: Path, o: TrainOptions, n: _Nets, ctx: Dist) -> tuple[int, float]:

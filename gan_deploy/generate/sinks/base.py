@@ -130,8 +130,9 @@ class Sink(ABC):
     # -- before the first batch ------------------------------------------------------------------------------
     @classmethod
     def shard_unit(cls, batch_size: int, options: dict[str, Any]) -> int:
-        """Job shards (--shard K/N) are cut at multiples of this many images (default: whole batches)."""
-        return batch_size
+        """Job shards (--shard K/N) are cut at multiples of this many images: one image by default (never the batch
+        size, so shard K holds the same indices whatever the batch size)."""
+        return 1
 
     @classmethod
     def check_options(cls, options: dict[str, Any]) -> dict[str, Any]:

@@ -114,7 +114,7 @@ class TarSink(Sink):
 
     @classmethod
     def shard_unit(cls, batch_size: int, options: dict[str, Any]) -> int:
-        return cls.check_options(options)["shard_size"]  # a job shard holds whole tar shards
+        return cls.check_options(options)["shard_size"]  # a job shard holds whole tar shards (of --tar-shard-size samples)
 
     def __init__(self, out, layout: Layout, batch_size: int, options: dict[str, Any] | None = None):
         super().__init__(out, layout, batch_size, options)
