@@ -707,6 +707,7 @@ def test_sigterm_while_process_writers_start_stops_the_run(tiny_checkpoint, tmp_
 
     writers = min(8, writer_bound("process")[0])
     real, started = pool_mod.start_process, []
+    handler_before = signal.getsignal(signal.SIGTERM)  # SIG_DFL, or Ray's when a Ray test ran earlier in this process
 
     def slow_start(p):  # a start-up long enough to be interrupted (as thousands of processes would be)
         started.append(p)
@@ -724,7 +725,7 @@ def test_sigterm_while_process_writers_start_stops_the_run(tiny_checkpoint, tmp_
     assert e.value.report.n_written == 0 and _listed(out) == []
     assert not multiprocessing.active_children() and not any(p.pid and _alive(p.pid) for p in started)
     assert not list(out.glob(TMP_PREFIX + "*")) and not (out / LOCK).exists()
-    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the run's handler is gone again
+    assert signal.getsignal(signal.SIGTERM) is handler_before  # the run's handler is gone again
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
