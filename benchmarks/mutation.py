@@ -10,6 +10,7 @@ the survivors, and writes a JSON report. Not part of CI: minutes per module on 2
     python benchmarks/mutation.py gate calibration         # some of them
     python benchmarks/mutation.py gate --ref HEAD~3        # the tree of a commit (scores before new tests)
     python benchmarks/mutation.py --max-runtime 900 --json mutation.json
+    python benchmarks/mutation.py gate --baseline before.json   # also the score on the mutants both runs checked
 
 How: each module runs in its own temporary copy of the tree (gan_deploy/, tests/, pyproject.toml) with a
 `[tool.mutmut]` section written for it (source_paths, only_mutate, the test selection, pytest's -x and
@@ -52,8 +53,7 @@ class Target:
 TARGETS: dict[str, Target] = {
     "export_check": Target("gan_deploy/export/onnx.py", ("max_abs_err_vs_torch", "onnx_from_module"),
                            ("tests/test_export.py", "tests/test_verification.py")),
-    "gate": Target("gan_deploy/precision/gate.py",
-                   ("thresholds_for", "image_figures", "gate_figures", "check_artifact", "run_gate", "gate_latents", "batched"),
+    "gate": Target("gan_deploy/precision/gate.py", ("thresholds_for", "image_figures", "check_artifact", "run_gate", "gate_latents"),
                    ("tests/test_gate.py", "tests/test_verification.py")),
     "resume": Target("gan_deploy/generate/pipeline.py", ("Session._check_record",),  # moving to generate/session.py
                      ("tests/test_generate.py", "tests/test_verification.py", "-k", "resume")),
@@ -201,7 +201,7 @@ def run_module(name: str, target: Target, ref: str | None, max_runtime: float, m
             try:
                 rc = proc.wait(timeout=max_runtime)
                 row["stopped"] = False
-            except subprocess.TimeoutExpired:  # SIGINT: mutmut stops its workers and keeps what finished
+            except (subprocess.TimeoutExpired, KeyboardInterrupt):  # SIGINT: mutmut stops its workers, keeps what finished
                 os.killpg(proc.pid, signal.SIGINT)
                 try:
                     rc = proc.wait(timeout=60)
@@ -219,7 +219,7 @@ def run_module(name: str, target: Target, ref: str | None, max_runtime: float, m
         row.update(total=len(results), checked=len(checked), killed=killed, counts=counts,
                    score=round(killed / len(checked), 4) if checked else None,
                    survivors=sorted(k for k, v in results.items() if v == "survived"),
-                   untested=sorted(k for k, v in results.items() if v == "no tests"))
+                   untested=sorted(k for k, v in results.items() if v == "no tests"), results=results)
         if rc not in (0, None) and not results:
             row["error"] = log.read_text()[-3000:]
     finally:
@@ -246,6 +246,23 @@ def print_row(row: dict) -> None:
         print(f"    no test reaches: {s}")
 
 
+def compare(row: dict, baseline: dict) -> None:
+    """The score on the mutants both runs checked (a run stopped at --max-runtime checks a different subset)."""
+    base = next((m for m in baseline.get("modules", []) if m["module"] == row["module"]), None)
+    if not base or "results" not in base or "results" not in row:
+        return
+    done = ("killed", "timeout", "caught by type check", "survived")
+    both = [k for k, v in row["results"].items() if v in done and base["results"].get(k) in done]
+    if not both:
+        return
+    def killed(res: dict) -> int:
+        return sum(1 for k in both if res[k] != "survived")
+    row["versus_baseline"] = {"mutants": len(both), "killed_before": killed(base["results"]), "killed_now": killed(row["results"]),
+                              "newly_killed": sorted(k for k in both if base["results"][k] == "survived" and row["results"][k] != "survived")}
+    v = row["versus_baseline"]
+    print(f"    on the {v['mutants']} mutants both runs checked: killed {v['killed_before']} before, {v['killed_now']} now")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("modules", nargs="*", help=f"keys of TARGETS: {', '.join(TARGETS)} (default: all)")
@@ -253,6 +270,7 @@ def main() -> None:
     ap.add_argument("--max-runtime", type=float, default=1200, help="seconds per module before it is stopped")
     ap.add_argument("--max-children", type=int, default=min(2, os.cpu_count() or 1))
     ap.add_argument("--json", default="mutation.json", help="where the report goes")
+    ap.add_argument("--baseline", default=None, help="an earlier JSON report: also score both on the mutants both checked")
     ap.add_argument("--keep", action="store_true", help="keep each module's temporary copy (to `mutmut show` a survivor)")
     a = ap.parse_args()
     unknown = [m for m in a.modules if m not in TARGETS]
@@ -260,10 +278,12 @@ def main() -> None:
         ap.error(f"unknown module {', '.join(unknown)}: expected {', '.join(TARGETS)}")
     if shutil.which("mutmut", path=str(Path(sys.executable).parent)) is None:
         sys.exit(f"mutmut is not installed beside {sys.executable}: pip install 'mutmut>=3.8'")
+    baseline = json.loads(Path(a.baseline).read_text()) if a.baseline else {}
     rows = []
     for name in a.modules or list(TARGETS):
         row = run_module(name, TARGETS[name], a.ref, a.max_runtime, a.max_children, a.keep)
         print_row(row)
+        compare(row, baseline)
         rows.append(row)
     report = {"machine": f"{platform.machine()} {platform.processor() or ''} {os.cpu_count()} CPUs".strip(),
               "python": platform.python_version(), "pytest_args": PYTEST_ARGS, "modules": rows}
