@@ -296,12 +296,21 @@ def _engine(tiny_onnx: Path, d: Path) -> Path:
     return d / "g.engine"
 
 
-@pytest.fixture
-def on_cuda(monkeypatch):
-    """This machine as `auto` sees a GPU machine whose onnxruntime is the CPU build (as here)."""
+def _as_gpu_machine(monkeypatch) -> None:
+    """This machine as `auto` sees a GPU machine with the CPU build of onnxruntime and no TensorRT (whatever this
+    machine really has, so the tests mean the same everywhere)."""
     import gan_deploy.backends.base as base
 
     monkeypatch.setattr(base, "resolve_device", lambda d: "cuda")
+    ort, trt = runner_class("onnxruntime"), runner_class("tensorrt")
+    monkeypatch.setattr(ort, "device_reason", classmethod(
+        lambda cls, device: "no CUDA provider: this onnxruntime is the CPU build" if device.startswith("cuda") else None))
+    monkeypatch.setattr(trt, "unavailable_reason", classmethod(lambda cls: "TensorRT is not installed"))
+
+
+@pytest.fixture
+def on_cuda(monkeypatch):
+    _as_gpu_machine(monkeypatch)
 
 
 def _accepts(name: str, kind: str) -> bool:
@@ -315,9 +324,7 @@ def test_auto_never_gives_an_engine_to_a_backend_that_cannot_run_it(tiny_onnx, t
         choose_backend(engine, "cpu")
     with pytest.raises(BackendUnavailable, match="no backend can run this artifact here"):
         make_runner("auto", engine, "cpu")
-    import gan_deploy.backends.base as base
-
-    monkeypatch.setattr(base, "resolve_device", lambda d: "cuda")  # a GPU machine without TensorRT: no CPU fallback either
+    _as_gpu_machine(monkeypatch)  # a GPU machine without TensorRT: no CPU fallback either
     with pytest.raises(BackendUnavailable, match="no backend can run this artifact here"):
         choose_backend(engine, "auto")
 
