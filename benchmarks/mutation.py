@@ -12,7 +12,7 @@ the survivors, and writes a JSON report. Not part of CI: minutes per module on 2
     python benchmarks/mutation.py --max-runtime 900 --json mutation.json
     python benchmarks/mutation.py gate --baseline before.json   # also the score on the mutants both runs checked
 
-How: each module runs in its own temporary copy of the tree (gan_deploy/, tests/, pyproject.toml) with a
+How: each module runs in its own temporary copy of the tree (gan_deploy/, tests/, examples/, pyproject.toml) with a
 `[tool.mutmut]` section written for it (source_paths, only_mutate, the test selection, pytest's -x and
 `-m "not slow"`), so the repository is never touched and runs do not share state; `mutmut run` gets the mutant
 names of the listed functions only. After `--max-runtime` seconds a module's run is interrupted (mutmut keeps
@@ -63,7 +63,7 @@ TARGETS: dict[str, Target] = {
                           ("tests/test_quantize.py", "tests/test_sensitivity.py", "tests/test_verification.py", "-k", "calib")),
 }
 PYTEST_ARGS = ["-x", "-q", "-p", "no:cacheprovider", "-m", "not slow"]
-COPIED = ("gan_deploy", "tests", "pyproject.toml")
+COPIED = ("gan_deploy", "tests", "examples", "pyproject.toml")  # examples/: tests load the example generators
 
 
 def locate(root: Path, target: Target) -> tuple[str, list[str]]:
@@ -141,6 +141,7 @@ def configure(copy: Path, path: str, tests: list[str]) -> None:
              f"only_mutate = [{json.dumps(path)}]\n"
              f"pytest_add_cli_args = {toml_list(PYTEST_ARGS)}\n"
              f"pytest_add_cli_args_test_selection = {toml_list(tests)}\n"
+             "also_copy = [\"examples\"]\n"
              "use_git_change_detection = false\n"
              "track_dependencies = false\n")
     pp.write_text(text)
