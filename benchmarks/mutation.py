@@ -52,13 +52,13 @@ class Target:
 # The modules that carry the promises, each with the tests that should notice a weakened check.
 TARGETS: dict[str, Target] = {
     "export_check": Target("gan_deploy/export/onnx.py", ("max_abs_err_vs_torch", "onnx_from_module"),
-                           ("tests/test_export.py", "tests/test_verification.py")),
+                           ("tests/test_export.py", "tests/test_verification.py", "-k", "export")),
     "gate": Target("gan_deploy/precision/gate.py", ("thresholds_for", "image_figures", "check_artifact", "run_gate", "gate_latents"),
                    ("tests/test_gate.py", "tests/test_verification.py")),
     "resume": Target("gan_deploy/generate/pipeline.py", ("Session._check_record",),  # moving to generate/session.py
                      ("tests/test_generate.py", "tests/test_verification.py", "-k", "resume")),
     "auto": Target("gan_deploy/backends/__init__.py", ("choose_backend", "pick_backend", "make_runner", "backends_for"),
-                   ("tests/test_backends.py", "tests/test_gpu_paths.py", "tests/test_verification.py", "-k", "auto or backend")),
+                   ("tests/test_backends.py", "tests/test_gpu_paths.py", "tests/test_verification.py", "-k", "auto")),
     "calibration": Target("gan_deploy/precision/calibrate.py", ("Calibration.ranges", "_range", "_fold", "_entropy_threshold", "calibrate"),
                           ("tests/test_quantize.py", "tests/test_sensitivity.py", "tests/test_verification.py", "-k", "calib")),
 }
