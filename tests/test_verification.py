@@ -153,6 +153,127 @@ def test_the_real_int8_model_is_accepted_as_int8_and_rejected_as_fp16(tiny_check
     assert not rep.accepted and "psnr_median_db" in rep.failed, rep.summary()
 
 
+def _gate_sets(n: int = 64) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """FP32-like reference images, a candidate with INT8-like per-image noise, and FP32 images of fresh latents."""
+    ref = _reference(n)
+    return ref, _noisy(ref, np.linspace(0.01, 0.04, n).astype(np.float32)), _reference(n, seed=5)
+
+
+def test_gate_limits_are_inclusive_and_each_check_reports_its_figure():
+    """Thresholds set exactly at the measured figures pass; one step beyond fails, each check on its own. Each check
+    reports the figure it compared (the saturation one the increase over the reference), and the report keeps the
+    precision and the quality score."""
+    ref, cand, noise = _gate_sets()
+    ref, cand = ref.copy(), cand.copy()
+    ref.reshape(-1)[::131] = cand.reshape(-1)[::131] = -1.0  # background both have: the reference's rate is not 0
+    cand.reshape(-1)[::97] = 1.0  # and some the candidate adds
+    fig = check_artifact(cand, ref, thresholds_for("fp16", max_fd_ratio=1e9), "fp16", noise_reference=noise).figures
+    inc = fig["saturated_rate"] - fig["reference_saturated_rate"]
+    assert inc > 0 and fig["reference_saturated_rate"] > 0 and fig["fd_ratio"] > 0
+    at = dataclasses.replace(thresholds_for("fp16"), max_saturation_increase=inc, min_psnr_worst=fig["psnr_worst_db"],
+                             min_psnr_median=fig["psnr_median_db"], max_fd_ratio=fig["fd_ratio"])
+    rep = check_artifact(cand, ref, at, "fp16", noise_reference=noise)
+    assert rep.accepted, rep.summary()
+    assert rep.precision == "fp16" and rep.n_images == 64 and rep.quality is not None and rep.quality["fd"] == fig["fd"]
+    values = {c.name: c.value for c in rep.checks}
+    assert values == {"nonfinite": 0, "saturation_increase": inc, "psnr_worst_db": fig["psnr_worst_db"],
+                      "psnr_median_db": fig["psnr_median_db"], "fd_ratio": fig["fd_ratio"]}
+    assert [c.note for c in rep.checks][:4] == ["", "", "", ""]
+    beyond = {"max_saturation_increase": np.nextafter(inc, -1), "min_psnr_worst": np.nextafter(fig["psnr_worst_db"], 1e9),
+              "min_psnr_median": np.nextafter(fig["psnr_median_db"], 1e9), "max_fd_ratio": np.nextafter(fig["fd_ratio"], -1)}
+    names = {"max_saturation_increase": "saturation_increase", "min_psnr_worst": "psnr_worst_db",
+             "min_psnr_median": "psnr_median_db", "max_fd_ratio": "fd_ratio"}
+    for field, value in beyond.items():
+        rep = check_artifact(cand, ref, dataclasses.replace(at, **{field: value}), "fp16", noise_reference=noise)
+        assert rep.failed == [names[field]], (field, rep.summary())
+
+
+def test_gate_saturation_counts_pixels_exactly_at_the_edges():
+    """A pixel exactly at lo + edge or hi - edge is saturated (float64 images, so the edge is exact)."""
+    from gan_deploy.precision.gate import SATURATION_EDGE, image_figures
+
+    for lo, hi in ((-1.0, 1.0), (0.0, 1.0)):
+        edge = SATURATION_EDGE * (hi - lo)
+        ref = np.full((4, 1, 4, 4), (lo + hi) / 2)
+        cand = ref.copy()
+        cand[0, 0, 0, 0] = lo + edge
+        cand[1, 0, 0, 0] = hi - edge
+        cand[2, 0, 0, 0] = hi
+        fig = image_figures(cand, ref, (lo, hi))
+        assert fig["saturated_rate"] == 3 / 64 and fig["reference_saturated_rate"] == 0.0
+        assert fig["n_images"] == 4
+
+
+def test_gate_nan_figures_and_notes():
+    ref, cand, noise = _gate_sets()
+    cand = cand.copy()
+    cand[3, 0, 1, 1] = np.nan
+    cand[9, 0, 2, 2] = np.inf
+    rep = check_artifact(cand, ref, thresholds_for("int8"), "int8", noise_reference=noise)
+    nonfinite = rep.checks[0]
+    assert nonfinite.name == "nonfinite" and nonfinite.value == 2 and not nonfinite.passed and nonfinite.note == "in 2 images"
+    fd = next(c for c in rep.checks if c.name == "fd_ratio")
+    assert fd.value is None and not fd.passed and fd.note == "not computed: images contain NaN/Inf"
+    allnan = np.full_like(ref, np.nan)
+    fig = check_artifact(allnan, ref, _no_fd("int8"), "int8").figures
+    assert fig["psnr_mean_db"] == float("-inf") and fig["psnr_worst_db"] == float("-inf") and fig["nonfinite_images"] == 64
+
+
+def test_gate_without_the_quality_score_does_not_compute_it():
+    ref, cand, _ = _gate_sets()
+    rep = check_artifact(cand, ref, _no_fd("int8"), "int8")
+    assert rep.quality is None and rep.figures["fd"] is None and [c.name for c in rep.checks][-1] == "psnr_median_db"
+
+
+def test_gate_latents_are_the_gate_seeds_from_index_0():
+    from gan_deploy.core.latents import latents_range
+    from gan_deploy.precision.gate import GATE_SEED
+
+    assert np.array_equal(gate_latents(5, 8), latents_range(GATE_SEED, 0, 5, 8))
+    assert np.array_equal(gate_latents(5, 8, start=5), latents_range(GATE_SEED, 5, 5, 8))
+
+
+def test_run_gate_needs_32_images_for_the_quality_score_only(tiny_checkpoint):
+    from gan_deploy.precision.gate import run_gate
+
+    art = load_artifact(tiny_checkpoint)
+    eager, ort = make_runner("eager", art, "cpu"), make_runner("onnxruntime", art, "cpu")
+    with pytest.raises(GanDeployError) as e:
+        run_gate(ort, eager, thresholds_for("int8"), "int8", n=31)
+    assert str(e.value) == ("too few gate images for the quality score: 31; expected at least 32. "
+                            "Note: raise --gate-samples or pass --max-fd-ratio none")
+    rep = run_gate(ort, eager, thresholds_for("int8"), "int8", n=32)
+    assert rep.accepted and rep.n_images == 32 and rep.precision == "int8" and rep.figures["fd_ratio"] is not None
+    rep = run_gate(ort, eager, _no_fd("fp32"), "fp32", n=8, batch_size=3)  # no FD: any n, batches of 3
+    assert rep.accepted and rep.n_images == 8 and rep.precision == "fp32"
+
+
+def test_gate_bad_inputs_are_one_clear_line():
+    ref, cand, _ = _gate_sets()
+
+    class NoSpec:
+        def infer(self, z):
+            return z
+
+    cases = [
+        (lambda: check_artifact(NoSpec(), ref, _no_fd("int8")), "bad gate candidate: NoSpec; expected images [N, C, H, W] or a runner"),
+        (lambda: check_artifact(cand[:10], ref, _no_fd("int8")),
+         "candidate and reference images differ in shape: (10, 1, 16, 16) vs (64, 1, 16, 16); expected the same latents through both"),
+        (lambda: check_artifact(cand, ref, thresholds_for("int8")),
+         "the FD check needs FP32 images of fresh latents; expected noise_reference [N, C, H, W]. "
+         "Note: pass max_fd_ratio=None to skip the quality-score check"),
+        (lambda: check_artifact(cand, ref[:, 0], _no_fd("int8")),
+         "bad reference images: ndarray float32 (64, 16, 16); expected a float array [N, C, H, W]"),
+        (lambda: check_artifact(cand.astype(np.uint8), ref, _no_fd("int8")),
+         "bad candidate images: ndarray uint8 (64, 1, 16, 16); expected a float array [N, C, H, W]"),
+        (lambda: thresholds_for("int4"), "unknown precision: 'int4'; expected one of int8, fp16, fp32"),
+    ]
+    for call, message in cases:
+        with pytest.raises(GanDeployError) as e:
+            call()
+        assert str(e.value) == message
+
+
 # --------------------------------------------------------------------------------------------------------------
 # generate --resume: the interrupted run's model, value range, backend and precision, or nothing
 
