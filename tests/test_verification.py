@@ -501,6 +501,94 @@ def test_calibration_ranges_stay_within_the_observed_min_max(calibration, method
     assert cal.clipped(method) > 0  # the method does narrow some ranges: the check above is not vacuous
 
 
+def _percentile_range(h: np.ndarray, lo: float, hi: float, percentile: float) -> tuple[float, float]:
+    """Written out bin by bin: the lower edge of the first bin where the cumulative share reaches (100 - p) / 200,
+    the upper edge of the first bin where it reaches 1 - that, clipped to [lo, hi]."""
+    a = max(abs(lo), abs(hi))
+    edges = np.linspace(-a, a, len(h) + 1)
+    cut, total, run = (100.0 - percentile) / 200.0, h.sum(), 0
+    left = right = None
+    for k, count in enumerate(h):
+        run += count
+        if left is None and run / total >= cut:
+            left = edges[k]
+        if right is None and run / total >= 1.0 - cut:
+            right = edges[k + 1]
+    return max(lo, float(left)), min(hi, float(right))
+
+
+def _entropy_range(h: np.ndarray, lo: float, hi: float, levels: int, stride: int = 16) -> tuple[float, float]:
+    """TensorRT's entropy calibration written out: |x| histogram; for each candidate threshold bin i (levels,
+    levels + stride, ..., and all bins), P = the first i bins with the outliers added to the last, Q = P's bins
+    requantized to `levels` levels (a level's count spread evenly over its non-empty bins); the i of least
+    KL(P || Q) gives t = a * i / bins; range [max(lo, -t), min(hi, t)]."""
+    a = max(abs(lo), abs(hi))
+    half = len(h) // 2
+    folded = np.array([h[half + k] + h[half - 1 - k] for k in range(half)], dtype=np.float64)
+    n = len(folded)
+    best_kl, best_i = np.inf, n
+    for i in [*range(levels, n, stride), n]:
+        p = folded[:i].copy()
+        p[-1] += folded[i:].sum()
+        q = np.zeros(i)
+        for j in range(levels):
+            s, e = j * i // levels, (j + 1) * i // levels
+            nonempty = folded[s:e] > 0
+            if nonempty.any():
+                q[s:e][nonempty] = folded[s:e].sum() / nonempty.sum()
+        pn, qn = p / p.sum(), q / q.sum()
+        kl = sum(pn[k] * np.log(pn[k] / max(qn[k], 1e-12)) for k in range(i) if pn[k] > 0)
+        if kl < best_kl:
+            best_kl, best_i = kl, i
+    t = a * best_i / n
+    return max(lo, -t), min(hi, t)
+
+
+def test_calibration_ranges_are_the_documented_percentile_and_entropy_ranges(calibration):
+    """Each tensor's percentile and entropy range equals the one computed from its histogram by the rules above
+    (an independent, slow implementation of the module's description)."""
+    from gan_deploy.precision.calibrate import ENTROPY_LEVELS, PERCENTILE
+
+    cal = calibration
+    checked = 0
+    for t in cal.tensors:
+        h = cal.hist.get(t)
+        if h is None or cal.lo[t] == cal.hi[t]:
+            assert cal.ranges("percentile")[t] == cal.ranges("entropy")[t] == (cal.lo[t], cal.hi[t])
+            continue
+        assert cal.ranges("percentile")[t] == pytest.approx(_percentile_range(h, cal.lo[t], cal.hi[t], PERCENTILE), rel=1e-12), t
+        assert cal.ranges("entropy")[t] == pytest.approx(_entropy_range(h, cal.lo[t], cal.hi[t], ENTROPY_LEVELS), rel=1e-12), t
+        checked += 1
+    assert checked >= 5
+    assert cal.ranges("minmax") == {t: (cal.lo[t], cal.hi[t]) for t in cal.tensors}
+    with pytest.raises(GanDeployError) as e:
+        cal.ranges("kl")
+    assert str(e.value) == "unknown calibration method: 'kl'; expected one of minmax, percentile, entropy"
+
+
+def test_calibration_of_a_constant_tensor_is_that_value():
+    """A tensor that is always 0.5 (and one always 0): every method gives exactly [0.5, 0.5] ([0, 0]), never an
+    empty or inverted range."""
+    from onnx import TensorProto, helper
+
+    from gan_deploy.precision.calibrate import calibrate
+
+    g = helper.make_graph(
+        [helper.make_node("Mul", ["z", "zero"], ["zeros"]), helper.make_node("Add", ["zeros", "half"], ["halves"]),
+         helper.make_node("Relu", ["z"], ["relu"])],
+        "consts", [helper.make_tensor_value_info("z", TensorProto.FLOAT, ["N", 8])],
+        [helper.make_tensor_value_info("halves", TensorProto.FLOAT, ["N", 8]),
+         helper.make_tensor_value_info("relu", TensorProto.FLOAT, ["N", 8])],
+        [helper.make_tensor("zero", TensorProto.FLOAT, [], [0.0]), helper.make_tensor("half", TensorProto.FLOAT, [], [0.5])])
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    cal = calibrate(model, GeneratorSpec(8, 1, 1, 8), samples=64, seed=1)
+    for method in ("minmax", "percentile", "entropy"):
+        r = cal.ranges(method)
+        assert r["zeros"] == (0.0, 0.0) and r["halves"] == (0.5, 0.5), (method, r)
+        assert r["relu"][0] == 0.0 and 0.0 < r["relu"][1] <= cal.hi["relu"]
+        assert r["z"][0] < 0.0 < r["z"][1]
+
+
 def test_calibration_latents_and_gate_latents_share_no_row(tiny_checkpoint, tmp_path, cli, monkeypatch):
     """Spy on every latent draw `quantize --int8` makes; those made for calibration and those made for the gate
     must not overlap (a calibration that saw the gate's latents could overfit them and pass a bad model)."""
