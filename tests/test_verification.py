@@ -179,6 +179,8 @@ def test_gate_limits_are_inclusive_and_each_check_reports_its_figure():
     assert values == {"nonfinite": 0, "saturation_increase": inc, "psnr_worst_db": fig["psnr_worst_db"],
                       "psnr_median_db": fig["psnr_median_db"], "fd_ratio": fig["fd_ratio"]}
     assert [c.note for c in rep.checks][:4] == ["", "", "", ""]
+    assert rep.checks[4].note == f"FD {fig['fd']:.3g} vs noise floor {fig['fd_noise']:.3g}"
+    assert fig["psnr_worst_db"] < fig["psnr_mean_db"] < 200 and fig["psnr_mean_db"] != fig["psnr_median_db"]
     beyond = {"max_saturation_increase": np.nextafter(inc, -1), "min_psnr_worst": np.nextafter(fig["psnr_worst_db"], 1e9),
               "min_psnr_median": np.nextafter(fig["psnr_median_db"], 1e9), "max_fd_ratio": np.nextafter(fig["fd_ratio"], -1)}
     names = {"max_saturation_increase": "saturation_increase", "min_psnr_worst": "psnr_worst_db",
