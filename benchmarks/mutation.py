@@ -11,6 +11,7 @@ the survivors, and writes a JSON report. Not part of CI: minutes per module on 2
     python benchmarks/mutation.py gate --ref HEAD~3        # the tree of a commit (scores before new tests)
     python benchmarks/mutation.py --max-runtime 900 --json mutation.json
     python benchmarks/mutation.py gate --baseline before.json   # also the score on the mutants both runs checked
+    python benchmarks/mutation.py --hand                       # issue 17's listed weakenings only (about a minute)
 
 How: each module runs in its own temporary copy of the tree (gan_deploy/, tests/, examples/, pyproject.toml) with a
 `[tool.mutmut]` section written for it (source_paths, only_mutate, the test selection, pytest's -x and
@@ -62,6 +63,31 @@ TARGETS: dict[str, Target] = {
     "calibration": Target("gan_deploy/precision/calibrate.py", ("Calibration.ranges", "_range", "_fold", "_entropy_threshold", "calibrate"),
                           ("tests/test_quantize.py", "tests/test_sensitivity.py", "tests/test_verification.py", "-k", "calib")),
 }
+# The weakenings issue 17 lists (each once survived the tests), as (what, file, text, replacement, pytest -k): `--hand`
+# applies each to a temporary copy and expects tests/test_verification.py to fail. mutmut does not make these
+# (it leaves module constants and whole calls alone), so they are checked by hand. A text that is no longer in
+# the file (the code moved or changed) is reported, not skipped silently.
+HAND_MUTATIONS: list[tuple[str, str, str, str, str]] = [
+    ("export: mean instead of max", "gan_deploy/export/onnx.py", "float(np.abs(got - ref).max())", "float(np.abs(got - ref).mean())", "export"),
+    ("export: first batch size only", "gan_deploy/export/onnx.py", "    for b in batch_sizes:\n", "    for b in batch_sizes[:1]:\n", "export"),
+    ("export: tolerance 10x looser", "gan_deploy/export/onnx.py", "    if err > tolerance:", "    if err > 10 * tolerance:", "export"),
+    ("export: default tolerance 10x looser", "gan_deploy/export/onnx.py", "DEFAULT_TOLERANCE = 1e-4", "DEFAULT_TOLERANCE = 1e-3", "export"),
+    ("gate: FP16 thresholds = INT8's", "gan_deploy/precision/gate.py", '"fp16": GateThresholds(0, 0.005, 30.0, 45.0, 0.1)',
+     '"fp16": GateThresholds(0, 0.01, 20.0, 30.0, 0.25)', "fp16"),
+    ("resume: model sha256 not compared", "gan_deploy/generate/pipeline.py", 'if mine and model.get("sha256") != mine.get("sha256"):',
+     "if False:", "resume"),
+    ("resume: value range not compared", "gan_deploy/generate/pipeline.py", '"value_range", "backend",', '"backend",', "resume"),
+    ("resume: backend not compared", "gan_deploy/generate/pipeline.py", '"value_range", "backend",', '"value_range",', "resume"),
+    ("resume: precision not compared", "gan_deploy/generate/pipeline.py", '"precision", "jpeg_encoder"):', '"jpeg_encoder"):', "resume"),
+    ("auto: CUDA-to-CPU fallback ignores accepted kinds", "gan_deploy/backends/__init__.py",
+     "if artifact.kind in cls.accepts and cls.unavailable_reason() is None:", "if cls.unavailable_reason() is None:", "auto"),
+    ("auto: preference ignores accepted kinds", "gan_deploy/backends/__init__.py", "        if artifact.kind not in cls.accepts:\n",
+     "        if False:\n", "auto"),
+    ("calibration: percentile not clipped to min/max", "gan_deploy/precision/calibrate.py",
+     "return max(lo, float(left)), min(hi, float(right))", "return float(left), float(right)", "calib"),
+    ("calibration: entropy not clipped to min/max", "gan_deploy/precision/calibrate.py", "return max(lo, -t), min(hi, t)", "return -t, t", "calib"),
+    ("calibration: latents drawn with the gate's seed", "gan_deploy/precision/quantize.py", "CALIB_SEED = 7919", "CALIB_SEED = 104_729", "calib"),
+]
 PYTEST_ARGS = ["-x", "-q", "-p", "no:cacheprovider", "-m", "not slow"]
 COPIED = ("gan_deploy", "tests", "examples", "pyproject.toml")  # examples/: tests load the example generators
 
@@ -232,6 +258,35 @@ def run_module(name: str, target: Target, ref: str | None, max_runtime: float, m
     return row
 
 
+def run_hand(ref: str | None) -> list[dict]:
+    """Each of HAND_MUTATIONS in a temporary copy: killed when tests/test_verification.py -k <k> fails."""
+    copy = Path(tempfile.mkdtemp(prefix="mutation-hand-"))
+    rows = []
+    try:
+        make_copy(ref, copy)
+        env = {**os.environ, "GAN_DEPLOY_THREADS": "1", "PYTHONPATH": str(copy)}
+        for what, path, text, replacement, k in HAND_MUTATIONS:
+            f = copy / path
+            src = f.read_text() if f.is_file() else ""
+            if src.count(text) != 1:
+                rows.append({"mutation": what, "status": "text not found (update HAND_MUTATIONS)"})
+                print(f"  ?        {what}: text not found in {path}")
+                continue
+            f.write_text(src.replace(text, replacement))
+            try:
+                r = subprocess.run([sys.executable, "-m", "pytest", *PYTEST_ARGS, "tests/test_verification.py", "-k", k],
+                                   cwd=copy, env=env, capture_output=True, text=True, timeout=900)
+            finally:
+                f.write_text(src)
+            failed = [ln.split()[1] for ln in r.stdout.splitlines() if ln.startswith("FAILED")]
+            status = "killed" if r.returncode == 1 else "survived" if r.returncode == 0 else f"pytest exit {r.returncode}"
+            rows.append({"mutation": what, "status": status, "failed": failed})
+            print(f"  {status:<8} {what}" + (f" ({failed[0]})" if failed else ""))
+    finally:
+        shutil.rmtree(copy, ignore_errors=True)
+    return rows
+
+
 def print_row(row: dict) -> None:
     head = f"{row['module']:<13} {row.get('path', '?')}"
     if row.get("score") is None:
@@ -271,6 +326,7 @@ def main() -> None:
     ap.add_argument("--max-runtime", type=float, default=1200, help="seconds per module before it is stopped")
     ap.add_argument("--max-children", type=int, default=min(2, os.cpu_count() or 1))
     ap.add_argument("--json", default="mutation.json", help="where the report goes")
+    ap.add_argument("--hand", action="store_true", help="only the weakenings of HAND_MUTATIONS (seconds each), no mutmut")
     ap.add_argument("--baseline", default=None, help="an earlier JSON report: also score both on the mutants both checked")
     ap.add_argument("--keep", action="store_true", help="keep each module's temporary copy (to `mutmut show` a survivor)")
     a = ap.parse_args()
@@ -279,6 +335,11 @@ def main() -> None:
         ap.error(f"unknown module {', '.join(unknown)}: expected {', '.join(TARGETS)}")
     if shutil.which("mutmut", path=str(Path(sys.executable).parent)) is None:
         sys.exit(f"mutmut is not installed beside {sys.executable}: pip install 'mutmut>=3.8'")
+    if a.hand:
+        rows = run_hand(a.ref)
+        Path(a.json).write_text(json.dumps({"hand_mutations": rows}, indent=2) + "\n")
+        print(f"killed {sum(r['status'] == 'killed' for r in rows)}/{len(rows)}; wrote {a.json}")
+        return
     baseline = json.loads(Path(a.baseline).read_text()) if a.baseline else {}
     rows = []
     for name in a.modules or list(TARGETS):
