@@ -483,7 +483,7 @@ def test_auto_on_cuda_never_gives_a_checkpoint_to_tensorrt(tiny_checkpoint, on_c
 # calibration: ranges inside what was observed; latents the gate never uses
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture  # per test, not per module: a shared one caches its ranges, so mutmut would credit only the first test
 def calibration(tiny_onnx):
     from gan_deploy.precision.calibrate import calibrate
 
