@@ -147,8 +147,8 @@ class OpenVinoRunner(Runner):
 
     def _probe(self) -> None:
         """One inference before any real work, as onnxruntime's: the images must have the declared shape (OpenVINO's
-        CPU plugin can compute another: 2026.4 on an AVX2 CPU returns [N, 4, 32, 32] for our onnxruntime-flavour
-        INT8 DCGAN, whose graph declares [N, 1, 32, 32]) and should fill the declared value range."""
+        CPU plugin can compute another: 2026.4 on an AVX2 CPU returned [N, 4, 32, 32] for our onnxruntime-flavour
+        INT8 DCGAN, whose graph declares [N, 1, 32, 32], until precision/int8.float_tail left its last Q/DQ pair out) and should fill the declared value range."""
         from gan_deploy.core.latents import latents_range
 
         b = self._batch or 2

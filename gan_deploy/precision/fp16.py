@@ -19,7 +19,7 @@ from gan_deploy.precision.gate import run_gate, thresholds_for
 from gan_deploy.precision.lineage import candidate_artifact, check_out, child_meta, fp32_parent, reference_runner
 from gan_deploy.precision.options import QuantizeOptions
 from gan_deploy.precision.report import PrecisionReport, finish
-from gan_deploy.precision.rewrite import drop_unused, fold_batchnorms
+from gan_deploy.precision.rewrite import OUTPUT_ACTIVATIONS, drop_unused, fold_batchnorms
 
 # Operators left in FP32 by the FP16 pass, and why:
 KEEP_FP32_OPS = frozenset({
@@ -36,7 +36,6 @@ KEEP_FP32_OPS = frozenset({
 })
 # the generator's final activation stays FP32: the output is cast to FP32 anyway, so casting before tanh instead of
 # after costs nothing, and FP16 tanh would round every pixel near the rails to a 2^-11 grid (the saturated background)
-OUTPUT_ACTIVATIONS = frozenset({"Tanh", "Sigmoid", "Clip", "HardSigmoid"})
 FP32_ONLY_INPUTS = {"Resize": {1, 2}, "Upsample": {1}}  # roi/scales are float32 whatever the data type
 PASS_THROUGH_OPS = frozenset({"Shape", "Size"})  # read any type, write int64
 FP16_MAX = 65504.0

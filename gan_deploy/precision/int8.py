@@ -40,7 +40,7 @@ from gan_deploy.precision.calibrate import (
 )
 from gan_deploy.precision.lineage import child_meta, fp32_parent
 from gan_deploy.precision.policy import Int8Policy
-from gan_deploy.precision.rewrite import prepare_int8
+from gan_deploy.precision.rewrite import OUTPUT_ACTIVATIONS, prepare_int8, unquantize_inputs
 
 
 def check_int8_target(target: str) -> str:
@@ -113,6 +113,7 @@ def quantize_prepared(prepared, spec: GeneratorSpec, target: str, policy: Int8Po
     class Reader(PriorLatents, CalibrationDataReader):  # onnxruntime checks the base class
         pass
 
+    tail = float_tail(prepared)
     with tempfile.TemporaryDirectory(prefix="gan-deploy-q-") as d, _quiet_quantizer():
         out = Path(d) / "int8.onnx"
         kw: dict[str, Any] = {}
@@ -126,15 +127,43 @@ def quantize_prepared(prepared, spec: GeneratorSpec, target: str, policy: Int8Po
         quantize_static(onnx.ModelProto.FromString(prepared.SerializeToString()), out, reader, quant_format=QuantFormat.QDQ,
                         per_channel=True, reduce_range=bool(reduce_range),
                         activation_type=QuantType.QInt8 if trt else QuantType.QUInt8, weight_type=QuantType.QInt8,
-                        nodes_to_exclude=list(policy.exclude), calibrate_method=CalibrationMethod.MinMax, extra_options=extra, **kw)
+                        nodes_to_exclude=list(policy.exclude) + [n for n in tail if n not in policy.exclude], calibrate_method=CalibrationMethod.MinMax, extra_options=extra, **kw)
         q = onnx.load(str(out))
+    if tail:  # onnxruntime still rounds their input through Q/DQ (its producer's output): float in, float out
+        unquantize_inputs(q, tail)
     recipe: dict[str, Any] = {"reduce_range": bool(reduce_range), "target": target, "weights": "int8 symmetric per-channel",
                               "activations": "int8 symmetric per-tensor" if trt else "uint8 asymmetric per-tensor",
                               "bias": "fp32" if trt else "int32"}
+    if tail:
+        recipe["float_tail"] = tail
     if policy.mixed:
         recipe["kept_fp32"] = list(policy.exclude)
     recipe["policy"] = policy.to_dict()
     return q, recipe
+
+
+# Data movement that only reorders values (no arithmetic): quantizing it computes nothing in INT8
+MOVEMENT_OPS = frozenset({"DepthToSpace", "SpaceToDepth", "Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze"})
+
+
+def float_tail(model) -> list[str]:
+    """Data-movement nodes whose every consumer is the model's output activation (Tanh/Sigmoid... producing a graph
+    output, which stays FP32): their Q/DQ pair would only requantize values that leave INT8 at once. Left in float:
+    no INT8 arithmetic is lost, one rounding step is saved, and OpenVINO 2026.4's CPU plugin, which moves such a
+    per-tensor DequantizeLinear through the last DepthToSpace wrongly (images [N, 4, H, W] for [N, 1, H, W]), runs the
+    model as declared."""
+    outputs = {o.name for o in model.graph.output}
+    consumers: dict[str, list] = {}
+    for n in model.graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    tail = []
+    for n in model.graph.node:
+        users = [u for o in n.output for u in consumers.get(o, [])]
+        if (n.op_type in MOVEMENT_OPS and users and not any(o in outputs for o in n.output)
+                and all(u.op_type in OUTPUT_ACTIVATIONS and any(o in outputs for o in u.output) for u in users)):
+            tail.append(n.name)
+    return tail
 
 
 class Int8Builder:

@@ -163,6 +163,7 @@ def fold_batchnorms(model):
     return model, len(folded)
 
 
+OUTPUT_ACTIVATIONS = frozenset({"Tanh", "Sigmoid", "Clip", "HardSigmoid"})  # a generator's last activation: kept FP32 by the passes
 ACTIVATIONS = ("Relu", "LeakyRelu")  # elementwise, so they commute with concatenation and pixel shuffles
 
 
@@ -309,6 +310,33 @@ def drop_unused(model) -> None:
         model.graph.node.extend(live)
         del model.graph.initializer[:]
         model.graph.initializer.extend(keep_init)
+
+
+def unquantize_inputs(model, names: list[str]) -> int:
+    """Remove the QuantizeLinear -> DequantizeLinear pair feeding each named node, when the pair serves that node
+    alone: the node then reads the float tensor the pair rounded. Returns the pairs removed."""
+    producer = {o: n for n in model.graph.node for o in n.output}
+    readers: dict[str, int] = {}
+    for n in model.graph.node:
+        for i in n.input:
+            readers[i] = readers.get(i, 0) + 1
+    dropped: set[int] = set()
+    for n in model.graph.node:
+        if n.name not in names:
+            continue
+        for k, x in enumerate(n.input):
+            dq = producer.get(x)
+            q = producer.get(dq.input[0]) if dq is not None and dq.op_type == "DequantizeLinear" else None
+            if q is None or q.op_type != "QuantizeLinear" or readers.get(dq.output[0]) != 1 or readers.get(q.output[0]) != 1:
+                continue
+            n.input[k] = q.input[0]
+            dropped |= {id(q), id(dq)}
+    if dropped:
+        live = [n for n in model.graph.node if id(n) not in dropped]
+        del model.graph.node[:]
+        model.graph.node.extend(live)
+        drop_unused(model)
+    return len(dropped) // 2
 
 
 def prepare_int8(model, rewrite: bool = True):
