@@ -63,6 +63,7 @@ def generate(runner: Any, opts: GenerateOptions, on_batch: Callable[[int], None]
     interrupted = complete = False
     seconds_inference = seconds_total = 0.0
     pool = None
+    made: list[Any] = []
     restore_term = _sigterm_as_interrupt()  # from here SIGTERM stops the run as Ctrl-C does: start-up included
     t_start = time.perf_counter()
     try:
@@ -72,7 +73,9 @@ def generate(runner: Any, opts: GenerateOptions, on_batch: Callable[[int], None]
                 on_start()
             session.start_progress(f"generate [{runner.name}]")
             # a signal while the workers start: those started are stopped (make_pool), the run ends interrupted
-            pool = make_pool(kind, session.sink.worker(), writers, session.on_result, (session.max_batch, *session.shape), slots)
+            # on_create: the pool as soon as it exists, so a signal as make_pool returns still reaches pool.close
+            pool = make_pool(kind, session.sink.worker(), writers, session.on_result, (session.max_batch, *session.shape), slots,
+                             on_create=made.append)
             t_start = time.perf_counter()
             for task in session.tasks():
                 if not session.wait_room(slots, lambda: pool.failure is not None):
@@ -94,6 +97,8 @@ def generate(runner: Any, opts: GenerateOptions, on_batch: Callable[[int], None]
             interrupted = True
         finally:
             restore_term()
+            if pool is None and made:
+                pool = made[0]
             if pool is not None:
                 # Ctrl-C: the batches already handed out are finished (a bounded few); an error: those queued are skipped
                 pool.close(cancel=session.failed or pool.failure is not None)

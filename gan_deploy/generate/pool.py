@@ -260,7 +260,8 @@ def _main_hidden() -> Iterator[None]:
 class ProcessPool(_Pool):
     kind = "process"
 
-    def __init__(self, worker: SinkWorker, n_workers: int, deliver: Deliver, slot_shape: tuple[int, ...], n_slots: int):
+    def __init__(self, worker: SinkWorker, n_workers: int, deliver: Deliver, slot_shape: tuple[int, ...], n_slots: int,
+                 on_create: Callable[["ProcessPool"], None] | None = None):
         import multiprocessing as mp
         from multiprocessing import shared_memory
 
@@ -278,22 +279,28 @@ class ProcessPool(_Pool):
                                   args=(worker, self.shm.name, self.slot_shape, n_slots, self.tasks, self.results, self.cancel,
                                         os.getpid()))
                       for k in range(n_workers)]
+        self._stop_collector = False
+        self.collector: threading.Thread | None = None
+        if on_create is not None:  # the caller holds the pool before any process starts: a signal that arrives as
+            on_create(self)        # the constructor returns cannot leave processes that nobody closes
         try:
             for p in self.procs:  # one at a time: a Ctrl-C or SIGTERM (as KeyboardInterrupt) stops the start-up
                 start_process(p)
+            self.collector = threading.Thread(target=self._collect, name="gan-deploy-collector", daemon=True)
+            self.collector.start()
         except BaseException:
             self._abort_start()
             raise
-        self._stop_collector = False
-        self.collector = threading.Thread(target=self._collect, name="gan-deploy-collector", daemon=True)
-        self.collector.start()
 
     def _abort_start(self) -> None:
         """Stopped while starting: the workers already started are killed (they hold no task, so no file is
         half-written) and reaped, and the shared memory is freed."""
+        self._stop_collector = True
+        if self.collector is not None:
+            self.collector.join()
         for p in self.procs:
             if p.pid is not None:
-                p.kill()
+                p.kill()  # SIGKILL: a child still in spawn's bootstrap has SIGTERM blocked
         for p in self.procs:
             if p.pid is not None:
                 p.join()
@@ -364,7 +371,8 @@ class ProcessPool(_Pool):
                 p.join()
         self._check_workers()
         self._stop_collector = True
-        self.collector.join()
+        if self.collector is not None:
+            self.collector.join()
         self.results.close()
         del self.slots
         self.shm.close()
@@ -378,7 +386,8 @@ def start_process(p) -> None:
 
 
 def make_pool(kind: str, worker: SinkWorker, n_workers: int, deliver: Deliver, slot_shape: tuple[int, ...],
-              n_slots: int) -> ThreadPool | ProcessPool:
+              n_slots: int, on_create: Callable[[ProcessPool], None] | None = None) -> ThreadPool | ProcessPool:
+    """`on_create(pool)` is called before any worker process starts (so the caller can close it whatever happens)."""
     if kind == "process":
-        return ProcessPool(worker, n_workers, deliver, slot_shape, n_slots)
+        return ProcessPool(worker, n_workers, deliver, slot_shape, n_slots, on_create)
     return ThreadPool(worker, n_workers, deliver)
