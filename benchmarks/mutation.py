@@ -56,7 +56,7 @@ TARGETS: dict[str, Target] = {
                            ("tests/test_export.py", "tests/test_verification.py", "-k", "export")),
     "gate": Target("gan_deploy/precision/gate.py", ("thresholds_for", "image_figures", "check_artifact", "run_gate", "gate_latents"),
                    ("tests/test_gate.py", "tests/test_verification.py")),
-    "resume": Target("gan_deploy/generate/pipeline.py", ("Session._check_record",),  # moving to generate/session.py
+    "resume": Target("gan_deploy/generate/session.py", ("Session._check_record",),
                      ("tests/test_generate.py", "tests/test_verification.py", "-k", "resume")),
     "auto": Target("gan_deploy/backends/__init__.py", ("choose_backend", "pick_backend", "make_runner", "backends_for"),
                    ("tests/test_backends.py", "tests/test_gpu_paths.py", "tests/test_verification.py", "-k", "auto")),
@@ -74,11 +74,11 @@ HAND_MUTATIONS: list[tuple[str, str, str, str, str]] = [
     ("export: default tolerance 10x looser", "gan_deploy/export/onnx.py", "DEFAULT_TOLERANCE = 1e-4", "DEFAULT_TOLERANCE = 1e-3", "export"),
     ("gate: FP16 thresholds = INT8's", "gan_deploy/precision/gate.py", '"fp16": GateThresholds(0, 0.005, 30.0, 45.0, 0.1)',
      '"fp16": GateThresholds(0, 0.01, 20.0, 30.0, 0.25)', "fp16"),
-    ("resume: model sha256 not compared", "gan_deploy/generate/pipeline.py", 'if mine and model.get("sha256") != mine.get("sha256"):',
+    ("resume: model sha256 not compared", "gan_deploy/generate/session.py", 'if mine and model.get("sha256") != mine.get("sha256"):',
      "if False:", "resume"),
-    ("resume: value range not compared", "gan_deploy/generate/pipeline.py", '"value_range", "backend",', '"backend",', "resume"),
-    ("resume: backend not compared", "gan_deploy/generate/pipeline.py", '"value_range", "backend",', '"value_range",', "resume"),
-    ("resume: precision not compared", "gan_deploy/generate/pipeline.py", '"precision", "jpeg_encoder"):', '"jpeg_encoder"):', "resume"),
+    ("resume: value range not compared", "gan_deploy/generate/session.py", '"value_range", "backend",', '"backend",', "resume"),
+    ("resume: backend not compared", "gan_deploy/generate/session.py", '"value_range", "backend",', '"value_range",', "resume"),
+    ("resume: precision not compared", "gan_deploy/generate/session.py", '"precision", "jpeg_encoder"):', '"jpeg_encoder"):', "resume"),
     ("auto: CUDA-to-CPU fallback ignores accepted kinds", "gan_deploy/backends/__init__.py",
      "if artifact.kind in cls.accepts and cls.unavailable_reason() is None:", "if cls.unavailable_reason() is None:", "auto"),
     ("auto: preference ignores accepted kinds", "gan_deploy/backends/__init__.py", "        if artifact.kind not in cls.accepts:\n",
@@ -86,7 +86,7 @@ HAND_MUTATIONS: list[tuple[str, str, str, str, str]] = [
     ("calibration: percentile not clipped to min/max", "gan_deploy/precision/calibrate.py",
      "return max(lo, float(left)), min(hi, float(right))", "return float(left), float(right)", "calib"),
     ("calibration: entropy not clipped to min/max", "gan_deploy/precision/calibrate.py", "return max(lo, -t), min(hi, t)", "return -t, t", "calib"),
-    ("calibration: latents drawn with the gate's seed", "gan_deploy/precision/quantize.py", "CALIB_SEED = 7919", "CALIB_SEED = 104_729", "calib"),
+    ("calibration: latents drawn with the gate's seed", "gan_deploy/precision/calibrate.py", "CALIB_SEED = 7919", "CALIB_SEED = 104_729", "calib"),
 ]
 PYTEST_ARGS = ["-x", "-q", "-p", "no:cacheprovider", "-m", "not slow"]
 COPIED = ("gan_deploy", "tests", "examples", "pyproject.toml")  # examples/: tests load the example generators
