@@ -10,7 +10,7 @@ Timing is not done here: `gan_deploy.core.timing` measures every backend the sam
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any, ClassVar
+from typing import Any, Callable, ClassVar
 
 import numpy as np
 
@@ -239,3 +239,18 @@ def check_images(runner: Runner, seed: int, start: int = 0, count: int = PROBE_I
         runner.health.observe(part)
     if spread:
         runner.health.check_spread(np.concatenate(images))
+
+
+def in_fixed_batches(run: Callable[[np.ndarray], np.ndarray], z: np.ndarray, batch: int | None,
+                     image_shape: tuple[int, ...]) -> np.ndarray:
+    """`run(z)` for a graph that may be fixed to one batch size (`batch`; None: any): whole chunks of it, the last one
+    padded with zeros, the padding's images dropped. float32 [N, C, H, W]."""
+    if batch is None or len(z) == batch:
+        return run(z)
+    out = np.empty((len(z), *image_shape), dtype=np.float32)
+    for s in range(0, len(z), batch):
+        chunk = z[s:s + batch]
+        if len(chunk) < batch:
+            chunk = np.concatenate([chunk, np.zeros((batch - len(chunk), *chunk.shape[1:]), dtype=chunk.dtype)])
+        out[s:s + batch] = run(chunk)[: min(batch, len(z) - s)]
+    return out

@@ -7,7 +7,7 @@ import os
 import numpy as np
 
 from gan_deploy.artifacts.onnx import FIXED_BATCH_HINT, META_INT8_TARGET
-from gan_deploy.backends.base import Runner
+from gan_deploy.backends.base import Runner, in_fixed_batches
 from gan_deploy.core.errors import GanDeployError
 from gan_deploy.export.onnx import onnx_bytes_of
 
@@ -127,17 +127,7 @@ class OnnxRuntimeRunner(Runner):
         return True
 
     def infer_impl(self, z: np.ndarray) -> np.ndarray:
-        b = self._batch
-        if b is None or len(z) == b:
-            return self._run(z)
-        # a fixed-batch graph runs only its own batch size: whole chunks of it, the last one padded with zeros
-        out = np.empty((len(z), *self.spec.image_shape), dtype=np.float32)
-        for s in range(0, len(z), b):
-            chunk = z[s:s + b]
-            if len(chunk) < b:
-                chunk = np.concatenate([chunk, np.zeros((b - len(chunk), *chunk.shape[1:]), dtype=chunk.dtype)])
-            out[s:s + b] = self._run(chunk)[: min(b, len(z) - s)]
-        return out
+        return in_fixed_batches(self._run, z, self._batch, self.spec.image_shape)
 
     def describe(self) -> str:
         fixed = f"; fixed batch {self._batch}" if getattr(self, "_batch", None) else ""

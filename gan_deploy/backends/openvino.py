@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from gan_deploy.artifacts.onnx import FIXED_BATCH_HINT
-from gan_deploy.backends.base import Runner
+from gan_deploy.backends.base import Runner, in_fixed_batches
 from gan_deploy.backends.onnxruntime import env_threads
 from gan_deploy.core.errors import GanDeployError
 
@@ -200,17 +200,7 @@ class OpenVinoRunner(Runner):
         return out
 
     def infer_impl(self, z: np.ndarray) -> np.ndarray:
-        b = self._batch
-        if b is None or len(z) == b:
-            return self._run(z)
-        # a fixed-batch graph runs only its own batch size: whole chunks of it, the last one padded with zeros
-        out = np.empty((len(z), *self.spec.image_shape), dtype=np.float32)
-        for s in range(0, len(z), b):
-            chunk = z[s:s + b]
-            if len(chunk) < b:
-                chunk = np.concatenate([chunk, np.zeros((b - len(chunk), *chunk.shape[1:]), dtype=chunk.dtype)])
-            out[s:s + b] = self._run(chunk)[: min(b, len(z) - s)]
-        return out
+        return in_fixed_batches(self._run, z, self._batch, self.spec.image_shape)
 
     def close(self) -> None:
         self._compiled = {}
