@@ -48,6 +48,8 @@ def test_generate_compare(cli, tiny_checkpoint, tmp_path):
     (["generate", "-b", "-4"], "--batch-size"),
     (["bench", "--batch-sizes", "1,x"], "comma-separated integers"),
     (["generate", "--backend", "fast"], "--backend"),
+    (["bench", "--batch-sizes", ""], "--batch-sizes"),  # given but empty: was a TypeError traceback
+    (["bench", "--batch-sizes", " "], "--batch-sizes"),
 ])
 def test_bad_options_are_usage_errors(cli, args, message, tmp_path):
     r = cli(*args, "--out", tmp_path / "o") if args[0] == "generate" else cli(*args)

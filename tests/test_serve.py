@@ -210,9 +210,7 @@ class _Svc:
         art = load_artifact(onnx=checkpoint) if str(checkpoint).endswith(".onnx") else load_artifact(checkpoint)
         cfg = ServeConfig(art, backend=backend, device="cpu", max_batch_size=8, batch_wait_ms=5,
                           max_images_per_request=MAX_IMAGES, **{"max_queued": 2, "read_timeout_s": 0.5, "request_timeout_s": 5.0, **over})
-        self.svc = GanService(cfg, LocalGenerator(cfg))
-        self.svc.gen.metrics = self.svc.metrics
-        self.svc.gen.batcher.metrics = self.svc.metrics
+        self.svc = GanService(cfg, LocalGenerator(cfg))  # the service attaches its metrics, as `serve` does
         if delay is not None:
             real = self.svc.gen.pixels
 
@@ -698,8 +696,7 @@ class _Edge:
         from gan_deploy.serve.service import GanService
 
         cfg = _config(art, **over)
-        self.service = GanService(cfg, None)  # type: ignore[arg-type]
-        self.service.gen = LocalGenerator(cfg, self.service.metrics)
+        self.service = GanService(cfg, LocalGenerator(cfg))  # wired as driver.run_service wires it
         urls: list[str] = []
         self.server = make_server(self.service, cfg, ready=urls.append)
         self.thread = threading.Thread(target=self.server.run, daemon=True)

@@ -30,7 +30,7 @@ from gan_deploy.core.errors import GanDeployError
 @click.option("--max-time", type=click.FloatRange(min=0.01), default=10.0, show_default=True, help="Stop measuring one case after this many seconds.")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="onnxruntime intra-op threads (default: all cores).")
 @click.option("--variant", "variants", multiple=True, type=InputPath(dir_okay=False),
-              help="Also measure this ONNX (e.g. from `quantize --int8`) with onnxruntime. Repeatable.")
+              help="Also measure this ONNX (e.g. from `quantize --int8`) with onnxruntime, and with OpenVINO when it is among the backends. Repeatable.")
 @click.option("--precisions", default=None, metavar="LIST",
               help="Precisions of the PyTorch backends, comma-separated from: " + ", ".join(TORCH_PRECISIONS)
                    + " (default: all of them on a GPU, fp32 on the CPU). Each is its own row, e.g. compile:fp16.")

@@ -23,7 +23,7 @@ from gan_deploy.data.sources import BUILTIN
 
 
 @command("eval", short_help="Quality score: FD, precision, recall vs real data or another backend.")
-@artifact_options(checkpoint_help="Generator checkpoint (.safetensors with its .json). Default: the shipped models/digits_dcgan. "
+@artifact_options(checkpoint_help="Generator checkpoint (.safetensors with its .json). Default: the shipped digits_dcgan (package data). "
                                   "With --onnx/--engine and --against-backend: the checkpoint the reference backend runs.",
                   onnx_help="ONNX generator to score.", engine_help="TensorRT engine to score.")
 @input_path_option("--images", exists=True, dir_okay=True, default=None,

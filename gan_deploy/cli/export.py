@@ -9,9 +9,9 @@ from gan_deploy.export.onnx import DEFAULT_OPSET, DEFAULT_TOLERANCE, MIN_OPSET
 
 
 @command("export", short_help="PyTorch -> ONNX (dynamic batch), checked against eager.")
-@checkpoint_option(help="Checkpoint to export. Default: the shipped models/digits_dcgan.")
+@checkpoint_option(help="Checkpoint to export. Default: the shipped digits_dcgan (package data).")
 @output_option("--out", "-o", kind="onnx", default=None,
-              help="ONNX file to write. Default: beside the checkpoint, with .onnx.")
+              help="ONNX file to write. Default: beside the checkpoint, with .onnx (the shipped one: models/digits_dcgan.onnx in the working folder).")
 @click.option("--opset", type=click.IntRange(min=MIN_OPSET), default=DEFAULT_OPSET, show_default=True)
 @click.option("--tolerance", type=click.FloatRange(min=0), default=DEFAULT_TOLERANCE, show_default=True,
               help="Max |onnxruntime - eager| allowed on the [-1,1] image scale.")

@@ -73,7 +73,7 @@ def main() -> None:
 
     \b
     Typical flow:
-      gan-deploy train                      # or use the shipped models/digits_dcgan
+      gan-deploy train                      # or use the shipped digits_dcgan
       gan-deploy export                     # -> models/digits_dcgan.onnx, checked against eager
       gan-deploy generate -n 1000 --out samples/
       gan-deploy bench                      # eager vs torch.compile vs onnxruntime

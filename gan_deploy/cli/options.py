@@ -259,8 +259,10 @@ def gate_options(f: F) -> F:
 
 def int_list(ctx: click.Context | None, param: click.Parameter | None, value: str | None) -> tuple[int, ...] | None:
     """Callback for comma-separated positive integers such as 1,16,64,256."""
-    if value is None or value == "":
+    if value is None:
         return None
+    if not value.strip():  # given, but empty: not the same as leaving the option out
+        raise click.BadParameter(f"{value!r}: expected comma-separated integers such as 1,16,64,256")
     try:
         sizes = tuple(int(v) for v in value.replace(" ", "").split(",") if v)
     except ValueError:

@@ -134,6 +134,10 @@ class LocalGenerator:
             pool.submit(self._infer, [0] * n, list(range(n))).result()
         self.batcher = Batcher(self._infer, cfg.max_batch_size, cfg.batch_wait_ms / 1000.0, metrics, pool)
 
+
+    def attach_metrics(self, metrics: Metrics) -> None:
+        """Record queue times and batches into `metrics` (the service's, so /metrics shows them)."""
+        self.metrics = self.batcher.metrics = metrics
     def _infer(self, seeds: list[int], indices: list[int]) -> np.ndarray:
         # latents (one vectorized call per distinct seed), then [N, H, W, C] uint8; a GPU runner converts on the
         # device and copies a quarter of the bytes

@@ -104,6 +104,9 @@ class GanService:
         self.cfg, self.gen, self.replica = cfg, generator, replica
         self.artifact = cfg.artifact
         self.metrics = metrics or Metrics()
+        attach = getattr(generator, "attach_metrics", None)
+        if attach is not None:  # an in-process generator: its batches and queue times go into this service's /metrics
+            attach(self.metrics)
         self.capacity = cfg.capacity if capacity is None else capacity
         self.in_flight = 0  # admitted /generate requests not yet answered
         self.draining = False  # SIGTERM: /readyz 503, answers carry Connection: close; requests still served
