@@ -137,18 +137,23 @@ def run_load(host: str, port: int, prefix: str, clients: int, count: int, reques
             images[0] += count
         conn.close()
 
-    async def main() -> float:
-        t0 = time.perf_counter()
-        await asyncio.gather(*(client(k, t0 + seconds) for k in range(clients)))
-        return time.perf_counter() - t0
-
-    wall = asyncio.run(main())
+    wall = run_clients(client, clients, seconds)
     ok = statuses.get(200, 0)
     return {"clients": clients, "images_per_request": count, "format": fmt, "seconds": wall, "requests_ok": ok,
             "requests_per_s": ok / wall, "images_per_s": images[0] / wall, "refused_503": statuses.get(503, 0),
             "failed": sum(n for s, n in statuses.items() if s not in (200, 503)), "statuses": statuses,
             "latency_ms": {q: 1000 * percentile(lat, float(q[1:])) for q in ("p50", "p90", "p99")},
             "n_wrong": len(wrong), "wrong": wrong[:20]}
+
+
+def run_clients(client, clients: int, seconds: float) -> float:
+    """Run `clients` closed-loop coroutines `client(k, deadline)` together until the deadline; the wall time."""
+    async def main() -> float:
+        t0 = time.perf_counter()
+        await asyncio.gather(*(client(k, t0 + seconds) for k in range(clients)))
+        return time.perf_counter() - t0
+
+    return asyncio.run(main())
 
 
 def run_overload(host: str, port: int, prefix: str, clients: int, seconds: float) -> dict:
@@ -173,12 +178,7 @@ def run_overload(host: str, port: int, prefix: str, clients: int, seconds: float
                 other[status] = other.get(status, 0) + 1
         conn.close()
 
-    async def main() -> float:
-        t0 = time.perf_counter()
-        await asyncio.gather(*(client(k, t0 + seconds) for k in range(clients)))
-        return time.perf_counter() - t0
-
-    wall = asyncio.run(main())
+    wall = run_clients(client, clients, seconds)
     return {"clients": clients, "seconds": wall, "ok": len(to_200), "ok_per_s": len(to_200) / wall, "refused_503": len(to_503),
             "refused_per_s": len(to_503) / wall, "other": other,
             "time_to_503_ms": {q: 1000 * percentile(to_503, float(q[1:])) for q in ("p50", "p99")},
