@@ -293,16 +293,17 @@ def main() -> int:
         try:
             results["load"] = []
             for count in counts:
-                cpu0 = tree_cpu_s(proc.pid if proc else None)
+                cpu0, own0 = tree_cpu_s(proc.pid if proc else None), time.process_time()
                 r = run_load(host, port, prefix, a.clients, count, requests, duration, ref)
-                cpu = tree_cpu_s(proc.pid if proc else None) - cpu0
+                cpu, own = tree_cpu_s(proc.pid if proc else None) - cpu0, time.process_time() - own0
+                r["client_cpu_ms_per_request"] = 1000 * own / max(1, r["requests_ok"] + r["refused_503"])
                 r["server_cpu_ms_per_request"] = 1000 * cpu / max(1, r["requests_ok"] + r["refused_503"])
                 r["server_cpu_ms_per_image"] = 1000 * cpu / max(1, r["requests_ok"] * count)
                 results["load"].append(r)
                 print(f"{a.label:<8} {count:>4} img/req {a.clients} clients: {r['requests_per_s']:>7.0f} req/s {r['images_per_s']:>7.0f} img/s "
                       f"p50 {r['latency_ms']['p50']:>6.1f} ms p90 {r['latency_ms']['p90']:>6.1f} ms p99 {r['latency_ms']['p99']:>6.1f} ms "
                       f"503s {r['refused_503']} failed {r['failed']} wrong {r['n_wrong']} server CPU {r['server_cpu_ms_per_request']:.2f} ms/req "
-                      f"{r['server_cpu_ms_per_image']:.3f} ms/img (load avg {os.getloadavg()[0]:.1f})", flush=True)
+                      f"{r['server_cpu_ms_per_image']:.3f} ms/img, client CPU {r['client_cpu_ms_per_request']:.2f} ms/req (load avg {os.getloadavg()[0]:.1f})", flush=True)
                 for w in r["wrong"][:3]:
                     print(f"  wrong: {w}")
             if a.overload:

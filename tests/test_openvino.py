@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
 import warnings
 
 import numpy as np
@@ -121,6 +122,27 @@ def test_measurement_can_be_turned_off(tiny_onnx, cache, monkeypatch):
     monkeypatch.setenv("GAN_DEPLOY_AUTO_MEASURE", "0")
     assert choose_backend(load_artifact(onnx=tiny_onnx), "cpu", batch_size=64) == ("onnxruntime", "auto on cpu: onnxruntime")
     assert not calls
+
+
+@needs_openvino
+@pytest.mark.parametrize("age_days, measured_again", [(1, False), (autoprobe.MAX_AGE_DAYS + 1, True), (-1, True)])
+def test_an_old_choice_is_measured_again(tiny_onnx, cache, monkeypatch, age_days, measured_again):
+    # a probe on a busy machine must not decide for good; a time ahead of the clock is not trusted either
+    art = load_artifact(onnx=tiny_onnx)
+    fake, calls = _fake({"onnxruntime": 10.0, "openvino": 5.0})
+    monkeypatch.setattr(autoprobe.measured_choice, "__defaults__", (None, fake))
+    key = autoprobe.probe_key(art, ["onnxruntime", "openvino"], 8, 1)
+    path = autoprobe.cache_file(key)
+    autoprobe.write_choice(path, key, "onnxruntime", "measured on a busy day", {"onnxruntime": 1.0, "openvino": 2.0})
+    doc = json.loads(path.read_text())
+    doc["measured_at"] = time.strftime(autoprobe.TIME_FORMAT, time.gmtime(time.time() - age_days * 86400))
+    path.write_text(json.dumps(doc))
+    name, why = choose_backend(art, "cpu", batch_size=8)
+    assert (len(calls) == 1) == measured_again
+    if measured_again:
+        assert name == "openvino" and json.loads(path.read_text())["choice"] == "openvino"  # recorded anew
+    else:
+        assert name == "onnxruntime" and f"measured before, at {doc['measured_at']}" in why
 
 
 @needs_openvino

@@ -423,6 +423,38 @@ def test_batcher_merges_concurrent_pieces_and_drops_cancelled_ones():
     _run(main())
 
 
+def test_batcher_without_a_wait_runs_at_once_and_merges_what_arrives_meanwhile():
+    """The default (--batch-wait-ms 0): a lone piece runs the moment it arrives (no waiting while the backend idles),
+    and the pieces that arrive while a batch runs form the next batch together, not one call each."""
+    import threading
+
+    from gan_deploy.serve.batcher import Batcher
+    calls: list[int] = []
+    release = threading.Event()
+
+    def infer(seeds, indices):
+        calls.append(len(seeds))
+        if len(calls) == 1:
+            release.wait(5)  # the first batch runs until the others have arrived
+        return np.array(indices)
+
+    async def main():
+        b = Batcher(infer, max_batch_size=8, batch_wait_s=0.0)
+        first = asyncio.ensure_future(b.run([0], [0]))
+        for _ in range(100):  # the first batch starts without company
+            await asyncio.sleep(0.01)
+            if calls:
+                break
+        assert calls == [1]
+        rest = [asyncio.ensure_future(b.run([0] * 2, [k, k + 1])) for k in (1, 3, 5)]
+        await asyncio.sleep(0.05)
+        release.set()
+        out = await asyncio.gather(first, *rest)
+        assert [px.tolist() for px, _ in out] == [[0], [1, 2], [3, 4], [5, 6]]
+        assert calls == [1, 6]
+    _run(main())
+
+
 def test_replica_answers_the_same_contract_behind_rays_proxy(tiny_checkpoint):
     """What `serve deploy` of the config file runs: a replica's __call__ (Ray's proxy as the listener) is the
     same GanService, with its own batcher; and its pixels() (the edge's handle call) the same images."""

@@ -13,7 +13,9 @@ The probe, once per (artifact sha256, CPU model and flags, threads, batch size, 
    `auto` never runs slower than onnxruntime (today's choice) by more than noise.
 
 The choice is written to the user's cache folder (core/usercache.py: auto/<key>.json) and read back through
-core/jsonio.py with every field checked; a damaged file is measured again (with a warning), never trusted.
+core/jsonio.py with every field checked; a damaged file is measured again (with a warning), never trusted. A
+choice older than MAX_AGE_DAYS is measured again: one probe on a busy machine (another job on the cores, a
+thermal spell) would otherwise decide for good; the reason printed says when the choice was measured.
 GAN_DEPLOY_AUTO_MEASURE=0 turns the measurement off (onnxruntime, as before; the test suite sets it so that
 outputs never depend on a timing).
 """
@@ -41,6 +43,8 @@ BUDGET_S = 3.0  # measurement time per candidate, at most (after MIN_ROUNDS)
 ROUND_S = 0.02  # a round calls `infer` enough times to last about this long (batch 1 takes ~0.2 ms)
 CHALLENGERS = ("openvino",)
 FORMAT = "gan-deploy-auto-choice"
+MAX_AGE_DAYS = 7
+TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
 VERSION = 1
 
 Measure = Callable[[dict[str, "Runner"], int], dict[str, list[float]]]
@@ -99,8 +103,19 @@ def cache_file(key: dict[str, Any]) -> Path | None:
     return folder / (hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:32] + ".json")
 
 
-def read_choice(path: Path, key: dict[str, Any], candidates: list[str]) -> tuple[str, str] | None:
-    """(choice, why) recorded for `key`; None when there is none. A damaged or foreign file: a warning, then None."""
+def _parse_time(text: str) -> float | None:
+    """Seconds since the epoch of a TIME_FORMAT string (UTC), or None when it is not one."""
+    import calendar
+
+    try:
+        return float(calendar.timegm(time.strptime(text, TIME_FORMAT)))
+    except ValueError:
+        return None
+
+
+def read_choice(path: Path, key: dict[str, Any], candidates: list[str], now: float | None = None) -> tuple[str, str, str] | None:
+    """(choice, why, measured_at) recorded for `key`; None when there is none or it is older than MAX_AGE_DAYS. A
+    damaged or foreign file: a warning, then None."""
     from gan_deploy.core.jsonio import field, read_document
 
     if not path.exists():
@@ -116,20 +131,24 @@ def read_choice(path: Path, key: dict[str, Any], candidates: list[str]) -> tuple
         medians = field(d, "median_ms", path, what, kind="dict", hint=hint)
         for name, ms in medians.items():
             field(medians, name, path, what, kind="number", check=lambda v: v > 0, expected="milliseconds > 0", hint=hint)
-        field(d, "measured_at", path, what, kind="str", check=lambda v: len(v) <= 40, expected="a UTC time", hint=hint)
+        measured_at = field(d, "measured_at", path, what, kind="str", check=lambda v: _parse_time(v) is not None,
+                            expected=f"a UTC time {TIME_FORMAT}", hint=hint)
         if medians and choice not in medians:
             raise GanDeployError(f"{what} field is invalid", f"{path}: choice={choice!r} has no median_ms", hint=hint)
     except GanDeployError as e:
         warn(f"ignoring a damaged cache file: {e}")
         return None
-    return choice, why
+    age_s = (time.time() if now is None else now) - (_parse_time(measured_at) or 0.0)
+    if not 0 <= age_s <= MAX_AGE_DAYS * 86400:  # old (or from a clock ahead of ours): measured again
+        return None
+    return choice, why, measured_at
 
 
 def write_choice(path: Path, key: dict[str, Any], choice: str, why: str, medians_ms: dict[str, float]) -> None:
     from gan_deploy.core.fileio import atomic_write_text
 
     doc = {"format": FORMAT, "format_version": VERSION, "key": key, "choice": choice, "why": why,
-           "median_ms": medians_ms, "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+           "median_ms": medians_ms, "measured_at": time.strftime(TIME_FORMAT, time.gmtime())}
     try:
         atomic_write_text(path, json.dumps(doc, indent=2) + "\n")
     except OSError as e:
@@ -147,7 +166,7 @@ def measured_choice(artifact: "Artifact", incumbent: str, challengers: list[str]
     if path is not None:
         cached = read_choice(path, key, names)
         if cached is not None:
-            return cached[0], f"{cached[1]} (measured before, {path})"
+            return cached[0], f"{cached[1]} (measured before, at {cached[2]}; kept {MAX_AGE_DAYS} days in {path})"
     runners: dict[str, Runner] = {}
     refused: list[str] = []
     try:

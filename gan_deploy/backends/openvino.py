@@ -170,7 +170,8 @@ class OpenVinoRunner(Runner):
         try:
             c = self._for_batch(b)
             if c.part is None or c.parts == 1:
-                return np.array(c.requests[0].infer({0: z})[c.output], dtype=np.float32, copy=True)
+                # infer() returns a copy of the output (share_outputs=False, its default): the array is ours, not copied again
+                return np.asarray(c.requests[0].infer({0: z})[c.output], dtype=np.float32)
             return self._run_parts(c, z)
         except GanDeployError:
             raise

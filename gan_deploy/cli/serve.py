@@ -28,8 +28,9 @@ from gan_deploy.cli.options import (
 @click.option("--port", type=int, default=8000, show_default=True)
 @click.option("--max-batch-size", type=click.IntRange(min=1), default=64, show_default=True,
               help="Most images per backend call; requests are merged up to this.")
-@click.option("--batch-wait-ms", type=float, default=5.0, show_default=True,
-              help="How long a batch waits for more requests before it runs.")
+@click.option("--batch-wait-ms", type=float, default=0.0, show_default=True,
+              help="How long a batch waits for more requests before it runs, once the backend is free (0: not at all; "
+                   "requests that arrive while a batch runs join the next one anyway).")
 @click.option("--max-images-per-request", type=int, default=256, show_default=True)
 @click.option("--max-queued", type=int, default=64, show_default=True,
               help="Most /generate requests admitted per replica at once; more are answered 503 at once.")

@@ -38,7 +38,10 @@ class ServeConfig:
     backend: str = "auto"
     device: str = "auto"
     max_batch_size: int = 64  # images per backend call
-    batch_wait_ms: float = 5.0  # how long a batch waits for more requests once its first image arrived
+    # how long a batch waits for more requests once its first image arrived. 0: a batch forms from what is waiting the
+    # moment the backend is free; requests that arrive while one runs join the next. Waiting while the backend idles
+    # only delays answers: 16 closed-loop 1-image clients got 661-731 requests/s at 5 ms, 1,412 at 0 (docs/serving.md)
+    batch_wait_ms: float = 0.0
     max_images_per_request: int = 256
     max_queued: int = 64  # /generate requests admitted per replica at once; more get 503 at once
     num_replicas: int = 1
