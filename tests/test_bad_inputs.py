@@ -599,6 +599,7 @@ CASES: list[Case] = [
     C("gen-format-unknown", "generate -c tiny.safetensors --format gif --out out", "--format"),
     C("gen-shard-out-of-range", f"{GEN} -c tiny.safetensors --shard 3/2", "bad --shard", None, OUT),
     C("gen-shard-word", f"{GEN} -c tiny.safetensors --shard half", "bad --shard", None, OUT),
+    C("gen-shard-empty", f"{GEN} -c tiny.safetensors --shard ", "bad --shard", None, OUT),  # split(" "): the last argument is ""
     C("gen-seed-negative", "generate -c tiny.safetensors --seed -1 --out out", "--seed"),
     C("gen-out-is-file", "generate -c tiny.safetensors -n 4 --out tiny.json", "is a file"),
     C("gen-out-not-empty", "generate -c tiny.safetensors -n 4 --out full", "not empty", write("full/keep.txt", "keep")),

@@ -1,8 +1,9 @@
 """`auto` on a CPU: onnxruntime, or a challenger runtime (OpenVINO) when it is measurably faster for *this* artifact
 on *this* machine at the command's batch size.
 
-Which runtime is fastest depends on the model (OpenVINO runs our INT8 DCGAN 1.6-1.9x faster than onnxruntime at
-batch 64-256 on an AVX-512 VNNI CPU, and the StyleGAN2-style example 1.4x slower), so no fixed rule can choose.
+Which runtime is fastest depends on the model and the CPU (OpenVINO runs our INT8 DCGAN 1.6-1.9x faster than
+onnxruntime at batch 64-256 on an AVX-512 VNNI CPU and on a Zen 3 without VNNI; the StyleGAN2-style FP32 1.4x
+slower on the first, 1.3x faster on the second; docs/precision.md), so no fixed rule can choose.
 The probe, once per (artifact sha256, CPU model and flags, threads, batch size, runtime versions):
 
 1. builds and activates each runner (a runtime that refuses the model, or that the caller's `vet` refuses, e.g.

@@ -82,8 +82,10 @@ def ray_workers_bound(cores: int | None = None, avail: int | None = None) -> tup
 
 
 def parse_shard(text: str | None) -> tuple[int, int]:
-    """--shard K/N -> (K, N); none: (0, 1), the whole run."""
-    if not text:
+    """--shard K/N -> (K, N); none: (0, 1), the whole run. An empty value is an error, not the whole run: a job
+    array whose variable was unset (`--shard "$K/$N"` gives "/"; `--shard "$SHARD"` gives "") must not have every
+    task write every image."""
+    if text is None:
         return (0, 1)
     try:
         k, n = (int(p) for p in text.split("/"))

@@ -55,8 +55,9 @@ class PrecisionReport:
             lines.append(f"  calibration: {c['samples']} prior latents (seed {c['seed']}), {c['method']}; "
                          f"weights {self.recipe['weights']}, activations {self.recipe['activations']}")
             if c.get("chosen_by"):
-                lines.append(f"  calibration chosen by the gate's figures ({c['chosen_by']['rule']}):")
-                for m, d in c["chosen_by"]["methods"].items():
+                methods = c["chosen_by"]["methods"]
+                lines.append(f"  calibration chosen by the gate's figures ({c['chosen_by']['rule']})" + (":" if methods else ""))
+                for m, d in methods.items():
                     lines.append(f"    {m:<10} full INT8 {'ACCEPTED' if d['accepted'] else 'REJECTED'}, damage {d['damage']}: {d['figures']}")
         if "fp32_nodes" in self.recipe:
             fkept = self.recipe["fp32_nodes"]
