@@ -729,6 +729,33 @@ def test_sigterm_while_process_writers_start_stops_the_run(tiny_checkpoint, tmp_
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+@pytest.mark.parametrize("kind", ["process", "thread"])
+def test_a_signal_while_the_collector_thread_starts_stops_the_run(tiny_checkpoint, tmp_path, monkeypatch, kind):
+    """Found by the real-run test below: SIGTERM inside Thread.start() of the collector (while it waits for the new
+    thread to say it runs) left a thread running that join() refused as "not started": a RuntimeError traceback
+    and exit 1 instead of an interrupted run. The signal arrives here exactly in that window, every time."""
+    import multiprocessing
+    import threading
+
+    real_start = threading.Thread.start
+    sent = []
+
+    def start(self):
+        if self.name == "gan-deploy-collector" and not sent:
+            sent.append(1)
+            os.kill(os.getpid(), signal.SIGTERM)  # delivered now, inside start(), before the thread exists
+            time.sleep(0.05)
+        real_start(self)
+    monkeypatch.setattr(threading.Thread, "start", start)
+    out = tmp_path / "out"
+    with pytest.raises(GenerateInterrupted) as e:
+        generate(make_runner("onnxruntime", load_artifact(tiny_checkpoint)),
+                 GenerateOptions(n=40, out=out, batch_size=10, progress=False, writer_kind=kind, writers=2))
+    assert sent and e.value.report.n_written == 0 and _listed(out) == []
+    assert not multiprocessing.active_children() and not (out / LOCK).exists()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 def test_sigterm_during_the_start_up_of_a_real_run(tiny_checkpoint, tmp_path):
     """The same with the real command and the real start-up of 8 encoder processes (about 0.3-1 s each here):
     SIGTERM once the model is loaded and the workers are starting; exit 130, no worker left behind."""

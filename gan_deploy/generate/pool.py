@@ -114,9 +114,10 @@ class ThreadPool(_Pool):
         self.threads = [threading.Thread(target=self._work, args=(pickle.loads(blob),), name=f"gan-deploy-writer-{k}", daemon=True)
                         for k in range(n_workers)]
         self.collector = threading.Thread(target=self._collect, name="gan-deploy-collector", daemon=True)
-        for t in self.threads:
-            t.start()
-        self.collector.start()
+        with _signals_held():  # a Ctrl-C inside Thread.start() would leave a thread started and not known started
+            for t in self.threads:
+                t.start()
+            self.collector.start()
 
     def submit(self, task: Task, pixels: np.ndarray | Encoded) -> None:
         with self.cond:
@@ -287,7 +288,8 @@ class ProcessPool(_Pool):
             for p in self.procs:  # one at a time: a Ctrl-C or SIGTERM (as KeyboardInterrupt) stops the start-up
                 start_process(p)
             self.collector = threading.Thread(target=self._collect, name="gan-deploy-collector", daemon=True)
-            self.collector.start()
+            with _signals_held():  # a signal inside Thread.start() (waiting for the thread to say it runs) left a
+                self.collector.start()  # thread running that join() refused as "not started": a traceback, exit 1
         except BaseException:
             self._abort_start()
             raise
