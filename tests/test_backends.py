@@ -113,10 +113,13 @@ def test_batch_invariance_across_many_sizes(name, tiny_onnx):
         assert np.abs(parts - whole).max() <= runner.tolerance, b
 
 
-def test_openvino_refuses_what_it_cannot_run(tiny_checkpoint, tiny_onnx):
+def test_openvino_runs_a_checkpoint_as_its_onnx_export_and_refuses_what_it_cannot_run(tiny_checkpoint, tiny_onnx):
     _available("openvino")
-    with pytest.raises(GanDeployError, match="cannot run a PyTorch checkpoint.*--backend onnxruntime"):
-        make_runner("openvino", load_artifact(tiny_checkpoint))
+    # a checkpoint goes through the same in-memory export as onnxruntime's: the same images as the exported file
+    z = latents_range(3, 0, 5, 8)
+    from_checkpoint = make_runner("openvino", load_artifact(tiny_checkpoint), "cpu").infer(z)
+    from_file = make_runner("openvino", load_artifact(onnx=tiny_onnx), "cpu").infer(z)
+    assert np.abs(from_checkpoint - from_file).max() <= 1e-5
     with pytest.raises(GanDeployError, match="unknown OpenVINO performance hint"):
         make_runner("openvino", load_artifact(onnx=tiny_onnx), "cpu", hint="fastest").activate()
     from gan_deploy.backends.openvino import OpenVinoRunner

@@ -555,8 +555,10 @@ def test_openvino_generates_onnxruntimes_images_byte_identical_across_batch_size
 
 @pytest.mark.skipif(unavailable_reason("openvino") is not None, reason="openvino is not installed")
 def test_cli_generate_with_openvino_and_auto_says_why(cli, tiny_onnx, tmp_path, monkeypatch):
+    from gan_deploy.backends import autoprobe
     monkeypatch.setenv("GAN_DEPLOY_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setenv("GAN_DEPLOY_AUTO_MEASURE", "1")
+    monkeypatch.setattr(autoprobe, "busy_reason", lambda *a: None)  # a real probe of a tiny model on a busy test machine
     r = cli("generate", "--onnx", tiny_onnx, "--backend", "openvino", "-n", 7, "-b", 4, "--out", tmp_path / "a")
     assert r.exit_code == 0, r.output
     assert "-> backend openvino" in r.output and len(list((tmp_path / "a").glob("*.png"))) == 7

@@ -26,6 +26,7 @@ def cache(tmp_path, monkeypatch):
     monkeypatch.setenv("GAN_DEPLOY_AUTO_MEASURE", "1")
     from gan_deploy import backends
     monkeypatch.setattr(backends, "_CHOSEN", {})
+    monkeypatch.setattr(autoprobe, "machine_load", lambda: 0.0)  # the suite's own load must not decide what is recorded
     return tmp_path / "cache"
 
 
@@ -143,6 +144,32 @@ def test_an_old_choice_is_measured_again(tiny_onnx, cache, monkeypatch, age_days
         assert name == "openvino" and json.loads(path.read_text())["choice"] == "openvino"  # recorded anew
     else:
         assert name == "onnxruntime" and f"measured before, at {doc['measured_at']}" in why
+
+
+@needs_openvino
+@pytest.mark.parametrize("load, rounds, why", [(9.0, [10.0, 10.0, 10.0], "load average 9.0"),
+                                                (0.0, [10.0, 10.0, 31.0], "spread p90/p50 3.1")])
+def test_a_probe_on_a_busy_machine_decides_this_run_only(tiny_onnx, cache, monkeypatch, load, rounds, why):
+    """Found by a new user's trial: a probe while another job ran took onnxruntime (OpenVINO suffers more from a busy
+    machine) and recorded it for a week. Busy (other jobs' load above the cores, or rounds spread as bench warns):
+    the choice holds for this run, nothing is recorded, the next start measures again."""
+    art = load_artifact(onnx=tiny_onnx)
+    calls = []
+
+    def measure(runners, batch_size):
+        calls.append(1)
+        return {"onnxruntime": [t / 1e3 for t in rounds], "openvino": [5e-3] * 3}
+    monkeypatch.setattr(autoprobe.measured_choice, "__defaults__", (None, measure))
+    monkeypatch.setattr(autoprobe, "machine_load", lambda: load)
+    name, reason = choose_backend(art, "cpu", batch_size=8)
+    assert name == "openvino" and "the machine was busy" in reason and why in reason and "for this run only" in reason
+    assert not list((cache / "auto").glob("*.json")) if (cache / "auto").exists() else True
+    from gan_deploy import backends
+    monkeypatch.setattr(backends, "_CHOSEN", {})
+    monkeypatch.setattr(autoprobe, "machine_load", lambda: 0.0)
+    monkeypatch.setattr(autoprobe.measured_choice, "__defaults__", (None, _fake({"onnxruntime": 10.0, "openvino": 5.0})[0]))
+    name, reason = choose_backend(art, "cpu", batch_size=8)  # quiet now: measured again, and recorded
+    assert len(calls) == 1 and "busy" not in reason and len(list((cache / "auto").glob("*.json"))) == 1
 
 
 @needs_openvino

@@ -16,7 +16,9 @@ The probe, once per (artifact sha256, CPU model and flags, threads, batch size, 
 The choice is written to the user's cache folder (core/usercache.py: auto/<key>.json) and read back through
 core/jsonio.py with every field checked; a damaged file is measured again (with a warning), never trusted. A
 choice older than MAX_AGE_DAYS is measured again: one probe on a busy machine (another job on the cores, a
-thermal spell) would otherwise decide for good; the reason printed says when the choice was measured.
+thermal spell) would otherwise decide for good; the reason printed says when the choice was measured. A probe
+that finds the machine busy (`busy_reason`: other jobs' load above the cores, or rounds spread as `bench` warns)
+decides for its own run only and records nothing.
 GAN_DEPLOY_AUTO_MEASURE=0 turns the measurement off (onnxruntime, as before; the test suite sets it so that
 outputs never depend on a timing).
 """
@@ -38,6 +40,9 @@ if TYPE_CHECKING:
 
 ENV_MEASURE = "GAN_DEPLOY_AUTO_MEASURE"  # "0": auto on a CPU takes onnxruntime unmeasured, as before this module
 MARGIN = 0.05  # a challenger must be faster than the incumbent's median by more than this share
+NOISY_SPREAD = 1.5  # a runner's p90/p50 over the rounds above this (bench's rule): the machine was busy
+# Runtimes do not suffer a busy machine alike (OpenVINO's pinned threads measured 2.6x slower with another job on
+# the 2 cores, onnxruntime 1.2x), so a choice measured then is used for this run only, never recorded.
 ROUNDS = 7
 MIN_ROUNDS = 3
 BUDGET_S = 3.0  # measurement time per candidate, at most (after MIN_ROUNDS)
@@ -73,6 +78,31 @@ def measure(runners: dict[str, "Runner"], batch_size: int) -> dict[str, list[flo
     z = latents_range(0, 0, batch_size, next(iter(runners.values())).spec.latent_dim)
     calls: dict[str, Callable[[], Any]] = {n: functools.partial(r.infer, z) for n, r in runners.items()}
     return measure_rotated(calls, ROUND_S, ROUNDS, MIN_ROUNDS, BUDGET_S)
+
+
+def machine_load() -> float:
+    """The 1-minute load average (0 where the OS has none): what other jobs ask of the cores before the probe."""
+    import os
+
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return 0.0
+
+
+def busy_reason(load: float, cores: int, times: dict[str, list[float]]) -> str | None:
+    """Why a probe's figures should not decide for good (None: they may): other jobs' load above the cores before
+    it started, or a runner whose rounds spread beyond NOISY_SPREAD."""
+    import math
+
+    if cores and load > cores:
+        return f"load average {load:.1f} on {cores} cores before the probe"
+    for name, t in times.items():
+        v = sorted(t)
+        p50, p90 = statistics.median(v), v[max(0, math.ceil(0.9 * len(v)) - 1)]
+        if p50 > 0 and p90 / p50 > NOISY_SPREAD:
+            return f"{name}'s rounds spread p90/p50 {p90 / p50:.1f} > {NOISY_SPREAD}"
+    return None
 
 
 def probe_key(artifact: "Artifact", names: list[str], batch_size: int, threads: int, spin: bool = True) -> dict[str, Any]:
@@ -167,9 +197,10 @@ def measured_choice(artifact: "Artifact", incumbent: str, challengers: list[str]
     if path is not None:
         cached = read_choice(path, key, names)
         if cached is not None:
-            return cached[0], f"{cached[1]} (measured before, at {cached[2]}; kept {MAX_AGE_DAYS} days in {path})"
+            return cached[0], f"{cached[1]}; measured before, at {cached[2]}, kept {MAX_AGE_DAYS} days in {path}"
     runners: dict[str, Runner] = {}
     refused: list[str] = []
+    load = machine_load()  # before our own runners add to it
     try:
         for name in names:
             try:
@@ -193,6 +224,9 @@ def measured_choice(artifact: "Artifact", incumbent: str, challengers: list[str]
         choice, why, medians = incumbent, "no challenger can run it", {}
     if refused:
         why += "; " + "; ".join(refused)
+    busy = busy_reason(load, key["cores"], times) if len(runners) > 1 else None
+    if busy is not None:
+        return choice, f"{why}; the machine was busy ({busy}): this choice is for this run only, measured again next time"
     if path is not None:
         write_choice(path, key, choice, why, {n: max(round(ms, 6), 1e-6) for n, ms in medians.items()})
     return choice, why

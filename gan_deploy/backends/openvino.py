@@ -1,4 +1,5 @@
-"""OpenVINO: ONNX files (FP32, FP16 and our Q/DQ INT8, both flavours) on the CPU with Intel's runtime.
+"""OpenVINO: ONNX files (FP32, FP16 and our Q/DQ INT8, both flavours) on the CPU with Intel's runtime; a PyTorch
+checkpoint is exported to ONNX in memory first, as onnxruntime does (no file written).
 
 Compiled once per batch shape (a static [b, Z] input): measured on the shipped DCGAN FP32 on 2 cores, a static shape
 was faster than one dynamic-batch model at every batch size (batch 1: 0.68 vs 0.88 ms, 64: 60.4 vs 64.9 ms, 256:
@@ -17,7 +18,7 @@ compiling; GAN_DEPLOY_OPENVINO_CACHE=0 turns the cache off.
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -53,7 +54,7 @@ class _Compiled:
 
 class OpenVinoRunner(Runner):
     name = "openvino"
-    accepts = ("onnx",)
+    accepts = ("checkpoint", "onnx")
     tolerance = 1e-4
 
     @classmethod
@@ -115,7 +116,7 @@ class OpenVinoRunner(Runner):
         model = self.model.clone()
         model.reshape({self._input: [-1 if shape is None else shape, *self.spec.latent_shape]})
         try:
-            return self.core.compile_model(model, "CPU", self._config(hint))
+            return _on_own_thread(lambda: self.core.compile_model(model, "CPU", self._config(hint)))
         except Exception as e:
             raise GanDeployError("OpenVINO cannot compile the model", f"{self.artifact.path} at batch {shape or 'N'} "
                                  f"({_first_line(e)})", expected="a model OpenVINO's CPU plugin supports",
@@ -211,6 +212,30 @@ class OpenVinoRunner(Runner):
         fixed = f"; fixed batch {self._batch}" if getattr(self, "_batch", None) else ""
         threads = getattr(self, "_threads", 0)
         return f"openvino {openvino_version()} (CPU{f', {threads} threads' if threads else ''}{fixed})"
+
+
+def _on_own_thread(fn: Callable[[], Any]) -> Any:
+    """fn() on a thread of its own, which ends with it. OpenVINO's CPU plugin (2026.4) installs a signal alternate
+    stack (sigaltstack) on the first thread of the process that compiles a model, and frees that memory when the
+    plugin unloads. On a thread that lives on (the main thread), a later signal (SIGTERM, Ctrl-C: CPython installs
+    its handlers with SA_ONSTACK) was then delivered onto freed memory: a SIGSEGV from the kernel (si_code
+    SI_KERNEL), seen in the test suite. A thread that ends takes its alternate stack with it."""
+    import threading
+
+    result: list[Any] = []
+    error: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            result.append(fn())
+        except BaseException as e:  # handed to the caller, in the caller's thread
+            error.append(e)
+    t = threading.Thread(target=run, name="gan-deploy-openvino-compile", daemon=True)
+    t.start()
+    t.join()
+    if error:
+        raise error[0]
+    return result[0]
 
 
 def _cache_dir() -> Any:
