@@ -30,7 +30,8 @@ ONNX_HELP = "ONNX generator: ours from `export`, or any with input [N,Z] and out
 ENGINE_HELP = "TensorRT engine built by `gan-deploy build-engine`."
 VALUE_RANGE_HELP = f"Output range of a foreign ONNX generator without gan-deploy metadata (default {DEFAULT_VALUE_RANGE})."
 DEVICE_HELP = "auto, cpu, cuda or cuda:N."
-BACKEND_HELP = "auto = the fastest backend available for this artifact on this device."
+BACKEND_HELP = ("auto = the fastest backend available for this artifact on this device; on a CPU with a batch size, "
+                "onnxruntime and OpenVINO are timed on this artifact once and the choice is kept a week (docs/precision.md).")
 JSON_HELP = "Also write the report as JSON."
 
 
