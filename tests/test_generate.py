@@ -788,3 +788,46 @@ def test_sigterm_during_the_start_up_of_a_real_run(tiny_checkpoint, tmp_path):
     assert "Interrupted" in err and "Traceback" not in err
     time.sleep(0.5)
     assert not [p for p in seen if _alive(p)]
+
+
+# -- disk space ------------------------------------------------------------------------------------------------
+
+def _on_disk(path: Path) -> int:
+    """Bytes the files under `path` take on the disk (allocated blocks), as the estimate counts them."""
+    return sum(f.stat().st_blocks * 512 for f in path.rglob("*") if f.is_file())
+
+
+def test_a_run_larger_than_the_free_disk_space_is_refused_before_anything_is_written(cli, tiny_checkpoint, tmp_path, monkeypatch):
+    """`generate -n 10**14` started and ran until the disk was full: now the files are estimated from the first
+    images and a run that cannot fit is one line, exit 2, nothing written; --no-space-check starts it anyway."""
+    import collections
+    import shutil
+
+    real = shutil.disk_usage
+    usage = collections.namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(10**9, 10**9 - 200_000, 200_000))  # 195 KiB free
+    out = tmp_path / "new" / "out"  # not there yet: the free space of the nearest folder that exists
+    r = cli("generate", "-c", tiny_checkpoint, "-n", 100, "-b", 10, "--out", out)  # 100 files of 4 KiB: 400 KiB
+    assert r.exit_code == 2 and "not enough free disk space" in r.output and "100 images" in r.output, r.output
+    assert "Traceback" not in r.output and len(r.output.strip().splitlines()) == 1 and not (tmp_path / "new").exists()
+    r = cli("generate", "-c", tiny_checkpoint, "-n", 40, "-b", 10, "--out", out)  # 160 KiB: fits
+    assert r.exit_code == 0, r.output
+    r = cli("generate", "-c", tiny_checkpoint, "-n", 100, "-b", 10, "--out", tmp_path / "forced", "--no-space-check")
+    assert r.exit_code == 0, r.output
+    monkeypatch.setattr(shutil, "disk_usage", real)
+
+
+@pytest.mark.parametrize("sink, fmt", [("folder", "png"), ("folder", "jpg"), ("tar", "png"), ("array", "npy")])
+def test_the_disk_space_estimate_is_close_to_what_the_run_writes(tiny_checkpoint, tmp_path, sink, fmt):
+    from gan_deploy.generate.session import SPACE_SAMPLE, Session
+
+    opts = GenerateOptions(n=300, out=tmp_path / "o", batch_size=50, sink=sink, fmt=fmt, progress=False, manifest=False)
+    runner = make_runner("onnxruntime", load_artifact(tiny_checkpoint))
+    generate(runner, opts)
+    session = Session(opts, runner.spec, [], runner.name, "cpu", "fp32")
+    from gan_deploy.core.images import to_uint8
+    from gan_deploy.core.latents import latents_range
+    sample = to_uint8(runner.infer(latents_range(0, 0, SPACE_SAMPLE, runner.spec.latent_dim)), runner.spec.value_range)
+    estimate = session.sink.bytes_needed(sample)
+    written = _on_disk(tmp_path / "o") if sink != "array" else (tmp_path / "o" / "images.npy").stat().st_size
+    assert 0.8 * written <= estimate <= 1.25 * written, (estimate, written)

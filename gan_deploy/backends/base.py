@@ -201,12 +201,13 @@ ALLOW_OPTION = "--allow-bad-images"
 
 
 def check_images(runner: Runner, seed: int, start: int = 0, count: int = PROBE_IMAGES, batch: int | None = None,
-                 allow: bool = False) -> None:
+                 allow: bool = False) -> np.ndarray:
     """Before anything is written: compute images [start, start + count) of `seed` (in batches of at most `batch`)
     and refuse, in one line with the figures, a model whose images are mostly NaN/Inf, outside the declared value
     range or all at one end of it (OutputHealth's rule: WARN_FRACTION and the one-end spread). `allow`
     (--allow-bad-images) turns the refusal into the warning the run would print anyway. Activates the runner;
-    warnings raised while loading it are held back when the run is refused (the refusal says it all)."""
+    warnings raised while loading it are held back when the run is refused (the refusal says it all). Returns the
+    images, float32 [count, C, H, W] (generate estimates its disk space from them)."""
     import warnings
 
     from gan_deploy.core.latents import latents_range
@@ -239,6 +240,7 @@ def check_images(runner: Runner, seed: int, start: int = 0, count: int = PROBE_I
         runner.health.observe(part)
     if spread:
         runner.health.check_spread(np.concatenate(images))
+    return np.concatenate(images)
 
 
 def in_fixed_batches(run: Callable[[np.ndarray], np.ndarray], z: np.ndarray, batch: int | None,

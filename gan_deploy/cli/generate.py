@@ -71,10 +71,13 @@ RESUMED = ("n", "batch_size", "seed", "fmt", "sink", "shard", "backend", "precis
 @click.option("--allow-bad-images", is_flag=True,
               help="Write the images even when the first ones are mostly NaN/Inf or outside the model's value range "
                    "(black or clipped pixels); without it such a run is refused before anything is written.")
+@click.option("--no-space-check", "no_space_check", is_flag=True,
+              help="Start even when the files (estimated from the first images) need more than the free disk space; "
+                   "without it such a run is refused before anything is written.")
 @click.pass_context
 def generate(ctx, checkpoint, onnx, engine, value_range, n, out, batch_size, backend, device, precision, seed, sink, fmt,
              jpeg_encoder, tar_shard_size, tar_prefix, grid, overwrite, resume, no_manifest, shard, writers, writer_kind, compare,
-             json_out, executor, ray_workers, allow_bad_images) -> None:
+             json_out, executor, ray_workers, allow_bad_images, no_space_check) -> None:
     """Generate images from seed-derived latents, in batches, on any backend, into a folder of files, WebDataset
     tar shards or one memory-mappable array.
 
@@ -116,7 +119,8 @@ def generate(ctx, checkpoint, onnx, engine, value_range, n, out, batch_size, bac
                            sink_options=sink_options, overwrite=overwrite, resume=resume, grid=grid, json_out=json_out,
                            manifest=not no_manifest, writers=writers, writer_kind=writer_kind, shard=tuple(given["shard"]),
                            backend=given["backend"], device=device, precision=given["precision"], executor=executor,
-                           ray_workers=ray_workers, jpeg_encoder=given["jpeg_encoder"], allow_bad_images=allow_bad_images)
+                           ray_workers=ray_workers, jpeg_encoder=given["jpeg_encoder"], allow_bad_images=allow_bad_images,
+                           space_check=not no_space_check)
     try:
         report = generate_images(art, opts, on_start=lambda what: click.echo(what, err=True))
     except GenerateInterrupted as e:

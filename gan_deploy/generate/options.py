@@ -144,6 +144,7 @@ class GenerateOptions:
     sync_every: float = 1.0  # seconds between fsyncs of the journal
     jpeg_encoder: str = "cpu"  # device_jpeg.JPEG_ENCODERS: cpu (PIL, in the workers) | cuda (nvJPEG on the GPU, main process)
     allow_bad_images: bool = False  # a probe batch of NaN/Inf or out-of-range values: warn and write, not refuse
+    space_check: bool = True  # refuse a run whose files (estimated from its first images) exceed the free disk space
 
     def __post_init__(self) -> None:
         self.validate()

@@ -22,6 +22,8 @@ from gan_deploy.generate.options import GenerateOptions, shard_indices
 from gan_deploy.generate.outdir import OutputLock, check_empty, check_paths, make_out_dir, sweep
 from gan_deploy.generate.sinks import Bitset, Layout, Result, Sink, Task, sink_class
 
+SPACE_SAMPLE = 16  # images encoded to estimate a run's disk space (a 1024x1024 PNG takes ~50 ms to encode)
+
 GRID_IMAGES = 64  # the sample grid shows the first this many complete images
 
 
@@ -134,8 +136,39 @@ class Session:
     def probe(self, runner: Any) -> None:
         """Activate `runner` and compute the run's first images (at most PROBE_IMAGES): a model whose images are
         mostly NaN/Inf or outside the value range is refused here, before anything is written, unless
-        opts.allow_bad_images (then the warning only)."""
-        check_images(runner, **self.probe_range())
+        opts.allow_bad_images (then the warning only). Then the disk space the run needs, from those images."""
+        from gan_deploy.core.images import to_uint8
+
+        images = check_images(runner, **self.probe_range())  # [k, C, H, W]
+        self.check_space(to_uint8(images[:SPACE_SAMPLE], runner.spec.value_range))
+
+    def check_space(self, sample: Any) -> None:
+        """Refuse, before anything is written, a run whose files need more than the free space where `out` is (the
+        sink's estimate from `sample`, uint8 [k, H, W, C], the run's first images). Not on --resume (what is done
+        is already on the disk) nor with opts.space_check off. A full disk later still stops the run cleanly."""
+        import shutil
+
+        from gan_deploy.core.hardware import gib
+
+        if self.opts.resume or not self.opts.space_check or len(sample) == 0:
+            return
+        where = self.out
+        while not where.exists() and where != where.parent:
+            where = where.parent
+        try:
+            free = shutil.disk_usage(where).free
+        except OSError:
+            return  # no figure to check against: the run finds out, cleanly, if the disk fills
+        need = self.sink.bytes_needed(sample)
+        if need > free:
+            n = self.stop - self.start
+            raise GanDeployError("not enough free disk space for this run",
+                                 f"about {gib(need)} for {n:,} images ({gib(need / n)} each on disk, estimated from the first "
+                                 f"{len(sample)}), {gib(free)} free at {where}",
+                                 expected="a run that fits the free space",
+                                 hint="write fewer images (-n), one job shard per disk (--shard K/N) or to another --out; "
+                                      "--no-space-check writes until the disk is full (the run then stops cleanly and "
+                                      "--resume continues it)")
 
     def probe_range(self) -> dict[str, Any]:
         """check_images' arguments for this run: its first images, in batches it computes anyway."""

@@ -112,6 +112,9 @@ def io_error(e: OSError, where: str) -> str:
     return f"{where} ({e.strerror or type(e).__name__})"
 
 
+FS_BLOCK = 4096  # the allocation unit of common Linux filesystems (ext4, xfs): a file takes whole blocks
+
+
 class Sink(ABC):
     name: ClassVar[str]
     formats: ClassVar[tuple[str, ...]]  # image formats it can store; the first is its default
@@ -178,6 +181,14 @@ class Sink(ABC):
     @abstractmethod
     def read(self, indices: list[int]) -> np.ndarray:
         """Images at these indices, uint8 [k, H, W, C], read back from the outputs."""
+
+    def bytes_needed(self, sample: np.ndarray) -> int:
+        """Disk bytes the run's images [start, stop) will take, estimated from `sample` (uint8 [k, H, W, C], the
+        run's first images, encoded as the workers will): one file per image, each rounded up to a filesystem
+        block (a 1 KB PNG takes 4 KiB on disk)."""
+        files = encode_batch(np.ascontiguousarray(sample), self.layout.fmt)
+        per_image = sum(-(-len(f) // FS_BLOCK) * FS_BLOCK for f in files) / len(files)
+        return int(per_image * (self.layout.stop - self.layout.start))
 
     def describe(self, n_images: int) -> str:
         return f"{n_images} {self.layout.fmt} images to {self.out}"

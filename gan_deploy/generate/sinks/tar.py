@@ -23,7 +23,7 @@ import numpy as np
 
 from gan_deploy.core.errors import GanDeployError
 from gan_deploy.core.fileio import FolderWriter, write_all
-from gan_deploy.core.images import FORMATS, decode_bytes
+from gan_deploy.core.images import FORMATS, decode_bytes, encode_batch
 from gan_deploy.generate.sinks.base import Bitset, Encoded, Layout, Result, Sink, SinkWorker, Task, batch_files, file_stat
 
 BLOCK = 512
@@ -151,6 +151,15 @@ class TarSink(Sink):
             if not ok:
                 done.set_range(lo, hi, False)
         self.complete = done
+
+    def bytes_needed(self, sample: np.ndarray) -> int:
+        """Two members per sample (the image and its JSON), each a header block and its data padded to a block;
+        the shards themselves are files, so the per-file rounding is one block per shard, not per image."""
+        lay = self.layout
+        files = encode_batch(np.ascontiguousarray(sample), lay.fmt)
+        meta = len(b'{"index":%d,"seed":%d}' % (max(lay.stop - 1, 0), lay.seed))
+        per_sample = sum(2 * BLOCK + len(f) + (-len(f) % BLOCK) + meta + (-meta % BLOCK) for f in files) / len(files)
+        return int(per_sample * (lay.stop - lay.start))
 
     def worker(self) -> SinkWorker:
         return TarWorker(self.layout)
