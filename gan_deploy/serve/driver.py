@@ -223,12 +223,12 @@ def stop() -> None:
         return
     from ray import serve
     try:
-        if ray.is_initialized():  # serve.shutdown() would start a Ray just to find nothing
-            if _owns_ray:
-                serve.shutdown()
-            else:
-                for name in _apps:
-                    serve.delete(name)
+        if ray.is_initialized() and not _owns_ray:  # on a cluster: only our apps go, Serve and the others stay
+            for name in _apps:
+                serve.delete(name)
+        # the local Ray we started goes whole with ray.shutdown() below: serve.shutdown() first killed the
+        # controller under this process's own pending handle calls, which Ray then reported as two "(raylet) Task
+        # ServeController... killed by ray.kill" lines at every clean stop; the edge has drained by now
     finally:
         _apps.clear()
         if ray.is_initialized():
