@@ -88,7 +88,11 @@ def _cgroup_room() -> int | None:
 
 
 def gib(n: float) -> str:
-    """Bytes as a short human figure (GiB, MiB or KiB)."""
+    """Bytes as a short human figure (PiB, TiB, GiB, MiB or KiB)."""
+    if n >= 1 << 50:
+        return f"{n / 2**50:,.1f} PiB"
+    if n >= 1 << 40:
+        return f"{n / 2**40:,.1f} TiB"
     if n >= 1 << 30:
         return f"{n / 2**30:,.1f} GiB"
     if n >= 1 << 20:
