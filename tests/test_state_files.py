@@ -126,7 +126,9 @@ def test_every_record_a_run_writes_reads_back(tiny_checkpoint, tmp_path, args):
 
 @pytest.mark.parametrize("key,value,needle", [("n", "7", "n='7'"), ("start", -1, "start=-1"), ("image", [16, 16], "image=[16, 16]"),
                                               ("jpeg_encoder", "gpu", "jpeg_encoder='gpu'"), ("device", "tpu", "device='tpu'"),
-                                              ("latent_dim", 0, "latent_dim=0")])
+                                              ("latent_dim", 0, "latent_dim=0"),
+                                              # a JSON integer too large for a float: was an OverflowError traceback
+                                              ("value_range", [-1, 10**400], "value_range=[-1, 1000")])
 def test_a_tampered_run_record_is_one_line_naming_the_file_and_field(tiny_checkpoint, tmp_path, key, value, needle):
     out = tmp_path / "out"
     assert CliRunner().invoke(main, ["generate", "-c", str(tiny_checkpoint), "-n", "7", "-b", "2", "--out", str(out)]).exit_code == 0

@@ -60,7 +60,14 @@ def is_int(v: Any) -> bool:
 
 
 def is_number(v: Any) -> bool:
-    return (isinstance(v, (int, float)) and not isinstance(v, bool)) and math.isfinite(v)
+    """A finite JSON number that fits a float (JSON integers have no bound: 1e400 written as digits would raise
+    OverflowError wherever it became a float, math.isfinite included)."""
+    if not isinstance(v, (int, float)) or isinstance(v, bool):
+        return False
+    try:
+        return math.isfinite(v)
+    except OverflowError:
+        return False
 
 
 def field(d: dict[str, Any], key: str, where: str | Path, what: str, *, kind: str,
