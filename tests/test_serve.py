@@ -566,6 +566,7 @@ def test_serve_config_gpus_follow_the_device_unless_given(tiny_checkpoint):
     (dict(num_cpus=-1), "bad --num-cpus"),
     (dict(num_gpus=float("nan")), "bad --num-gpus"),
     (dict(batch_wait_ms=-1), "bad --batch-wait-ms"),
+    (dict(batch_wait_ms=60_000, request_timeout_s=60), "--batch-wait-ms is not shorter than --request-timeout"),
     (dict(read_timeout_s=0), "bad --read-timeout"),
     (dict(request_timeout_s=0.01), "bad --request-timeout"),
     (dict(max_body_bytes=10), "bad --max-body-bytes"),

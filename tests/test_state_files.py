@@ -3,6 +3,7 @@ one line naming the field (exit 2), never a KeyError or TypeError; `--resume --o
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -140,3 +141,33 @@ def test_a_tampered_run_record_is_one_line_naming_the_file_and_field(tiny_checkp
     assert res.exit_code == 2 and res.output.count("\n") == 1, res.output
     assert needle in res.output and "generate.json" in res.output, res.output
     assert sorted((p.name, p.stat().st_mtime_ns) for p in out.iterdir()) == before  # nothing written
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs")
+def test_a_state_file_that_is_a_fifo_or_a_device_is_one_line_not_a_hang(tmp_path):
+    """Found by an attack on auto's cache: a FIFO in a file's place blocked the read for good, a link to /dev/zero
+    (size 0 by stat) was read until the memory ran out. Only regular files are read, and at most the bound."""
+    from gan_deploy.core.errors import GanDeployError
+    from gan_deploy.core.jsonio import read_document
+
+    fifo = tmp_path / "fifo.json"
+    os.mkfifo(fifo)
+    zero = tmp_path / "zero.json"
+    zero.symlink_to("/dev/zero")
+    for p in (fifo, zero):
+        with pytest.raises(GanDeployError, match="is not a regular file"):
+            read_document(p, "x", 1, what="a test document", hint="none")
+
+
+def test_a_cache_folder_that_names_an_unknown_user_runs_without_a_cache(monkeypatch):
+    """GAN_DEPLOY_CACHE_DIR=~nouser/x was a RuntimeError traceback from pathlib."""
+    import warnings
+
+    from gan_deploy.core import usercache
+
+    monkeypatch.setenv(usercache.ENV_CACHE_DIR, "~no-such-user-gan-deploy/x")
+    monkeypatch.setattr(usercache, "_warned", set())
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        assert usercache.cache_dir("auto") is None
+    assert any("running without a cache" in str(w.message) for w in seen)

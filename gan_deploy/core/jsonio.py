@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import stat
 from pathlib import Path
 from typing import Any, Callable
 
@@ -21,10 +23,21 @@ def read_document(path: str | Path, fmt: str, max_version: int, *, what: str, hi
     """Parse `path` as a JSON object with "format": fmt and an integer version <= max_version."""
     p = Path(path)
     try:
-        if p.stat().st_size > MAX_DOCUMENT_BYTES:
-            raise GanDeployError(f"{what} is too large", f"{p} ({p.stat().st_size} bytes)",
+        # O_NONBLOCK: a FIFO put in a file's place must not block the open; then only a regular file is read, and at
+        # most the bound (a link to /dev/zero has size 0 and never ends)
+        fd = os.open(p, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise GanDeployError(f"{what} is not a regular file", str(p), expected="a JSON file", hint=hint)
+            with os.fdopen(fd, "rb", closefd=False) as f:
+                raw = f.read(MAX_DOCUMENT_BYTES + 1)
+        finally:
+            os.close(fd)
+        if len(raw) > MAX_DOCUMENT_BYTES:
+            raise GanDeployError(f"{what} is too large", f"{p} (over {MAX_DOCUMENT_BYTES} bytes)",
                                  expected=f"a JSON file under {MAX_DOCUMENT_BYTES >> 20} MiB", hint=hint)
-        text = p.read_text(encoding="utf-8")
+        text = raw.decode("utf-8")
     except FileNotFoundError:
         raise GanDeployError(f"{what} not found", str(p), hint=hint) from None
     except (OSError, UnicodeDecodeError) as e:

@@ -30,7 +30,11 @@ def cache_root() -> Path:
 
 def cache_dir(sub: str) -> Path | None:
     """`cache_root()/sub`, created 0700 if missing; None (with one warning) when it cannot be made or is unsafe."""
-    root = cache_root()
+    try:
+        root = cache_root()
+    except RuntimeError as e:  # "~nouser/x", or no home directory at all
+        _warn_once(ENV_CACHE_DIR, f"no cache folder ({e}); running without a cache (set {ENV_CACHE_DIR} to a folder of your own)")
+        return None
     folder = root / sub
     try:
         root.parent.mkdir(parents=True, exist_ok=True)  # ~/.cache itself: the user's, made as XDG makes it

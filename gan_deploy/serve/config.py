@@ -93,6 +93,10 @@ class ServeConfig:
         _at_least("--max-connections", self.max_connections, 1, MAX_CONNECTIONS, integer=True)
         _at_least("--header-timeout", self.header_timeout_s, 0.1, MAX_SECONDS)
         _at_least("--pre-stop", self.pre_stop_s, 0, MAX_SECONDS)
+        if self.batch_wait_ms >= 1000 * self.request_timeout_s:  # every request of an unfilled batch would get a 504
+            raise GanDeployError("--batch-wait-ms is not shorter than --request-timeout", f"{self.batch_wait_ms:g} ms",
+                                 expected=f"less than --request-timeout ({self.request_timeout_s:g} s), usually a few ms",
+                                 hint="lower --batch-wait-ms (0: no waiting), or raise --request-timeout")
         if not isinstance(self.route_prefix, str) or not self.route_prefix.startswith("/") or (
                 len(self.route_prefix) > 1 and self.route_prefix.endswith("/")):
             raise GanDeployError("bad --route-prefix", repr(self.route_prefix), expected="'/' or a path such as /gan (no trailing slash)")

@@ -232,10 +232,35 @@ class Bitset:
             yield p, off, a, b
             a = b
 
-    def set_range(self, lo: int, hi: int, value: bool = True) -> None:
-        for p, off, a, b in self._segments(lo, hi):
-            if not value and p not in self._pages:
+    def _visits(self, lo: int, hi: int):
+        """[lo, hi) (absolute, clipped) as the allocated pages' parts, (page, offset in page, a, b), and between them
+        the spans no page covers, (None, 0, a, b): all False. As many steps as pages are allocated, not as pages fit
+        in the range: walking every page of `-n 10**15` (120 million pages) never ended."""
+        lo, hi = max(lo, self.start), min(hi, self.stop)
+        a = lo
+        for p in sorted(self._pages):
+            p_lo = self.start + p * self.page_bits
+            p_hi = p_lo + self.page_bits
+            if p_hi <= a:
                 continue
+            if p_lo >= hi:
+                break
+            if p_lo > a:
+                yield None, 0, a, p_lo
+                a = p_lo
+            b = min(hi, p_hi)
+            yield self._pages[p], a - p_lo, a, b
+            a = b
+        if a < hi:
+            yield None, 0, a, hi
+
+    def set_range(self, lo: int, hi: int, value: bool = True) -> None:
+        if not value:  # only pages that exist hold a True bit
+            for page, off, a, b in self._visits(lo, hi):
+                if page is not None:
+                    _set_bits(page, off, off + (b - a), False)
+            return
+        for p, off, a, b in self._segments(lo, hi):
             _set_bits(self._page(p), off, off + (b - a), value)
 
     def set_indices(self, idx: np.ndarray) -> None:
@@ -266,9 +291,8 @@ class Bitset:
         lo = self.start if lo is None else lo
         hi = self.stop if hi is None else hi
         open_at = None
-        for p, off, c0, c1 in self._segments(lo, hi):
-            page = self._pages.get(p)
-            if page is None:  # no image of this page is complete
+        for page, off, c0, c1 in self._visits(lo, hi):
+            if page is None:  # no page here: no image of this span is complete
                 pairs = [(c0, c1)] if not value else []
             else:
                 bits = np.unpackbits(page[off // 8:(off + (c1 - c0) + 7) // 8], bitorder="little")[off % 8:off % 8 + (c1 - c0)].astype(bool)
