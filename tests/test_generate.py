@@ -270,7 +270,7 @@ def test_tar_and_array_on_a_file_size_limit(tiny_checkpoint, tmp_path):
     r = subprocess.run(base + ["-n", "2000", "--sink", "array", "--out", str(out)], capture_output=True, text=True,
                        preexec_fn=_rlimit_fsize(100_000), timeout=120)
     assert r.returncode == 2 and "cannot create the array" in r.stderr and "Traceback" not in r.stderr, r.stderr
-    assert not (out / "images.npy").exists() and _listed(out) == []
+    assert not (out / "images.npy").exists() and not (out / "manifest.csv").exists()  # a refused start leaves no record
 
 
 
@@ -831,3 +831,14 @@ def test_the_disk_space_estimate_is_close_to_what_the_run_writes(tiny_checkpoint
     estimate = session.sink.bytes_needed(sample)
     written = _on_disk(tmp_path / "o") if sink != "array" else (tmp_path / "o" / "images.npy").stat().st_size
     assert 0.8 * written <= estimate <= 1.25 * written, (estimate, written)
+
+
+def test_a_sink_that_cannot_start_leaves_the_folder_as_it_was(cli, tiny_checkpoint, tmp_path):
+    """From an attack: `-n 2**63-1 --sink array --no-space-check` was refused (the array cannot be that large) with a
+    negative size in the message, and left generate.json and manifest.csv behind, so the next run was "not empty"."""
+    out = tmp_path / "a"
+    r = cli("generate", "-c", tiny_checkpoint, "-n", 2**63 - 1, "--sink", "array", "--no-space-check", "--out", out)
+    assert r.exit_code == 2 and "cannot create the array" in r.output and "-0.00" not in r.output, r.output
+    assert not out.exists() or sorted(p.name for p in out.iterdir()) == [], sorted(p.name for p in out.iterdir())
+    r = cli("generate", "-c", tiny_checkpoint, "-n", 5, "--sink", "array", "--out", out)
+    assert r.exit_code == 0, r.output

@@ -187,6 +187,7 @@ class Session:
             raise GanDeployError("nothing to resume", f"{self.out} has no {MANIFEST}", hint="start the run without resuming")
         make_out_dir(self.out)
         self.lock = OutputLock(self.out).acquire()
+        made: list[str] = []  # the record and the journal of a new run: gone again if the sink cannot start
         try:
             sweep(self.out)
             if opts.resume:
@@ -200,7 +201,9 @@ class Session:
                 if not opts.overwrite:
                     check_empty(self.out)
                 if opts.manifest:
+                    made.append(RECORD)
                     write_record(self.out, self.record)
+                    made.append(MANIFEST)
                     self.journal = Journal.create(self.out, self.sink.columns, self.sink.sync, opts.sync_every)
                 else:  # an older run's manifest would describe files this run replaces
                     for name in (MANIFEST, RECORD):
@@ -210,6 +213,9 @@ class Session:
             self.sink.close(complete=False)
             if self.journal is not None:
                 self.journal.close()
+                self.journal = None
+            for name in made:  # a refused start leaves the folder as it found it (a later run is not "not empty")
+                (self.out / name).unlink(missing_ok=True)
             self.lock.release()
             raise
 

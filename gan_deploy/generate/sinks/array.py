@@ -11,6 +11,7 @@ concatenated in order, are the one-process array row for row.
 from __future__ import annotations
 
 import errno
+import math
 import os
 import time
 
@@ -63,7 +64,7 @@ class ArraySink(Sink):
         h, w, c = layout.shape
         self.shape = (layout.stop - layout.start, h, w, c)
         self.header = npy_header(self.shape)
-        self.size = len(self.header) + int(np.prod(self.shape, dtype=np.int64))
+        self.size = len(self.header) + math.prod(self.shape)  # Python ints: numpy's int64 overflowed at -n 2**63-1
         self.path = self.out / FILE
         self.fd = -1
         self.inode = (0, 0)
@@ -84,6 +85,8 @@ class ArraySink(Sink):
             fd, tmp = files.open_new()
             try:
                 write_all(fd, self.header)
+                if self.size >= 1 << 63:  # past any file size (off_t): ftruncate would raise OverflowError
+                    raise OSError(errno.EFBIG, os.strerror(errno.EFBIG))
                 os.ftruncate(fd, self.size)
                 try:
                     os.posix_fallocate(fd, 0, self.size)  # a full disk (or a file size limit) shows here, before the first batch
@@ -95,8 +98,12 @@ class ArraySink(Sink):
                 files.discard(fd, tmp)
                 raise
         except OSError as e:
-            raise GanDeployError("cannot create the array", f"{self.path}: {self.size / 2**30:.2f} GiB ({e.strerror or e})",
-                                 hint="free space, or write fewer images (or a job shard) per output" if e.errno in (errno.ENOSPC, errno.EFBIG)
+            from gan_deploy.core.hardware import gib
+
+            too_big = e.errno in (errno.ENOSPC, errno.EFBIG, errno.EINVAL)  # EINVAL: past the filesystem's largest file
+            raise GanDeployError("cannot create the array", f"{self.path}: {gib(self.size)} ({e.strerror or e})",
+                                 expected="an array file this filesystem can hold" if too_big else "a writable output folder",
+                                 hint="free space, or write fewer images (or a job shard) per output" if too_big
                                  else "choose another output folder") from None
         finally:
             files.close()
