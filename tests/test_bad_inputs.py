@@ -398,7 +398,7 @@ CASES: list[Case] = [
     C("ck-sidecar-list", "eval -c bad.safetensors -n 64", "not a gan-deploy checkpoint sidecar", sidecar_text("[1, 2]")),
     C("ck-sidecar-binary", f"{GEN} -c bad.safetensors", "unreadable", sidecar_text(b"\xff\xfe\x00\x81"), OUT),
     C("ck-sidecar-deep", "quantize --int8 -c bad.safetensors", "not valid JSON", sidecar_text("[" * 100000 + "]" * 100000)),
-    C("ck-sidecar-is-folder", "bench -c bad.safetensors --backends eager", "unreadable",
+    C("ck-sidecar-is-folder", "bench -c bad.safetensors --backends eager", "not a regular file",
       then(lambda d: shutil.copy(d / "tiny.safetensors", d / "bad.safetensors"), mkdir("bad.json"))),
     C("ck-sidecar-huge", "export -c bad.safetensors -o x.onnx", "too large",
       then(lambda d: shutil.copy(d / "tiny.safetensors", d / "bad.safetensors"), write("bad.json", b" " * (17 << 20)))),
