@@ -111,7 +111,7 @@ def test_shard_arithmetic():
     assert [b - a for a, b in spans] == [250] * 4  # image indices, not batches: the batch size plays no part
     assert [shard_indices(1000, 64, (k, 4)) for k in range(4)] == [(0, 256), (256, 512), (512, 768), (768, 1000)]  # tar shards of 64: 16 units
     assert [shard_indices(3, 1, (k, 5)) for k in range(5)] == [(0, 0), (0, 1), (1, 1), (1, 2), (2, 3)]
-    for bad in ("4/4", "x", "1/0", "-1/2", "", "/"):  # "" and "/": a job array's unset variables, not the whole run
+    for bad in ("4/4", "x", "1/0", "-1/2", "", "/", "+1/4", "1_0/20", "\u0663/4", " 0/4"):  # "" and "/": a job array's unset variables, not the whole run
         with pytest.raises(GanDeployError, match="bad --shard"):
             parse_shard(bad)
 

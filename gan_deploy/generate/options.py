@@ -87,11 +87,12 @@ def parse_shard(text: str | None) -> tuple[int, int]:
     task write every image."""
     if text is None:
         return (0, 1)
-    try:
-        k, n = (int(p) for p in text.split("/"))
-    except ValueError:
-        raise GanDeployError("bad --shard", repr(text), expected=SHARD_EXPECTED) from None
-    return check_shard((k, n), repr(text))
+    import re
+
+    m = re.fullmatch(r"([0-9]+)/([0-9]+)", text)  # ASCII digits only: int() would take "+1", "1_0" and "٣"
+    if m is None:
+        raise GanDeployError("bad --shard", repr(text), expected=SHARD_EXPECTED, hint="two decimal numbers, K/N, e.g. --shard 0/4")
+    return check_shard((int(m.group(1)), int(m.group(2))), repr(text))
 
 
 def check_shard(shard: tuple[int, int], shown: str | None = None) -> tuple[int, int]:
@@ -102,7 +103,8 @@ def check_shard(shard: tuple[int, int], shown: str | None = None) -> tuple[int, 
     except (TypeError, ValueError):
         ok = False
     if not ok:
-        raise GanDeployError("bad --shard", shown or repr(shard), expected=SHARD_EXPECTED)
+        raise GanDeployError("bad --shard", shown or repr(shard), expected=SHARD_EXPECTED,
+                             hint="K counts from 0: the shards of a 4-way split are 0/4, 1/4, 2/4 and 3/4")
     return shard
 
 
