@@ -40,9 +40,9 @@ if TYPE_CHECKING:
 
 ENV_MEASURE = "GAN_DEPLOY_AUTO_MEASURE"  # "0": auto on a CPU takes onnxruntime unmeasured, as before this module
 MARGIN = 0.05  # a challenger must be faster than the incumbent's median by more than this share
-NOISY_SPREAD = 1.5  # a runner's p90/p50 over the rounds above this (bench's rule): the machine was busy
-# Runtimes do not suffer a busy machine alike (OpenVINO's pinned threads measured 2.6x slower with another job on
-# the 2 cores, onnxruntime 1.2x), so a choice measured then is used for this run only, never recorded.
+# A probe counts as busy by bench's rule (core/timing.NOISY_SPREAD) or by other jobs' load. Runtimes do not suffer
+# a busy machine alike (OpenVINO's pinned threads measured 2.6x slower with another job on the 2 cores, onnxruntime
+# 1.2x), so a choice measured then is used for this run only, never recorded.
 ROUNDS = 7
 MIN_ROUNDS = 3
 BUDGET_S = 3.0  # measurement time per candidate, at most (after MIN_ROUNDS)
@@ -95,9 +95,11 @@ def busy_reason(load: float, cores: int, times: dict[str, list[float]]) -> str |
     before it started, or a runner whose rounds spread beyond NOISY_SPREAD."""
     import math
 
+    from gan_deploy.core.timing import NOISY_SPREAD
+
     if cores and load > cores / 2:  # one other busy job on 2 cores: OpenVINO's pinned threads already suffer
         return f"load average {load:.1f} on {cores} cores before the probe"
-    for name, t in times.items():
+    for name, t in times.items():  # nearest-rank p90: a probe has 3-7 rounds, too few to interpolate between
         v = sorted(t)
         p50, p90 = statistics.median(v), v[max(0, math.ceil(0.9 * len(v)) - 1)]
         if p50 > 0 and p90 / p50 > NOISY_SPREAD:

@@ -26,10 +26,9 @@ from gan_deploy.backends.torch_common import TORCH_PRECISIONS
 from gan_deploy.core.errors import BackendUnavailable, GanDeployError
 from gan_deploy.core.fileio import atomic_path, atomic_write_text
 from gan_deploy.core.latents import MAX_SEED, latents_range
-from gan_deploy.core.timing import LatencyStats, measure_interleaved
+from gan_deploy.core.timing import NOISY_SPREAD, LatencyStats, measure_interleaved
 
 DEFAULT_BATCH_SIZES = (1, 16, 64, 256)
-NOISY_SPREAD = 1.5  # p90/p50 above this: warn that the row is noisy
 
 
 @dataclass

@@ -11,6 +11,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+NOISY_SPREAD = 1.5  # p90/p50 above this: the machine was busy during the measurement (bench warns, auto records nothing)
+
 
 @dataclass
 class LatencyStats:
@@ -34,7 +36,7 @@ class LatencyStats:
 
     @property
     def spread(self) -> float:
-        """p90 / p50: above ~1.5 the machine was noisy during the measurement."""
+        """p90 / p50: above NOISY_SPREAD the machine was noisy during the measurement."""
         return self.p90_ms / self.p50_ms if self.p50_ms > 0 else float("inf")
 
     def to_dict(self) -> dict[str, Any]:
